@@ -1,0 +1,65 @@
+# tcpfsm: build, run, test. Privileged targets need root (or CAP_BPF,
+# CAP_PERFMON, CAP_NET_ADMIN and CAP_SYS_ADMIN for the test namespaces).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+export PATH := $(PATH):/usr/local/go/bin
+GO ?= go
+BIN := bin/tcpfsm
+ARGS ?=
+
+# Debian's clang-19 is the pinned BPF compiler; bpf2go is pinned in go.mod.
+BPF_DEPS := clang-19 llvm-19 libbpf-dev
+GENERATED := tracer/probe/tcpfsm_bpfel.go tracer/probe/tcpfsm_bpfel.o
+
+.PHONY: all build run test generate check-generated deps fuzz vet clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/tcpfsm
+
+# Build and trace every TCP state transition on this host. Pass flags
+# with ARGS, e.g. make run ARGS="-L 443 -o json".
+run: build
+	./$(BIN) trace $(ARGS)
+
+# Every test. As root the privileged ones load the BPF programs and make
+# traffic in their own network namespaces; without root they skip, unless
+# CI=true, where they fail.
+# Each test's verdict is printed, so a log shows the privileged ones ran.
+test: vet
+	$(GO) test -count=1 -v ./... 2>&1 | grep -vE '^=== (RUN|PAUSE|CONT|NAME)'
+
+vet:
+	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted"; exit 1; fi
+	$(GO) vet ./...
+
+# Install the pinned BPF toolchain (Debian).
+deps:
+	apt-get install -y -qq $(BPF_DEPS)
+
+# Regenerate the BPF object and its Go bindings from bpf/.
+generate:
+	$(GO) generate ./tracer/probe
+
+# Fail when the committed BPF objects are not what bpf/ compiles to.
+check-generated: generate
+	@git diff --exit-code --stat -- $(GENERATED) || \
+		{ echo "generated BPF objects are stale: run make generate and commit them"; exit 1; }
+
+# Run each fuzzer for FUZZTIME and keep what it found in the checked-in corpus.
+FUZZTIME ?= 30s
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzReader$$' -fuzztime $(FUZZTIME) ./tracer/record
+	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./tracer/probe
+	@for t in tracer/record:FuzzReader tracer/probe:FuzzDecode; do \
+		pkg=$${t%%:*}; name=$${t##*:}; \
+		src=$$($(GO) env GOCACHE)/fuzz/github.com/tcpfsm/tcpfsm/$$pkg/$$name; \
+		mkdir -p $$pkg/testdata/fuzz/$$name; \
+		[ -d $$src ] && cp -n $$src/* $$pkg/testdata/fuzz/$$name/ || true; \
+	done
+
+clean:
+	rm -rf bin

@@ -1,0 +1,66 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * The record the BPF programs hand to user space. This is the only
+ * definition: bpf2go generates the Go type from it (-type event), and the
+ * record files written by `tcpfsm record` hold these bytes verbatim, so any
+ * change to the layout must bump the record format version in Go.
+ */
+#ifndef __TCPFSM_H__
+#define __TCPFSM_H__
+
+/* What an event reports. */
+enum event_type {
+	EVENT_STATE = 1, /* a state transition of a TCP socket */
+};
+
+/* Where the owner fields of an event come from. */
+enum owner_source {
+	OWNER_UNKNOWN = 0,  /* never seen in a syscall: pid, comm, cgroup are zero */
+	OWNER_TASK = 1,     /* the task that made this very transition (connect, listen, close) */
+	OWNER_CARRIED = 2,  /* remembered from an earlier transition of this connection */
+	OWNER_LISTENER = 3, /* inherited from the listening socket that accepted it */
+};
+
+enum event_flags {
+	/* The first event seen for this socket was not the start of its life
+	 * (the tracer started late, or its map entry was evicted). */
+	FLAG_PARTIAL = 1 << 0,
+	/* A CLOSE->SYN_SENT event whose emission waited until the kernel had
+	 * picked the local port; ts_ns is still the time of the transition. */
+	FLAG_DEFERRED = 1 << 1,
+	/* Sequence-space control flags the byte counters include: subtract
+	 * them to get payload bytes. */
+	FLAG_SYN_ACKED = 1 << 2,    /* bytes_acked counts our SYN */
+	FLAG_FIN_ACKED = 1 << 3,    /* bytes_acked counts our FIN */
+	FLAG_FIN_RECEIVED = 1 << 4, /* bytes_received counts the peer's FIN */
+};
+
+struct event {
+	__u64 ts_ns;      /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+	__u64 conn_id;    /* unique per socket lifetime for this tracer's lifetime */
+	__u64 delta_ns;   /* time spent in oldstate; 0 when its start was not seen */
+	__u64 cgroup_id;  /* owner's cgroup v2 id */
+	__u64 bytes_acked;    /* tcp_sock->bytes_acked, see FLAG_SYN_ACKED, FLAG_FIN_ACKED */
+	__u64 bytes_received; /* tcp_sock->bytes_received, see FLAG_FIN_RECEIVED */
+	__u32 netns;      /* network namespace inode */
+	__u32 pid;        /* owner's process id (tgid) */
+	__u32 tid;        /* owner's thread id */
+	__u32 srtt_us;    /* smoothed RTT in microseconds */
+	__u32 total_retrans;
+	__u32 segs_in;
+	__u32 segs_out;
+	__u16 sport;      /* host byte order */
+	__u16 dport;      /* host byte order */
+	__u8 saddr[16];   /* IPv4 in the first 4 bytes */
+	__u8 daddr[16];
+	__u8 comm[16];    /* owner's comm */
+	__u8 type;        /* enum event_type */
+	__u8 family;      /* AF_INET or AF_INET6; IPv4-mapped IPv6 is AF_INET */
+	__u8 oldstate;
+	__u8 newstate;
+	__u8 owner;       /* enum owner_source */
+	__u8 flags;       /* enum event_flags */
+	__u8 _pad[2];
+};
+
+#endif /* __TCPFSM_H__ */

@@ -1,0 +1,108 @@
+// Command tcpfsm traces TCP connection state transitions with eBPF.
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"runtime/debug"
+	"strings"
+)
+
+// Exit codes.
+const (
+	exitOK    = 0
+	exitError = 1 // the tracer could not do its job
+	exitUsage = 2 // the command line is wrong
+)
+
+type command struct {
+	name    string
+	summary string
+	run     func(args []string, stdout, stderr io.Writer) error
+}
+
+func commands() []command {
+	return []command{
+		{"trace", "print every TCP state transition as it happens", runTrace},
+		{"record", "write raw transition events to a file", runRecord},
+		{"replay", "read a recording back, without privileges", runReplay},
+		{"version", "print the version", runVersion},
+	}
+}
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// usageError is a bad command line: exit 2 with its one-line message.
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+func usagef(format string, args ...any) error {
+	return &usageError{fmt.Sprintf(format, args...)}
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		topUsage(stderr)
+		return exitUsage
+	}
+	name := args[0]
+	if name == "-h" || name == "--help" || name == "help" {
+		topUsage(stdout)
+		return exitOK
+	}
+	for _, c := range commands() {
+		if c.name != name {
+			continue
+		}
+		err := c.run(args[1:], stdout, stderr)
+		var ue *usageError
+		switch {
+		case err == nil:
+			return exitOK
+		case errors.As(err, &ue):
+			fmt.Fprintf(stderr, "tcpfsm %s: %s (see tcpfsm %s --help)\n", name, ue.msg, name)
+			return exitUsage
+		default:
+			fmt.Fprintf(stderr, "tcpfsm %s: %v\n", name, err)
+			return exitError
+		}
+	}
+	fmt.Fprintf(stderr, "tcpfsm: unknown command %q (see tcpfsm --help)\n", name)
+	return exitUsage
+}
+
+func topUsage(w io.Writer) {
+	var b strings.Builder
+	b.WriteString("tcpfsm: what are my TCP connections doing?\n\nUsage: tcpfsm COMMAND [FLAGS]\n\nCommands:\n")
+	for _, c := range commands() {
+		fmt.Fprintf(&b, "  %-9s %s\n", c.name, c.summary)
+	}
+	b.WriteString("\nRun 'tcpfsm COMMAND --help' for a command's flags.\n")
+	io.WriteString(w, b.String())
+}
+
+func version() string {
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		v := bi.Main.Version
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" && len(s.Value) >= 12 {
+				v += " " + s.Value[:12]
+			}
+		}
+		return v
+	}
+	return "unknown"
+}
+
+func runVersion(args []string, stdout, _ io.Writer) error {
+	if len(args) > 0 {
+		return usagef("version takes no arguments")
+	}
+	fmt.Fprintf(stdout, "tcpfsm %s\n", version())
+	return nil
+}

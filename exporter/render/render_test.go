@@ -1,0 +1,141 @@
+package render
+
+import (
+	"encoding/json"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tcpfsm/tcpfsm/tracer/clock"
+	"github.com/tcpfsm/tcpfsm/tracer/probe"
+)
+
+// A fixed clock: monotonic zero is 2026-11-25 12:00:00 UTC.
+var testClock = clock.Clock{BootNs: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC).UnixNano()}
+
+func event(family uint8, laddr, raddr string, lport, rport uint16, old, new probe.State) probe.Event {
+	e := probe.Event{
+		Type: uint8(probe.TypeState), Family: family, Sport: lport, Dport: rport,
+		Oldstate: uint8(old), Newstate: uint8(new), TsNs: 1_500_000_000, ConnId: 8193,
+		Pid: 4242, Tid: 4243, Owner: uint8(probe.OwnerCarried), Netns: 4026531840, CgroupId: 77,
+		DeltaNs: 1_234_567, BytesAcked: 1002, BytesReceived: 2001, SrttUs: 45, TotalRetrans: 1,
+		SegsIn: 9, SegsOut: 11,
+		Flags: probe.FlagSynAcked | probe.FlagFinAcked | probe.FlagFinReceived,
+	}
+	copy(e.Comm[:], "curl")
+	l, r := netip.MustParseAddr(laddr), netip.MustParseAddr(raddr)
+	if family == probe.AFInet {
+		a, b := l.As4(), r.As4()
+		copy(e.Saddr[:], a[:])
+		copy(e.Daddr[:], b[:])
+	} else {
+		e.Saddr, e.Daddr = l.As16(), r.As16()
+	}
+	return e
+}
+
+func TestEventRow(t *testing.T) {
+	local := testClock.Wall(1_500_000_000).Local().Format("15:04:05.000000")
+	v4 := event(probe.AFInet, "10.0.0.1", "192.168.1.20", 43210, 443, probe.StateFinWait2, probe.StateClose)
+	v6 := event(probe.AFInet6, "2001:db8::1", "::1", 8080, 50000, probe.StateSynSent, probe.StateEstablished)
+	unknown := v4
+	unknown.Owner = uint8(probe.OwnerUnknown)
+	unknown.Flags = probe.FlagPartial
+	unknown.DeltaNs = 0
+	evil := v4
+	copy(evil.Comm[:], "a\x1b[2Jb\x00")
+
+	cases := []struct {
+		name string
+		e    probe.Event
+		want string
+	}{
+		{"ipv4", v4, local + " 4242    curl             10.0.0.1:43210        192.168.1.20:443      FIN_WAIT2   -> CLOSE            1.235\n"},
+		{"ipv6", v6, local + " 4242    curl             [2001:db8::1]:8080    [::1]:50000           SYN_SENT    -> ESTABLISHED      1.235\n"},
+		{"unknown owner, partial", unknown, local + " -       -                10.0.0.1:43210        192.168.1.20:443      FIN_WAIT2   -> CLOSE                -\n"},
+		{"control bytes in comm", evil, local + " 4242    a?[2Jb           10.0.0.1:43210        192.168.1.20:443      FIN_WAIT2   -> CLOSE            1.235\n"},
+	}
+	for _, tc := range cases {
+		if got := string(AppendEventRow(nil, &tc.e, testClock)); got != tc.want {
+			t.Errorf("%s:\n got  %q\n want %q", tc.name, got, tc.want)
+		}
+	}
+	header := EventHeader()
+	row := string(AppendEventRow(nil, &v4, testClock))
+	// Columns line up with the header.
+	for _, col := range []string{"PID", "COMM", "LADDR:LPORT", "RADDR:RPORT", "OLD"} {
+		if strings.Index(header, col) != strings.Index(row, map[string]string{
+			"PID": "4242", "COMM": "curl", "LADDR:LPORT": "10.0.0.1", "RADDR:RPORT": "192.168", "OLD": "FIN_WAIT2"}[col]) {
+			t.Errorf("column %s is not aligned:\n%s\n%s", col, header, row)
+		}
+	}
+	if strings.Index(header, "NEW") != strings.Index(row, "CLOSE") || len(header) != len(row)-1 {
+		t.Errorf("header and row differ in layout:\n%s\n%s", header, row)
+	}
+}
+
+func TestEventJSON(t *testing.T) {
+	e := event(probe.AFInet6, "2001:db8::1", "::1", 8080, 50000, probe.StateLastAck, probe.StateClose)
+	copy(e.Comm[:], "we\"ird\\\x01")
+	line := AppendEventJSON(nil, &e, testClock)
+	if line[len(line)-1] != '\n' || strings.Count(string(line), "\n") != 1 {
+		t.Fatalf("not one line: %q", line)
+	}
+	var got map[string]any
+	if err := json.Unmarshal(line, &got); err != nil {
+		t.Fatalf("invalid JSON %s: %v", line, err)
+	}
+	want := map[string]any{
+		"time": "2026-11-25T12:00:01.5Z", "ts_ns": 1.5e9, "type": "state", "conn_id": 8193.0,
+		"family": "ipv6", "laddr": "2001:db8::1", "lport": 8080.0, "raddr": "::1", "rport": 50000.0,
+		"netns": 4026531840.0, "old": "LAST_ACK", "new": "CLOSE", "old_state_ns": 1234567.0,
+		"owner": "carried", "pid": 4242.0, "tid": 4243.0, "comm": "we\"ird\\\x01", "cgroup_id": 77.0,
+		"tx_bytes": 1000.0, "rx_bytes": 2000.0, "bytes_acked": 1002.0, "bytes_received": 2001.0,
+		"srtt_us": 45.0, "total_retrans": 1.0, "segs_in": 9.0, "segs_out": 11.0,
+		"flags": []any{"syn_acked", "fin_acked", "fin_received"},
+	}
+	if len(got) != len(want) {
+		t.Errorf("got %d fields, want %d: %s", len(got), len(want), line)
+	}
+	for k, w := range want {
+		g, ok := got[k]
+		if !ok {
+			t.Errorf("field %s missing", k)
+			continue
+		}
+		gj, _ := json.Marshal(g)
+		wj, _ := json.Marshal(w)
+		if string(gj) != string(wj) {
+			t.Errorf("field %s: got %s, want %s", k, gj, wj)
+		}
+	}
+}
+
+func TestAppendJSONString(t *testing.T) {
+	for _, s := range []string{"", "plain", `q"uote`, `back\slash`, "\x00\x01\x1f\x7f", "héllo", "bad\xffutf8", "\u2028"} {
+		got := AppendJSONString(nil, []byte(s))
+		var back string
+		if err := json.Unmarshal(got, &back); err != nil {
+			t.Errorf("%q: invalid JSON %s: %v", s, got, err)
+			continue
+		}
+		want, _ := json.Marshal(s)
+		var wantBack string
+		json.Unmarshal(want, &wantBack)
+		if back != wantBack {
+			t.Errorf("%q: decodes to %q, encoding/json gives %q", s, back, wantBack)
+		}
+	}
+}
+
+func TestRenderDoesNotAllocate(t *testing.T) {
+	e := event(probe.AFInet6, "2001:db8::1", "::1", 8080, 50000, probe.StateLastAck, probe.StateClose)
+	buf := make([]byte, 0, 1024)
+	if n := testing.AllocsPerRun(500, func() { buf = AppendEventJSON(buf[:0], &e, testClock) }); n != 0 {
+		t.Errorf("AppendEventJSON allocates %.1f times per event", n)
+	}
+	if n := testing.AllocsPerRun(500, func() { buf = AppendEventRow(buf[:0], &e, testClock) }); n != 0 {
+		t.Errorf("AppendEventRow allocates %.1f times per event", n)
+	}
+}

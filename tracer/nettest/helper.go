@@ -1,0 +1,242 @@
+package nettest
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Helper processes are the test binary itself, started again through a
+// symlink so that their comm is the link's name, with their role in the
+// environment. Each test package's TestMain calls RunHelperIfAsked first.
+const helperEnv = "TCPFSM_NETTEST_HELPER"
+
+// Optional helper settings, also in the environment.
+const (
+	helperCgroupEnv = "TCPFSM_NETTEST_CGROUP" // move into this cgroup first
+	helperHoldEnv   = "TCPFSM_NETTEST_HOLD"   // wait for a line on stdin first
+)
+
+// RunHelperIfAsked runs the helper role this process was started for, if
+// any, and exits.
+func RunHelperIfAsked() {
+	role := os.Getenv(helperEnv)
+	if role == "" {
+		return
+	}
+	if cg := os.Getenv(helperCgroupEnv); cg != "" {
+		procs := filepath.Join(cg, "cgroup.procs")
+		if err := os.WriteFile(procs, []byte(strconv.Itoa(os.Getpid())), 0); err != nil {
+			fmt.Fprintf(os.Stderr, "helper: join cgroup: %v\n", err)
+			os.Exit(1)
+		}
+	}
+	if os.Getenv(helperHoldEnv) != "" {
+		bufio.NewReader(os.Stdin).ReadString('\n')
+	}
+	if err := runHelper(strings.Fields(role)); err != nil {
+		fmt.Fprintf(os.Stderr, "helper %q: %v\n", role, err)
+		os.Exit(1)
+	}
+	os.Exit(0)
+}
+
+// Roles:
+//
+//	server NETWORK ADDR SEND: listen, print "port N", accept one
+//	  connection, read until EOF, write SEND bytes, close, print "done RECEIVED".
+//	client NETWORK ADDR SEND: connect, write SEND bytes, shut down the
+//	  write side, read until EOF, close, print "done RECEIVED".
+//
+// Together they are a normal close, the client first, with payload both ways.
+func runHelper(args []string) error {
+	if len(args) != 4 {
+		return fmt.Errorf("want ROLE NETWORK ADDR SEND")
+	}
+	send, err := strconv.Atoi(args[3])
+	if err != nil {
+		return err
+	}
+	var conn *net.TCPConn
+	switch args[0] {
+	case "server":
+		ln, err := net.Listen(args[1], args[2])
+		if err != nil {
+			return err
+		}
+		defer ln.Close()
+		fmt.Printf("port %d\n", ln.Addr().(*net.TCPAddr).Port)
+		ln.(*net.TCPListener).SetDeadline(time.Now().Add(20 * time.Second))
+		c, err := ln.Accept()
+		if err != nil {
+			return err
+		}
+		conn = c.(*net.TCPConn)
+		n, err := io.Copy(io.Discard, conn)
+		if err != nil {
+			return err
+		}
+		if _, err := conn.Write(make([]byte, send)); err != nil {
+			return err
+		}
+		if err := conn.Close(); err != nil {
+			return err
+		}
+		fmt.Printf("done %d\n", n)
+	case "client":
+		c, err := net.DialTimeout(args[1], args[2], 10*time.Second)
+		if err != nil {
+			return err
+		}
+		conn = c.(*net.TCPConn)
+		conn.SetDeadline(time.Now().Add(20 * time.Second))
+		if _, err := conn.Write(make([]byte, send)); err != nil {
+			return err
+		}
+		if err := conn.CloseWrite(); err != nil {
+			return err
+		}
+		n, err := io.Copy(io.Discard, conn)
+		if err != nil {
+			return err
+		}
+		if err := conn.Close(); err != nil {
+			return err
+		}
+		fmt.Printf("done %d\n", n)
+	default:
+		return fmt.Errorf("unknown role %q", args[0])
+	}
+	return nil
+}
+
+// Peer is a running helper process.
+type Peer struct {
+	Cmd    *exec.Cmd
+	Pid    int
+	Comm   string
+	out    *bufio.Reader
+	in     io.WriteCloser
+	stderr strings.Builder
+}
+
+// Helper describes a helper process.
+type Helper struct {
+	Comm    string // its comm, at most 15 bytes
+	Role    string // "server" or "client"
+	Network string // tcp4, tcp6
+	Addr    string // to listen on or connect to
+	Send    int    // bytes to send
+	Cgroup  string // a cgroup v2 directory to join before anything else
+	Hold    bool   // wait for Release before doing anything
+}
+
+// StartHelper starts a helper process inside the namespace.
+func (n *NS) StartHelper(t testing.TB, h Helper) *Peer {
+	t.Helper()
+	if len(h.Comm) > 15 {
+		t.Fatalf("comm %q longer than the kernel keeps", h.Comm)
+	}
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(t.TempDir(), h.Comm)
+	if err := os.Symlink(self, link); err != nil {
+		t.Fatal(err)
+	}
+	p := &Peer{Comm: h.Comm}
+	p.Cmd = exec.Command(link)
+	p.Cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s %s %s %d", helperEnv, h.Role, h.Network, h.Addr, h.Send))
+	if h.Cgroup != "" {
+		p.Cmd.Env = append(p.Cmd.Env, helperCgroupEnv+"="+h.Cgroup)
+	}
+	if h.Hold {
+		p.Cmd.Env = append(p.Cmd.Env, helperHoldEnv+"=1")
+	}
+	p.Cmd.Stderr = &p.stderr
+	stdout, err := p.Cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.out = bufio.NewReader(stdout)
+	if p.in, err = p.Cmd.StdinPipe(); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Do(p.Cmd.Start); err != nil {
+		t.Fatalf("start helper %s: %v", h.Comm, err)
+	}
+	p.Pid = p.Cmd.Process.Pid
+	t.Cleanup(func() {
+		if p.Cmd.ProcessState == nil {
+			p.Cmd.Process.Kill()
+			p.Cmd.Wait()
+		}
+	})
+	return p
+}
+
+// Release lets a held helper go on.
+func (p *Peer) Release(t testing.TB) {
+	t.Helper()
+	if _, err := io.WriteString(p.in, "go\n"); err != nil {
+		t.Fatalf("release helper %s: %v", p.Comm, err)
+	}
+}
+
+// Line reads the helper's next output line.
+func (p *Peer) Line(t testing.TB) string {
+	t.Helper()
+	type result struct {
+		s   string
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		s, err := p.out.ReadString('\n')
+		ch <- result{strings.TrimSpace(s), err}
+	}()
+	select {
+	case r := <-ch:
+		if r.err != nil {
+			t.Fatalf("helper %s: read output: %v; stderr: %s", p.Comm, r.err, p.stderr.String())
+		}
+		return r.s
+	case <-time.After(30 * time.Second):
+		t.Fatalf("helper %s: no output within 30s", p.Comm)
+	}
+	return ""
+}
+
+// Port reads the "port N" line a server prints.
+func (p *Peer) Port(t testing.TB) int {
+	t.Helper()
+	line := p.Line(t)
+	port, err := strconv.Atoi(strings.TrimPrefix(line, "port "))
+	if err != nil {
+		t.Fatalf("helper %s: want \"port N\", got %q", p.Comm, line)
+	}
+	return port
+}
+
+// Done waits for the helper to finish and returns how many bytes it received.
+func (p *Peer) Done(t testing.TB) int {
+	t.Helper()
+	line := p.Line(t)
+	n, err := strconv.Atoi(strings.TrimPrefix(line, "done "))
+	if err != nil {
+		t.Fatalf("helper %s: want \"done N\", got %q", p.Comm, line)
+	}
+	if err := p.Cmd.Wait(); err != nil {
+		t.Fatalf("helper %s: %v; stderr: %s", p.Comm, err, p.stderr.String())
+	}
+	return n
+}

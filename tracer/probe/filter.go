@@ -1,0 +1,195 @@
+package probe
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/cilium/ebpf"
+)
+
+// Filter selects, in the kernel, which events reach user space. Empty
+// fields select everything. Filters on the socket (ports, family, netns)
+// apply to every event of a connection; filters on the owner (PID, cgroup)
+// need the owner to be known, so an event with an unknown owner never
+// passes them.
+type Filter struct {
+	PID         uint32   // owner's process id
+	NetNS       uint32   // network namespace inode
+	Family      uint8    // AFInet or AFInet6
+	LocalPorts  []uint16 // any of these local ports
+	RemotePorts []uint16 // any of these remote ports
+	// CgroupID and CgroupLevel select owners inside a cgroup v2 and its
+	// descendants; CgroupFilter fills both from a path.
+	CgroupID    uint64
+	CgroupLevel uint32
+}
+
+func (f *Filter) validate() error {
+	if f.Family != 0 && f.Family != AFInet && f.Family != AFInet6 {
+		return fmt.Errorf("filter: unknown address family %d", f.Family)
+	}
+	for _, p := range f.LocalPorts {
+		if p == 0 {
+			return fmt.Errorf("filter: local port 0")
+		}
+	}
+	for _, p := range f.RemotePorts {
+		if p == 0 {
+			return fmt.Errorf("filter: remote port 0")
+		}
+	}
+	return nil
+}
+
+// portBits is one bit per port, as the BPF program's lport_bits and
+// rport_bits read them.
+func portBits(ports []uint16) *[1024]uint64 {
+	var bits [1024]uint64
+	for _, p := range ports {
+		bits[p>>6] |= 1 << (p & 63)
+	}
+	return &bits
+}
+
+func b2u8(b bool) uint8 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+func (f *Filter) apply(spec *ebpf.CollectionSpec) error {
+	set := []struct {
+		name  string
+		value any
+	}{
+		{tcpfsmVarFilterPid, f.PID},
+		{tcpfsmVarFilterNetns, f.NetNS},
+		{tcpfsmVarFilterFamily, f.Family},
+		{tcpfsmVarFilterLports, b2u8(len(f.LocalPorts) > 0)},
+		{tcpfsmVarFilterRports, b2u8(len(f.RemotePorts) > 0)},
+		{tcpfsmVarLportBits, portBits(f.LocalPorts)},
+		{tcpfsmVarRportBits, portBits(f.RemotePorts)},
+		{tcpfsmVarFilterCgroup, f.CgroupID},
+		{tcpfsmVarFilterCgroupLevel, f.CgroupLevel},
+	}
+	for _, s := range set {
+		v, ok := spec.Variables[s.name]
+		if !ok {
+			return fmt.Errorf("BPF object has no variable %s", s.name)
+		}
+		if err := v.Set(s.value); err != nil {
+			return fmt.Errorf("set %s: %w", s.name, err)
+		}
+	}
+	return nil
+}
+
+// CgroupFilter resolves a cgroup v2 directory (absolute, or relative to
+// the cgroup2 mount) into the id and depth the kernel filter compares.
+func CgroupFilter(path string) (id uint64, level uint32, err error) {
+	root, err := Cgroup2Mount()
+	if err != nil {
+		return 0, 0, err
+	}
+	if !filepath.IsAbs(path) {
+		path = filepath.Join(root, path)
+	}
+	path = filepath.Clean(path)
+	if path != root && !strings.HasPrefix(path, root+"/") {
+		return 0, 0, fmt.Errorf("cgroup %s: not under the cgroup v2 mount %s", path, root)
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return 0, 0, fmt.Errorf("cgroup: %w", err)
+	}
+	if !fi.IsDir() {
+		return 0, 0, fmt.Errorf("cgroup %s: not a directory", path)
+	}
+	// The cgroup v2 id is the inode number of its directory.
+	id = fi.Sys().(*syscall.Stat_t).Ino
+	if rel := strings.TrimPrefix(path, root); rel != "" {
+		level = uint32(strings.Count(rel, "/"))
+	}
+	return id, level, nil
+}
+
+// Cgroup2Mount returns where the cgroup v2 hierarchy is mounted: the
+// kernel's cgroup ids refer to it, whether the host runs a pure v2 setup
+// (/sys/fs/cgroup) or a hybrid one (/sys/fs/cgroup/unified).
+func Cgroup2Mount() (string, error) {
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return "", fmt.Errorf("find cgroup v2 mount: %w", err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		// ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS [OPTIONAL...] - FSTYPE SOURCE SUPEROPTS
+		pre, post, ok := strings.Cut(line, " - ")
+		if !ok || !strings.HasPrefix(post, "cgroup2 ") {
+			continue
+		}
+		if f := strings.Fields(pre); len(f) >= 5 && f[3] == "/" {
+			return f[4], nil
+		}
+	}
+	return "", fmt.Errorf("no cgroup v2 hierarchy is mounted")
+}
+
+// NetNSInode resolves a network namespace given as an inode number, a
+// file such as /run/netns/NAME or /proc/PID/ns/net, or a name under
+// /run/netns.
+func NetNSInode(s string) (uint32, error) {
+	var n uint64
+	if _, err := fmt.Sscanf(s, "%d", &n); err == nil && fmt.Sprint(n) == s {
+		if n == 0 || n > 1<<32-1 {
+			return 0, fmt.Errorf("netns %q: not an inode number", s)
+		}
+		return uint32(n), nil
+	}
+	path := s
+	if !strings.ContainsRune(s, '/') {
+		path = filepath.Join("/run/netns", s)
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		return 0, fmt.Errorf("netns %q: %w", s, err)
+	}
+	return uint32(st.Ino), nil
+}
+
+// Match applies the filter to a decoded event in user space, as the
+// kernel does before the ring buffer; replayed events need it. A cgroup
+// matches by exact id here: the hierarchy of a recording is not known.
+func (f *Filter) Match(e *Event) bool {
+	if f.PID != 0 && (!e.OwnerKnown() || e.Pid != f.PID) {
+		return false
+	}
+	if f.NetNS != 0 && e.Netns != f.NetNS {
+		return false
+	}
+	if f.Family != 0 && e.Family != f.Family {
+		return false
+	}
+	if f.CgroupID != 0 && (!e.OwnerKnown() || e.CgroupId != f.CgroupID) {
+		return false
+	}
+	if len(f.LocalPorts) > 0 && !hasPort(f.LocalPorts, e.Sport) {
+		return false
+	}
+	if len(f.RemotePorts) > 0 && !hasPort(f.RemotePorts, e.Dport) {
+		return false
+	}
+	return true
+}
+
+func hasPort(ports []uint16, p uint16) bool {
+	for _, q := range ports {
+		if q == p {
+			return true
+		}
+	}
+	return false
+}

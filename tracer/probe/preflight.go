@@ -1,0 +1,114 @@
+package probe
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
+	"github.com/cilium/ebpf/features"
+	"golang.org/x/sys/unix"
+)
+
+// Errors a user can act on. Open wraps them with details.
+var (
+	ErrPrivileges = errors.New("missing privileges")
+	ErrNoBTF      = errors.New("kernel has no BTF")
+	ErrNoRingBuf  = errors.New("kernel has no BPF ring buffer")
+	ErrNoHook     = errors.New("tracepoint sock:inet_sock_set_state is not available")
+)
+
+// Capabilities the tracer needs. CAP_SYS_ADMIN covers both on kernels
+// before 5.8 split them out, and on any kernel.
+const (
+	capPerfmon  = 38
+	capBPF      = 39
+	capSysAdmin = 21
+)
+
+// Preflight checks, before anything is loaded, that this process may load
+// tracing programs and that the kernel has what tcpfsm needs, so the user
+// gets one clear reason instead of a verifier log.
+func Preflight() error {
+	if err := checkCapabilities(effectiveCaps); err != nil {
+		return err
+	}
+	if _, err := os.Stat("/sys/kernel/btf/vmlinux"); err != nil {
+		return fmt.Errorf("%w: /sys/kernel/btf/vmlinux is missing; tcpfsm needs a kernel built with CONFIG_DEBUG_INFO_BTF=y (5.4 or newer)", ErrNoBTF)
+	}
+	if _, err := btf.LoadKernelSpec(); err != nil {
+		return fmt.Errorf("%w: %v", ErrNoBTF, err)
+	}
+	if err := features.HaveMapType(ebpf.RingBuf); err != nil {
+		return fmt.Errorf("%w: tcpfsm needs Linux 5.8 or newer (kernel %s): %v", ErrNoRingBuf, kernelRelease(), err)
+	}
+	return nil
+}
+
+// effectiveCaps returns the process's effective capability set.
+func effectiveCaps() (uint64, error) {
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return 0, err
+	}
+	return uint64(data[0].Effective) | uint64(data[1].Effective)<<32, nil
+}
+
+func checkCapabilities(get func() (uint64, error)) error {
+	caps, err := get()
+	if err != nil {
+		return fmt.Errorf("read capabilities: %w", err)
+	}
+	has := func(c uint) bool { return caps&(1<<c) != 0 }
+	if has(capSysAdmin) || (has(capBPF) && has(capPerfmon)) {
+		return nil
+	}
+	var missing []string
+	if !has(capBPF) {
+		missing = append(missing, "CAP_BPF")
+	}
+	if !has(capPerfmon) {
+		missing = append(missing, "CAP_PERFMON")
+	}
+	return fmt.Errorf("%w: loading tracing programs needs %s (or CAP_SYS_ADMIN); run as root or grant them, e.g. setcap cap_bpf,cap_perfmon+ep",
+		ErrPrivileges, strings.Join(missing, " and "))
+}
+
+// explainLoadError turns the kernel's refusal into a message naming the cause.
+func explainLoadError(err error) error {
+	switch {
+	case errors.Is(err, unix.EPERM) || errors.Is(err, unix.EACCES):
+		return fmt.Errorf("%w: the kernel refused to load or attach tcpfsm's programs (%v); it needs CAP_BPF and CAP_PERFMON, and is refused by lockdown or kernel.unprivileged_bpf_disabled settings", ErrPrivileges, err)
+	case errors.Is(err, os.ErrNotExist):
+		return fmt.Errorf("%w (needs Linux 4.16 or newer; kernel %s): %v", ErrNoHook, kernelRelease(), err)
+	}
+	return fmt.Errorf("load tcpfsm programs: %w", err)
+}
+
+func kernelRelease() string {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return "unknown"
+	}
+	return unix.ByteSliceToString(u.Release[:])
+}
+
+// KernelRelease returns uname -r.
+func KernelRelease() string { return kernelRelease() }
+
+// ensureTracefs mounts tracefs when it is not mounted: the classic
+// tracepoint is attached by the id the kernel publishes there.
+func ensureTracefs() error {
+	for _, dir := range []string{"/sys/kernel/tracing", "/sys/kernel/debug/tracing"} {
+		if _, err := os.Stat(dir + "/events"); err == nil {
+			return nil
+		}
+	}
+	if err := unix.Mount("nodev", "/sys/kernel/tracing", "tracefs", 0, ""); err != nil {
+		return fmt.Errorf("tracefs is not mounted and mounting it at /sys/kernel/tracing failed (needs CAP_SYS_ADMIN): %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,99 @@
+package probe
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestCheckCapabilities(t *testing.T) {
+	bit := func(caps ...uint) func() (uint64, error) {
+		return func() (uint64, error) {
+			var m uint64
+			for _, c := range caps {
+				m |= 1 << c
+			}
+			return m, nil
+		}
+	}
+	cases := []struct {
+		name    string
+		get     func() (uint64, error)
+		missing []string // empty: allowed
+	}{
+		{"root-like", bit(capSysAdmin), nil},
+		{"bpf and perfmon", bit(capBPF, capPerfmon), nil},
+		{"nothing", bit(), []string{"CAP_BPF", "CAP_PERFMON"}},
+		{"bpf only", bit(capBPF), []string{"CAP_PERFMON"}},
+		{"perfmon only", bit(capPerfmon, 12), []string{"CAP_BPF"}},
+	}
+	for _, tc := range cases {
+		err := checkCapabilities(tc.get)
+		if len(tc.missing) == 0 {
+			if err != nil {
+				t.Errorf("%s: %v", tc.name, err)
+			}
+			continue
+		}
+		if !errors.Is(err, ErrPrivileges) {
+			t.Errorf("%s: got %v, want ErrPrivileges", tc.name, err)
+			continue
+		}
+		for _, m := range tc.missing {
+			if !strings.Contains(err.Error(), m) {
+				t.Errorf("%s: %q does not name %s", tc.name, err, m)
+			}
+		}
+	}
+	if err := checkCapabilities(func() (uint64, error) { return 0, errors.New("boom") }); err == nil {
+		t.Error("capget failure accepted")
+	}
+}
+
+func TestOptionsValidation(t *testing.T) {
+	var o Options
+	if err := o.setDefaults(); err != nil {
+		t.Fatal(err)
+	}
+	if o.Attach != AttachAuto || o.RingBufferSize != 8<<20 || o.MaxConnections != 65536 ||
+		o.FlushInterval != 50*time.Millisecond || o.WakeupBytes != o.RingBufferSize/16 {
+		t.Errorf("defaults: %+v", o)
+	}
+	bad := []Options{
+		{Attach: "kprobe"},
+		{RingBufferSize: 3 << 20},
+		{RingBufferSize: 1024},
+		{MaxConnections: -1},
+		{FlushInterval: -time.Second},
+		{WakeupBytes: 16 << 20},
+	}
+	for _, o := range bad {
+		if err := o.setDefaults(); err == nil {
+			t.Errorf("accepted %+v", o)
+		}
+	}
+	if err := (&Filter{Family: 3}).validate(); err == nil {
+		t.Error("family 3 accepted")
+	}
+	if err := (&Filter{LocalPorts: []uint16{0}}).validate(); err == nil {
+		t.Error("local port 0 accepted")
+	}
+}
+
+func TestPortBits(t *testing.T) {
+	bits := portBits([]uint16{1, 63, 64, 443, 65535})
+	for p := 0; p < 65536; p++ {
+		set := bits[p>>6]>>(p&63)&1 == 1
+		want := p == 1 || p == 63 || p == 64 || p == 443 || p == 65535
+		if set != want {
+			t.Errorf("port %d: bit %v, want %v", p, set, want)
+		}
+	}
+}
+
+func TestExplainLoadError(t *testing.T) {
+	if err := explainLoadError(errors.New("x")); err == nil || errors.Is(err, ErrPrivileges) {
+		t.Errorf("plain error explained as %v", err)
+	}
+}

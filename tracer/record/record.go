@@ -1,0 +1,300 @@
+// Package record reads and writes tcpfsm recordings: the raw events of a
+// trace, framed and checksummed, after a header that says how to read
+// them (format version, event size) and how to place them in time (the
+// kernel release and the wall clock time of the monotonic clock's zero).
+//
+// Layout, little endian:
+//
+//	header:  magic "TCPFSMRC", version u16, header length u16, event size u16,
+//	         reserved u16, boot ns i64, created ns i64,
+//	         kernel release (u16 length + bytes), hostname (u16 length + bytes),
+//	         CRC-32C of all of the above u32
+//	records: kind u8, reserved u8, length u16, CRC-32C of the payload u32, payload
+//
+// A reader rejects what does not fit this with an error that names the
+// byte offset, and never trusts a length before checking it.
+package record
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"time"
+)
+
+// Magic opens every recording.
+const Magic = "TCPFSMRC"
+
+// Version is the format this package writes. Version 1 events are the
+// probe.Event layout of the same version.
+const Version = 1
+
+// Kind says what a record holds.
+type Kind uint8
+
+const (
+	// KindEvent is one raw event, exactly as the ring buffer delivered it.
+	KindEvent Kind = 1
+	// KindLost is the tracer's cumulative lost-event counters at that
+	// point: two u64, ring buffer full and program busy.
+	KindLost Kind = 2
+)
+
+func (k Kind) String() string {
+	switch k {
+	case KindEvent:
+		return "event"
+	case KindLost:
+		return "lost"
+	}
+	return fmt.Sprintf("kind(%d)", uint8(k))
+}
+
+// MaxPayload bounds a record's payload.
+const MaxPayload = 4096
+
+const (
+	recordHeaderSize = 8
+	fixedHeaderSize  = 8 + 2*4 + 8*2
+)
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// Header describes a recording.
+type Header struct {
+	Version       uint16
+	EventSize     uint16
+	BootNs        int64 // wall clock Unix ns at monotonic zero
+	Created       time.Time
+	KernelRelease string
+	Hostname      string
+}
+
+// FormatError is a recording that is not what the format says: it names
+// where the problem starts.
+type FormatError struct {
+	Offset int64
+	Msg    string
+}
+
+func (e *FormatError) Error() string { return fmt.Sprintf("offset %d: %s", e.Offset, e.Msg) }
+
+// ErrUnsupported marks a recording of a version or event size this build
+// cannot read.
+var ErrUnsupported = errors.New("unsupported recording")
+
+// Writer writes a recording. It buffers: call Flush to make what was
+// written durable in the file, Close at the end.
+type Writer struct {
+	w   *bufio.Writer
+	hdr [recordHeaderSize]byte
+	err error
+}
+
+// NewWriter writes the header and returns a writer for the records.
+func NewWriter(w io.Writer, h Header) (*Writer, error) {
+	if len(h.KernelRelease) > 1024 || len(h.Hostname) > 1024 {
+		return nil, errors.New("record header: kernel release or hostname too long")
+	}
+	hdrLen := fixedHeaderSize + 2 + len(h.KernelRelease) + 2 + len(h.Hostname) + 4
+	b := make([]byte, 0, hdrLen)
+	b = append(b, Magic...)
+	b = binary.LittleEndian.AppendUint16(b, Version)
+	b = binary.LittleEndian.AppendUint16(b, uint16(hdrLen))
+	b = binary.LittleEndian.AppendUint16(b, h.EventSize)
+	b = binary.LittleEndian.AppendUint16(b, 0)
+	b = binary.LittleEndian.AppendUint64(b, uint64(h.BootNs))
+	b = binary.LittleEndian.AppendUint64(b, uint64(h.Created.UnixNano()))
+	b = binary.LittleEndian.AppendUint16(b, uint16(len(h.KernelRelease)))
+	b = append(b, h.KernelRelease...)
+	b = binary.LittleEndian.AppendUint16(b, uint16(len(h.Hostname)))
+	b = append(b, h.Hostname...)
+	b = binary.LittleEndian.AppendUint32(b, crc32.Checksum(b, castagnoli))
+
+	bw := bufio.NewWriterSize(w, 256<<10)
+	if _, err := bw.Write(b); err != nil {
+		return nil, err
+	}
+	return &Writer{w: bw}, nil
+}
+
+// Write appends one record. It does not allocate.
+func (w *Writer) Write(kind Kind, payload []byte) error {
+	if w.err != nil {
+		return w.err
+	}
+	if len(payload) > MaxPayload {
+		return fmt.Errorf("record of %d bytes exceeds %d", len(payload), MaxPayload)
+	}
+	w.hdr[0] = byte(kind)
+	w.hdr[1] = 0
+	binary.LittleEndian.PutUint16(w.hdr[2:], uint16(len(payload)))
+	binary.LittleEndian.PutUint32(w.hdr[4:], crc32.Checksum(payload, castagnoli))
+	if _, err := w.w.Write(w.hdr[:]); err != nil {
+		w.err = err
+		return err
+	}
+	if _, err := w.w.Write(payload); err != nil {
+		w.err = err
+		return err
+	}
+	return nil
+}
+
+// WriteLost appends the cumulative lost-event counters.
+func (w *Writer) WriteLost(ringFull, recursion uint64) error {
+	var b [16]byte
+	binary.LittleEndian.PutUint64(b[:], ringFull)
+	binary.LittleEndian.PutUint64(b[8:], recursion)
+	return w.Write(KindLost, b[:])
+}
+
+// Flush writes buffered records to the underlying writer.
+func (w *Writer) Flush() error {
+	if w.err != nil {
+		return w.err
+	}
+	if err := w.w.Flush(); err != nil {
+		w.err = err
+	}
+	return w.err
+}
+
+// Reader reads a recording.
+type Reader struct {
+	r       *bufio.Reader
+	off     int64
+	header  Header
+	hdr     [recordHeaderSize]byte
+	payload []byte
+}
+
+// NewReader reads and checks the header. wantEventSize, when not zero, is
+// the event size this build understands; a recording with another one is
+// refused with ErrUnsupported.
+func NewReader(r io.Reader, wantEventSize int) (*Reader, error) {
+	rd := &Reader{r: bufio.NewReaderSize(r, 256<<10), payload: make([]byte, MaxPayload)}
+	fixed := make([]byte, fixedHeaderSize)
+	if err := rd.readFull(fixed, "header"); err != nil {
+		return nil, err
+	}
+	if string(fixed[:8]) != Magic {
+		return nil, &FormatError{0, "not a tcpfsm recording (bad magic)"}
+	}
+	h := &rd.header
+	h.Version = binary.LittleEndian.Uint16(fixed[8:])
+	hdrLen := int(binary.LittleEndian.Uint16(fixed[10:]))
+	h.EventSize = binary.LittleEndian.Uint16(fixed[12:])
+	h.BootNs = int64(binary.LittleEndian.Uint64(fixed[16:]))
+	h.Created = time.Unix(0, int64(binary.LittleEndian.Uint64(fixed[24:])))
+	if h.Version != Version {
+		return nil, fmt.Errorf("%w: format version %d, this tcpfsm reads version %d", ErrUnsupported, h.Version, Version)
+	}
+	if wantEventSize != 0 && int(h.EventSize) != wantEventSize {
+		return nil, fmt.Errorf("%w: events of %d bytes, this tcpfsm reads %d", ErrUnsupported, h.EventSize, wantEventSize)
+	}
+	if hdrLen < fixedHeaderSize+2+2+4 || hdrLen > fixedHeaderSize+2*(2+1024)+4 {
+		return nil, &FormatError{10, fmt.Sprintf("bad header length %d", hdrLen)}
+	}
+	rest := make([]byte, hdrLen-fixedHeaderSize)
+	if err := rd.readFull(rest, "header"); err != nil {
+		return nil, err
+	}
+	sum := crc32.Update(crc32.Checksum(fixed, castagnoli), castagnoli, rest[:len(rest)-4])
+	if sum != binary.LittleEndian.Uint32(rest[len(rest)-4:]) {
+		return nil, &FormatError{int64(hdrLen - 4), "header checksum mismatch"}
+	}
+	var ok bool
+	body := rest[:len(rest)-4]
+	if h.KernelRelease, body, ok = lenString(body); !ok {
+		return nil, &FormatError{fixedHeaderSize, "bad kernel release in header"}
+	}
+	if h.Hostname, body, ok = lenString(body); !ok || len(body) != 0 {
+		return nil, &FormatError{fixedHeaderSize, "bad hostname in header"}
+	}
+	return rd, nil
+}
+
+func lenString(b []byte) (string, []byte, bool) {
+	if len(b) < 2 {
+		return "", nil, false
+	}
+	n := int(binary.LittleEndian.Uint16(b))
+	if len(b) < 2+n {
+		return "", nil, false
+	}
+	return string(b[2 : 2+n]), b[2+n:], true
+}
+
+// Header returns the recording's header.
+func (r *Reader) Header() Header { return r.header }
+
+// Offset is the position of the next record.
+func (r *Reader) Offset() int64 { return r.off }
+
+// Next returns the next record. The payload is valid until the next call.
+// At the end of a well-formed recording it returns io.EOF; a recording
+// cut inside a record gives a FormatError.
+func (r *Reader) Next() (Kind, []byte, error) {
+	start := r.off
+	n, err := io.ReadFull(r.r, r.hdr[:])
+	r.off += int64(n)
+	switch {
+	case err == io.EOF:
+		return 0, nil, io.EOF
+	case err == io.ErrUnexpectedEOF:
+		return 0, nil, &FormatError{start, fmt.Sprintf("truncated record header: %d of %d bytes", n, recordHeaderSize)}
+	case err != nil:
+		return 0, nil, err
+	}
+	kind := Kind(r.hdr[0])
+	size := int(binary.LittleEndian.Uint16(r.hdr[2:]))
+	if r.hdr[1] != 0 {
+		return 0, nil, &FormatError{start, fmt.Sprintf("bad record header (reserved byte %#x)", r.hdr[1])}
+	}
+	switch kind {
+	case KindEvent:
+		if size != int(r.header.EventSize) {
+			return 0, nil, &FormatError{start, fmt.Sprintf("event record of %d bytes, header says %d", size, r.header.EventSize)}
+		}
+	case KindLost:
+		if size != 16 {
+			return 0, nil, &FormatError{start, fmt.Sprintf("lost record of %d bytes, want 16", size)}
+		}
+	default:
+		return 0, nil, &FormatError{start, fmt.Sprintf("unknown record kind %d", kind)}
+	}
+	if size > MaxPayload {
+		return 0, nil, &FormatError{start, fmt.Sprintf("record of %d bytes exceeds %d", size, MaxPayload)}
+	}
+	p := r.payload[:size]
+	if err := r.readFull(p, "record"); err != nil {
+		var fe *FormatError
+		if errors.As(err, &fe) {
+			fe.Offset = start
+		}
+		return 0, nil, err
+	}
+	if crc32.Checksum(p, castagnoli) != binary.LittleEndian.Uint32(r.hdr[4:]) {
+		return 0, nil, &FormatError{start, fmt.Sprintf("%s record checksum mismatch", kind)}
+	}
+	return kind, p, nil
+}
+
+// Lost decodes a KindLost payload.
+func Lost(p []byte) (ringFull, recursion uint64) {
+	return binary.LittleEndian.Uint64(p), binary.LittleEndian.Uint64(p[8:])
+}
+
+func (r *Reader) readFull(b []byte, what string) error {
+	n, err := io.ReadFull(r.r, b)
+	start := r.off
+	r.off += int64(n)
+	if err == io.EOF || err == io.ErrUnexpectedEOF {
+		return &FormatError{start, fmt.Sprintf("truncated %s: %d of %d bytes", what, n, len(b))}
+	}
+	return err
+}
