@@ -60,14 +60,18 @@ struct conn {
 	__u64 id;
 	__u64 since_ns;  /* when the current state was entered */
 	struct owner owner;
-	__u8 flags;      /* FLAG_PARTIAL, plus CONN_PENDING_SYN_SENT */
-	__u8 _pad[7];
+	__u8 flags;      /* event flags every event of the connection carries: FLAG_PARTIAL */
+	__u8 marks;      /* CONN_* below, for the programs only */
+	__u8 pending_old, pending_new; /* a transition held back (CONN_PENDING) */
+	__u8 _pad[4];
 };
 
-/* Internal to struct conn: a CLOSE->SYN_SENT event waits for its port. */
-#define CONN_PENDING_SYN_SENT (1 << 7)
-/* Internal to struct conn: it was opened by connect(). */
-#define CONN_ACTIVE (1 << 6)
+enum conn_marks {
+	CONN_PENDING = 1 << 0,          /* a transition waits for the socket's addresses */
+	CONN_ACTIVE = 1 << 1,           /* opened by connect() */
+	CONN_TIME_WAIT = 1 << 2,        /* tcp_time_wait() is handing it to a time-wait socket */
+	CONN_TW_FIN_WAIT2 = 1 << 3,     /* ... in the FIN_WAIT2 substate */
+};
 
 struct listener_key {
 	__u32 netns;
@@ -116,6 +120,32 @@ struct {
 	__type(value, __u64);
 } id_seq SEC(".maps");
 
+/*
+ * The last connections CLOSE transitions ended, per CPU. close() and
+ * SO_LINGER 0 change the state to CLOSE before they send the RST, and on
+ * loopback the peer's own CLOSE runs in between, in softirq on the same
+ * CPU: a few slots let the reset still find its connection.
+ */
+#define CLOSED_SLOTS 8
+
+struct closed {
+	__u64 sk;
+	struct conn c;
+};
+
+struct closed_ring {
+	__u32 next;
+	__u32 _pad;
+	struct closed slot[CLOSED_SLOTS];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct closed_ring);
+} last_closed SEC(".maps");
+
 /* Emit BTF for the types user space decodes, so bpf2go generates them. */
 const struct event *unused_event __attribute__((unused));
 const enum event_type *unused_event_type __attribute__((unused));
@@ -153,13 +183,12 @@ struct tuple {
 	__u8 family;
 };
 
-static __always_inline bool read_tuple(struct sock *sk, struct tuple *t)
+/* Addresses, remote port and netns: the part full sockets and time-wait
+ * sockets share in their struct sock_common. */
+static __always_inline bool read_common(struct sock *sk, struct tuple *t)
 {
 	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
 
-	/* inet_sport, not skc_num: the kernel zeroes skc_num when it unhashes
-	 * the socket, before the transition to CLOSE. */
-	t->sport = __builtin_bswap16(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
 	t->dport = __builtin_bswap16(BPF_CORE_READ(sk, __sk_common.skc_dport));
 	t->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
 
@@ -189,23 +218,45 @@ static __always_inline bool read_tuple(struct sock *sk, struct tuple *t)
 	return false;
 }
 
+static __always_inline bool read_tuple(struct sock *sk, struct tuple *t)
+{
+	/* inet_sport, not skc_num: the kernel zeroes skc_num when it unhashes
+	 * the socket, before the transition to CLOSE. */
+	t->sport = __builtin_bswap16(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
+	return read_common(sk, t);
+}
+
 static __always_inline bool port_set(volatile const __u64 *bits, __u16 port)
 {
 	return (bits[port >> 6] >> (port & 63)) & 1;
 }
 
-/* Filters on what the socket is, not who owns it. A local port of 0 is
- * only let through while connect() has not picked it yet. */
-static __always_inline bool tuple_matches(const struct tuple *t, int newstate)
+/*
+ * Transitions the kernel makes before the socket has its final addresses:
+ * connect() enters SYN_SENT before it picks the local port, and before
+ * Linux 6.15 an accepted socket enters SYN_RECV before it gets the
+ * connection's addresses (it still has its listener's). Their events wait
+ * for the next transition, and for its addresses.
+ */
+static __always_inline bool incomplete(const struct tuple *t, int oldstate, int newstate)
+{
+	return (oldstate == TCP_CLOSE && newstate == TCP_SYN_SENT && t->sport == 0) ||
+	       (oldstate == TCP_LISTEN && newstate == TCP_SYN_RECV && t->dport == 0);
+}
+
+/* Filters on what the socket is, not who owns it. An incomplete tuple is
+ * only judged by its namespace; the rest is judged when it is complete. */
+static __always_inline bool tuple_matches(const struct tuple *t, bool partial_tuple)
 {
 	if (filter_netns && t->netns != filter_netns)
 		return false;
+	if (partial_tuple)
+		return true;
 	if (filter_family && t->family != filter_family)
 		return false;
 	if (filter_rports && !port_set(rport_bits, t->dport))
 		return false;
-	if (filter_lports && !(t->sport == 0 && newstate == TCP_SYN_SENT) &&
-	    !port_set(lport_bits, t->sport))
+	if (filter_lports && !port_set(lport_bits, t->sport))
 		return false;
 	return true;
 }
@@ -279,7 +330,7 @@ static __always_inline __u8 control_flags(struct sock *sk, const struct conn *c,
 
 	/* The active opener's bytes_acked counts its SYN once the SYN-ACK
 	 * arrived; an accepted socket starts after its SYN-ACK. */
-	if ((c->flags & CONN_ACTIVE) && bytes_acked > 0)
+	if ((c->marks & CONN_ACTIVE) && bytes_acked > 0)
 		flags |= FLAG_SYN_ACKED;
 	/* Once a FIN is queued the socket stays in these states until CLOSE;
 	 * the FIN is acked when nothing after it is outstanding. Only the old
@@ -297,12 +348,12 @@ static __always_inline __u8 control_flags(struct sock *sk, const struct conn *c,
 	return flags;
 }
 
-static __always_inline void fill_event(struct event *e, struct sock *sk, const struct tuple *t,
-				       const struct conn *c, __u8 owner_source)
+static __always_inline void fill_event(struct event *e, __u8 type, struct sock *sk,
+				       const struct tuple *t, const struct conn *c, __u8 owner_source)
 {
 	struct tcp_sock *tp = (struct tcp_sock *)sk;
 
-	e->type = EVENT_STATE;
+	e->type = type;
 	e->conn_id = c->id;
 	e->netns = t->netns;
 	e->family = t->family;
@@ -322,7 +373,7 @@ static __always_inline void fill_event(struct event *e, struct sock *sk, const s
 	e->total_retrans = BPF_CORE_READ(tp, total_retrans);
 	e->segs_in = BPF_CORE_READ(tp, segs_in);
 	e->segs_out = BPF_CORE_READ(tp, segs_out);
-	e->_pad[0] = e->_pad[1] = 0;
+	e->sk_err = 0;
 }
 
 static __always_inline __u64 submit_flags(void)
@@ -341,8 +392,16 @@ static __always_inline void emit(struct sock *sk, const struct tuple *t, const s
 		count_lost();
 		return;
 	}
-	fill_event(e, sk, t, c, owner_source);
+	fill_event(e, EVENT_STATE, sk, t, c, owner_source);
 	e->flags |= control_flags(sk, c, oldstate, newstate, e->bytes_acked);
+	if (newstate == TCP_CLOSE) {
+		/* Set before the kernel closes on a reset or a timeout. */
+		e->sk_err = BPF_CORE_READ(sk, sk_err);
+		if (c->marks & CONN_TIME_WAIT)
+			e->flags |= FLAG_TIME_WAIT;
+		if (c->marks & CONN_TW_FIN_WAIT2)
+			e->flags |= FLAG_TW_FIN_WAIT2;
+	}
 	e->ts_ns = ts;
 	e->delta_ns = delta;
 	e->oldstate = oldstate;
@@ -350,8 +409,8 @@ static __always_inline void emit(struct sock *sk, const struct tuple *t, const s
 	bpf_ringbuf_submit(e, submit_flags());
 }
 
-/* The deferred CLOSE->SYN_SENT: the port is known now, the time is kept. */
-static __always_inline void emit_syn_sent(struct sock *sk, const struct tuple *t,
+/* A held-back transition: the addresses are known now, the time is kept. */
+static __always_inline void emit_deferred(struct sock *sk, const struct tuple *t,
 					  const struct conn *c)
 {
 	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
@@ -359,15 +418,15 @@ static __always_inline void emit_syn_sent(struct sock *sk, const struct tuple *t
 		count_lost();
 		return;
 	}
-	fill_event(e, sk, t, c, c->owner.source);
-	/* Nothing had been sent or received in SYN_SENT's first instant. */
+	fill_event(e, EVENT_STATE, sk, t, c, c->owner.source);
+	/* Nothing had been sent or received in the state's first instant. */
 	e->bytes_acked = e->bytes_received = 0;
 	e->srtt_us = e->total_retrans = e->segs_in = e->segs_out = 0;
 	e->flags |= FLAG_DEFERRED;
 	e->ts_ns = c->since_ns;
 	e->delta_ns = 0;
-	e->oldstate = TCP_CLOSE;
-	e->newstate = TCP_SYN_SENT;
+	e->oldstate = c->pending_old;
+	e->newstate = c->pending_new;
 	bpf_ringbuf_submit(e, submit_flags());
 }
 
@@ -407,9 +466,10 @@ static __always_inline int handle(struct sock *sk, int oldstate, int newstate)
 	if (newstate == TCP_LISTEN || (oldstate == TCP_LISTEN && newstate == TCP_CLOSE))
 		track_listener(sk, &t, oldstate, newstate, &task);
 
-	if (!tuple_matches(&t, newstate)) {
-		/* Only a connect waiting for its port can have been kept. */
-		if (oldstate == TCP_SYN_SENT)
+	bool held = incomplete(&t, oldstate, newstate);
+	if (!tuple_matches(&t, held)) {
+		/* Only a transition waiting for its addresses can have been kept. */
+		if (oldstate == TCP_SYN_SENT || oldstate == TCP_SYN_RECV)
 			bpf_map_delete_elem(&conns, &skp);
 		return 0;
 	}
@@ -422,7 +482,7 @@ static __always_inline int handle(struct sock *sk, int oldstate, int newstate)
 		if (!starts_life(oldstate, newstate))
 			fresh.flags = FLAG_PARTIAL;
 		if (oldstate == TCP_CLOSE && newstate == TCP_SYN_SENT)
-			fresh.flags |= CONN_ACTIVE;
+			fresh.marks |= CONN_ACTIVE;
 		if (by_owner) {
 			fresh.owner = task;
 		} else if (oldstate == TCP_LISTEN && newstate == TCP_SYN_RECV) {
@@ -444,15 +504,16 @@ static __always_inline int handle(struct sock *sk, int oldstate, int newstate)
 	struct owner *o = &c->owner;
 	bool pass = owner_matches(o);
 
-	if (c->flags & CONN_PENDING_SYN_SENT) {
-		c->flags &= ~CONN_PENDING_SYN_SENT;
+	if (c->marks & CONN_PENDING) {
+		c->marks &= ~CONN_PENDING;
 		if (pass)
-			emit_syn_sent(sk, &t, c);
+			emit_deferred(sk, &t, c);
 	}
 
-	if (newstate == TCP_SYN_SENT && t.sport == 0) {
-		/* connect() sets SYN_SENT before it picks the local port. */
-		c->flags |= CONN_PENDING_SYN_SENT;
+	if (held) {
+		c->marks |= CONN_PENDING;
+		c->pending_old = oldstate;
+		c->pending_new = newstate;
 	} else if (pass) {
 		__u8 source = o->source;
 		/* Later events carry what an earlier syscall recorded. */
@@ -462,6 +523,14 @@ static __always_inline int handle(struct sock *sk, int oldstate, int newstate)
 	}
 
 	if (newstate == TCP_CLOSE) {
+		__u32 zero = 0;
+		struct closed_ring *ring = bpf_map_lookup_elem(&last_closed, &zero);
+		if (ring && pass) {
+			struct closed *slot = &ring->slot[ring->next & (CLOSED_SLOTS - 1)];
+			slot->sk = skp;
+			slot->c = *c;
+			ring->next++;
+		}
 		if (c != &fresh)
 			bpf_map_delete_elem(&conns, &skp);
 		return 0;
@@ -469,6 +538,160 @@ static __always_inline int handle(struct sock *sk, int oldstate, int newstate)
 	c->since_ns = now;
 	if (c == &fresh)
 		bpf_map_update_elem(&conns, &skp, &fresh, BPF_ANY);
+	return 0;
+}
+
+/*
+ * Resets and SYN retransmits of tracked sockets: one event each, with the
+ * connection's id and owner. Untracked sockets (filtered out, or sk NULL
+ * for a reset sent without a socket) are ignored.
+ */
+static __always_inline int handle_other(struct sock *sk, __u8 type)
+{
+	__u64 skp = (__u64)sk;
+	__u32 zero = 0;
+	struct tuple t = {};
+
+	if (!sk)
+		return 0;
+	int state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	if (type == EVENT_SYN_RETRANSMIT && state != TCP_SYN_SENT)
+		return 0; /* only the handshake's retransmits are events */
+
+	struct conn *c = bpf_map_lookup_elem(&conns, &skp);
+	if (!c && type == EVENT_RESET_SENT && state == TCP_CLOSE) {
+		struct closed_ring *ring = bpf_map_lookup_elem(&last_closed, &zero);
+		if (ring) {
+			for (int i = 0; i < CLOSED_SLOTS; i++) {
+				if (ring->slot[i].sk == skp) {
+					c = &ring->slot[i].c;
+					ring->slot[i].sk = 0;
+					break;
+				}
+			}
+		}
+	}
+	if (!c)
+		return 0;
+	if (!read_tuple(sk, &t))
+		return 0;
+	if (!tuple_matches(&t, false)) {
+		/* A connect that waited for its port, and the port does not pass. */
+		if (state == TCP_SYN_SENT)
+			bpf_map_delete_elem(&conns, &skp);
+		return 0;
+	}
+	if (!owner_matches(&c->owner))
+		return 0;
+	if (c->marks & CONN_PENDING) {
+		/* The SYN went out, so connect() has picked the port. */
+		c->marks &= ~CONN_PENDING;
+		emit_deferred(sk, &t, c);
+	}
+
+	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count_lost();
+		return 0;
+	}
+	__u8 source = c->owner.source == OWNER_TASK ? OWNER_CARRIED : c->owner.source;
+	fill_event(e, type, sk, &t, c, source);
+	e->ts_ns = bpf_ktime_get_ns();
+	e->delta_ns = 0;
+	e->oldstate = state;
+	e->newstate = state;
+	bpf_ringbuf_submit(e, submit_flags());
+	return 0;
+}
+
+SEC("raw_tracepoint/tcp_send_reset")
+int raw_tcp_send_reset(struct bpf_raw_tracepoint_args *ctx)
+{
+	/* TP_PROTO(const struct sock *sk, const struct sk_buff *skb[, reason]) */
+	return handle_other((struct sock *)ctx->args[0], EVENT_RESET_SENT);
+}
+
+SEC("raw_tracepoint/tcp_receive_reset")
+int raw_tcp_receive_reset(struct bpf_raw_tracepoint_args *ctx)
+{
+	/* TP_PROTO(struct sock *sk) */
+	return handle_other((struct sock *)ctx->args[0], EVENT_RESET_RECEIVED);
+}
+
+SEC("raw_tracepoint/tcp_retransmit_skb")
+int raw_tcp_retransmit_skb(struct bpf_raw_tracepoint_args *ctx)
+{
+	/* TP_PROTO(const struct sock *sk, const struct sk_buff *skb[, err]) */
+	return handle_other((struct sock *)ctx->args[0], EVENT_SYN_RETRANSMIT);
+}
+
+/*
+ * Optional, where the kernel has BPF trampolines: the loader tries these
+ * and falls back to reconstructing TIME_WAIT from the transitions and
+ * sock_diag when the kernel refuses them.
+ */
+
+/* tcp_time_wait(struct sock *sk, int state, int timeo) runs just before the
+ * connection's CLOSE: mark it, so that CLOSE says TIME_WAIT for sure. */
+SEC("fentry/tcp_time_wait")
+int fentry_tcp_time_wait(__u64 *ctx)
+{
+	__u64 skp = ctx[0];
+	int state = (int)ctx[1];
+	struct conn *c = bpf_map_lookup_elem(&conns, &skp);
+
+	if (c) {
+		c->marks |= CONN_TIME_WAIT;
+		if (state == TCP_FIN_WAIT2)
+			c->marks |= CONN_TW_FIN_WAIT2;
+	}
+	return 0;
+}
+
+/* inet_twsk_kill(struct inet_timewait_sock *tw): the end of TIME_WAIT,
+ * by its timer or early (reuse, RST). Matched to its connection by tuple
+ * in user space. */
+SEC("fentry/inet_twsk_kill")
+int fentry_inet_twsk_kill(__u64 *ctx)
+{
+	struct inet_timewait_sock *tw = (struct inet_timewait_sock *)ctx[0];
+	struct tuple t = {};
+
+	t.sport = __builtin_bswap16(BPF_CORE_READ(tw, tw_sport));
+	if (!read_common((struct sock *)tw, &t) || !tuple_matches(&t, false))
+		return 0;
+	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count_lost();
+		return 0;
+	}
+	__builtin_memset(e, 0, sizeof(*e));
+	e->type = EVENT_TIME_WAIT_END;
+	e->ts_ns = bpf_ktime_get_ns();
+	e->netns = t.netns;
+	e->family = t.family;
+	e->sport = t.sport;
+	e->dport = t.dport;
+	__builtin_memcpy(e->saddr, t.saddr, sizeof(e->saddr));
+	__builtin_memcpy(e->daddr, t.daddr, sizeof(e->daddr));
+	e->oldstate = BPF_CORE_READ(tw, tw_substate);
+	e->newstate = TCP_CLOSE;
+	bpf_ringbuf_submit(e, submit_flags());
+	return 0;
+}
+
+/* inet_csk_accept() returns the accepted socket in the accepting task:
+ * the exact owner, earlier than its close() would tell. */
+SEC("fexit/inet_csk_accept")
+int fexit_inet_csk_accept(__u64 *ctx)
+{
+	__u64 ret = 0;
+
+	if (bpf_get_func_ret(ctx, &ret) < 0 || !ret)
+		return 0;
+	struct conn *c = bpf_map_lookup_elem(&conns, &ret);
+	if (c && c->owner.source != OWNER_TASK)
+		owner_from_task(&c->owner);
 	return 0;
 }
 

@@ -10,7 +10,11 @@
 
 /* What an event reports. */
 enum event_type {
-	EVENT_STATE = 1, /* a state transition of a TCP socket */
+	EVENT_STATE = 1,          /* a state transition of a TCP socket */
+	EVENT_RESET_SENT = 2,     /* tcp:tcp_send_reset for a tracked socket */
+	EVENT_RESET_RECEIVED = 3, /* tcp:tcp_receive_reset for a tracked socket */
+	EVENT_SYN_RETRANSMIT = 4, /* tcp:tcp_retransmit_skb while in SYN_SENT */
+	EVENT_TIME_WAIT_END = 5,  /* a time-wait socket torn down (fentry, where the kernel allows) */
 };
 
 /* Where the owner fields of an event come from. */
@@ -33,11 +37,17 @@ enum event_flags {
 	FLAG_SYN_ACKED = 1 << 2,    /* bytes_acked counts our SYN */
 	FLAG_FIN_ACKED = 1 << 3,    /* bytes_acked counts our FIN */
 	FLAG_FIN_RECEIVED = 1 << 4, /* bytes_received counts the peer's FIN */
+	/* The kernel handed the connection to a time-wait socket at this
+	 * CLOSE (seen by fentry on tcp_time_wait, where the kernel allows). */
+	FLAG_TIME_WAIT = 1 << 5,
+	/* ... in its FIN_WAIT2 substate: an orphan still waiting for the
+	 * peer's FIN. */
+	FLAG_TW_FIN_WAIT2 = 1 << 6,
 };
 
 struct event {
 	__u64 ts_ns;      /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
-	__u64 conn_id;    /* unique per socket lifetime for this tracer's lifetime */
+	__u64 conn_id;    /* unique per socket lifetime for this tracer's lifetime; 0 for TIME_WAIT_END */
 	__u64 delta_ns;   /* time spent in oldstate; 0 when its start was not seen */
 	__u64 cgroup_id;  /* owner's cgroup v2 id */
 	__u64 bytes_acked;    /* tcp_sock->bytes_acked, see FLAG_SYN_ACKED, FLAG_FIN_ACKED */
@@ -56,11 +66,11 @@ struct event {
 	__u8 comm[16];    /* owner's comm */
 	__u8 type;        /* enum event_type */
 	__u8 family;      /* AF_INET or AF_INET6; IPv4-mapped IPv6 is AF_INET */
-	__u8 oldstate;
-	__u8 newstate;
+	__u8 oldstate;    /* STATE: the transition; other types: the state at the time */
+	__u8 newstate;    /* (TIME_WAIT_END: the time-wait substate, then CLOSE) */
 	__u8 owner;       /* enum owner_source */
 	__u8 flags;       /* enum event_flags */
-	__u8 _pad[2];
+	__u16 sk_err;     /* sk->sk_err at CLOSE: ETIMEDOUT, ECONNREFUSED, ECONNRESET...; else 0 */
 };
 
 #endif /* __TCPFSM_H__ */

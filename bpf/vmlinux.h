@@ -93,7 +93,15 @@ struct sock_common {
 
 struct sock {
 	struct sock_common __sk_common;
+	int sk_err;
 	__u16 sk_protocol;
+} __attribute__((preserve_access_index));
+
+/* What a connection becomes for TIME_WAIT (and an orphaned FIN_WAIT2). */
+struct inet_timewait_sock {
+	struct sock_common __tw_common;
+	unsigned char tw_substate;
+	__be16 tw_sport;
 } __attribute__((preserve_access_index));
 
 enum sock_flags {

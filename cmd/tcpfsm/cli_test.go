@@ -29,6 +29,8 @@ func runCLI(args ...string) (code int, stdout, stderr string) {
 
 const recording = "../../tracer/testdata/loopback-mix.rec"
 
+func scenarioFile(name string) string { return "../../tracer/testdata/scenarios/" + name + ".rec" }
+
 // Every bad flag value: exit 2 and one line naming the flag.
 func TestBadFlags(t *testing.T) {
 	cases := []struct {
@@ -64,6 +66,12 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"replay", "a", "b"}, "want exactly one recording FILE"},
 		{[]string{"replay", "-o", "yaml", recording}, `invalid --output "yaml"`},
 		{[]string{"version", "x"}, "no arguments"},
+		{[]string{"replay", "--view", "graph", recording}, `invalid --view "graph"`},
+		{[]string{"replay", "--view", "ladder", "-o", "json", recording}, "excludes -o json"},
+		{[]string{"replay", "--ladder", recording}, "apply to --view life"},
+		{[]string{"life", "--ladder", "-o", "json"}, "excludes -o json"},
+		{[]string{"life", "--max-tracked", "0"}, "invalid --max-tracked 0"},
+		{[]string{"life", "-n", "0"}, "invalid --count 0"},
 	}
 	for _, tc := range cases {
 		code, stdout, stderr := runCLI(tc.args...)
@@ -83,7 +91,7 @@ func TestBadFlags(t *testing.T) {
 }
 
 func TestHelp(t *testing.T) {
-	for _, cmd := range []string{"trace", "record", "replay"} {
+	for _, cmd := range []string{"trace", "life", "record", "replay"} {
 		code, stdout, _ := runCLI(cmd, "--help")
 		if code != exitOK {
 			t.Errorf("%s --help: exit %d", cmd, code)
@@ -164,6 +172,11 @@ func TestReplayGolden(t *testing.T) {
 		{"replay-close-v6.txt", []string{"replay", "--state", "CLOSE", "-6", "--no-header", recording}, 3, 32},
 		{"replay-lport.txt", []string{"replay", "-L", "8080", "-n", "4", recording}, 5, 7},
 		{"replay-comm-none.txt", []string{"replay", "--comm", "curl", recording}, 1, 32},
+		{"life-client-first.jsonl", []string{"replay", "--view", "life", "-o", "json", scenarioFile("client-closes-first")}, 2, 12},
+		{"life-all.txt", []string{"replay", "--view", "life", "--all", scenarioFile("listener-closed-with-queue")}, 6, 18},
+		{"ladder-client-first.txt", []string{"replay", "--view", "ladder", scenarioFile("client-closes-first")}, 15, 12},
+		{"ladder-simultaneous.txt", []string{"replay", "--view", "ladder", scenarioFile("simultaneous-close")}, 14, 12},
+		{"ladder-refused-none.txt", []string{"replay", "--view", "ladder", scenarioFile("refused")}, 0, 3},
 	}
 	for _, tc := range cases {
 		code, stdout, stderr := runCLI(tc.args...)
@@ -174,7 +187,7 @@ func TestReplayGolden(t *testing.T) {
 			t.Errorf("%v: %d lines, want %d", tc.args, n, tc.rows)
 		}
 		golden(t, tc.name, stdout)
-		if !strings.Contains(stderr, fmt.Sprintf("%d transitions read", tc.read)) || !strings.Contains(stderr, "0 lost") {
+		if !strings.Contains(stderr, fmt.Sprintf("%d events read", tc.read)) || !strings.Contains(stderr, "0 lost") {
 			t.Errorf("%v: summary %q", tc.args, stderr)
 		}
 	}

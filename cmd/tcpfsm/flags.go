@@ -75,10 +75,11 @@ func (f *filterFlags) register(fs *pflag.FlagSet) {
 
 // selection is what filterFlags resolve to.
 type selection struct {
-	kernel probe.Filter
-	comm   string   // owner comm, exact, as the kernel truncates it
-	states [16]bool // wanted new states, when any is set
-	any    bool     // states has an entry
+	kernel    probe.Filter
+	netnsPath string   // --netns as a file, so sock_diag can enter it
+	comm      string   // owner comm, exact, as the kernel truncates it
+	states    [16]bool // wanted new states, when any is set
+	any       bool     // states has an entry
 }
 
 // match applies the user-space part of the selection.
@@ -126,6 +127,9 @@ func (f *filterFlags) resolve() (selection, error) {
 			return s, usagef("invalid --netns: %v", err)
 		}
 		s.kernel.NetNS = ino
+		if path, err := probe.NetNSPath(f.netns); err == nil {
+			s.netnsPath = path
+		}
 	}
 	if f.cgroup != "" {
 		id, level, err := probe.CgroupFilter(f.cgroup)
@@ -176,4 +180,12 @@ func parseOutput(s string) (outputFormat, error) {
 		return o, nil
 	}
 	return "", usagef("invalid --output %q: want table or json", s)
+}
+
+// netnsPaths is the namespace --netns named, for the session's sock_diag.
+func (s *selection) netnsPaths() map[uint32]string {
+	if s.netnsPath == "" {
+		return nil
+	}
+	return map[uint32]string{s.kernel.NetNS: s.netnsPath}
 }

@@ -26,6 +26,7 @@ type command struct {
 func commands() []command {
 	return []command{
 		{"trace", "print every TCP state transition as it happens", runTrace},
+		{"life", "print one record per connection: handshake, states, who closed it and how, TIME_WAIT", runLife},
 		{"record", "write raw transition events to a file", runRecord},
 		{"replay", "read a recording back, without privileges", runReplay},
 		{"version", "print the version", runVersion},

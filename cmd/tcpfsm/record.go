@@ -16,6 +16,7 @@ import (
 	"github.com/tcpfsm/tcpfsm/tracer/clock"
 	"github.com/tcpfsm/tcpfsm/tracer/probe"
 	"github.com/tcpfsm/tcpfsm/tracer/record"
+	"github.com/tcpfsm/tcpfsm/tracer/session"
 )
 
 const recordSynopsis = `Usage: tcpfsm record -w FILE [FLAGS]
@@ -66,21 +67,15 @@ func runRecord(args []string, stdout, stderr io.Writer) error {
 		return usagef("invalid --attach: %v", err)
 	}
 
-	c, err := clock.Now()
-	if err != nil {
-		return fmt.Errorf("read clocks: %w", err)
-	}
-	p, err := probe.Open(probe.Options{Filter: sel.kernel, Attach: mode})
-	if err != nil {
-		return err
-	}
-	defer p.Close()
-
 	f, err := os.OpenFile(*path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
+	c, err := clock.Now()
+	if err != nil {
+		return fmt.Errorf("read clocks: %w", err)
+	}
 	host, _ := os.Hostname()
 	w, err := record.NewWriter(f, record.Header{
 		EventSize:     uint16(probe.EventSize),
@@ -92,79 +87,41 @@ func runRecord(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("write %s: %w", *path, err)
 	}
-	fmt.Fprintf(stderr, "Recording TCP state transitions (%s) to %s. Ctrl-C to end.\n", p.Attached(), *path)
-
-	rec := &recorder{w: w, p: p, limit: uint64(*count)}
-	stop := stopOn(p, *duration, nil)
-	readErr := p.Read(rec.handle, rec.flush)
-	stop()
-	if errors.Is(readErr, errCountReached) {
-		readErr = nil
-	}
-	// Whatever happened, keep what was recorded.
-	ferr := rec.finish()
-	if ferr == nil {
-		ferr = f.Sync()
-	}
-	if readErr == nil && ferr != nil {
-		readErr = fmt.Errorf("write %s: %w", *path, ferr)
-	}
-	fmt.Fprintf(stderr, "\n%d events recorded, %d lost (ring buffer full: %d, program busy: %d)\n",
-		rec.n, rec.lost.Total(), rec.lost.RingFull, rec.lost.Recursion)
-	return readErr
-}
-
-// recorder writes raw events and, when they change, the lost counters.
-type recorder struct {
-	w     *record.Writer
-	p     *probe.Probe
-	limit uint64
-	n     uint64
-	lost  probe.LostCounts
-	ev    probe.Event
-}
-
-func (r *recorder) handle(raw []byte) error {
-	// Only events this build can read back are written.
-	if err := probe.Decode(raw, &r.ev); err != nil {
-		return fmt.Errorf("event %d: %w", r.n, err)
-	}
-	if err := r.w.Write(record.KindEvent, raw[:probe.EventSize]); err != nil {
-		return err
-	}
-	r.n++
-	if r.limit > 0 && r.n >= r.limit {
-		return errCountReached
-	}
-	return nil
-}
-
-// flush runs after each burst: note new losses, push the burst to the file.
-func (r *recorder) flush() error {
-	if err := r.noteLost(); err != nil {
-		return err
-	}
-	return r.w.Flush()
-}
-
-func (r *recorder) noteLost() error {
-	lc, err := r.p.Lost()
+	var events uint64
+	var s *session.Session
+	s, err = session.Open(session.Options{
+		Probe:      probe.Options{Filter: sel.kernel, Attach: mode},
+		Clock:      c,
+		NetNSPaths: sel.netnsPaths(),
+		Record:     w,
+		OnEvent: func(*probe.Event) {
+			events++
+			if *count > 0 && events == uint64(*count) && s != nil {
+				s.Stop()
+			}
+		},
+	})
 	if err != nil {
 		return err
 	}
-	if lc == r.lost {
-		return nil
-	}
-	r.lost = lc
-	return r.w.WriteLost(lc.RingFull, lc.Recursion)
-}
+	defer s.Close()
+	fmt.Fprintf(stderr, "Recording TCP state transitions (%s) to %s. Ctrl-C to end.\n", s.Probe().Attached(), *path)
 
-func (r *recorder) finish() error {
-	err := r.noteLost()
-	if ferr := r.w.Flush(); err == nil {
-		err = ferr
+	stop := stopOn(s.Probe(), *duration, nil)
+	runErr := s.Run()
+	stop()
+	// Whatever happened, keep what was recorded.
+	ferr := w.Flush()
+	if ferr == nil {
+		ferr = f.Sync()
 	}
-	return err
+	if runErr == nil && ferr != nil {
+		runErr = fmt.Errorf("write %s: %w", *path, ferr)
+	}
+	lc, _ := s.Probe().Lost()
+	fmt.Fprintf(stderr, "\n%d events recorded, %d lost (ring buffer full: %d, program busy: %d)\n",
+		events, lc.Total(), lc.RingFull, lc.Recursion)
+	return runErr
 }
 
 // stopOn stops the probe on SIGINT, SIGTERM or after d (when not zero),
@@ -211,21 +168,29 @@ func stopOn(p *probe.Probe, d time.Duration, tick func()) func() {
 
 const replaySynopsis = `Usage: tcpfsm replay [FLAGS] FILE
 
-Read a recording made by 'tcpfsm record' and print it as 'tcpfsm trace'
-would have, with the recording's own wall clock. Needs no privileges.
-All selection flags apply; --cgroup matches the exact cgroup only.
+Read a recording made by 'tcpfsm record' and run it through the pipeline
+a live tcpfsm runs, with the recording's own wall clock: --view trace
+prints the transitions as 'tcpfsm trace' would have, --view life the
+connection records of 'tcpfsm life', --view ladder its ladder diagrams.
+Needs no privileges. All selection flags apply; --cgroup matches the
+exact cgroup only.
 `
 
 const replayExamples = `  tcpfsm replay /tmp/tcp.rec
   tcpfsm replay -o json --state CLOSE /tmp/tcp.rec
+  tcpfsm replay --view life -o json /tmp/tcp.rec
+  tcpfsm replay --view ladder /tmp/tcp.rec
 `
 
 func runReplay(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("replay")
 	var ff filterFlags
 	ff.register(fs)
+	view := fs.String("view", "trace", "`VIEW`: trace (transitions), life (one record per connection) or ladder")
 	output := fs.StringP("output", "o", "table", "output `FORMAT`: table or json")
-	count := fs.IntP("count", "n", 0, "stop after printing `N` transitions")
+	var lo lifeOptions
+	lo.register(fs)
+	fs.IntVarP(&lo.count, "count", "n", 0, "stop after printing `N` lines or records")
 	noHeader := fs.Bool("no-header", false, "omit the table header")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
@@ -245,57 +210,74 @@ func runReplay(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if fs.Changed("count") && *count <= 0 {
-		return usagef("invalid --count %d: want a number above 0", *count)
+	if fs.Changed("count") && lo.count <= 0 {
+		return usagef("invalid --count %d: want a number above 0", lo.count)
+	}
+	switch *view {
+	case "trace", "life":
+	case "ladder":
+		lo.ladder = true
+	default:
+		return usagef("invalid --view %q: want trace, life or ladder", *view)
+	}
+	if lo.ladder && out == outputJSON {
+		return usagef("--view ladder draws text: it excludes -o json")
+	}
+	if *view == "trace" && (lo.ladder || lo.atClose || lo.all) {
+		return usagef("--ladder, --at-close and --all apply to --view life")
 	}
 
-	f, err := os.Open(fs.Arg(0))
+	name := fs.Arg(0)
+	f, err := os.Open(name)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
 	rd, err := record.NewReader(f, probe.EventSize)
 	if err != nil {
-		return fmt.Errorf("%s: %w", fs.Arg(0), err)
+		return fmt.Errorf("%s: %w", name, err)
 	}
 	h := rd.Header()
-	printer := newEventPrinter(stdout, &sel, out, clock.Clock{BootNs: h.BootNs}, *count)
-	if !*noHeader {
-		printer.header()
+	c := clock.Clock{BootNs: h.BootNs}
+
+	var opts session.ReplayOptions
+	var flush func() error
+	var shown func() int
+	var invalid func() error
+	if *view == "trace" {
+		printer := newEventPrinter(stdout, &sel, out, c, lo.count)
+		if !*noHeader {
+			printer.header()
+		}
+		opts.OnEvent = func(e *probe.Event) {
+			if printer.lastErr == nil {
+				printer.print(e)
+			}
+		}
+		opts.Stop = func() bool { return lo.count > 0 && printer.shown >= uint64(lo.count) || printer.lastErr != nil }
+		flush, shown = printer.flush, func() int { return int(printer.shown) }
+		invalid = func() error { return printer.lastErr }
+	} else {
+		lo.sel, lo.output = sel, out
+		printer := newLifePrinter(stdout, &lo, c)
+		if !*noHeader {
+			printer.header()
+		}
+		opts.Handler = printer
+		opts.Stop = func() bool { return lo.count > 0 && printer.shown >= lo.count || printer.err != nil }
+		flush, shown = printer.flush, func() int { return printer.shown }
+		invalid = func() error { return printer.err }
 	}
-	var lost probe.LostCounts
-	var readErr error
-	for {
-		kind, payload, err := rd.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			readErr = fmt.Errorf("%s: %w", fs.Arg(0), err)
-			break
-		}
-		switch kind {
-		case record.KindEvent:
-			err = printer.handle(payload)
-		case record.KindLost:
-			lost.RingFull, lost.Recursion = record.Lost(payload)
-		}
-		if errors.Is(err, errCountReached) {
-			break
-		}
-		if err != nil {
-			readErr = err
-			break
-		}
-		if printer.invalid > 0 {
-			readErr = fmt.Errorf("%s: record before offset %d: %w", fs.Arg(0), rd.Offset(), printer.lastErr)
-			break
-		}
+	res, rerr := session.Replay(rd, opts)
+	if rerr != nil {
+		rerr = fmt.Errorf("%s: %w", name, rerr)
+	} else if err := invalid(); err != nil {
+		rerr = err
 	}
-	if err := printer.flush(); err != nil && readErr == nil {
-		readErr = err
+	if err := flush(); err != nil && rerr == nil {
+		rerr = err
 	}
-	fmt.Fprintf(stderr, "\n%d transitions read, %d shown, %d lost while recording (kernel %s, host %s)\n",
-		printer.seen, printer.shown, lost.Total(), h.KernelRelease, h.Hostname)
-	return readErr
+	fmt.Fprintf(stderr, "\n%d events read, %d shown, %d lost while recording (kernel %s, host %s)\n",
+		res.Stats.Events, shown(), res.Lost.Total(), h.KernelRelease, h.Hostname)
+	return rerr
 }

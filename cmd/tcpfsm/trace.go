@@ -111,21 +111,28 @@ func (p *eventPrinter) header() {
 
 // handle prints one raw event if the selection wants it.
 func (p *eventPrinter) handle(raw []byte) error {
-	p.seen++
 	if err := probe.Decode(raw, &p.ev); err != nil {
+		p.seen++
 		p.invalid++
 		p.lastErr = err
 		return nil
 	}
-	if !p.sel.kernel.Match(&p.ev) || !p.sel.match(&p.ev) {
+	return p.print(&p.ev)
+}
+
+// print prints one decoded event if the selection wants it.
+func (p *eventPrinter) print(e *probe.Event) error {
+	p.seen++
+	if !p.sel.kernel.Match(e) || !p.sel.match(e) {
 		return nil
 	}
 	if p.output == outputJSON {
-		p.buf = render.AppendEventJSON(p.buf[:0], &p.ev, p.clock)
+		p.buf = render.AppendEventJSON(p.buf[:0], e, p.clock)
 	} else {
-		p.buf = render.AppendEventRow(p.buf[:0], &p.ev, p.clock)
+		p.buf = render.AppendEventRow(p.buf[:0], e, p.clock)
 	}
 	if _, err := p.w.Write(p.buf); err != nil {
+		p.lastErr = err
 		return err
 	}
 	p.shown++

@@ -46,6 +46,9 @@ func Collect(t testing.TB, p *probe.Probe) *Collector {
 	return c
 }
 
+// Probe is the probe being read.
+func (c *Collector) Probe() *probe.Probe { return c.p }
+
 // Events returns a copy of what was collected so far.
 func (c *Collector) Events() []probe.Event {
 	c.mu.Lock()
@@ -94,8 +97,12 @@ func (c *Collector) Stop(t testing.TB) []probe.Event {
 	return c.Events()
 }
 
-// Transition is an event's "OLD->NEW".
+// Transition is a state event's "OLD->NEW"; other events read
+// "type@STATE", e.g. "reset_received@SYN_SENT".
 func Transition(e *probe.Event) string {
+	if e.EventType() != probe.TypeState {
+		return e.EventType().String() + "@" + e.OldState().String()
+	}
 	return e.OldState().String() + "->" + e.NewState().String()
 }
 
@@ -105,13 +112,36 @@ type Conn struct {
 	Events []probe.Event
 }
 
-// Transitions lists the connection's "OLD->NEW" in order.
+// Transitions lists the connection's state changes, "OLD->NEW", in order.
 func (c *Conn) Transitions() []string {
+	var s []string
+	for i := range c.Events {
+		if c.Events[i].EventType() == probe.TypeState {
+			s = append(s, Transition(&c.Events[i]))
+		}
+	}
+	return s
+}
+
+// All lists every event of the connection, state changes as "OLD->NEW"
+// and others as "type@STATE", in order.
+func (c *Conn) All() []string {
 	var s []string
 	for i := range c.Events {
 		s = append(s, Transition(&c.Events[i]))
 	}
 	return s
+}
+
+// States returns only the connection's state events.
+func (c *Conn) States() []probe.Event {
+	var out []probe.Event
+	for _, e := range c.Events {
+		if e.EventType() == probe.TypeState {
+			out = append(out, e)
+		}
+	}
+	return out
 }
 
 // Conns groups events by connection id, in order of first appearance.
@@ -138,7 +168,7 @@ func Conns(events []probe.Event) []*Conn {
 func Closed(events []probe.Event, lport, rport uint16) bool {
 	for i := range events {
 		e := &events[i]
-		if e.NewState() == probe.StateClose && e.Sport == lport && e.Dport == rport {
+		if e.EventType() == probe.TypeState && e.NewState() == probe.StateClose && e.Sport == lport && e.Dport == rport {
 			return true
 		}
 	}
@@ -150,9 +180,9 @@ func Dump(events []probe.Event) string {
 	var b strings.Builder
 	for i := range events {
 		e := &events[i]
-		fmt.Fprintf(&b, "  id=%d %s -> %s %-24s pid=%d comm=%s owner=%s flags=%#x tx=%d rx=%d\n",
+		fmt.Fprintf(&b, "  id=%d %s -> %s %-24s pid=%d comm=%s owner=%s flags=%#x err=%d tx=%d rx=%d\n",
 			e.ConnId, netip.AddrPortFrom(e.LocalAddr(), e.Sport), netip.AddrPortFrom(e.RemoteAddr(), e.Dport), Transition(e),
-			e.Pid, e.CommBytes(), e.OwnerSource(), e.Flags, e.TxBytes(), e.RxBytes())
+			e.Pid, e.CommBytes(), e.OwnerSource(), e.Flags, e.SkErr, e.TxBytes(), e.RxBytes())
 	}
 	return b.String()
 }

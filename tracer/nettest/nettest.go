@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"runtime"
 	"syscall"
@@ -100,7 +101,9 @@ func newNS() (*NS, error) {
 	return &NS{fd: fd, Inode: uint32(st.Ino)}, nil
 }
 
-func loopbackUp() error {
+func loopbackUp() error { return setLoopback(true) }
+
+func setLoopback(up bool) error {
 	s, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return err
@@ -113,9 +116,13 @@ func loopbackUp() error {
 	if err := unix.IoctlIfreq(s, unix.SIOCGIFFLAGS, ifr); err != nil {
 		return fmt.Errorf("get lo flags: %w", err)
 	}
-	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	flags := ifr.Uint16() &^ unix.IFF_UP
+	if up {
+		flags |= unix.IFF_UP
+	}
+	ifr.SetUint16(flags)
 	if err := unix.IoctlIfreq(s, unix.SIOCSIFFLAGS, ifr); err != nil {
-		return fmt.Errorf("bring lo up: %w", err)
+		return fmt.Errorf("set lo up=%v: %w", up, err)
 	}
 	return nil
 }
@@ -178,5 +185,100 @@ func (n *NS) Dial(network, addr string) (*net.TCPConn, error) {
 	return c.(*net.TCPConn), nil
 }
 
+// SetLoopback brings the namespace's loopback down or up. While it is
+// down, segments between its sockets are lost and TCP retransmits them.
+func (n *NS) SetLoopback(t testing.TB, up bool) {
+	t.Helper()
+	if err := n.Do(func() error { return setLoopback(up) }); err != nil {
+		t.Fatalf("loopback up=%v: %v", up, err)
+	}
+}
+
+// ListenBacklog listens with an accept queue of the given length, which
+// Go's net.Listen does not offer: a full queue makes the kernel drop SYNs.
+func (n *NS) ListenBacklog(t testing.TB, addr string, backlog int) *net.TCPListener {
+	t.Helper()
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ln net.Listener
+	err = n.Do(func() error {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		f := os.NewFile(uintptr(fd), "listener")
+		defer f.Close()
+		if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: ap.Addr().As4(), Port: int(ap.Port())}); err != nil {
+			return err
+		}
+		if err := unix.Listen(fd, backlog); err != nil {
+			return err
+		}
+		ln, err = net.FileListener(f)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("listen %s backlog %d: %v", addr, backlog, err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return ln.(*net.TCPListener)
+}
+
+// DialSynCount connects from inside the namespace, giving up after
+// synCount SYN retransmits (TCP_SYNCNT).
+func (n *NS) DialSynCount(network, addr string, synCount int) (*net.TCPConn, error) {
+	d := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) {
+			serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_SYNCNT, synCount)
+		})
+		if err != nil {
+			return err
+		}
+		return serr
+	}}
+	var c net.Conn
+	err := n.Do(func() error {
+		var err error
+		c, err = d.Dial(network, addr)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return c.(*net.TCPConn), nil
+}
+
 // IsRefused reports a connection refused by the peer.
 func IsRefused(err error) bool { return errors.Is(err, syscall.ECONNREFUSED) }
+
+// DialFrom connects from a fixed local address, with SO_REUSEADDR so it
+// may bind while a TIME_WAIT holds that port.
+func (n *NS) DialFrom(network, local, remote string) (*net.TCPConn, error) {
+	laddr, err := net.ResolveTCPAddr(network, local)
+	if err != nil {
+		return nil, err
+	}
+	d := net.Dialer{LocalAddr: laddr, Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
+		})
+		if err != nil {
+			return err
+		}
+		return serr
+	}}
+	var c net.Conn
+	err = n.Do(func() error {
+		var err error
+		c, err = d.Dial(network, remote)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return c.(*net.TCPConn), nil
+}

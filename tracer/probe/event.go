@@ -19,13 +19,25 @@ const EventSize = int(unsafe.Sizeof(Event{}))
 type EventType uint8
 
 const (
-	TypeState = EventType(tcpfsmEventTypeEVENT_STATE)
+	TypeState         = EventType(tcpfsmEventTypeEVENT_STATE)
+	TypeResetSent     = EventType(tcpfsmEventTypeEVENT_RESET_SENT)
+	TypeResetReceived = EventType(tcpfsmEventTypeEVENT_RESET_RECEIVED)
+	TypeSynRetransmit = EventType(tcpfsmEventTypeEVENT_SYN_RETRANSMIT)
+	TypeTimeWaitEnd   = EventType(tcpfsmEventTypeEVENT_TIME_WAIT_END)
 )
 
 func (t EventType) String() string {
 	switch t {
 	case TypeState:
 		return "state"
+	case TypeResetSent:
+		return "reset_sent"
+	case TypeResetReceived:
+		return "reset_received"
+	case TypeSynRetransmit:
+		return "syn_retransmit"
+	case TypeTimeWaitEnd:
+		return "time_wait_end"
 	}
 	return fmt.Sprintf("type(%d)", uint8(t))
 }
@@ -61,8 +73,11 @@ const (
 	FlagSynAcked    = uint8(tcpfsmEventFlagsFLAG_SYN_ACKED)
 	FlagFinAcked    = uint8(tcpfsmEventFlagsFLAG_FIN_ACKED)
 	FlagFinReceived = uint8(tcpfsmEventFlagsFLAG_FIN_RECEIVED)
+	FlagTimeWait    = uint8(tcpfsmEventFlagsFLAG_TIME_WAIT)
+	FlagTWFinWait2  = uint8(tcpfsmEventFlagsFLAG_TW_FIN_WAIT2)
 
-	knownFlags = FlagPartial | FlagDeferred | FlagSynAcked | FlagFinAcked | FlagFinReceived
+	knownFlags = FlagPartial | FlagDeferred | FlagSynAcked | FlagFinAcked | FlagFinReceived |
+		FlagTimeWait | FlagTWFinWait2
 )
 
 // Address families as the kernel numbers them.
@@ -170,7 +185,7 @@ func Decode(raw []byte, e *Event) error {
 // corrupt or foreign record file.
 func (e *Event) Validate() error {
 	switch {
-	case EventType(e.Type) != TypeState:
+	case e.Type < uint8(TypeState) || e.Type > uint8(TypeTimeWaitEnd):
 		return fmt.Errorf("%w: unknown type %d", ErrBadEvent, e.Type)
 	case e.Family != AFInet && e.Family != AFInet6:
 		return fmt.Errorf("%w: unknown address family %d", ErrBadEvent, e.Family)
@@ -180,6 +195,8 @@ func (e *Event) Validate() error {
 		return fmt.Errorf("%w: unknown owner source %d", ErrBadEvent, e.Owner)
 	case e.Flags&^knownFlags != 0:
 		return fmt.Errorf("%w: unknown flags %#x", ErrBadEvent, e.Flags)
+	case e.SkErr >= 4096:
+		return fmt.Errorf("%w: socket error %d is no errno", ErrBadEvent, e.SkErr)
 	}
 	return nil
 }
@@ -190,7 +207,11 @@ func (e *Event) Bytes() []byte {
 	return unsafe.Slice((*byte)(unsafe.Pointer(e)), EventSize)
 }
 
-// OldState and NewState are the transition.
+// EventType says what the event reports.
+func (e *Event) EventType() EventType { return EventType(e.Type) }
+
+// OldState and NewState are the transition; for events other than state
+// changes both are the socket's state at the time.
 func (e *Event) OldState() State { return State(e.Oldstate) }
 func (e *Event) NewState() State { return State(e.Newstate) }
 

@@ -127,6 +127,8 @@ func TestDecodeRejects(t *testing.T) {
 		{name: "empty", raw: []byte{}, want: probe.ErrShortEvent},
 		{name: "one short", raw: good[:probe.EventSize-1], want: probe.ErrShortEvent},
 		{name: "type", mutate: func(e *probe.Event) { e.Type = 9 }, want: probe.ErrBadEvent},
+		{name: "type 0", mutate: func(e *probe.Event) { e.Type = 0 }, want: probe.ErrBadEvent},
+		{name: "sk_err", mutate: func(e *probe.Event) { e.SkErr = 5000 }, want: probe.ErrBadEvent},
 		{name: "family", mutate: func(e *probe.Event) { e.Family = 1 }, want: probe.ErrBadEvent},
 		{name: "old state 0", mutate: func(e *probe.Event) { e.Oldstate = 0 }, want: probe.ErrBadEvent},
 		{name: "new state 14", mutate: func(e *probe.Event) { e.Newstate = 14 }, want: probe.ErrBadEvent},

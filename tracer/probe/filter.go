@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -149,10 +150,7 @@ func NetNSInode(s string) (uint32, error) {
 		}
 		return uint32(n), nil
 	}
-	path := s
-	if !strings.ContainsRune(s, '/') {
-		path = filepath.Join("/run/netns", s)
-	}
+	path, _ := NetNSPath(s)
 	var st syscall.Stat_t
 	if err := syscall.Stat(path, &st); err != nil {
 		return 0, fmt.Errorf("netns %q: %w", s, err)
@@ -192,4 +190,16 @@ func hasPort(ports []uint16, p uint16) bool {
 		}
 	}
 	return false
+}
+
+// NetNSPath is the file a --netns value names: itself when it is a path,
+// /run/netns/NAME for a name; an inode number names no file.
+func NetNSPath(s string) (string, error) {
+	if _, err := strconv.ParseUint(s, 10, 32); err == nil {
+		return "", fmt.Errorf("netns %q is an inode number, not a file", s)
+	}
+	if !strings.ContainsRune(s, '/') {
+		return filepath.Join("/run/netns", s), nil
+	}
+	return s, nil
 }

@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -100,12 +102,46 @@ func (o *Options) setDefaults() error {
 // Probe is a loaded and attached set of tcpfsm programs.
 type Probe struct {
 	coll     *ebpf.Collection
-	prog     *ebpf.Program
-	lost     *ebpf.Map
-	link     link.Link
+	extra    []*ebpf.Collection // optional programs loaded on their own
+	progs    map[string]*ebpf.Program
+	links    []link.Link
 	reader   *ringbuf.Reader
 	attached Attach
+	features Features
 	flush    time.Duration
+}
+
+// Features says which optional parts of tcpfsm the kernel accepted.
+type Features struct {
+	// Resets: tcp:tcp_send_reset and tcp:tcp_receive_reset events.
+	Resets bool
+	// SynRetransmits: tcp:tcp_retransmit_skb events during the handshake.
+	SynRetransmits bool
+	// TimeWait: fentry on tcp_time_wait and inet_twsk_kill (BPF
+	// trampolines): the CLOSE into TIME_WAIT is flagged and the end of
+	// TIME_WAIT is an event. Without it both are reconstructed.
+	TimeWait bool
+	// AcceptOwner: fexit on inet_csk_accept names the accepting process
+	// as soon as it accepts.
+	AcceptOwner bool
+	// Missing explains what the kernel refused, one line each.
+	Missing []string
+}
+
+// Programs on other hooks than inet_sock_set_state, attached as raw
+// tracepoints whatever the attach mode: the classic tracepoints' context
+// layouts of these differ between kernels, the raw arguments do not.
+var extraRawTracepoints = []struct{ prog, tracepoint string }{
+	{tcpfsmProgRawTcpSendReset, "tcp_send_reset"},
+	{tcpfsmProgRawTcpReceiveReset, "tcp_receive_reset"},
+	{tcpfsmProgRawTcpRetransmitSkb, "tcp_retransmit_skb"},
+}
+
+// Programs that need BPF trampolines (program type tracing).
+var tracingPrograms = []string{
+	tcpfsmProgFentryTcpTimeWait,
+	tcpfsmProgFentryInetTwskKill,
+	tcpfsmProgFexitInetCskAccept,
 }
 
 // Open checks what the kernel and the process can do, loads the programs
@@ -149,15 +185,16 @@ func Open(opts Options) (_ *Probe, err error) {
 	for _, mode := range modes {
 		if err := p.loadAndAttach(spec, mode); err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", mode, err))
-			p.closeCollection()
+			p.closeAll()
 			continue
 		}
 		p.attached = mode
 		break
 	}
-	if p.link == nil {
+	if p.attached == "" {
 		return nil, explainLoadError(errors.Join(errs...))
 	}
+	p.attachExtras(spec)
 
 	p.reader, err = ringbuf.NewReader(p.coll.Maps[tcpfsmMapEvents])
 	if err != nil {
@@ -166,39 +203,104 @@ func Open(opts Options) (_ *Probe, err error) {
 	return p, nil
 }
 
+// loadAndAttach loads the maps and the programs every kernel with ring
+// buffers runs, and attaches the state program in the given mode.
 func (p *Probe) loadAndAttach(spec *ebpf.CollectionSpec, mode Attach) error {
 	progName, other := tcpfsmProgRawInetSockSetState, tcpfsmProgTpInetSockSetState
 	if mode == AttachTracepoint {
 		progName, other = other, progName
 	}
-	// Load only the program this mode needs.
 	s := spec.Copy()
 	delete(s.Programs, other)
+	for _, name := range tracingPrograms {
+		delete(s.Programs, name)
+	}
 	coll, err := ebpf.NewCollection(s)
 	if err != nil {
 		return fmt.Errorf("load: %w", err)
 	}
 	p.coll = coll
-	p.prog = coll.Programs[progName]
-	p.lost = coll.Maps[tcpfsmMapLost]
+	p.progs = map[string]*ebpf.Program{}
+	for name, prog := range coll.Programs {
+		p.progs[name] = prog
+	}
 
+	var l link.Link
 	switch mode {
 	case AttachRaw:
-		p.link, err = link.AttachRawTracepoint(link.RawTracepointOptions{
+		l, err = link.AttachRawTracepoint(link.RawTracepointOptions{
 			Name:    "inet_sock_set_state",
-			Program: p.prog,
+			Program: p.progs[progName],
 		})
 	case AttachTracepoint:
 		if err = ensureTracefs(); err != nil {
 			return err
 		}
-		p.link, err = link.Tracepoint("sock", "inet_sock_set_state", p.prog, nil)
+		l, err = link.Tracepoint("sock", "inet_sock_set_state", p.progs[progName], nil)
 	}
 	if err != nil {
 		return fmt.Errorf("attach: %w", err)
 	}
+	p.links = append(p.links, l)
 	return nil
 }
+
+// attachExtras attaches what refines the lifecycle but is not needed for
+// transitions: a kernel that refuses one loses that refinement only.
+func (p *Probe) attachExtras(spec *ebpf.CollectionSpec) {
+	f := &p.features
+	ok := map[string]bool{}
+	for _, x := range extraRawTracepoints {
+		l, err := link.AttachRawTracepoint(link.RawTracepointOptions{Name: x.tracepoint, Program: p.progs[x.prog]})
+		if err != nil {
+			f.Missing = append(f.Missing, fmt.Sprintf("tcp:%s: %v", x.tracepoint, err))
+			continue
+		}
+		p.links = append(p.links, l)
+		ok[x.prog] = true
+	}
+	f.Resets = ok[tcpfsmProgRawTcpSendReset] && ok[tcpfsmProgRawTcpReceiveReset]
+	f.SynRetransmits = ok[tcpfsmProgRawTcpRetransmitSkb]
+
+	// Tracing programs share the maps already loaded.
+	replace := map[string]*ebpf.Map{}
+	for name, m := range p.coll.Maps {
+		replace[name] = m
+	}
+	for _, name := range tracingPrograms {
+		s := spec.Copy()
+		s.Programs = map[string]*ebpf.ProgramSpec{name: s.Programs[name]}
+		coll, err := ebpf.NewCollectionWithOptions(s, ebpf.CollectionOptions{MapReplacements: replace})
+		if err != nil {
+			f.Missing = append(f.Missing, fmt.Sprintf("%s: %v", name, firstLine(err)))
+			continue
+		}
+		l, err := link.AttachTracing(link.TracingOptions{Program: coll.Programs[name]})
+		if err != nil {
+			coll.Close()
+			f.Missing = append(f.Missing, fmt.Sprintf("%s: %v", name, err))
+			continue
+		}
+		p.extra = append(p.extra, coll)
+		p.links = append(p.links, l)
+		p.progs[name] = coll.Programs[name]
+		ok[name] = true
+	}
+	f.TimeWait = ok[tcpfsmProgFentryTcpTimeWait] && ok[tcpfsmProgFentryInetTwskKill]
+	f.AcceptOwner = ok[tcpfsmProgFexitInetCskAccept]
+}
+
+// firstLine keeps a verifier error to its summary.
+func firstLine(err error) string {
+	s := err.Error()
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		s = s[:i]
+	}
+	return s
+}
+
+// Features says which optional programs are attached.
+func (p *Probe) Features() Features { return p.features }
 
 // Attached says which hook is in use: raw_tracepoint or tracepoint.
 func (p *Probe) Attached() Attach { return p.attached }
@@ -206,8 +308,9 @@ func (p *Probe) Attached() Attach { return p.attached }
 // Read calls handle with each raw event until Stop or Close is called, or
 // handle returns an error. The slice passed to handle is reused: it must
 // copy what it keeps. Events wait in the ring buffer for at most the flush
-// interval. After each burst, once the ring is empty, Read calls drained
-// (when not nil), so callers can flush buffered output.
+// interval. Read calls drained (when not nil) each time it has emptied
+// the ring, and at least once per flush interval when idle, so callers
+// can flush output and move their clocks.
 func (p *Probe) Read(handle func(raw []byte) error, drained func() error) error {
 	var rec ringbuf.Record
 	p.reader.SetDeadline(time.Now().Add(p.flush))
@@ -226,7 +329,18 @@ func (p *Probe) Read(handle func(raw []byte) error, drained func() error) error 
 		case errors.Is(err, os.ErrDeadlineExceeded):
 			// Everything the kernel submitted without a wakeup is read.
 			p.reader.SetDeadline(time.Now().Add(p.flush))
-		case errors.Is(err, ringbuf.ErrFlushed), errors.Is(err, ringbuf.ErrClosed):
+			if drained != nil {
+				if err := drained(); err != nil {
+					return err
+				}
+			}
+		case errors.Is(err, ringbuf.ErrFlushed):
+			// Stop: the ring is empty and nothing more comes.
+			if drained != nil {
+				return drained()
+			}
+			return nil
+		case errors.Is(err, ringbuf.ErrClosed):
 			return nil
 		default:
 			return fmt.Errorf("read ring buffer: %w", err)
@@ -237,11 +351,7 @@ func (p *Probe) Read(handle func(raw []byte) error, drained func() error) error 
 // Stop detaches the programs, so no event is produced anymore, and makes
 // Read return once it has delivered every event already in the ring.
 func (p *Probe) Stop() error {
-	var err error
-	if p.link != nil {
-		err = p.link.Close()
-		p.link = nil
-	}
+	err := p.detach()
 	if p.reader != nil {
 		if ferr := p.reader.Flush(); ferr != nil && err == nil {
 			err = ferr
@@ -250,46 +360,57 @@ func (p *Probe) Stop() error {
 	return err
 }
 
-// Close detaches and frees everything. A concurrent Read returns.
-func (p *Probe) Close() error {
+func (p *Probe) detach() error {
 	var errs []error
-	if p.link != nil {
-		errs = append(errs, p.link.Close())
-		p.link = nil
+	for _, l := range p.links {
+		errs = append(errs, l.Close())
 	}
-	if p.reader != nil {
-		errs = append(errs, p.reader.Close())
-	}
-	p.closeCollection()
+	p.links = nil
 	return errors.Join(errs...)
 }
 
-func (p *Probe) closeCollection() {
+// Close detaches and frees everything. A concurrent Read returns.
+func (p *Probe) Close() error {
+	errs := []error{p.detach()}
+	if p.reader != nil {
+		errs = append(errs, p.reader.Close())
+	}
+	p.closeAll()
+	return errors.Join(errs...)
+}
+
+func (p *Probe) closeAll() {
+	p.detach()
+	for _, c := range p.extra {
+		c.Close()
+	}
 	if p.coll != nil {
 		p.coll.Close()
 	}
-	p.coll, p.prog, p.lost = nil, nil, nil
+	p.coll, p.extra, p.progs = nil, nil, nil
 }
 
-// Lost returns how many events did not fit in the ring buffer, summed over
-// CPUs, plus the times the program could not run because it was already
-// running on that CPU (recursion misses): both are transitions tcpfsm
-// did not see.
+// Lost returns the transitions tcpfsm did not see: events that did not
+// fit in the ring buffer, summed over CPUs, and program runs the kernel
+// skipped because the program was already running on that CPU.
 func (p *Probe) Lost() (LostCounts, error) {
 	var lc LostCounts
+	if p.coll == nil {
+		return lc, errors.New("probe closed")
+	}
 	var perCPU []uint64
-	if err := p.lost.Lookup(uint32(0), &perCPU); err != nil {
+	if err := p.coll.Maps[tcpfsmMapLost].Lookup(uint32(0), &perCPU); err != nil {
 		return lc, fmt.Errorf("read lost counter: %w", err)
 	}
 	for _, n := range perCPU {
 		lc.RingFull += n
 	}
-	if p.prog != nil {
-		st, err := p.prog.Stats()
+	for _, prog := range p.progs {
+		st, err := prog.Stats()
 		if err != nil {
 			return lc, fmt.Errorf("read program stats: %w", err)
 		}
-		lc.Recursion = st.RecursionMisses
+		lc.Recursion += st.RecursionMisses
 	}
 	return lc, nil
 }
@@ -303,26 +424,38 @@ type LostCounts struct {
 // Total is the sum over reasons.
 func (l LostCounts) Total() uint64 { return l.RingFull + l.Recursion }
 
-// ProgramStats is the kernel's accounting for the attached program. Run
-// time is only counted while BPF stats are enabled (EnableStats).
+// ProgramStats is the kernel's accounting for one program. Run time is
+// only counted while BPF stats are enabled (kernel.bpf_stats_enabled, or
+// ebpf.EnableStats).
 type ProgramStats struct {
 	Name     string
 	RunCount uint64
 	RunTime  time.Duration
 }
 
-// Stats returns the attached program's run count and run time.
-func (p *Probe) Stats() (ProgramStats, error) {
-	if p.prog == nil {
-		return ProgramStats{}, errors.New("no program loaded")
+// Stats returns every loaded program's run count and run time, by name.
+func (p *Probe) Stats() ([]ProgramStats, error) {
+	var out []ProgramStats
+	for name, prog := range p.progs {
+		st, err := prog.Stats()
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
+		out = append(out, ProgramStats{Name: name, RunCount: st.RunCount, RunTime: st.Runtime})
 	}
-	st, err := p.prog.Stats()
-	if err != nil {
-		return ProgramStats{}, err
-	}
-	name := tcpfsmProgRawInetSockSetState
-	if p.attached == AttachTracepoint {
-		name = tcpfsmProgTpInetSockSetState
-	}
-	return ProgramStats{Name: name, RunCount: st.RunCount, RunTime: st.Runtime}, nil
+	slices.SortFunc(out, func(a, b ProgramStats) int { return strings.Compare(a.Name, b.Name) })
+	return out, nil
+}
+
+// SeedListener tells the kernel side who owns a listener that existed
+// before tcpfsm started, so the connections it accepts get that owner.
+func (p *Probe) SeedListener(netns uint32, port uint16, pid uint32, comm string, cgroupID uint64) error {
+	key := tcpfsmListenerKey{Netns: netns, Port: port}
+	var val tcpfsmListener
+	val.Owner.Pid, val.Owner.Tid, val.Owner.CgroupId = pid, pid, cgroupID
+	copy(val.Owner.Comm[:15], comm)
+	val.Owner.Source = uint8(OwnerTask)
+	// The socket pointer is unknown: the entry is replaced when a new
+	// listener on the port appears, and ages out of the LRU otherwise.
+	return p.coll.Maps[tcpfsmMapListeners].Update(&key, &val, ebpf.UpdateNoExist)
 }

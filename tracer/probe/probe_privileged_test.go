@@ -5,6 +5,7 @@ package probe_test
 // Without privileges they skip, except in CI (CI=true), where they fail.
 
 import (
+	"errors"
 	"io"
 	"net"
 	"os"
@@ -12,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -227,6 +229,12 @@ func TestNormalCloseClientFirst(t *testing.T) {
 				t.Errorf("CLOSE->SYN_SENT not flagged deferred: flags %#x", syn.Flags)
 			}
 			for _, c := range []*nettest.Conn{ep.client, ep.server, ep.listener} {
+				if got, want := c.All(), c.Transitions(); !slices.Equal(got, want) {
+					t.Errorf("a normal close has only state events, got %v", got)
+				}
+				if last := c.Events[len(c.Events)-1]; last.SkErr != 0 {
+					t.Errorf("normal close with socket error %d", last.SkErr)
+				}
 				for i := range c.Events {
 					e := &c.Events[i]
 					if e.Netns != ns.Inode {
@@ -304,8 +312,23 @@ func TestResetAbort(t *testing.T) {
 		return nettest.Closed(ev, srvPort, cliPort) && nettest.Closed(ev, cliPort, srvPort) && nettest.Closed(ev, srvPort, 0)
 	})
 	ep := splitConns(t, col.Stop(t), srvPort)
-	wantTransitions(t, "client", ep.client, []string{"CLOSE->SYN_SENT", "SYN_SENT->ESTABLISHED", "ESTABLISHED->CLOSE"})
-	wantTransitions(t, "server", ep.server, []string{"LISTEN->SYN_RECV", "SYN_RECV->ESTABLISHED", "ESTABLISHED->CLOSE"})
+	// close() with SO_LINGER 0 moves to CLOSE first and sends the RST
+	// after: the reset still names the connection.
+	wantAll(t, "client", ep.client, []string{"CLOSE->SYN_SENT", "SYN_SENT->ESTABLISHED", "ESTABLISHED->CLOSE", "reset_sent@CLOSE"})
+	wantAll(t, "server", ep.server, []string{"LISTEN->SYN_RECV", "SYN_RECV->ESTABLISHED", "reset_received@ESTABLISHED", "ESTABLISHED->CLOSE"})
+	if e := ep.server.States()[2]; e.SkErr != uint16(syscall.ECONNRESET) {
+		t.Errorf("server CLOSE: socket error %d, want ECONNRESET", e.SkErr)
+	}
+	if e := ep.client.States()[2]; e.SkErr != 0 {
+		t.Errorf("client CLOSE: socket error %d, want 0", e.SkErr)
+	}
+}
+
+func wantAll(t *testing.T, who string, c *nettest.Conn, want []string) {
+	t.Helper()
+	if got := c.All(); !slices.Equal(got, want) {
+		t.Errorf("%s events:\n got  %v\n want %v\n%s", who, got, want, nettest.Dump(c.Events))
+	}
 }
 
 // (d) a refused connect: SYN_SENT straight to CLOSE, with the real local port.
@@ -318,14 +341,17 @@ func TestRefusedConnect(t *testing.T) {
 	if !nettest.IsRefused(err) {
 		t.Fatalf("dial: got %v, want connection refused", err)
 	}
-	events := col.WaitFor(t, "the connect to end", func(ev []probe.Event) bool { return nettest.Closed(ev, 0, 0) || len(ev) >= 2 })
-	events = col.Stop(t)
+	col.WaitFor(t, "the connect to end", func(ev []probe.Event) bool { return len(ev) >= 3 })
+	events := col.Stop(t)
 	conns := nettest.Conns(events)
 	if len(conns) != 1 {
 		t.Fatalf("want 1 connection, got %d:\n%s", len(conns), nettest.Dump(events))
 	}
-	wantTransitions(t, "client", conns[0], []string{"CLOSE->SYN_SENT", "SYN_SENT->CLOSE"})
-	syn, closed := &conns[0].Events[0], &conns[0].Events[1]
+	wantAll(t, "client", conns[0], []string{"CLOSE->SYN_SENT", "reset_received@SYN_SENT", "SYN_SENT->CLOSE"})
+	syn, closed := &conns[0].Events[0], &conns[0].Events[2]
+	if closed.SkErr != uint16(syscall.ECONNREFUSED) {
+		t.Errorf("CLOSE: socket error %d, want ECONNREFUSED", closed.SkErr)
+	}
 	if syn.Sport == 0 || syn.Sport != closed.Sport {
 		t.Errorf("local port: SYN_SENT %d, CLOSE %d; want the same non-zero port", syn.Sport, closed.Sport)
 	}
@@ -415,7 +441,12 @@ func TestOwnersAndBytesAcrossProcesses(t *testing.T) {
 	}
 	T, C, L := probe.OwnerTask, probe.OwnerCarried, probe.OwnerListener
 	wantSources("client", ep.client, []probe.OwnerSource{T, C, T, C, C})
-	wantSources("server", ep.server, []probe.OwnerSource{L, L, L, T, C})
+	if col.Probe().Features().AcceptOwner {
+		// fexit on inet_csk_accept: the accepting task owns it from accept().
+		wantSources("server", ep.server, []probe.OwnerSource{L, L, C, T, C})
+	} else {
+		wantSources("server", ep.server, []probe.OwnerSource{L, L, L, T, C})
+	}
 
 	last := func(c *nettest.Conn) *probe.Event { return &c.Events[len(c.Events)-1] }
 	if e := last(ep.client); e.TxBytes() != cliSends || e.RxBytes() != srvSends {
@@ -550,11 +581,11 @@ func (env *filterEnv) runTraffic(t *testing.T, all *nettest.Collector, open func
 	all.WaitFor(t, "all sockets closed", func(ev []probe.Event) bool {
 		n := 0
 		for i := range ev {
-			if ev[i].NewState() == probe.StateClose {
+			if ev[i].EventType() == probe.TypeState && ev[i].NewState() == probe.StateClose {
 				n++
 			}
 		}
-		return n == 8 // two helper listeners, three clients, three accepted
+		return n >= 8 // two helper listeners, three clients, three accepted
 	})
 	ln.Close()
 	all.WaitFor(t, "the last listener closed", func(ev []probe.Event) bool { return nettest.Closed(ev, portSelf, 0) })
@@ -609,4 +640,61 @@ func sameEvents(a, b []probe.Event) bool {
 		}
 	}
 	return true
+}
+
+// A connect whose SYNs are dropped (its listener's accept queue is full):
+// SYN retransmits, then ETIMEDOUT.
+func TestConnectTimeout(t *testing.T) {
+	nettest.RequireBPF(t)
+	ns := nettest.NewNS(t)
+	col := openProbe(t, probe.Options{Filter: probe.Filter{NetNS: ns.Inode}})
+	ln := ns.ListenBacklog(t, "127.0.0.1:9999", 0)
+	queued, err := ns.Dial("tcp4", "127.0.0.1:9999")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer queued.Close()
+	queuedPort := port(queued.LocalAddr())
+	// Two tries (TCP_SYNCNT 1): the SYN, its retransmit after 1s, the
+	// timeout about 3s after the start.
+	start := time.Now()
+	_, err = ns.DialSynCount("tcp4", "127.0.0.1:9999", 1)
+	if !errors.Is(err, syscall.ETIMEDOUT) {
+		t.Fatalf("dial: got %v, want a timeout", err)
+	}
+	if d := time.Since(start); d < 2*time.Second || d > 10*time.Second {
+		t.Errorf("connect gave up after %s, want about 3s", d)
+	}
+	ln.Close()
+	col.WaitFor(t, "the connect to close", func(ev []probe.Event) bool {
+		for i := range ev {
+			if ev[i].NewState() == probe.StateClose && ev[i].Dport == 9999 && ev[i].Sport != queuedPort {
+				return true
+			}
+		}
+		return false
+	})
+	var c *nettest.Conn
+	for _, x := range nettest.Conns(col.Stop(t)) {
+		if x.Events[0].Dport == 9999 && x.Events[0].Sport != queuedPort {
+			c = x
+		}
+	}
+	if c == nil {
+		t.Fatal("no connection for the timed-out connect")
+	}
+	// Each SYN retransmit is an event; the count agrees with the kernel's.
+	all := c.All()
+	retrans := len(all) - 2
+	if len(all) < 3 || all[0] != "CLOSE->SYN_SENT" || all[len(all)-1] != "SYN_SENT->CLOSE" ||
+		slices.ContainsFunc(all[1:len(all)-1], func(s string) bool { return s != "syn_retransmit@SYN_SENT" }) {
+		t.Errorf("events %v, want CLOSE->SYN_SENT, SYN retransmits, SYN_SENT->CLOSE", all)
+	}
+	closed := &c.Events[len(c.Events)-1]
+	if closed.SkErr != uint16(syscall.ETIMEDOUT) || int(closed.TotalRetrans) != retrans {
+		t.Errorf("CLOSE: socket error %d, %d retransmits; want ETIMEDOUT and %d", closed.SkErr, closed.TotalRetrans, retrans)
+	}
+	if gap := time.Duration(c.Events[1].TsNs - c.Events[0].TsNs); gap < 900*time.Millisecond || gap > 2*time.Second {
+		t.Errorf("SYN retransmitted %s after connect, want about 1s", gap)
+	}
 }

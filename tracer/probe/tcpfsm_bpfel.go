@@ -13,6 +13,17 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type tcpfsmClosedRing struct {
+	_    structs.HostLayout
+	Next uint32
+	Pad  uint32
+	Slot [8]struct {
+		_  structs.HostLayout
+		Sk uint64
+		C  tcpfsmConn
+	}
+}
+
 type tcpfsmConn struct {
 	_       structs.HostLayout
 	Id      uint64
@@ -27,8 +38,11 @@ type tcpfsmConn struct {
 		InCgroup uint8
 		Pad      [6]uint8
 	}
-	Flags uint8
-	Pad   [7]uint8
+	Flags      uint8
+	Marks      uint8
+	PendingOld uint8
+	PendingNew uint8
+	Pad        [4]uint8
 }
 
 type tcpfsmEvent struct {
@@ -57,7 +71,7 @@ type tcpfsmEvent struct {
 	Newstate      uint8
 	Owner         uint8
 	Flags         uint8
-	Pad           [2]uint8
+	SkErr         uint16
 }
 
 type tcpfsmEventFlags uint32
@@ -68,12 +82,18 @@ const (
 	tcpfsmEventFlagsFLAG_SYN_ACKED    tcpfsmEventFlags = 4
 	tcpfsmEventFlagsFLAG_FIN_ACKED    tcpfsmEventFlags = 8
 	tcpfsmEventFlagsFLAG_FIN_RECEIVED tcpfsmEventFlags = 16
+	tcpfsmEventFlagsFLAG_TIME_WAIT    tcpfsmEventFlags = 32
+	tcpfsmEventFlagsFLAG_TW_FIN_WAIT2 tcpfsmEventFlags = 64
 )
 
 type tcpfsmEventType uint32
 
 const (
-	tcpfsmEventTypeEVENT_STATE tcpfsmEventType = 1
+	tcpfsmEventTypeEVENT_STATE          tcpfsmEventType = 1
+	tcpfsmEventTypeEVENT_RESET_SENT     tcpfsmEventType = 2
+	tcpfsmEventTypeEVENT_RESET_RECEIVED tcpfsmEventType = 3
+	tcpfsmEventTypeEVENT_SYN_RETRANSMIT tcpfsmEventType = 4
+	tcpfsmEventTypeEVENT_TIME_WAIT_END  tcpfsmEventType = 5
 )
 
 type tcpfsmListener struct {
@@ -132,9 +152,16 @@ const (
 	tcpfsmMapConns                = "conns"
 	tcpfsmMapEvents               = "events"
 	tcpfsmMapIdSeq                = "id_seq"
+	tcpfsmMapLastClosed           = "last_closed"
 	tcpfsmMapListeners            = "listeners"
 	tcpfsmMapLost                 = "lost"
+	tcpfsmProgFentryInetTwskKill  = "fentry_inet_twsk_kill"
+	tcpfsmProgFentryTcpTimeWait   = "fentry_tcp_time_wait"
+	tcpfsmProgFexitInetCskAccept  = "fexit_inet_csk_accept"
 	tcpfsmProgRawInetSockSetState = "raw_inet_sock_set_state"
+	tcpfsmProgRawTcpReceiveReset  = "raw_tcp_receive_reset"
+	tcpfsmProgRawTcpRetransmitSkb = "raw_tcp_retransmit_skb"
+	tcpfsmProgRawTcpSendReset     = "raw_tcp_send_reset"
 	tcpfsmProgTpInetSockSetState  = "tp_inet_sock_set_state"
 	tcpfsmVarFilterCgroup         = "filter_cgroup"
 	tcpfsmVarFilterCgroupLevel    = "filter_cgroup_level"
@@ -195,7 +222,13 @@ type tcpfsmSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcpfsmProgramSpecs struct {
+	FentryInetTwskKill  *ebpf.ProgramSpec `ebpf:"fentry_inet_twsk_kill"`
+	FentryTcpTimeWait   *ebpf.ProgramSpec `ebpf:"fentry_tcp_time_wait"`
+	FexitInetCskAccept  *ebpf.ProgramSpec `ebpf:"fexit_inet_csk_accept"`
 	RawInetSockSetState *ebpf.ProgramSpec `ebpf:"raw_inet_sock_set_state"`
+	RawTcpReceiveReset  *ebpf.ProgramSpec `ebpf:"raw_tcp_receive_reset"`
+	RawTcpRetransmitSkb *ebpf.ProgramSpec `ebpf:"raw_tcp_retransmit_skb"`
+	RawTcpSendReset     *ebpf.ProgramSpec `ebpf:"raw_tcp_send_reset"`
 	TpInetSockSetState  *ebpf.ProgramSpec `ebpf:"tp_inet_sock_set_state"`
 }
 
@@ -203,11 +236,12 @@ type tcpfsmProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcpfsmMapSpecs struct {
-	Conns     *ebpf.MapSpec `ebpf:"conns"`
-	Events    *ebpf.MapSpec `ebpf:"events"`
-	IdSeq     *ebpf.MapSpec `ebpf:"id_seq"`
-	Listeners *ebpf.MapSpec `ebpf:"listeners"`
-	Lost      *ebpf.MapSpec `ebpf:"lost"`
+	Conns      *ebpf.MapSpec `ebpf:"conns"`
+	Events     *ebpf.MapSpec `ebpf:"events"`
+	IdSeq      *ebpf.MapSpec `ebpf:"id_seq"`
+	LastClosed *ebpf.MapSpec `ebpf:"last_closed"`
+	Listeners  *ebpf.MapSpec `ebpf:"listeners"`
+	Lost       *ebpf.MapSpec `ebpf:"lost"`
 }
 
 // tcpfsmVariableSpecs contains global variables before they are loaded into the kernel.
@@ -251,11 +285,12 @@ func (o *tcpfsmObjects) Close() error {
 //
 // It can be passed to loadTcpfsmObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcpfsmMaps struct {
-	Conns     *ebpf.Map `ebpf:"conns"`
-	Events    *ebpf.Map `ebpf:"events"`
-	IdSeq     *ebpf.Map `ebpf:"id_seq"`
-	Listeners *ebpf.Map `ebpf:"listeners"`
-	Lost      *ebpf.Map `ebpf:"lost"`
+	Conns      *ebpf.Map `ebpf:"conns"`
+	Events     *ebpf.Map `ebpf:"events"`
+	IdSeq      *ebpf.Map `ebpf:"id_seq"`
+	LastClosed *ebpf.Map `ebpf:"last_closed"`
+	Listeners  *ebpf.Map `ebpf:"listeners"`
+	Lost       *ebpf.Map `ebpf:"lost"`
 }
 
 func (m *tcpfsmMaps) Close() error {
@@ -263,6 +298,7 @@ func (m *tcpfsmMaps) Close() error {
 		m.Conns,
 		m.Events,
 		m.IdSeq,
+		m.LastClosed,
 		m.Listeners,
 		m.Lost,
 	)
@@ -293,13 +329,25 @@ type tcpfsmVariables struct {
 //
 // It can be passed to loadTcpfsmObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcpfsmPrograms struct {
+	FentryInetTwskKill  *ebpf.Program `ebpf:"fentry_inet_twsk_kill"`
+	FentryTcpTimeWait   *ebpf.Program `ebpf:"fentry_tcp_time_wait"`
+	FexitInetCskAccept  *ebpf.Program `ebpf:"fexit_inet_csk_accept"`
 	RawInetSockSetState *ebpf.Program `ebpf:"raw_inet_sock_set_state"`
+	RawTcpReceiveReset  *ebpf.Program `ebpf:"raw_tcp_receive_reset"`
+	RawTcpRetransmitSkb *ebpf.Program `ebpf:"raw_tcp_retransmit_skb"`
+	RawTcpSendReset     *ebpf.Program `ebpf:"raw_tcp_send_reset"`
 	TpInetSockSetState  *ebpf.Program `ebpf:"tp_inet_sock_set_state"`
 }
 
 func (p *tcpfsmPrograms) Close() error {
 	return _TcpfsmClose(
+		p.FentryInetTwskKill,
+		p.FentryTcpTimeWait,
+		p.FexitInetCskAccept,
 		p.RawInetSockSetState,
+		p.RawTcpReceiveReset,
+		p.RawTcpRetransmitSkb,
+		p.RawTcpSendReset,
 		p.TpInetSockSetState,
 	)
 }

@@ -41,16 +41,53 @@ const (
 	// KindLost is the tracer's cumulative lost-event counters at that
 	// point: two u64, ring buffer full and program busy.
 	KindLost Kind = 2
+	// KindTick is the monotonic time (u64 ns) at which the tracer had
+	// drained the ring buffer: it moves the lifecycle builder's clock.
+	KindTick Kind = 3
+	// KindSocket is one socket of a sock_diag dump (lifecycle.Socket).
+	KindSocket Kind = 4
+	// KindDumpDone ends a sock_diag dump of one namespace.
+	KindDumpDone Kind = 5
+	// KindCgroup is a cgroup id (u64) and its path (the rest).
+	KindCgroup Kind = 6
+	// KindFeatures is what the kernel side could do (u64 bit set), so a
+	// replay reconstructs what the live tracer did.
+	KindFeatures Kind = 7
 )
 
+// Fixed payload sizes; KindCgroup is 8 bytes and a path.
+const (
+	SocketSize   = 88
+	DumpDoneSize = 16
+)
+
+var kindNames = [...]string{KindEvent: "event", KindLost: "lost", KindTick: "tick", KindSocket: "socket",
+	KindDumpDone: "dump_done", KindCgroup: "cgroup", KindFeatures: "features"}
+
 func (k Kind) String() string {
-	switch k {
-	case KindEvent:
-		return "event"
-	case KindLost:
-		return "lost"
+	if k >= KindEvent && int(k) < len(kindNames) {
+		return kindNames[k]
 	}
 	return fmt.Sprintf("kind(%d)", uint8(k))
+}
+
+// wantSize is a kind's payload size, -1 for variable, 0 for unknown kinds.
+func (r *Reader) wantSize(k Kind) int {
+	switch k {
+	case KindEvent:
+		return int(r.header.EventSize)
+	case KindLost:
+		return 16
+	case KindTick, KindFeatures:
+		return 8
+	case KindSocket:
+		return SocketSize
+	case KindDumpDone:
+		return DumpDoneSize
+	case KindCgroup:
+		return -1
+	}
+	return 0
 }
 
 // MaxPayload bounds a record's payload.
@@ -150,6 +187,32 @@ func (w *Writer) WriteLost(ringFull, recursion uint64) error {
 	binary.LittleEndian.PutUint64(b[:], ringFull)
 	binary.LittleEndian.PutUint64(b[8:], recursion)
 	return w.Write(KindLost, b[:])
+}
+
+// WriteU64 appends a record whose payload is one u64 (tick, features).
+func (w *Writer) WriteU64(kind Kind, v uint64) error {
+	var b [8]byte
+	binary.LittleEndian.PutUint64(b[:], v)
+	return w.Write(kind, b[:])
+}
+
+// U64 decodes a one-u64 payload.
+func U64(p []byte) uint64 { return binary.LittleEndian.Uint64(p) }
+
+// WriteCgroup appends a cgroup id and its path.
+func (w *Writer) WriteCgroup(id uint64, path string) error {
+	if len(path) > MaxPayload-8 {
+		path = path[:MaxPayload-8]
+	}
+	var b [MaxPayload]byte
+	binary.LittleEndian.PutUint64(b[:], id)
+	n := copy(b[8:], path)
+	return w.Write(KindCgroup, b[:8+n])
+}
+
+// Cgroup decodes a KindCgroup payload.
+func Cgroup(p []byte) (uint64, string) {
+	return binary.LittleEndian.Uint64(p), string(p[8:])
 }
 
 // Flush writes buffered records to the underlying writer.
@@ -255,17 +318,15 @@ func (r *Reader) Next() (Kind, []byte, error) {
 	if r.hdr[1] != 0 {
 		return 0, nil, &FormatError{start, fmt.Sprintf("bad record header (reserved byte %#x)", r.hdr[1])}
 	}
-	switch kind {
-	case KindEvent:
-		if size != int(r.header.EventSize) {
-			return 0, nil, &FormatError{start, fmt.Sprintf("event record of %d bytes, header says %d", size, r.header.EventSize)}
-		}
-	case KindLost:
-		if size != 16 {
-			return 0, nil, &FormatError{start, fmt.Sprintf("lost record of %d bytes, want 16", size)}
-		}
-	default:
+	switch want := r.wantSize(kind); {
+	case want == 0:
 		return 0, nil, &FormatError{start, fmt.Sprintf("unknown record kind %d", kind)}
+	case want < 0:
+		if size < 8 {
+			return 0, nil, &FormatError{start, fmt.Sprintf("%s record of %d bytes, want at least 8", kind, size)}
+		}
+	case size != want:
+		return 0, nil, &FormatError{start, fmt.Sprintf("%s record of %d bytes, want %d", kind, size, want)}
 	}
 	if size > MaxPayload {
 		return 0, nil, &FormatError{start, fmt.Sprintf("record of %d bytes exceeds %d", size, MaxPayload)}

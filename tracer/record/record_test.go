@@ -139,6 +139,12 @@ func TestCorruptRecordings(t *testing.T) {
 		{"payload bit flip", flip(secondRecord + 20), testEventSize, int64(secondRecord), "checksum mismatch"},
 		{"unknown kind", func() []byte { b := bytes.Clone(good); b[secondRecord] = 9; return b }(), testEventSize, int64(secondRecord), "unknown record kind 9"},
 		{"wrong event length", setU16(secondRecord+2, 100), testEventSize, int64(secondRecord), "event record of 100 bytes"},
+		{"short cgroup", func() []byte {
+			b := bytes.Clone(good)
+			b[secondRecord] = byte(KindCgroup)
+			binary.LittleEndian.PutUint16(b[secondRecord+2:], 4)
+			return b
+		}(), testEventSize, int64(secondRecord), "cgroup record of 4 bytes"},
 		{"huge length", setU16(secondRecord+2, 65535), testEventSize, int64(secondRecord), "65535 bytes"},
 		{"reserved byte", func() []byte { b := bytes.Clone(good); b[secondRecord+1] = 1; return b }(), testEventSize, int64(secondRecord), "reserved byte"},
 	}

@@ -1,0 +1,275 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+
+	"github.com/tcpfsm/tcpfsm/exporter/render"
+	"github.com/tcpfsm/tcpfsm/tracer/clock"
+	"github.com/tcpfsm/tcpfsm/tracer/lifecycle"
+	"github.com/tcpfsm/tcpfsm/tracer/probe"
+	"github.com/tcpfsm/tcpfsm/tracer/session"
+)
+
+const lifeSynopsis = `Usage: tcpfsm life [FLAGS]
+
+Print one line per finished TCP connection: owner, endpoints, role,
+handshake and lifetime in ms, payload bytes each way, who closed it
+(local, remote, both) and how (graceful, reset_sent, reset_received,
+refused, connect_timeout, timeout, aborted_before_established,
+simultaneous), and its TIME_WAIT in ms. A connection that went through
+TIME_WAIT is printed when TIME_WAIT ends, up to 60 s after its close
+(--at-close prints it at once). "~" marks a TIME_WAIT whose end could
+only be assumed; -o json gives the whole record with every state's
+dwell time. --ladder draws both ends of connections whose two ends are on
+this host.
+`
+
+const lifeExamples = `  tcpfsm life                          every connection as it finishes
+  tcpfsm life -D 5432 -o json           connections to PostgreSQL, full records
+  tcpfsm life --ladder -L 8080          handshake and close of connections to local port 8080
+  tcpfsm life --at-close -n 20          the next 20 connections to close, at their close
+`
+
+// lifeOptions are what life and replay --view life|ladder share.
+type lifeOptions struct {
+	sel     selection
+	output  outputFormat
+	ladder  bool
+	atClose bool
+	all     bool
+	count   int
+}
+
+// lifePrinter prints records as the builder hands them out.
+type lifePrinter struct {
+	opts    *lifeOptions
+	w       *bufio.Writer
+	clock   clock.Clock
+	buf     []byte
+	shown   int
+	err     error
+	pending map[ladderKey]lifecycle.Record // one end, waiting for the other
+	order   []ladderKey
+	onLimit func()
+}
+
+// ladderKey is a connection's endpoints, the same for both ends.
+type ladderKey struct {
+	family       uint8
+	a, b         [16]byte
+	aPort, bPort uint16
+}
+
+func keyOf(r *lifecycle.Record) ladderKey {
+	k := ladderKey{family: r.Family, a: r.Laddr, b: r.Raddr, aPort: r.Lport, bPort: r.Rport}
+	if string(k.a[:]) > string(k.b[:]) || (k.a == k.b && k.aPort > k.bPort) {
+		k.a, k.b, k.aPort, k.bPort = k.b, k.a, k.bPort, k.aPort
+	}
+	return k
+}
+
+const maxPendingLadders = 4096
+
+func newLifePrinter(w io.Writer, opts *lifeOptions, c clock.Clock) *lifePrinter {
+	return &lifePrinter{opts: opts, w: bufio.NewWriterSize(w, 64<<10), clock: c, buf: make([]byte, 0, 2048),
+		pending: map[ladderKey]lifecycle.Record{}}
+}
+
+func (p *lifePrinter) header() {
+	if p.opts.output == outputTable && !p.opts.ladder {
+		p.w.WriteString(render.LifeHeader())
+		p.w.WriteByte('\n')
+	}
+}
+
+func (p *lifePrinter) Closed(r *lifecycle.Record) {
+	if p.opts.atClose {
+		p.print(r)
+	}
+}
+
+func (p *lifePrinter) Finished(r *lifecycle.Record) {
+	// At close, records with a TIME_WAIT were printed already; the rest
+	// (no TIME_WAIT, evicted, still open at the end) only come out here.
+	if p.opts.atClose && r.End != 0 && r.Kind != lifecycle.KindEvicted {
+		return
+	}
+	p.print(r)
+}
+
+func (p *lifePrinter) wants(r *lifecycle.Record) bool {
+	if !p.opts.all && (r.Role == lifecycle.RoleListener || r.End == 0 && r.Kind == lifecycle.KindOpen) {
+		return false
+	}
+	s := &p.opts.sel
+	if s.comm != "" && (!r.OwnerKnown() || string(r.CommBytes()) != s.comm) {
+		return false
+	}
+	if s.any {
+		through := false
+		for _, sp := range r.SpanList() {
+			through = through || s.states[sp.State&15]
+		}
+		if !through && !(s.states[probe.StateClose] && r.End != 0) {
+			return false
+		}
+	}
+	f := &s.kernel
+	e := probe.Event{Family: r.Family, Sport: r.Lport, Dport: r.Rport, Netns: r.NetNS, Pid: r.Pid, CgroupId: r.CgroupID, Owner: uint8(r.Owner)}
+	return f.Match(&e)
+}
+
+func (p *lifePrinter) print(r *lifecycle.Record) {
+	if p.err != nil || !p.wants(r) || (p.opts.count > 0 && p.shown >= p.opts.count) {
+		return
+	}
+	if p.opts.ladder {
+		k := keyOf(r)
+		other, ok := p.pending[k]
+		if !ok || !render.Pair(r, &other) {
+			if len(p.pending) >= maxPendingLadders {
+				// Ends whose peer is not on this host never pair.
+				delete(p.pending, p.order[0])
+				p.order = p.order[1:]
+			}
+			p.pending[k] = *r
+			p.order = append(p.order, k)
+			return
+		}
+		delete(p.pending, k)
+		p.buf = render.AppendLadder(p.buf[:0], &other, r)
+	} else if p.opts.output == outputJSON {
+		p.buf = render.AppendLifeJSON(p.buf[:0], r, p.clock)
+	} else {
+		p.buf = render.AppendLifeRow(p.buf[:0], r, p.clock)
+	}
+	if _, err := p.w.Write(p.buf); err != nil {
+		p.err = err
+		return
+	}
+	p.shown++
+	if p.opts.count > 0 && p.shown == p.opts.count && p.onLimit != nil {
+		p.onLimit()
+	}
+}
+
+func (p *lifePrinter) flush() error {
+	if p.err != nil {
+		return p.err
+	}
+	return p.w.Flush()
+}
+
+// registerLife adds the flags life and replay share.
+func (o *lifeOptions) register(fs interface {
+	BoolVar(*bool, string, bool, string)
+}) {
+	fs.BoolVar(&o.ladder, "ladder", false, "draw connections whose two ends are on this host as a ladder diagram: handshake and close, side by side, with real time offsets")
+	fs.BoolVar(&o.atClose, "at-close", false, "print each connection when it closes, without waiting for the end of its TIME_WAIT")
+	fs.BoolVar(&o.all, "all", false, "also print listeners and connections still open when tcpfsm stops")
+}
+
+func runLife(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("life")
+	var ff filterFlags
+	ff.register(fs)
+	var o lifeOptions
+	output := fs.StringP("output", "o", "table", "output `FORMAT`: table, or json for one whole record per line (e.g. -o json)")
+	o.register(fs)
+	duration := fs.DurationP("duration", "d", 0, "stop after this `DURATION` (e.g. -d 5m)")
+	fs.IntVarP(&o.count, "count", "n", 0, "stop after printing `N` connections")
+	attach := fs.String("attach", "auto", "`HOOK` for inet_sock_set_state: auto, raw_tracepoint or tracepoint")
+	maxTracked := fs.Int("max-tracked", 0, "track at most `N` connections at once, evicting the least recently active (default 262144)")
+	if help, err := parseFlags(fs, args); err != nil || help {
+		if help {
+			printUsage(stdout, fs, lifeSynopsis, lifeExamples)
+		}
+		return err
+	}
+	var err error
+	if o.sel, err = ff.resolve(); err != nil {
+		return err
+	}
+	if o.output, err = parseOutput(*output); err != nil {
+		return err
+	}
+	if fs.Changed("duration") && *duration <= 0 {
+		return usagef("invalid --duration %s: want a positive duration such as 5m", *duration)
+	}
+	if fs.Changed("count") && o.count <= 0 {
+		return usagef("invalid --count %d: want a number above 0", o.count)
+	}
+	if fs.Changed("max-tracked") && *maxTracked <= 0 {
+		return usagef("invalid --max-tracked %d: want a number above 0", *maxTracked)
+	}
+	if o.ladder && o.output == outputJSON {
+		return usagef("--ladder draws text: it excludes -o json")
+	}
+	mode, err := probe.ParseAttach(*attach)
+	if err != nil {
+		return usagef("invalid --attach: %v", err)
+	}
+
+	c, err := clock.Now()
+	if err != nil {
+		return err
+	}
+	printer := newLifePrinter(stdout, &o, c)
+	s, err := session.Open(session.Options{
+		Probe:      probe.Options{Filter: o.sel.kernel, Attach: mode},
+		Lifecycle:  lifecycle.Config{MaxTracked: *maxTracked},
+		NetNSPaths: o.sel.netnsPaths(),
+		Handler:    printer,
+		OnDrained:  printer.flush,
+	})
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	printer.clock = s.Clock()
+	printer.onLimit = func() { s.Stop() }
+	fmt.Fprintf(stderr, "Tracing TCP connection lifecycles (%s). Ctrl-C to end.\n", s.Probe().Attached())
+	reportMissing(stderr, s.Probe().Features())
+	for _, w := range s.Warnings() {
+		fmt.Fprintf(stderr, "warning: %s\n", w)
+	}
+	printer.header()
+
+	stop := stopOn(s.Probe(), *duration, nil)
+	runErr := s.Run()
+	stop()
+	if err := printer.flush(); err != nil && runErr == nil {
+		runErr = err
+	}
+	lc, _ := s.Probe().Lost()
+	var st lifecycle.Stats
+	s.With(func(b *lifecycle.Builder) { st = b.Stats() })
+	fmt.Fprintf(stderr, "\n%d connections printed; %d events, %d lost; %d evicted; %d anomalies\n",
+		printer.shown, st.Events, lc.Total(), st.Evictions[lifecycle.EvictCap]+st.Evictions[lifecycle.EvictHandshakeTimeout],
+		sum(st.Anomalies[:]))
+	return runErr
+}
+
+// reportMissing says which optional kernel parts are unavailable and what
+// replaces them.
+func reportMissing(w io.Writer, f probe.Features) {
+	if !f.TimeWait {
+		fmt.Fprintln(w, "note: TIME_WAIT is reconstructed from transitions and sock_diag (no BPF trampolines on this kernel for its exact end)")
+	}
+	if !f.Resets {
+		fmt.Fprintln(w, "note: reset tracepoints unavailable: closes are classified from socket errors alone")
+	}
+	if !f.SynRetransmits {
+		fmt.Fprintln(w, "note: tcp_retransmit_skb unavailable: SYN retransmits are not counted")
+	}
+}
+
+func sum(xs []uint64) uint64 {
+	var n uint64
+	for _, x := range xs {
+		n += x
+	}
+	return n
+}

@@ -1,0 +1,462 @@
+package lifecycle
+
+import (
+	"slices"
+	"syscall"
+	"testing"
+
+	"github.com/tcpfsm/tcpfsm/tracer/probe"
+)
+
+const ms = 1_000_000
+
+// sink collects what the builder hands out, copying the records.
+type sink struct {
+	closed, finished []Record
+}
+
+func (s *sink) Closed(r *Record)   { s.closed = append(s.closed, *r) }
+func (s *sink) Finished(r *Record) { s.finished = append(s.finished, *r) }
+
+type evOpt func(*probe.Event)
+
+func withFlags(f uint8) evOpt { return func(e *probe.Event) { e.Flags |= f } }
+func withErr(err syscall.Errno) evOpt {
+	return func(e *probe.Event) { e.SkErr = uint16(err) }
+}
+func withBytes(acked, received uint64) evOpt {
+	return func(e *probe.Event) { e.BytesAcked, e.BytesReceived = acked, received }
+}
+func withOwner(src probe.OwnerSource, pid uint32, comm string) evOpt {
+	return func(e *probe.Event) {
+		e.Owner, e.Pid = uint8(src), pid
+		e.Comm = [16]byte{}
+		copy(e.Comm[:], comm)
+	}
+}
+
+// ev makes an event of connection id at ts ms; ports say which end: the
+// client is 127.0.0.1:40000 -> :80, the server the reverse.
+func ev(id uint64, tsMs uint64, typ probe.EventType, old, nw probe.State, opts ...evOpt) probe.Event {
+	e := probe.Event{Type: uint8(typ), ConnId: id, TsNs: tsMs * ms, Oldstate: uint8(old), Newstate: uint8(nw),
+		Family: probe.AFInet, Netns: 7, Sport: 40000, Dport: 80, Owner: uint8(probe.OwnerCarried), Pid: 100}
+	copy(e.Saddr[:], []byte{127, 0, 0, 1})
+	copy(e.Daddr[:], []byte{127, 0, 0, 1})
+	copy(e.Comm[:], "client")
+	if id%2 == 0 { // even ids are the server end
+		e.Sport, e.Dport = 80, 40000
+		e.Pid = 200
+		e.Comm = [16]byte{}
+		copy(e.Comm[:], "server")
+	}
+	for _, o := range opts {
+		o(&e)
+	}
+	return e
+}
+
+func st(id uint64, tsMs uint64, old, nw probe.State, opts ...evOpt) probe.Event {
+	return ev(id, tsMs, probe.TypeState, old, nw, opts...)
+}
+
+const (
+	CLOSE = probe.StateClose
+	SS    = probe.StateSynSent
+	SR    = probe.StateSynRecv
+	EST   = probe.StateEstablished
+	FW1   = probe.StateFinWait1
+	FW2   = probe.StateFinWait2
+	CW    = probe.StateCloseWait
+	LA    = probe.StateLastAck
+	CLG   = probe.StateClosing
+	LST   = probe.StateListen
+	TW    = probe.StateTimeWait
+)
+
+func feed(b *Builder, events ...probe.Event) {
+	for i := range events {
+		b.Event(&events[i])
+	}
+}
+
+func spans(r *Record) []probe.State {
+	var s []probe.State
+	for _, sp := range r.SpanList() {
+		s = append(s, sp.State)
+	}
+	return s
+}
+
+func one(t *testing.T, recs []Record) *Record {
+	t.Helper()
+	if len(recs) != 1 {
+		t.Fatalf("want 1 record, got %d", len(recs))
+	}
+	return &recs[0]
+}
+
+func TestClientCloseFirstGoesThroughTimeWait(t *testing.T) {
+	var s sink
+	b := NewBuilder(Config{}, &s)
+	feed(b,
+		st(1, 10, CLOSE, SS, withOwner(probe.OwnerTask, 100, "client")),
+		st(1, 12, SS, EST, withFlags(probe.FlagSynAcked), withBytes(1, 0)),
+		st(1, 20, EST, FW1, withOwner(probe.OwnerTask, 100, "client"), withBytes(1001, 300)),
+		st(1, 21, FW1, FW2, withFlags(probe.FlagSynAcked|probe.FlagFinAcked), withBytes(1002, 300)),
+		st(1, 25, FW2, CLOSE, withFlags(probe.FlagSynAcked|probe.FlagFinAcked|probe.FlagFinReceived), withBytes(1002, 301)),
+	)
+	if len(s.closed) != 0 {
+		t.Fatal("closed before the reset hold")
+	}
+	b.Tick(40 * ms)
+	r := one(t, s.closed)
+	if r.Role != RoleActive || r.Initiator != InitiatorLocal || r.Kind != KindGraceful || r.TimeWait != TWPending {
+		t.Errorf("role %s initiator %s kind %s tw %s", r.Role, r.Initiator, r.Kind, r.TimeWait)
+	}
+	if r.HandshakeNs != 2*ms || r.LifetimeNs() != 15*ms || r.EstablishedNs() != 8*ms {
+		t.Errorf("handshake %d lifetime %d established %d", r.HandshakeNs, r.LifetimeNs(), r.EstablishedNs())
+	}
+	if r.TxBytes != 1000 || r.RxBytes != 300 {
+		t.Errorf("tx %d rx %d, want 1000 300", r.TxBytes, r.RxBytes)
+	}
+	if got := spans(r); !slices.Equal(got, []probe.State{SS, EST, FW1, FW2, TW}) {
+		t.Errorf("spans %v", got)
+	}
+	if len(s.finished) != 0 || b.StateCount(TW) != 1 {
+		t.Fatalf("finished %d, TIME_WAIT count %d: want it in TIME_WAIT", len(s.finished), b.StateCount(TW))
+	}
+	// Nobody observes this namespace: TIME_WAIT is assumed to last 60 s.
+	b.Tick(25*ms + TimeWaitLen)
+	if len(s.finished) != 0 {
+		t.Fatal("assumed the end before the grace period")
+	}
+	b.Tick(25*ms + TimeWaitLen + timeWaitGrace + ms)
+	f := one(t, s.finished)
+	if f.TimeWait != TWAssumed || f.TimeWaitEnter != 25*ms || f.TimeWaitNs() != TimeWaitLen {
+		t.Errorf("TIME_WAIT %s from %d for %d", f.TimeWait, f.TimeWaitEnter, f.TimeWaitNs())
+	}
+	if b.Tracked() != 0 || b.StateCount(TW) != 0 {
+		t.Errorf("still tracking %d, TIME_WAIT %d", b.Tracked(), b.StateCount(TW))
+	}
+}
+
+func TestClassification(t *testing.T) {
+	cases := []struct {
+		name      string
+		events    []probe.Event
+		role      Role
+		initiator Initiator
+		kind      Kind
+		timeWait  bool
+	}{
+		{"passive close, server side", []probe.Event{
+			st(2, 10, LST, SR, withOwner(probe.OwnerListener, 200, "server")),
+			st(2, 11, SR, EST), st(2, 20, EST, CW), st(2, 21, CW, LA), st(2, 22, LA, CLOSE),
+		}, RolePassive, InitiatorRemote, KindGraceful, false},
+		{"server closes first", []probe.Event{
+			st(2, 10, LST, SR), st(2, 11, SR, EST), st(2, 20, EST, FW1), st(2, 21, FW1, FW2),
+			st(2, 22, FW2, CLOSE, withFlags(probe.FlagFinReceived)),
+		}, RolePassive, InitiatorLocal, KindGraceful, true},
+		{"orphaned FIN_WAIT2 handed to a time-wait socket", []probe.Event{
+			st(1, 10, CLOSE, SS), st(1, 11, SS, EST), st(1, 20, EST, FW1), st(1, 21, FW1, FW2), st(1, 21, FW2, CLOSE),
+		}, RoleActive, InitiatorLocal, KindGraceful, true},
+		{"reset sent after close (SO_LINGER 0)", []probe.Event{
+			st(1, 10, CLOSE, SS), st(1, 11, SS, EST), st(1, 20, EST, CLOSE),
+			ev(1, 20, probe.TypeResetSent, CLOSE, CLOSE),
+		}, RoleActive, InitiatorLocal, KindResetSent, false},
+		{"reset received", []probe.Event{
+			st(2, 10, LST, SR), st(2, 11, SR, EST), ev(2, 20, probe.TypeResetReceived, EST, EST),
+			st(2, 20, EST, CLOSE, withErr(syscall.ECONNRESET)),
+		}, RolePassive, InitiatorRemote, KindResetReceived, false},
+		{"reset received in FIN_WAIT2 after our FIN", []probe.Event{
+			st(1, 10, CLOSE, SS), st(1, 11, SS, EST), st(1, 20, EST, FW1), st(1, 21, FW1, FW2),
+			ev(1, 30, probe.TypeResetReceived, FW2, FW2), st(1, 30, FW2, CLOSE, withErr(syscall.ECONNRESET)),
+		}, RoleActive, InitiatorLocal, KindResetReceived, false},
+		{"refused", []probe.Event{
+			st(1, 10, CLOSE, SS, withFlags(probe.FlagDeferred)), ev(1, 11, probe.TypeResetReceived, SS, SS),
+			st(1, 11, SS, CLOSE, withErr(syscall.ECONNREFUSED)),
+		}, RoleActive, InitiatorRemote, KindRefused, false},
+		{"connect timeout", []probe.Event{
+			st(1, 10, CLOSE, SS), ev(1, 1010, probe.TypeSynRetransmit, SS, SS), ev(1, 3010, probe.TypeSynRetransmit, SS, SS),
+			st(1, 7010, SS, CLOSE, withErr(syscall.ETIMEDOUT)),
+		}, RoleActive, InitiatorLocal, KindConnectTimeout, false},
+		{"connect cancelled by close()", []probe.Event{
+			st(1, 10, CLOSE, SS), st(1, 500, SS, CLOSE),
+		}, RoleActive, InitiatorLocal, KindAbortedHandshake, false},
+		{"simultaneous close", []probe.Event{
+			st(1, 10, CLOSE, SS), st(1, 11, SS, EST), st(1, 20, EST, FW1), st(1, 21, FW1, CLG),
+			st(1, 22, CLG, CLOSE, withFlags(probe.FlagFinReceived)),
+		}, RoleActive, InitiatorBoth, KindSimultaneous, true},
+		{"retransmission timeout", []probe.Event{
+			st(1, 10, CLOSE, SS), st(1, 11, SS, EST), st(1, 90000, EST, CLOSE, withErr(syscall.ETIMEDOUT)),
+		}, RoleActive, InitiatorLocal, KindTimeout, false},
+		{"listener", []probe.Event{
+			st(3, 10, CLOSE, LST), st(3, 500, LST, CLOSE),
+		}, RoleListener, InitiatorUnknown, KindListenerClosed, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var s sink
+			b := NewBuilder(Config{}, &s)
+			feed(b, tc.events...)
+			b.Tick(tc.events[len(tc.events)-1].TsNs + 10*ms)
+			r := one(t, s.closed)
+			if r.Role != tc.role || r.Initiator != tc.initiator || r.Kind != tc.kind {
+				t.Errorf("role %s initiator %s kind %s, want %s %s %s", r.Role, r.Initiator, r.Kind, tc.role, tc.initiator, tc.kind)
+			}
+			if got := r.TimeWait == TWPending; got != tc.timeWait {
+				t.Errorf("TIME_WAIT %v, want %v", got, tc.timeWait)
+			}
+			if got := len(s.finished) == 1; got == tc.timeWait {
+				t.Errorf("finished at close: %v", got)
+			}
+			if r.Anomalies != 0 {
+				t.Errorf("anomalies %v", r.Anomalies.Names(nil))
+			}
+		})
+	}
+}
+
+func TestSynRetransmitsAndHandshake(t *testing.T) {
+	var s sink
+	b := NewBuilder(Config{}, &s)
+	feed(b, st(1, 10, CLOSE, SS), ev(1, 1010, probe.TypeSynRetransmit, SS, SS),
+		st(1, 1011, SS, EST, func(e *probe.Event) { e.SrttUs = 800 }),
+		st(1, 2000, EST, CLOSE), ev(1, 2000, probe.TypeResetSent, CLOSE, CLOSE))
+	b.Flush()
+	r := one(t, s.closed)
+	if r.SynRetransmits != 1 || r.HandshakeNs != 1001*ms || r.HandshakeRTTUs != 800 {
+		t.Errorf("retransmits %d handshake %d rtt %d", r.SynRetransmits, r.HandshakeNs, r.HandshakeRTTUs)
+	}
+}
+
+func TestOwner(t *testing.T) {
+	var s sink
+	b := NewBuilder(Config{}, &s)
+	// Listener's owner first, then the worker that closes it.
+	feed(b,
+		st(2, 10, LST, SR, withOwner(probe.OwnerListener, 1, "master")),
+		st(2, 11, SR, EST, withOwner(probe.OwnerListener, 1, "master")),
+		st(2, 20, EST, FW1, withOwner(probe.OwnerTask, 7, "worker")),
+		st(2, 21, FW1, FW2, withOwner(probe.OwnerCarried, 7, "worker")),
+		st(2, 22, FW2, CLOSE, withOwner(probe.OwnerCarried, 7, "worker")),
+	)
+	b.Flush()
+	r := one(t, s.closed)
+	if r.Pid != 7 || string(r.CommBytes()) != "worker" || r.Owner != probe.OwnerTask {
+		t.Errorf("owner %d %q %s", r.Pid, r.CommBytes(), r.Owner)
+	}
+	// An unknown owner never overwrites a known one.
+	s = sink{}
+	b = NewBuilder(Config{}, &s)
+	feed(b, st(1, 10, CLOSE, SS, withOwner(probe.OwnerTask, 5, "curl")), st(1, 11, SS, CLOSE, withOwner(probe.OwnerUnknown, 0, "")))
+	b.Flush()
+	if r := one(t, s.closed); r.Pid != 5 {
+		t.Errorf("owner %d, want 5", r.Pid)
+	}
+}
+
+func TestAnomalies(t *testing.T) {
+	var s sink
+	b := NewBuilder(Config{}, &s)
+	feed(b,
+		// Starts midway.
+		st(1, 10, EST, FW1, withFlags(probe.FlagPartial)),
+		// A transition the diagram has no arrow for.
+		st(3, 10, CLOSE, SS), st(3, 11, SS, EST), st(3, 12, EST, LA),
+		// Old state is not where the record was: an event was missed.
+		st(5, 10, CLOSE, SS), st(5, 11, EST, FW1),
+	)
+	b.Flush()
+	byID := map[uint64]*Record{}
+	for i := range s.finished {
+		byID[s.finished[i].ID] = &s.finished[i]
+	}
+	if r := byID[1]; r == nil || r.Anomalies != AnomalyPartial || r.Role != RoleUnknown {
+		t.Errorf("partial record: %+v", r)
+	}
+	if r := byID[3]; r == nil || r.Anomalies != AnomalyInvalidTransition {
+		t.Errorf("invalid transition record: %+v", r)
+	}
+	if r := byID[5]; r == nil || r.Anomalies != AnomalyStateMismatch {
+		t.Errorf("mismatch record: %+v", r)
+	}
+	st := b.Stats()
+	if st.Anomalies[0] != 1 || st.Anomalies[1] != 1 || st.Anomalies[2] != 1 {
+		t.Errorf("anomaly counters %v", st.Anomalies)
+	}
+	// Nothing is dropped: open records come out on Flush as open.
+	if len(s.finished) != 3 || byID[1].Kind != KindOpen {
+		t.Errorf("%d records, first kind %s", len(s.finished), byID[1].Kind)
+	}
+}
+
+func TestSeededFromSnapshot(t *testing.T) {
+	var s sink
+	b := NewBuilder(Config{}, &s)
+	e := st(1, 100, EST, FW1, withFlags(probe.FlagPartial), withOwner(probe.OwnerUnknown, 0, ""))
+	sock := Socket{Time: 5 * ms, NetNS: e.Netns, Family: e.Family, State: EST, Purpose: PurposeSnapshot,
+		Laddr: e.Saddr, Raddr: e.Daddr, Lport: e.Sport, Rport: e.Dport, Pid: 4242}
+	copy(sock.Comm[:], "redis")
+	listener := Socket{Time: 5 * ms, NetNS: 7, Family: probe.AFInet, State: LST, Purpose: PurposeSnapshot, Lport: 6379}
+	b.Observe(&sock)
+	b.Observe(&listener)
+	b.DumpDone(7, PurposeSnapshot, 6*ms)
+	feed(b, e)
+	// An accepted connection of the pre-existing listener.
+	feed(b, st(9, 120, EST, CLOSE, withFlags(probe.FlagPartial), func(e *probe.Event) { e.Sport, e.Dport = 6379, 50000 }))
+	b.Flush()
+	var r, acc *Record
+	for i := range s.finished {
+		switch s.finished[i].ID {
+		case 1:
+			r = &s.finished[i]
+		case 9:
+			acc = &s.finished[i]
+		}
+	}
+	if r == nil || !r.Seeded || r.Pid != 4242 || string(r.CommBytes()) != "redis" || r.Anomalies != AnomalyPartial {
+		t.Errorf("seeded record: %+v", r)
+	}
+	if acc == nil || acc.Role != RolePassive {
+		t.Errorf("connection to a listening port: %+v", acc)
+	}
+	if b.Stats().SeededStart != 1 {
+		t.Errorf("seeded starts %d", b.Stats().SeededStart)
+	}
+}
+
+func closeIntoTimeWait(b *Builder, id uint64, at uint64, lport uint16) {
+	p := func(e *probe.Event) { e.Sport = lport }
+	feed(b, st(id, at-3, CLOSE, SS, p), st(id, at-2, SS, EST, p), st(id, at-1, EST, FW1, p), st(id, at-1, FW1, FW2, p),
+		st(id, at, FW2, CLOSE, withFlags(probe.FlagFinReceived), p))
+}
+
+func twSocket(e probe.Event, atMs uint64, expiresMs uint32) *Socket {
+	return &Socket{Time: atMs * ms, NetNS: e.Netns, Family: e.Family, State: TW, TimeWait: true, Purpose: PurposeTimeWait,
+		Laddr: e.Saddr, Raddr: e.Daddr, Lport: e.Sport, Rport: e.Dport, ExpiresMs: expiresMs}
+}
+
+func TestTimeWaitEndFromSockDiag(t *testing.T) {
+	var s sink
+	b := NewBuilder(Config{}, &s)
+	closeIntoTimeWait(b, 1, 1000, 40000)
+	closeIntoTimeWait(b, 3, 1000, 40001)
+	e := st(1, 0, CLOSE, CLOSE)
+	b.Tick(1100 * ms)
+	if len(s.closed) != 2 || b.StateCount(TW) != 2 {
+		t.Fatalf("closed %d, TIME_WAIT %d", len(s.closed), b.StateCount(TW))
+	}
+	// Second dump lists record 1 with 59 s to go; record 3 vanished early
+	// (reused or reset).
+	b.Observe(twSocket(e, 2000, 59000))
+	b.DumpDone(7, PurposeTimeWait, 2000*ms)
+	if len(s.finished) != 1 || s.finished[0].ID != 3 {
+		t.Fatalf("finished %v", s.finished)
+	}
+	if f := s.finished[0]; f.TimeWait != TWSockDiag || f.TimeWaitExit != 2000*ms {
+		t.Errorf("early end: %s at %d", f.TimeWait, f.TimeWaitExit)
+	}
+	// Observed namespaces are not assumed: past 62 s record 1 is still
+	// waiting for a dump.
+	b.Tick(64000 * ms)
+	if len(s.finished) != 1 {
+		t.Fatal("assumed the end of an observed TIME_WAIT")
+	}
+	b.DumpDone(7, PurposeTimeWait, 64000*ms)
+	f := s.finished[1]
+	if f.ID != 1 || f.TimeWait != TWSockDiag || f.TimeWaitExit != 61000*ms || f.TimeWaitNs() != 60000*ms {
+		t.Errorf("timer end: id %d %s exit %d duration %d", f.ID, f.TimeWait, f.TimeWaitExit, f.TimeWaitNs())
+	}
+}
+
+func TestTimeWaitExact(t *testing.T) {
+	var s sink
+	b := NewBuilder(Config{ExactTimeWait: true}, &s)
+	feed(b, st(1, 1, CLOSE, SS), st(1, 2, SS, EST), st(1, 3, EST, FW1), st(1, 4, FW1, FW2),
+		st(1, 5, FW2, CLOSE, withFlags(probe.FlagTimeWait|probe.FlagFinReceived)))
+	// Without the flag a FIN_WAIT2 close is not guessed to be TIME_WAIT.
+	feed(b, st(3, 1, CLOSE, SS), st(3, 2, SS, EST), st(3, 3, EST, FW1), st(3, 4, FW1, FW2), st(3, 5, FW2, CLOSE))
+	end := st(1, 60005, CLOSE, CLOSE)
+	end.Type = uint8(probe.TypeTimeWaitEnd)
+	end.ConnId = 0
+	end.Oldstate = uint8(TW)
+	b.Event(&end)
+	if len(s.finished) != 2 {
+		t.Fatalf("finished %d", len(s.finished))
+	}
+	byID := map[uint64]Record{s.finished[0].ID: s.finished[0], s.finished[1].ID: s.finished[1]}
+	if r := byID[1]; r.TimeWait != TWExact || r.TimeWaitNs() != 60000*ms {
+		t.Errorf("exact: %s %d", r.TimeWait, r.TimeWaitNs())
+	}
+	if r := byID[3]; r.TimeWait != TWNone {
+		t.Errorf("unflagged close: %s", r.TimeWait)
+	}
+}
+
+func TestEviction(t *testing.T) {
+	var s sink
+	b := NewBuilder(Config{MaxTracked: 2, HandshakeTimeout: 10_000 * ms}, &s)
+	feed(b, st(1, 1, CLOSE, SS), st(1, 2, SS, EST), st(3, 3, CLOSE, SS), st(3, 4, SS, EST))
+	feed(b, st(1, 5, EST, FW1)) // 1 is now more recent than 3
+	feed(b, st(5, 6, CLOSE, SS))
+	if len(s.finished) != 1 || s.finished[0].ID != 3 || s.finished[0].Kind != KindEvicted {
+		t.Fatalf("evicted %+v", s.finished)
+	}
+	if b.Tracked() != 2 || b.Stats().Evictions[EvictCap] != 1 {
+		t.Errorf("tracked %d, evictions %v", b.Tracked(), b.Stats().Evictions)
+	}
+	// 5 is stuck in SYN_SENT.
+	b.Tick(6*ms + 10_000*ms + 1000*ms)
+	if len(s.finished) != 2 || s.finished[1].ID != 5 || b.Stats().Evictions[EvictHandshakeTimeout] != 1 {
+		t.Errorf("handshake timeout: %+v", s.finished)
+	}
+	if b.StateCount(SS) != 0 || b.StateCount(FW1) != 1 {
+		t.Errorf("gauge: SYN_SENT %d FIN_WAIT1 %d", b.StateCount(SS), b.StateCount(FW1))
+	}
+}
+
+func TestStateGaugeAndLoss(t *testing.T) {
+	var s sink
+	b := NewBuilder(Config{}, &s)
+	feed(b, st(1, 1, CLOSE, SS), st(1, 2, SS, EST), st(3, 1, CLOSE, LST), st(5, 1, CLOSE, SS))
+	if b.StateCount(EST) != 1 || b.StateCount(LST) != 1 || b.StateCount(SS) != 1 {
+		t.Errorf("gauge EST %d LISTEN %d SYN_SENT %d", b.StateCount(EST), b.StateCount(LST), b.StateCount(SS))
+	}
+	b.Lost(3)
+	feed(b, st(7, 3, CLOSE, SS), st(7, 4, SS, CLOSE), st(1, 5, EST, CLOSE))
+	b.Flush()
+	for _, r := range s.finished {
+		lost := r.Anomalies&AnomalyEventsLost != 0
+		if want := r.ID != 7; lost != want {
+			t.Errorf("record %d: events_lost %v, want %v", r.ID, lost, want)
+		}
+	}
+	for st := probe.StateEstablished; st <= probe.MaxState; st++ {
+		if b.StateCount(st) != 0 {
+			t.Errorf("after flush %s count %d", st, b.StateCount(st))
+		}
+	}
+}
+
+func TestSocketEncoding(t *testing.T) {
+	in := Socket{Time: 1, NetNS: 2, ExpiresMs: 3, Pid: 4, CgroupID: 5, Family: probe.AFInet6, State: TW, TimeWait: true,
+		Purpose: PurposeTimeWait, Lport: 6, Rport: 7, Laddr: [16]byte{8}, Raddr: [16]byte{9}, Comm: [16]byte{'x'}}
+	b := AppendSocket(nil, &in)
+	if len(b) != SocketSize {
+		t.Fatalf("%d bytes, want %d", len(b), SocketSize)
+	}
+	var out Socket
+	if err := DecodeSocket(b, &out); err != nil || out != in {
+		t.Errorf("round trip: %v %+v", err, out)
+	}
+	for _, bad := range [][]byte{b[:10], append(append([]byte{}, b[:32]...), append([]byte{3}, b[33:]...)...)} {
+		if err := DecodeSocket(bad, &out); err == nil {
+			t.Error("accepted a bad socket record")
+		}
+	}
+	ns, p, tm, err := DecodeDumpDone(AppendDumpDone(nil, 9, PurposeSnapshot, 77))
+	if err != nil || ns != 9 || p != PurposeSnapshot || tm != 77 {
+		t.Errorf("dump done: %d %d %d %v", ns, p, tm, err)
+	}
+}

@@ -1,0 +1,270 @@
+// Package lifecycle turns tcpfsm's events into one record per connection:
+// who owned it, how its handshake went, how long it spent in each state,
+// who closed it and how, what it moved, and its TIME_WAIT, which the
+// kernel's tracepoint never shows and this package reconstructs.
+//
+// The Builder is a deterministic state machine fed with inputs (events,
+// sock_diag observations, cgroup paths and clock ticks) and nothing else:
+// the same inputs, live or replayed from a recording, give the same records.
+package lifecycle
+
+import (
+	"fmt"
+	"net/netip"
+
+	"github.com/tcpfsm/tcpfsm/tracer/probe"
+)
+
+// Role is how the connection was opened.
+type Role uint8
+
+const (
+	RoleUnknown  Role = iota
+	RoleActive        // connect()
+	RolePassive       // accepted by a listener
+	RoleListener      // a listening socket
+)
+
+var roleNames = [...]string{"unknown", "active", "passive", "listener"}
+
+func (r Role) String() string {
+	if int(r) < len(roleNames) {
+		return roleNames[r]
+	}
+	return fmt.Sprintf("role(%d)", uint8(r))
+}
+
+// Initiator is who started the close: who sent the first FIN, or the RST.
+type Initiator uint8
+
+const (
+	InitiatorUnknown Initiator = iota
+	InitiatorLocal
+	InitiatorRemote
+	InitiatorBoth // simultaneous close: both FINs crossed
+)
+
+var initiatorNames = [...]string{"unknown", "local", "remote", "both"}
+
+func (i Initiator) String() string {
+	if int(i) < len(initiatorNames) {
+		return initiatorNames[i]
+	}
+	return fmt.Sprintf("initiator(%d)", uint8(i))
+}
+
+// Kind is how the connection ended.
+type Kind uint8
+
+const (
+	KindOpen             Kind = iota // still open when the record was emitted (tracer stopped)
+	KindGraceful                     // FINs both ways
+	KindSimultaneous                 // FINs crossed (CLOSING)
+	KindResetSent                    // this end sent a RST
+	KindResetReceived                // the peer sent a RST
+	KindRefused                      // connect() answered by a RST
+	KindConnectTimeout               // connect() gave up on SYN retransmits
+	KindTimeout                      // an established connection timed out (retransmits, keepalive)
+	KindAbortedHandshake             // closed before ESTABLISHED for another reason
+	KindEvicted                      // dropped by the tracker (cap or stuck handshake)
+	KindListenerClosed               // a listener stopped listening
+)
+
+var kindNames = [...]string{"open", "graceful", "simultaneous", "reset_sent", "reset_received", "refused",
+	"connect_timeout", "timeout", "aborted_before_established", "evicted", "listener_closed"}
+
+func (k Kind) String() string {
+	if int(k) < len(kindNames) {
+		return kindNames[k]
+	}
+	return fmt.Sprintf("kind(%d)", uint8(k))
+}
+
+// TimeWaitEnd says how the end of TIME_WAIT is known.
+type TimeWaitEnd uint8
+
+const (
+	TWNone     TimeWaitEnd = iota // the connection did not go through TIME_WAIT
+	TWPending                     // in TIME_WAIT when the record was emitted
+	TWExact                       // seen by fentry on inet_twsk_kill
+	TWSockDiag                    // from sock_diag: the timer's expiry, or the dump it vanished from
+	TWAssumed                     // not observable (netns out of reach): entry + 60 s
+)
+
+var twEndNames = [...]string{"none", "pending", "exact", "sock_diag", "assumed"}
+
+func (t TimeWaitEnd) String() string {
+	if int(t) < len(twEndNames) {
+		return twEndNames[t]
+	}
+	return fmt.Sprintf("tw(%d)", uint8(t))
+}
+
+// TimeWaitLen is the kernel's fixed TIME_WAIT duration (TCP_TIMEWAIT_LEN).
+const TimeWaitLen = 60_000_000_000
+
+// Anomaly flags on a record.
+type Anomaly uint16
+
+const (
+	// AnomalyPartial: the first event was not the connection's start.
+	AnomalyPartial Anomaly = 1 << iota
+	// AnomalyInvalidTransition: a transition RFC 9293's diagram does not allow.
+	AnomalyInvalidTransition
+	// AnomalyStateMismatch: an event's old state was not the state the
+	// record was in: events were missed.
+	AnomalyStateMismatch
+	// AnomalyEventsLost: the tracer lost events while this connection lived.
+	AnomalyEventsLost
+)
+
+var anomalyNames = [...]string{"partial", "invalid_transition", "state_mismatch", "events_lost"}
+
+// AnomalyName returns the name of one anomaly bit.
+func AnomalyName(a Anomaly) string {
+	for i, n := range anomalyNames {
+		if a == 1<<i {
+			return n
+		}
+	}
+	return fmt.Sprintf("anomaly(%#x)", uint16(a))
+}
+
+// Anomalies lists the names of the set bits, for the caller's buffer.
+func (a Anomaly) Names(dst []string) []string {
+	for i, n := range anomalyNames {
+		if a&(1<<i) != 0 {
+			dst = append(dst, n)
+		}
+	}
+	return dst
+}
+
+// MaxSpans is how many state spans a record keeps; a TCP connection
+// passes through at most seven states, TIME_WAIT included.
+const MaxSpans = 8
+
+// Span is a stay in one state.
+type Span struct {
+	State probe.State
+	// Enter is when the state was entered (monotonic ns); Exit when it was
+	// left, 0 while still in it.
+	Enter, Exit uint64
+}
+
+// Dwell is the span's length in ns, 0 while open.
+func (s *Span) Dwell() uint64 {
+	if s.Exit == 0 || s.Exit < s.Enter {
+		return 0
+	}
+	return s.Exit - s.Enter
+}
+
+// Record is one connection's whole story. Times are CLOCK_MONOTONIC ns,
+// as the kernel stamps events; durations are ns.
+type Record struct {
+	ID        uint64
+	Role      Role
+	Family    uint8
+	Laddr     [16]byte
+	Raddr     [16]byte
+	Lport     uint16
+	Rport     uint16
+	NetNS     uint32
+	Pid       uint32
+	Comm      [16]byte
+	CgroupID  uint64
+	Owner     probe.OwnerSource
+	Cgroup    string // cgroup v2 path, when known
+	Container string // runtime:id, when the cgroup path names one
+
+	Start uint64 // first event
+	End   uint64 // the transition to CLOSE; 0 while open
+	Spans [MaxSpans]Span
+	NSpan uint8
+	State probe.State // the state now: CLOSE once closed
+
+	HandshakeNs    uint64 // SYN_SENT (or SYN_RECV) to ESTABLISHED
+	HandshakeRTTUs uint32 // the kernel's first RTT sample, at ESTABLISHED
+	SynRetransmits uint32
+
+	Initiator Initiator
+	Kind      Kind
+	SkErr     uint16 // socket error at CLOSE (errno)
+
+	TxBytes, RxBytes uint64 // payload, without SYN and FIN
+	SrttUs           uint32
+	Retransmits      uint32
+	SegsIn, SegsOut  uint32
+
+	TimeWait      TimeWaitEnd
+	TimeWaitEnter uint64
+	TimeWaitExit  uint64
+
+	Anomalies Anomaly
+	Seeded    bool // known from the sock_diag snapshot at start
+
+	// what the builder needs while the record is open
+	sawFinWait1, sawCloseWait, sawClosing, established bool
+	resetSent, resetReceived                           bool
+	lostAtStart                                        uint64
+	prev, next                                         int32 // LRU, slab indices
+	heldUntil                                          uint64
+	twFinWait2                                         bool
+	counted                                            bool   // in the per-state gauge
+	twSeen, twExpected                                 uint64 // sock_diag: last dump that listed it, its timer's end
+}
+
+// LocalAddr and RemoteAddr return the endpoints' addresses.
+func (r *Record) LocalAddr() netip.Addr  { return addr(r.Family, &r.Laddr) }
+func (r *Record) RemoteAddr() netip.Addr { return addr(r.Family, &r.Raddr) }
+
+func addr(family uint8, b *[16]byte) netip.Addr {
+	if family == probe.AFInet {
+		return netip.AddrFrom4([4]byte(b[:4]))
+	}
+	return netip.AddrFrom16(*b)
+}
+
+// CommBytes is the owner's comm without padding.
+func (r *Record) CommBytes() []byte {
+	for i, c := range r.Comm {
+		if c == 0 {
+			return r.Comm[:i]
+		}
+	}
+	return r.Comm[:]
+}
+
+// OwnerKnown reports whether Pid and Comm name the owner.
+func (r *Record) OwnerKnown() bool { return r.Owner != probe.OwnerUnknown }
+
+// LifetimeNs is first event to CLOSE (TIME_WAIT not included).
+func (r *Record) LifetimeNs() uint64 {
+	if r.End == 0 || r.End < r.Start {
+		return 0
+	}
+	return r.End - r.Start
+}
+
+// TimeWaitNs is the TIME_WAIT duration when its end is known.
+func (r *Record) TimeWaitNs() uint64 {
+	if r.TimeWaitExit == 0 || r.TimeWaitExit < r.TimeWaitEnter {
+		return 0
+	}
+	return r.TimeWaitExit - r.TimeWaitEnter
+}
+
+// EstablishedNs is the time spent in ESTABLISHED.
+func (r *Record) EstablishedNs() uint64 {
+	var d uint64
+	for i := 0; i < int(r.NSpan); i++ {
+		if r.Spans[i].State == probe.StateEstablished {
+			d += r.Spans[i].Dwell()
+		}
+	}
+	return d
+}
+
+// SpanList returns the used spans.
+func (r *Record) SpanList() []Span { return r.Spans[:r.NSpan] }

@@ -1,0 +1,66 @@
+package session
+
+import (
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/tcpfsm/tcpfsm/tracer/clock"
+	"github.com/tcpfsm/tcpfsm/tracer/lifecycle"
+	"github.com/tcpfsm/tcpfsm/tracer/probe"
+	"github.com/tcpfsm/tcpfsm/tracer/record"
+)
+
+// ReplayOptions configure Replay.
+type ReplayOptions struct {
+	Lifecycle lifecycle.Config
+	Handler   lifecycle.Handler
+	OnEvent   func(*probe.Event)
+	// Stop, when it returns true after an input, ends the replay early
+	// (a count reached).
+	Stop func() bool
+}
+
+// ReplayResult summarizes a replay.
+type ReplayResult struct {
+	Header record.Header
+	Clock  clock.Clock
+	Inputs uint64
+	Lost   probe.LostCounts
+	Stats  lifecycle.Stats
+}
+
+// Replay feeds a recording through the pipeline a live session runs,
+// then flushes the builder. An error names the offset of the bad record;
+// every input before it has been applied and its records emitted.
+func Replay(rd *record.Reader, opts ReplayOptions) (ReplayResult, error) {
+	h := rd.Header()
+	res := ReplayResult{Header: h, Clock: clock.Clock{BootNs: h.BootNs}}
+	in := newIngest(opts.Handler, opts.Lifecycle, opts.OnEvent)
+	var err error
+	for {
+		var kind record.Kind
+		var p []byte
+		off := rd.Offset()
+		kind, p, err = rd.Next()
+		if errors.Is(err, io.EOF) {
+			err = nil
+			break
+		}
+		if err != nil {
+			break
+		}
+		if aerr := in.apply(kind, p); aerr != nil {
+			err = fmt.Errorf("offset %d: %s record: %w", off, kind, aerr)
+			break
+		}
+		res.Inputs++
+		if opts.Stop != nil && opts.Stop() {
+			break
+		}
+	}
+	in.b.Flush()
+	res.Lost = in.lost
+	res.Stats = in.b.Stats()
+	return res, err
+}

@@ -1,0 +1,357 @@
+// Package session runs tcpfsm's pipeline: the probe's events, sock_diag
+// snapshots and TIME_WAIT polls, cgroup paths and clock ticks, fed in one
+// order to a lifecycle builder and, when asked, to a recording. Replay
+// feeds a recording's inputs through the same path, so a replay gives the
+// records the live run gave.
+package session
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/tcpfsm/tcpfsm/tracer/cgroups"
+	"github.com/tcpfsm/tcpfsm/tracer/clock"
+	"github.com/tcpfsm/tcpfsm/tracer/lifecycle"
+	"github.com/tcpfsm/tcpfsm/tracer/probe"
+	"github.com/tcpfsm/tcpfsm/tracer/record"
+	"github.com/tcpfsm/tcpfsm/tracer/sockdiag"
+)
+
+// Options configure a live session.
+type Options struct {
+	Probe     probe.Options
+	Lifecycle lifecycle.Config
+	// Handler receives the records; nil drops them.
+	Handler lifecycle.Handler
+	// OnEvent sees every event before the builder does.
+	OnEvent func(e *probe.Event)
+	// OnDrained runs each time the ring buffer was emptied, and at least
+	// once per flush interval: flush outputs there.
+	OnDrained func() error
+	// Record, when set, receives every input in the order the builder
+	// gets it.
+	Record *record.Writer
+	// TimeWaitPoll is how often sock_diag looks for the end of
+	// reconstructed TIME_WAITs. Default 1s; negative disables it.
+	TimeWaitPoll time.Duration
+	// NoSnapshot skips the sock_diag snapshot of existing connections.
+	NoSnapshot bool
+	// Clock maps timestamps to wall clock; zero takes it now. A recording's
+	// header and the session must agree on it.
+	Clock clock.Clock
+	// NetNSPaths names namespaces no process is in (a --netns path, or a
+	// test's), by inode, for the snapshot and the TIME_WAIT polls.
+	NetNSPaths map[uint32]string
+}
+
+// Session is a running pipeline.
+type Session struct {
+	opts  Options
+	probe *probe.Probe
+	clock clock.Clock
+
+	// mu guards the builder: Run feeds it, other goroutines read its
+	// gauges through With.
+	mu      sync.Mutex
+	in      *ingest
+	lostRec probe.LostCounts
+
+	cgroups  *cgroups.Resolver
+	poller   *poller
+	started  time.Time
+	warnings []string
+}
+
+// Warnings lists what the session could not do and works around.
+func (s *Session) Warnings() []string { return s.warnings }
+
+// Features bits in a recording's KindFeatures record.
+const (
+	featTimeWait uint64 = 1 << iota
+	featResets
+	featSynRetransmits
+	featAcceptOwner
+)
+
+// Open loads the probe, takes the snapshot of existing connections and
+// returns a session ready to Run.
+func Open(opts Options) (_ *Session, err error) {
+	if opts.TimeWaitPoll == 0 {
+		opts.TimeWaitPoll = time.Second
+	}
+	c := opts.Clock
+	if c.BootNs == 0 {
+		var err error
+		if c, err = clock.Now(); err != nil {
+			return nil, fmt.Errorf("read clocks: %w", err)
+		}
+	}
+	p, err := probe.Open(opts.Probe)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			p.Close()
+		}
+	}()
+	s := &Session{opts: opts, probe: p, clock: c, cgroups: cgroups.NewResolver(""), started: time.Now()}
+	s.in = newIngest(opts.Handler, opts.Lifecycle, opts.OnEvent)
+
+	f := p.Features()
+	var feats uint64
+	for _, x := range []struct {
+		on  bool
+		bit uint64
+	}{{f.TimeWait, featTimeWait}, {f.Resets, featResets}, {f.SynRetransmits, featSynRetransmits}, {f.AcceptOwner, featAcceptOwner}} {
+		if x.on {
+			feats |= x.bit
+		}
+	}
+	if err := s.input(record.KindFeatures, u64(feats)); err != nil {
+		return nil, err
+	}
+	if !opts.NoSnapshot {
+		if err := s.snapshot(); err != nil {
+			// Connections open before the start stay partial records
+			// without owners; everything else works.
+			hint := ""
+			if errors.Is(err, syscall.ENOENT) {
+				hint = " (is sock_diag for TCP loaded? modprobe tcp_diag)"
+			}
+			s.warnings = append(s.warnings, fmt.Sprintf("no snapshot of existing connections: %v%s", err, hint))
+		}
+	}
+	if opts.TimeWaitPoll > 0 && !f.TimeWait {
+		s.poller = newPoller(opts.TimeWaitPoll, opts.NetNSPaths)
+	}
+	return s, nil
+}
+
+// Probe is the session's probe (features, stats, lost counts).
+func (s *Session) Probe() *probe.Probe { return s.probe }
+
+// Clock maps the session's timestamps to wall clock time.
+func (s *Session) Clock() clock.Clock { return s.clock }
+
+// With runs f with the builder locked, for readers on other goroutines.
+func (s *Session) With(f func(b *lifecycle.Builder)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	f(s.in.b)
+}
+
+// Run reads events until Stop, feeding every input to the builder (and
+// the recording), and flushes the builder at the end.
+func (s *Session) Run() error {
+	defer s.poller.close()
+	err := s.probe.Read(s.event, s.drained)
+	s.mu.Lock()
+	s.in.b.Flush()
+	s.mu.Unlock()
+	return err
+}
+
+// Stop detaches the probe; Run returns after the ring is drained.
+func (s *Session) Stop() error { return s.probe.Stop() }
+
+// Close frees the probe.
+func (s *Session) Close() error { return s.probe.Close() }
+
+// input records one input, then applies it.
+func (s *Session) input(kind record.Kind, payload []byte) error {
+	if s.opts.Record != nil {
+		if err := s.opts.Record.Write(kind, payload); err != nil {
+			return fmt.Errorf("recording: %w", err)
+		}
+	}
+	s.mu.Lock()
+	err := s.in.apply(kind, payload)
+	s.mu.Unlock()
+	return err
+}
+
+// event handles one raw event from the ring buffer.
+func (s *Session) event(raw []byte) error {
+	var e probe.Event
+	if err := probe.Decode(raw, &e); err != nil {
+		return err
+	}
+	// A cgroup first seen gets its path recorded before the event, so
+	// replays name containers too.
+	if e.OwnerKnown() && e.CgroupId != 0 && !s.in.knowsCgroup(e.CgroupId) {
+		path, _ := s.cgroups.Path(e.CgroupId)
+		if err := s.cgroupInput(e.CgroupId, path); err != nil {
+			return err
+		}
+	}
+	return s.input(record.KindEvent, raw[:probe.EventSize])
+}
+
+func (s *Session) cgroupInput(id uint64, path string) error {
+	var b [record.MaxPayload]byte
+	n := copy(b[8:], path)
+	putU64(b[:8], id)
+	return s.input(record.KindCgroup, b[:8+n])
+}
+
+// drained runs between bursts: losses, TIME_WAIT polls, the clock.
+func (s *Session) drained() error {
+	if lc, err := s.probe.Lost(); err == nil && lc != s.lostRec {
+		s.lostRec = lc
+		var b [16]byte
+		putU64(b[:8], lc.RingFull)
+		putU64(b[8:], lc.Recursion)
+		if err := s.input(record.KindLost, b[:]); err != nil {
+			return err
+		}
+	}
+	if s.poller != nil {
+		if err := s.pollTimeWait(); err != nil {
+			return err
+		}
+	}
+	if err := s.input(record.KindTick, u64(clock.Monotonic())); err != nil {
+		return err
+	}
+	if s.opts.Record != nil {
+		if err := s.opts.Record.Flush(); err != nil {
+			return fmt.Errorf("recording: %w", err)
+		}
+	}
+	if s.opts.OnDrained != nil {
+		return s.opts.OnDrained()
+	}
+	return nil
+}
+
+// pollTimeWait applies a finished poll and starts the next when due.
+func (s *Session) pollTimeWait() error {
+	if res, ok := s.poller.result(); ok {
+		for i := range res.sockets {
+			if err := s.input(record.KindSocket, lifecycle.AppendSocket(nil, &res.sockets[i])); err != nil {
+				return err
+			}
+		}
+		for _, ns := range res.done {
+			if err := s.input(record.KindDumpDone, lifecycle.AppendDumpDone(nil, ns, lifecycle.PurposeTimeWait, res.time)); err != nil {
+				return err
+			}
+		}
+	}
+	if s.poller.due() {
+		s.mu.Lock()
+		nss := s.in.b.TimeWaitNetNS(nil)
+		s.mu.Unlock()
+		if len(nss) > 0 {
+			s.poller.start(nss)
+		}
+	}
+	return nil
+}
+
+// snapshot dumps every TCP socket of every network namespace and seeds
+// the builder with them, and the probe with the owners of listeners.
+func (s *Session) snapshot() error {
+	paths, err := namespacePaths(s.opts.NetNSPaths)
+	if err != nil {
+		return err
+	}
+	f := &s.opts.Probe.Filter
+	type found struct {
+		sock  lifecycle.Socket
+		inode uint32
+	}
+	var all []found
+	wanted := map[uint32]struct{}{}
+	for inode, path := range paths {
+		if f.NetNS != 0 && inode != f.NetNS {
+			continue
+		}
+		d, err := sockdiag.OpenInNetNS(path)
+		if err != nil {
+			continue // the namespace vanished or is out of reach
+		}
+		now := clock.Monotonic()
+		err = d.Dump(sockdiag.AllStates, func(ds *sockdiag.Socket) error {
+			if !tupleMatches(f, ds) {
+				return nil
+			}
+			ls := lifecycle.Socket{Time: now, NetNS: inode, ExpiresMs: ds.ExpiresMs, Family: ds.Family,
+				State: probe.State(ds.State), TimeWait: ds.TimeWait, Purpose: lifecycle.PurposeSnapshot,
+				Lport: ds.Sport, Rport: ds.Dport, Laddr: ds.Saddr, Raddr: ds.Daddr}
+			all = append(all, found{ls, ds.Inode})
+			if ds.Inode != 0 {
+				wanted[ds.Inode] = struct{}{}
+			}
+			return nil
+		})
+		d.Close()
+		if err != nil {
+			return fmt.Errorf("netns %d: %w", inode, err)
+		}
+	}
+	owners, err := sockdiag.Owners(wanted)
+	if err != nil {
+		return err
+	}
+	root := s.cgroups.Root()
+	done := map[uint32]bool{}
+	for _, x := range all {
+		ls := x.sock
+		if o, ok := owners[x.inode]; ok && x.inode != 0 {
+			ls.Pid = o.Pid
+			copy(ls.Comm[:15], o.Comm)
+			ls.CgroupID = cgroupID(root, o.CgroupPath)
+			if ls.State == probe.StateListen {
+				// Owners of listeners that predate tcpfsm, for the
+				// connections they will accept.
+				s.probe.SeedListener(ls.NetNS, ls.Lport, ls.Pid, o.Comm, ls.CgroupID)
+			}
+			if ls.CgroupID != 0 {
+				if err := s.cgroupInput(ls.CgroupID, o.CgroupPath); err != nil {
+					return err
+				}
+			}
+		}
+		if err := s.input(record.KindSocket, lifecycle.AppendSocket(nil, &ls)); err != nil {
+			return err
+		}
+		done[ls.NetNS] = true
+	}
+	now := clock.Monotonic()
+	for ns := range done {
+		if err := s.input(record.KindDumpDone, lifecycle.AppendDumpDone(nil, ns, lifecycle.PurposeSnapshot, now)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// tupleMatches applies the socket part of the kernel filter to a dumped
+// socket, so the snapshot seeds only what the probe will report.
+func tupleMatches(f *probe.Filter, s *sockdiag.Socket) bool {
+	e := probe.Event{Family: s.Family, Sport: s.Sport, Dport: s.Dport}
+	g := probe.Filter{Family: f.Family, LocalPorts: f.LocalPorts, RemotePorts: f.RemotePorts}
+	return g.Match(&e)
+}
+
+// cgroupID is the id of a cgroup v2 path: its directory's inode.
+func cgroupID(root, path string) uint64 {
+	if root == "" || path == "" {
+		return 0
+	}
+	fi, err := os.Stat(filepath.Join(root, path))
+	if err != nil {
+		return 0
+	}
+	if st, ok := fi.Sys().(interface{ Ino() uint64 }); ok {
+		return st.Ino()
+	}
+	return statIno(fi)
+}
