@@ -12,7 +12,7 @@ ARGS ?=
 BPF_DEPS := clang-19 llvm-19 libbpf-dev
 GENERATED := tracer/probe/tcpfsm_bpfel.go tracer/probe/tcpfsm_bpfel.o
 
-.PHONY: all build run test generate check-generated deps fuzz vet clean
+.PHONY: all build run test test-kernels recordings generate check-generated deps fuzz vet clean
 
 all: build
 
@@ -30,6 +30,15 @@ run: build
 # Each test's verdict is printed, so a log shows the privileged ones ran.
 test: vet
 	$(GO) test -count=1 -v ./... 2>&1 | grep -vE '^=== (RUN|PAUSE|CONT|NAME)|^ +--- PASS: Fuzz[A-Za-z]+/'
+
+# The privileged suites again on Debian's 6.1 kernel under qemu (TCG).
+test-kernels:
+	.ci/kernels/run.sh
+
+# Re-capture tracer/testdata/scenarios/*.rec with tcpfsm record (about a
+# minute: one recording keeps its TIME_WAIT to the end).
+recordings:
+	TCPFSM_CAPTURE=$(CURDIR)/tracer/testdata/scenarios $(GO) test -count=1 -run TestCaptureScenarios -v ./cmd/tcpfsm
 
 vet:
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
@@ -54,7 +63,9 @@ FUZZTIME ?= 30s
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzReader$$' -fuzztime $(FUZZTIME) ./tracer/record
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./tracer/probe
-	@for t in tracer/record:FuzzReader tracer/probe:FuzzDecode; do \
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./tracer/sockdiag
+	$(GO) test -run '^$$' -fuzz '^FuzzParseContainer$$' -fuzztime $(FUZZTIME) ./tracer/cgroups
+	@for t in tracer/record:FuzzReader tracer/probe:FuzzDecode tracer/sockdiag:FuzzParse tracer/cgroups:FuzzParseContainer; do \
 		pkg=$${t%%:*}; name=$${t##*:}; \
 		src=$$($(GO) env GOCACHE)/fuzz/github.com/tcpfsm/tcpfsm/$$pkg/$$name; \
 		mkdir -p $$pkg/testdata/fuzz/$$name; \

@@ -56,6 +56,10 @@ type Stats struct {
 	LateResets  uint64 // resets for a record already classified
 	Unmatched   uint64 // non-state events for unknown connections
 	SeededStart uint64 // partial records matched to the start snapshot
+	// TwinChildren: accepted sockets the kernel created and destroyed at
+	// once because another CPU created the same connection's socket first
+	// (two segments completing one handshake in parallel). Not records.
+	TwinChildren uint64
 }
 
 // Eviction reasons.
@@ -111,6 +115,7 @@ type Builder struct {
 
 	held      []int32            // closed, waiting out ResetHold, in close order
 	timeWait  map[tupleKey]int32 // records in TIME_WAIT
+	passive   map[tupleKey]int32 // open accepted connections, to tell a twin
 	handshake map[int32]struct{} // records in SYN_SENT or SYN_RECV
 
 	seeds     map[tupleKey]seed
@@ -143,6 +148,7 @@ func NewBuilder(cfg Config, h Handler) *Builder {
 		head:      -1,
 		tail:      -1,
 		timeWait:  map[tupleKey]int32{},
+		passive:   map[tupleKey]int32{},
 		handshake: map[int32]struct{}{},
 		seeds:     map[tupleKey]seed{},
 		listening: map[listenKey]bool{},
@@ -213,6 +219,9 @@ func (b *Builder) alloc() int32 {
 func (b *Builder) release(i int32) {
 	r := &b.slab[i]
 	delete(b.byID, r.ID)
+	if k := recordKey(r); r.Role == RolePassive && b.passive[k] == i {
+		delete(b.passive, k)
+	}
 	b.free = append(b.free, i)
 }
 
@@ -305,10 +314,17 @@ func (b *Builder) transition(e *probe.Event) {
 	case probe.StateSynSent:
 		if old == probe.StateClose {
 			r.Role = RoleActive
+			// connect() from the endpoints of a TIME_WAIT takes it over.
+			if tw, ok := b.timeWait[recordKey(r)]; ok && tw != i {
+				b.finishTimeWait(tw, e.TsNs, TWReused)
+			}
 		}
 	case probe.StateSynRecv:
 		if old == probe.StateListen {
 			r.Role = RolePassive
+			if _, ok := b.passive[recordKey(r)]; !ok {
+				b.passive[recordKey(r)] = i
+			}
 		}
 	case probe.StateListen:
 		r.Role = RoleListener
@@ -583,6 +599,18 @@ func (b *Builder) Tick(now uint64) {
 func (b *Builder) closeRecord(i int32) {
 	r := &b.slab[i]
 	r.heldUntil = 0
+	k := recordKey(r)
+	if r.Role == RolePassive {
+		if j, ok := b.passive[k]; ok && j == i {
+			delete(b.passive, k)
+		} else if ok && !r.established && !r.resetSent && !r.resetReceived && r.SkErr == 0 {
+			// Its twin holds the connection: the kernel lost a race
+			// creating this socket and closed it at once.
+			b.stats.TwinChildren++
+			b.release(i)
+			return
+		}
+	}
 	b.classify(r)
 	if r.TimeWait == TWNone && b.reconstructTimeWait(r) {
 		r.TimeWait = TWPending
@@ -596,7 +624,7 @@ func (b *Builder) closeRecord(i int32) {
 		if old, ok := b.timeWait[recordKey(r)]; ok {
 			// A new connection reused the tuple while the old one was
 			// thought in TIME_WAIT: the old one ended by then.
-			b.finishTimeWait(old, r.End, TWSockDiag)
+			b.finishTimeWait(old, r.End, TWReused)
 		}
 		b.timeWait[recordKey(r)] = i
 	}

@@ -460,3 +460,42 @@ func TestSocketEncoding(t *testing.T) {
 		t.Errorf("dump done: %d %d %d %v", ns, p, tm, err)
 	}
 }
+
+// Two segments completing one handshake on two CPUs: the kernel creates
+// two sockets for the connection and closes the one that lost at once.
+func TestTwinChildIsNoRecord(t *testing.T) {
+	var s sink
+	b := NewBuilder(Config{}, &s)
+	feed(b,
+		st(2, 10, LST, SR), st(4, 10, LST, SR), st(4, 10, SR, CLOSE),
+		st(2, 11, SR, EST), st(2, 20, EST, CW), st(2, 21, CW, LA), st(2, 22, LA, CLOSE))
+	b.Flush()
+	r := one(t, s.finished)
+	if r.ID != 2 || r.Kind != KindGraceful || b.Stats().TwinChildren != 1 || len(s.closed) != 1 {
+		t.Errorf("record %d %s, twins %d, closed %d", r.ID, r.Kind, b.Stats().TwinChildren, len(s.closed))
+	}
+	if b.Tracked() != 0 {
+		t.Errorf("still tracking %d", b.Tracked())
+	}
+	// A passive socket closed before ESTABLISHED with no twin is a record.
+	s = sink{}
+	b = NewBuilder(Config{}, &s)
+	feed(b, st(4, 10, LST, SR), st(4, 11, SR, CLOSE))
+	b.Flush()
+	if r := one(t, s.finished); r.Kind != KindAbortedHandshake {
+		t.Errorf("lone aborted handshake: %s", r.Kind)
+	}
+}
+
+// connect() from the endpoints of a connection in TIME_WAIT ends it.
+func TestTimeWaitReusedByConnect(t *testing.T) {
+	var s sink
+	b := NewBuilder(Config{}, &s)
+	closeIntoTimeWait(b, 1, 1000, 40000)
+	b.Tick(1100 * ms)
+	feed(b, st(3, 3000, CLOSE, SS, withFlags(probe.FlagDeferred)))
+	f := one(t, s.finished)
+	if f.ID != 1 || f.TimeWait != TWReused || f.TimeWaitNs() != 2000*ms {
+		t.Errorf("reused TIME_WAIT: id %d %s %d", f.ID, f.TimeWait, f.TimeWaitNs())
+	}
+}

@@ -89,9 +89,10 @@ const (
 	TWExact                       // seen by fentry on inet_twsk_kill
 	TWSockDiag                    // from sock_diag: the timer's expiry, or the dump it vanished from
 	TWAssumed                     // not observable (netns out of reach): entry + 60 s
+	TWReused                      // a new connection with the same endpoints took it over
 )
 
-var twEndNames = [...]string{"none", "pending", "exact", "sock_diag", "assumed"}
+var twEndNames = [...]string{"none", "pending", "exact", "sock_diag", "assumed", "reused"}
 
 func (t TimeWaitEnd) String() string {
 	if int(t) < len(twEndNames) {
