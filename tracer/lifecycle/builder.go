@@ -1,6 +1,8 @@
 package lifecycle
 
 import (
+	"cmp"
+	"slices"
 	"syscall"
 
 	"github.com/tcpfsm/tcpfsm/tracer/cgroups"
@@ -129,6 +131,8 @@ type Builder struct {
 
 	states [probe.MaxState + 1]int
 	stats  Stats
+
+	scratch, order []int32 // reused by inOrder
 }
 
 // NewBuilder returns a builder that hands records to h.
@@ -568,7 +572,7 @@ func (b *Builder) Tick(now uint64) {
 		return
 	}
 	b.lastSweep = now
-	for i := range b.handshake {
+	for _, i := range b.inOrder(b.handshakeList()) {
 		r := &b.slab[i]
 		since := r.Start
 		if r.NSpan > 0 && r.Spans[r.NSpan-1].Enter != 0 {
@@ -578,8 +582,9 @@ func (b *Builder) Tick(now uint64) {
 			b.evict(i, EvictHandshakeTimeout)
 		}
 	}
-	for k, i := range b.timeWait {
+	for _, i := range b.inOrder(b.timeWaitList()) {
 		r := &b.slab[i]
+		k := recordKey(r)
 		if now < r.TimeWaitEnter+TimeWaitLen+timeWaitGrace {
 			continue
 		}
@@ -756,13 +761,8 @@ func (b *Builder) evictOldest() {
 		return
 	}
 	// Only TIME_WAIT records: end the oldest by assumption.
-	var oldest int32 = -1
-	for _, i := range b.timeWait {
-		if oldest < 0 || b.slab[i].TimeWaitEnter < b.slab[oldest].TimeWaitEnter {
-			oldest = i
-		}
-	}
-	if oldest >= 0 {
+	if tw := b.inOrder(b.timeWaitList()); len(tw) > 0 {
+		oldest := tw[0]
 		b.stats.Evictions[EvictCap]++
 		r := &b.slab[oldest]
 		b.finishTimeWait(oldest, r.TimeWaitEnter+TimeWaitLen, TWAssumed)
@@ -787,7 +787,7 @@ func (b *Builder) Flush() {
 		b.closeRecord(i)
 	}
 	b.held = b.held[:0]
-	for _, i := range b.timeWait {
+	for _, i := range b.inOrder(b.timeWaitList()) {
 		r := &b.slab[i]
 		delete(b.timeWait, recordKey(r))
 		b.finish(i)
@@ -805,3 +805,44 @@ func (b *Builder) Flush() {
 // SetExactTimeWait says whether the kernel reports TIME_WAIT itself; set
 // before the first event.
 func (b *Builder) SetExactTimeWait(on bool) { b.cfg.ExactTimeWait = on }
+
+// Records leave in an order that depends on the inputs only, never on map
+// iteration, so a replay hands them out as the live run did.
+
+func (b *Builder) timeWaitList() []int32 {
+	b.scratch = b.scratch[:0]
+	for _, i := range b.timeWait {
+		b.scratch = append(b.scratch, i)
+	}
+	return b.scratch
+}
+
+func (b *Builder) handshakeList() []int32 {
+	b.scratch = b.scratch[:0]
+	for i := range b.handshake {
+		b.scratch = append(b.scratch, i)
+	}
+	return b.scratch
+}
+
+// inOrder sorts records by when they last changed state, then by id.
+func (b *Builder) inOrder(idx []int32) []int32 {
+	at := func(i int32) uint64 {
+		r := &b.slab[i]
+		if r.TimeWaitEnter != 0 {
+			return r.TimeWaitEnter
+		}
+		if r.NSpan > 0 {
+			return r.Spans[r.NSpan-1].Enter
+		}
+		return r.Start
+	}
+	slices.SortFunc(idx, func(x, y int32) int {
+		if c := cmp.Compare(at(x), at(y)); c != 0 {
+			return c
+		}
+		return cmp.Compare(b.slab[x].ID, b.slab[y].ID)
+	})
+	// The loops that use the list may change the maps: work on a copy.
+	return append(b.order[:0], idx...)
+}

@@ -83,9 +83,9 @@ func (b *Builder) DumpDone(netns uint32, purpose Purpose, time uint64) {
 		return
 	}
 	b.twPolled[netns] = time
-	for k, i := range b.timeWait {
+	for _, i := range b.inOrder(b.timeWaitList()) {
 		r := &b.slab[i]
-		if k.netns != netns || r.twSeen == time || r.TimeWaitEnter+dumpMargin > time {
+		if r.NetNS != netns || r.twSeen == time || r.TimeWaitEnter+dumpMargin > time {
 			continue
 		}
 		// Gone: at its timer's end if that has passed, else killed early
