@@ -335,6 +335,11 @@ func (b *Builder) transition(e *probe.Event) {
 	case probe.StateEstablished:
 		r.established = true
 		r.HandshakeRTTUs = e.SrttUs
+		if old == probe.StateSynRecv && r.Role == RolePassive {
+			// An accepted socket starts with its request's SYN-ACK
+			// retransmits as its retransmit count.
+			r.SynRetransmits = e.TotalRetrans
+		}
 		if n := r.NSpan; n >= 2 {
 			hs := &r.Spans[n-2]
 			if (hs.State == probe.StateSynSent || hs.State == probe.StateSynRecv) && hs.Enter != 0 {

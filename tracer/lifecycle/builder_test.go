@@ -228,6 +228,15 @@ func TestSynRetransmitsAndHandshake(t *testing.T) {
 	if r.SynRetransmits != 1 || r.HandshakeNs != 1001*ms || r.HandshakeRTTUs != 800 {
 		t.Errorf("retransmits %d handshake %d rtt %d", r.SynRetransmits, r.HandshakeNs, r.HandshakeRTTUs)
 	}
+	// The passive end: its SYN-ACK retransmits are the accepted socket's
+	// first retransmit count.
+	s = sink{}
+	b = NewBuilder(Config{}, &s)
+	feed(b, st(2, 10, LST, SR), st(2, 1011, SR, EST, func(e *probe.Event) { e.TotalRetrans = 2 }), st(2, 2000, EST, CLOSE))
+	b.Flush()
+	if r := one(t, s.closed); r.SynRetransmits != 2 {
+		t.Errorf("passive SYN-ACK retransmits %d, want 2", r.SynRetransmits)
+	}
 }
 
 func TestOwner(t *testing.T) {
