@@ -53,7 +53,7 @@ type Handler interface {
 type Stats struct {
 	Events      uint64
 	Records     uint64 // records started
-	Evictions   [evictReasons]uint64
+	Evictions   [EvictReasons]uint64
 	Anomalies   [anomalyKinds]uint64
 	LateResets  uint64 // resets for a record already classified
 	Unmatched   uint64 // non-state events for unknown connections
@@ -68,7 +68,7 @@ type Stats struct {
 const (
 	EvictCap = iota
 	EvictHandshakeTimeout
-	evictReasons
+	EvictReasons // how many there are
 )
 
 // EvictReasonName names an eviction reason.
@@ -77,6 +77,9 @@ func EvictReasonName(i int) string {
 }
 
 const anomalyKinds = 4
+
+// AnomalyKinds is how many anomaly kinds Stats counts.
+const AnomalyKinds = anomalyKinds
 
 // tupleKey identifies a connection by its endpoints.
 type tupleKey struct {

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -61,6 +62,8 @@ type Session struct {
 	in      *ingest
 	lostRec probe.LostCounts
 
+	lastDrained atomic.Int64 // unix ns of the last time the ring was empty
+
 	cgroups  *cgroups.Resolver
 	poller   *poller
 	started  time.Time
@@ -101,6 +104,7 @@ func Open(opts Options) (_ *Session, err error) {
 		}
 	}()
 	s := &Session{opts: opts, probe: p, clock: c, cgroups: cgroups.NewResolver(""), started: time.Now()}
+	s.lastDrained.Store(time.Now().UnixNano())
 	s.in = newIngest(opts.Handler, opts.Lifecycle, opts.OnEvent)
 
 	f := p.Features()
@@ -200,8 +204,13 @@ func (s *Session) cgroupInput(id uint64, path string) error {
 	return s.input(record.KindCgroup, b[:8+n])
 }
 
+// LastDrained is when the reader last had emptied the ring buffer: a
+// reader keeping up does so at least once per flush interval.
+func (s *Session) LastDrained() time.Time { return time.Unix(0, s.lastDrained.Load()) }
+
 // drained runs between bursts: losses, TIME_WAIT polls, the clock.
 func (s *Session) drained() error {
+	s.lastDrained.Store(time.Now().UnixNano())
 	if lc, err := s.probe.Lost(); err == nil && lc != s.lostRec {
 		s.lostRec = lc
 		var b [16]byte
@@ -354,4 +363,13 @@ func cgroupID(root, path string) uint64 {
 		return st.Ino()
 	}
 	return statIno(fi)
+}
+
+// Container names the container of a cgroup id, "" when none: for labels
+// of connections still open.
+func (s *Session) Container(cgroupID uint64) string {
+	if c, ok := s.cgroups.Container(cgroupID); ok {
+		return c.Runtime + ":" + c.ID
+	}
+	return ""
 }

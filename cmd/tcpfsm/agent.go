@@ -1,0 +1,220 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"runtime"
+	"runtime/debug"
+	"syscall"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/prometheus/exporter-toolkit/web"
+	"golang.org/x/sys/unix"
+
+	"github.com/tcpfsm/tcpfsm/exporter/logs"
+	"github.com/tcpfsm/tcpfsm/exporter/metrics"
+	"github.com/tcpfsm/tcpfsm/tracer/lifecycle"
+	"github.com/tcpfsm/tcpfsm/tracer/probe"
+	"github.com/tcpfsm/tcpfsm/tracer/session"
+)
+
+const agentSynopsis = `Usage: tcpfsm agent [FLAGS]
+
+Run tcpfsm as a host agent: trace every TCP connection, serve Prometheus
+metrics on /metrics (with /healthz and /readyz), and log one JSON record per
+finished connection, the schema of 'tcpfsm life -o json'. Configuration
+comes from flags and an optional YAML file (--config.file); a bad value
+exits with status 2 and names the field. SIGTERM or SIGINT: stop reading,
+log every record still held, detach, exit 0.
+
+Needs CAP_BPF and CAP_PERFMON. CAP_SYS_PTRACE lets it name the owners of
+connections older than itself, CAP_SYS_ADMIN lets it watch TIME_WAIT in
+other network namespaces and turn on BPF run-time statistics; without them
+it says so and works around it.
+`
+
+const agentExamples = `  tcpfsm agent
+  tcpfsm agent --web.listen-address 127.0.0.1:9465 --log.file /var/log/tcpfsm.jsonl
+  tcpfsm agent --config.file /etc/tcpfsm/agent.yml --metrics.labels port,container
+`
+
+// fanout hands records to every handler.
+type fanout []lifecycle.Handler
+
+func (f fanout) Closed(r *lifecycle.Record) {
+	for _, h := range f {
+		h.Closed(r)
+	}
+}
+
+func (f fanout) Finished(r *lifecycle.Record) {
+	for _, h := range f {
+		h.Finished(r)
+	}
+}
+
+func runAgent(args []string, stdout, stderr io.Writer) error {
+	cfg, help, err := parseAgentConfig(args, stdout)
+	if err != nil || help {
+		return err
+	}
+	log := slog.New(slog.NewJSONHandler(stderr, nil))
+
+	var logOut io.Writer = stdout
+	if cfg.logFile != "-" {
+		f, err := os.OpenFile(cfg.logFile, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640)
+		if err != nil {
+			return fmt.Errorf("log file: %w", err)
+		}
+		defer f.Close()
+		logOut = f
+	}
+
+	if cfg.bpfStats {
+		// Program run time is only counted while someone holds this.
+		st, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
+		if err != nil {
+			log.Warn("BPF run-time statistics unavailable (needs CAP_SYS_ADMIN)", "err", err)
+		} else {
+			defer st.Close()
+		}
+	}
+
+	var sess *session.Session
+	var m *metrics.Metrics
+	var lw *logs.Writer
+	var h fanout
+	sess, err = session.Open(session.Options{
+		Probe: probe.Options{Filter: cfg.filter, Attach: cfg.attach, RingBufferSize: cfg.ringBuffer,
+			MaxConnections: min(cfg.maxTracked, 1<<20)},
+		Lifecycle:    lifecycle.Config{MaxTracked: cfg.maxTracked},
+		Handler:      &h,
+		OnEvent:      func(e *probe.Event) { m.Event(e); lw.Event(e) },
+		OnDrained:    func() error { return lw.Flush() },
+		TimeWaitPoll: cfg.timeWaitPoll,
+		NetNSPaths:   netnsPaths(cfg),
+	})
+	if err != nil {
+		return err
+	}
+	defer sess.Close()
+	lw = logs.New(logOut, sess.Clock(), logs.Options{Transitions: cfg.transitions, Sample: cfg.sample})
+	m = metrics.New(metrics.Options{Labels: cfg.labels, LabelLimit: cfg.labelLimit, NoExemplars: cfg.noExemplars,
+		ContainerOf: sess.Container}, buildInfo(), func() metrics.Snapshot { return snapshot(sess) })
+	h = fanout{m, lw}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(m, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	f := sess.Probe().Features()
+	log.Info("tracing", "hook", string(sess.Probe().Attached()), "time_wait_exact", f.TimeWait, "resets", f.Resets,
+		"syn_retransmits", f.SynRetransmits, "accept_owner", f.AcceptOwner)
+	for _, w := range sess.Warnings() {
+		log.Warn(w)
+	}
+
+	// Serve.
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{
+		Registry: reg, EnableOpenMetrics: true, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelError)}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		// Ready: attached, and the reader empties the ring buffer at least
+		// once per flush interval.
+		if age := time.Since(sess.LastDrained()); age > 5*time.Second {
+			http.Error(w, fmt.Sprintf("reader behind: ring buffer last empty %s ago", age.Round(time.Millisecond)), http.StatusServiceUnavailable)
+			return
+		}
+		io.WriteString(w, "ready\n")
+	})
+	ln, err := net.Listen("tcp", cfg.listen)
+	if err != nil {
+		return fmt.Errorf("--web.listen-address: %w", err)
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	systemd := false
+	webCfg := cfg.webConfig
+	served := make(chan error, 1)
+	go func() {
+		served <- web.Serve(ln, srv, &web.FlagConfig{WebListenAddresses: &[]string{cfg.listen},
+			WebSystemdSocket: &systemd, WebConfigFile: &webCfg}, log)
+	}()
+
+	// Stop on SIGTERM/SIGINT: detach, drain, flush the builder (every
+	// record still held is logged), then shut the server down.
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sig)
+	runErr := make(chan error, 1)
+	go func() { runErr <- sess.Run() }()
+	var rerr error
+	select {
+	case s := <-sig:
+		log.Info("stopping", "signal", s.String())
+		sess.Stop()
+		rerr = <-runErr
+	case rerr = <-runErr:
+	case err := <-served:
+		sess.Stop()
+		<-runErr
+		return fmt.Errorf("web server: %w", err)
+	}
+	if err := lw.Flush(); err != nil && rerr == nil {
+		rerr = fmt.Errorf("log: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	srv.Shutdown(ctx)
+	if errors.Is(rerr, http.ErrServerClosed) {
+		rerr = nil
+	}
+	lc, _ := sess.Probe().Lost()
+	log.Info("stopped", "records_logged", lw.Written, "events_lost", lc.Total())
+	return rerr
+}
+
+func netnsPaths(c resolved) map[uint32]string {
+	if c.netnsPath == "" {
+		return nil
+	}
+	return map[uint32]string{c.filter.NetNS: c.netnsPath}
+}
+
+// snapshot reads what the metrics show about the tracer itself.
+func snapshot(s *session.Session) metrics.Snapshot {
+	var snap metrics.Snapshot
+	s.With(func(b *lifecycle.Builder) {
+		for st := probe.StateEstablished; st <= probe.MaxState; st++ {
+			snap.States[st] = b.StateCount(st)
+		}
+		snap.Tracked = b.Tracked()
+		snap.Builder = b.Stats()
+	})
+	snap.Lost, _ = s.Probe().Lost()
+	snap.Programs, _ = s.Probe().Stats()
+	return snap
+}
+
+func buildInfo() metrics.BuildInfo {
+	bi := metrics.BuildInfo{Version: "unknown", Revision: "unknown", GoVersion: runtime.Version()}
+	if info, ok := debug.ReadBuildInfo(); ok {
+		bi.Version = info.Main.Version
+		for _, s := range info.Settings {
+			if s.Key == "vcs.revision" {
+				bi.Revision = s.Value
+			}
+		}
+	}
+	return bi
+}

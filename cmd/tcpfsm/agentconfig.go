@@ -1,0 +1,257 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/prometheus/exporter-toolkit/web"
+	"github.com/spf13/pflag"
+	"go.yaml.in/yaml/v3"
+
+	"github.com/tcpfsm/tcpfsm/exporter/metrics"
+	"github.com/tcpfsm/tcpfsm/tracer/probe"
+)
+
+// agentConfig is the agent's configuration: the YAML file's layout, which
+// flags override.
+type agentConfig struct {
+	Web struct {
+		ListenAddress string `yaml:"listen_address"`
+		ConfigFile    string `yaml:"config_file"`
+	} `yaml:"web"`
+	Metrics struct {
+		Labels      []string `yaml:"labels"`
+		LabelLimit  int      `yaml:"label_limit"`
+		NoExemplars bool     `yaml:"no_exemplars"`
+		BPFStats    bool     `yaml:"bpf_stats"`
+	} `yaml:"metrics"`
+	Logs struct {
+		File        string  `yaml:"file"`
+		Transitions bool    `yaml:"transitions"`
+		Sample      float64 `yaml:"sample"`
+	} `yaml:"logs"`
+	Filter struct {
+		PID         int64    `yaml:"pid"`
+		LocalPorts  []string `yaml:"local_ports"`
+		RemotePorts []string `yaml:"remote_ports"`
+		Family      string   `yaml:"family"`
+		NetNS       string   `yaml:"netns"`
+		Cgroup      string   `yaml:"cgroup"`
+	} `yaml:"filter"`
+	Tracer struct {
+		Attach          string        `yaml:"attach"`
+		MaxTracked      int           `yaml:"max_tracked"`
+		RingBufferBytes int           `yaml:"ring_buffer_bytes"`
+		TimeWaitPoll    time.Duration `yaml:"time_wait_poll"`
+	} `yaml:"tracer"`
+}
+
+func defaultAgentConfig() agentConfig {
+	var c agentConfig
+	c.Web.ListenAddress = ":9465"
+	c.Metrics.LabelLimit = 20
+	c.Logs.File = "-"
+	c.Logs.Sample = 1
+	c.Tracer.Attach = string(probe.AttachAuto)
+	c.Tracer.MaxTracked = 262144
+	c.Tracer.RingBufferBytes = 8 << 20
+	c.Tracer.TimeWaitPoll = time.Second
+	return c
+}
+
+// loadConfigFile reads the YAML file over the defaults; unknown keys are
+// errors, so a typo does not silently keep a default.
+func loadConfigFile(path string, c *agentConfig) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return usagef("--config.file: %v", err)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(c); err != nil && !errors.Is(err, io.EOF) {
+		msg := strings.ReplaceAll(err.Error(), "yaml: unmarshal errors:\n", "")
+		msg = unknownField.ReplaceAllString(msg, "unknown key $1")
+		return usagef("config %s: %s", path, strings.Join(strings.Fields(msg), " "))
+	}
+	return nil
+}
+
+// unknownField shortens yaml's "field X not found in type struct {...}".
+var unknownField = regexp.MustCompile(`field (\S+) not found in type [^\n]*`)
+
+// resolved is the validated configuration the agent runs with.
+type resolved struct {
+	listen       string
+	webConfig    string
+	labels       []metrics.Label
+	labelLimit   int
+	noExemplars  bool
+	bpfStats     bool
+	logFile      string
+	transitions  bool
+	sample       float64
+	filter       probe.Filter
+	netnsPath    string
+	attach       probe.Attach
+	maxTracked   int
+	ringBuffer   int
+	timeWaitPoll time.Duration
+}
+
+// validate checks every field and names the one that is wrong.
+func (c *agentConfig) validate() (resolved, error) {
+	var r resolved
+	fail := func(field, format string, args ...any) (resolved, error) {
+		return r, usagef("config: %s: %s", field, fmt.Sprintf(format, args...))
+	}
+	if _, _, err := net.SplitHostPort(c.Web.ListenAddress); err != nil {
+		return fail("web.listen_address", "%q is not host:port", c.Web.ListenAddress)
+	}
+	r.listen = c.Web.ListenAddress
+	if c.Web.ConfigFile != "" {
+		if err := web.Validate(c.Web.ConfigFile); err != nil {
+			return fail("web.config_file", "%v", err)
+		}
+		r.webConfig = c.Web.ConfigFile
+	}
+	seen := map[metrics.Label]bool{}
+	for _, s := range c.Metrics.Labels {
+		l, ok := metrics.ParseLabel(strings.TrimSpace(s))
+		if !ok {
+			return fail("metrics.labels", "unknown label %q (want port, comm or container; never pid, addresses or ephemeral ports)", s)
+		}
+		if seen[l] {
+			return fail("metrics.labels", "label %q given twice", s)
+		}
+		seen[l] = true
+		r.labels = append(r.labels, l)
+	}
+	if c.Metrics.LabelLimit < 1 || c.Metrics.LabelLimit > 1000 {
+		return fail("metrics.label_limit", "%d: want 1 to 1000 values per label", c.Metrics.LabelLimit)
+	}
+	r.labelLimit, r.noExemplars, r.bpfStats = c.Metrics.LabelLimit, c.Metrics.NoExemplars, c.Metrics.BPFStats
+	if c.Logs.File == "" {
+		return fail("logs.file", "empty: want a path, or - for stdout")
+	}
+	r.logFile, r.transitions = c.Logs.File, c.Logs.Transitions
+	if !(c.Logs.Sample > 0 && c.Logs.Sample <= 1) {
+		return fail("logs.sample", "%v: want a fraction above 0, at most 1", c.Logs.Sample)
+	}
+	r.sample = c.Logs.Sample
+
+	f := c.Filter
+	if f.PID < 0 || f.PID > 1<<32-1 {
+		return fail("filter.pid", "%d is no process id", f.PID)
+	}
+	r.filter.PID = uint32(f.PID)
+	var err error
+	if r.filter.LocalPorts, err = parsePorts("filter.local_ports", f.LocalPorts); err != nil {
+		return r, usagef("config: %v", err)
+	}
+	if r.filter.RemotePorts, err = parsePorts("filter.remote_ports", f.RemotePorts); err != nil {
+		return r, usagef("config: %v", err)
+	}
+	switch f.Family {
+	case "":
+	case "ipv4":
+		r.filter.Family = probe.AFInet
+	case "ipv6":
+		r.filter.Family = probe.AFInet6
+	default:
+		return fail("filter.family", "%q: want ipv4 or ipv6", f.Family)
+	}
+	if f.NetNS != "" {
+		if r.filter.NetNS, err = probe.NetNSInode(f.NetNS); err != nil {
+			return fail("filter.netns", "%v", err)
+		}
+		r.netnsPath, _ = probe.NetNSPath(f.NetNS)
+	}
+	if f.Cgroup != "" {
+		if r.filter.CgroupID, r.filter.CgroupLevel, err = probe.CgroupFilter(f.Cgroup); err != nil {
+			return fail("filter.cgroup", "%v", err)
+		}
+	}
+
+	t := c.Tracer
+	if r.attach, err = probe.ParseAttach(t.Attach); err != nil {
+		return fail("tracer.attach", "%v", err)
+	}
+	if t.MaxTracked < 1 {
+		return fail("tracer.max_tracked", "%d: want at least 1", t.MaxTracked)
+	}
+	r.maxTracked = t.MaxTracked
+	page := os.Getpagesize()
+	if rb := t.RingBufferBytes; rb < page || rb&(rb-1) != 0 {
+		return fail("tracer.ring_buffer_bytes", "%d: want a power of two of at least %d", rb, page)
+	}
+	r.ringBuffer = t.RingBufferBytes
+	if t.TimeWaitPoll < 0 || t.TimeWaitPoll > 0 && t.TimeWaitPoll < 100*time.Millisecond {
+		return fail("tracer.time_wait_poll", "%s: want 0 (off) or at least 100ms", t.TimeWaitPoll)
+	}
+	r.timeWaitPoll = t.TimeWaitPoll
+	if r.timeWaitPoll == 0 {
+		r.timeWaitPoll = -1 // off, for the session
+	}
+	return r, nil
+}
+
+// agentFlags registers the flags that override the file.
+func agentFlags(fs *pflag.FlagSet, c *agentConfig, configFile *string) {
+	fs.StringVar(configFile, "config.file", "", "read the configuration from this YAML `FILE` (deploy/tcpfsm.yml shows every key); flags override it")
+	fs.StringVar(&c.Web.ListenAddress, "web.listen-address", c.Web.ListenAddress, "serve /metrics, /healthz and /readyz on this `ADDRESS` (e.g. --web.listen-address 127.0.0.1:9465)")
+	fs.StringVar(&c.Web.ConfigFile, "web.config.file", c.Web.ConfigFile, "exporter-toolkit web configuration `FILE` for TLS and basic auth")
+	fs.StringSliceVar(&c.Metrics.Labels, "metrics.labels", c.Metrics.Labels, "optional `LABELS` on connection metrics: port, comm, container (e.g. --metrics.labels port,container)")
+	fs.IntVar(&c.Metrics.LabelLimit, "metrics.label-limit", c.Metrics.LabelLimit, "distinct values per optional label; the rest count as \"other\" (`N`)")
+	fs.BoolVar(&c.Metrics.NoExemplars, "metrics.no-exemplars", c.Metrics.NoExemplars, "no connection-id exemplars on the duration histograms")
+	fs.BoolVar(&c.Metrics.BPFStats, "metrics.bpf-stats", c.Metrics.BPFStats, "turn on the kernel's BPF run-time statistics while the agent runs (needs CAP_SYS_ADMIN)")
+	fs.StringVar(&c.Logs.File, "log.file", c.Logs.File, "write connection records to `FILE` (- for stdout)")
+	fs.BoolVar(&c.Logs.Transitions, "log.transitions", c.Logs.Transitions, "also log every state transition")
+	fs.Float64Var(&c.Logs.Sample, "log.sample", c.Logs.Sample, "log this `FRACTION` of connection records, chosen by connection id (e.g. --log.sample 0.01)")
+	fs.Int64VarP(&c.Filter.PID, "pid", "p", c.Filter.PID, "only connections owned by process `PID`")
+	fs.StringSliceVarP(&c.Filter.LocalPorts, "lport", "L", c.Filter.LocalPorts, "only these local `PORTS`")
+	fs.StringSliceVarP(&c.Filter.RemotePorts, "rport", "D", c.Filter.RemotePorts, "only these remote `PORTS`")
+	fs.StringVar(&c.Filter.Family, "family", c.Filter.Family, "only `ipv4` or ipv6")
+	fs.StringVar(&c.Filter.NetNS, "netns", c.Filter.NetNS, "only this network namespace `NS` (inode, name or path)")
+	fs.StringVar(&c.Filter.Cgroup, "cgroup", c.Filter.Cgroup, "only owners inside this cgroup v2 `PATH`")
+	fs.StringVar(&c.Tracer.Attach, "attach", c.Tracer.Attach, "`HOOK`: auto, raw_tracepoint or tracepoint")
+	fs.IntVar(&c.Tracer.MaxTracked, "max-tracked", c.Tracer.MaxTracked, "connection records held at most (`N`)")
+	fs.IntVar(&c.Tracer.RingBufferBytes, "ring-buffer-bytes", c.Tracer.RingBufferBytes, "ring buffer size, a power of two (`BYTES`)")
+	fs.DurationVar(&c.Tracer.TimeWaitPoll, "time-wait-poll", c.Tracer.TimeWaitPoll, "how often sock_diag looks for ended TIME_WAITs (`DURATION`, 0 off)")
+}
+
+// parseAgentConfig reads the file named by --config.file, then lets the
+// flags given override it.
+func parseAgentConfig(args []string, usage io.Writer) (resolved, bool, error) {
+	// First pass: only the file's name.
+	var file string
+	pre := newFlagSet("agent")
+	pre.ParseErrorsAllowlist.UnknownFlags = true
+	pre.StringVar(&file, "config.file", "", "")
+	pre.BoolP("help", "h", false, "")
+	_ = pre.Parse(args)
+
+	c := defaultAgentConfig()
+	if file != "" {
+		if err := loadConfigFile(file, &c); err != nil {
+			return resolved{}, false, err
+		}
+	}
+	fs := newFlagSet("agent")
+	agentFlags(fs, &c, &file)
+	help, err := parseFlags(fs, args)
+	if err != nil || help {
+		if help {
+			printUsage(usage, fs, agentSynopsis, agentExamples)
+		}
+		return resolved{}, help, err
+	}
+	r, err := c.validate()
+	return r, false, err
+}

@@ -1,0 +1,129 @@
+// Package logs writes connection records, and optionally every
+// transition, as JSON lines: slog's time, level and msg keys followed by
+// the fields of `tcpfsm life -o json` (or `tcpfsm trace -o json`).
+package logs
+
+import (
+	"bufio"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/tcpfsm/tcpfsm/exporter/render"
+	"github.com/tcpfsm/tcpfsm/tracer/clock"
+	"github.com/tcpfsm/tcpfsm/tracer/lifecycle"
+	"github.com/tcpfsm/tcpfsm/tracer/probe"
+)
+
+// Options choose what is logged.
+type Options struct {
+	// Transitions logs every state transition too.
+	Transitions bool
+	// Sample is the fraction of connection records logged, 0 < Sample <= 1;
+	// which ones is decided by the connection id, so both records of a
+	// paired connection are not kept or dropped together by accident.
+	// Default 1.
+	Sample float64
+}
+
+// Writer is a lifecycle.Handler that logs finished records.
+type Writer struct {
+	opts  Options
+	clock clock.Clock
+	mu    sync.Mutex
+	w     *bufio.Writer
+	buf   []byte
+	err   error
+	keep  uint64 // ids hashing below this are logged
+
+	Written, Sampled uint64
+}
+
+// New returns a writer to w.
+func New(w io.Writer, c clock.Clock, opts Options) *Writer {
+	if opts.Sample <= 0 || opts.Sample > 1 {
+		opts.Sample = 1
+	}
+	keep := ^uint64(0)
+	if opts.Sample < 1 {
+		keep = uint64(opts.Sample * float64(^uint64(0)))
+	}
+	return &Writer{opts: opts, clock: c, w: bufio.NewWriterSize(w, 256<<10), buf: make([]byte, 0, 4096), keep: keep}
+}
+
+// mix spreads connection ids (a per-CPU counter in the high bits) over
+// the whole range before sampling (splitmix64's finalizer).
+func mix(x uint64) uint64 {
+	x ^= x >> 30
+	x *= 0xbf58476d1ce4e5b9
+	x ^= x >> 27
+	x *= 0x94d049bb133111eb
+	return x ^ x>>31
+}
+
+// prefix starts a line with slog's keys and returns where the record's
+// object will start.
+func (w *Writer) prefix(msg string) int {
+	w.buf = append(w.buf[:0], `{"time":"`...)
+	w.buf = time.Now().UTC().AppendFormat(w.buf, time.RFC3339Nano)
+	w.buf = append(w.buf, `","level":"INFO","msg":"`...)
+	w.buf = append(w.buf, msg...)
+	w.buf = append(w.buf, `",`...)
+	return len(w.buf)
+}
+
+// Closed does nothing: a record is logged once, when finished.
+func (w *Writer) Closed(*lifecycle.Record) {}
+
+// Finished logs a connection's record.
+func (w *Writer) Finished(r *lifecycle.Record) {
+	if r.Role == lifecycle.RoleListener {
+		return
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.keep != ^uint64(0) && mix(r.ID) > w.keep {
+		w.Sampled++
+		return
+	}
+	n := w.prefix("connection")
+	w.buf = render.AppendLifeJSON(w.buf, r, w.clock)
+	w.write(n)
+}
+
+// Event logs a transition when transitions are on.
+func (w *Writer) Event(e *probe.Event) {
+	if !w.opts.Transitions {
+		return
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	n := w.prefix("transition")
+	w.buf = render.AppendEventJSON(w.buf, e, w.clock)
+	w.write(n)
+}
+
+// write joins the prefix and the object that starts at n: the object's
+// opening brace goes, the prefix's trailing comma stands for it.
+func (w *Writer) write(n int) {
+	if w.err != nil {
+		return
+	}
+	w.buf = append(w.buf[:n], w.buf[n+1:]...)
+	if _, err := w.w.Write(w.buf); err != nil {
+		w.err = err
+		return
+	}
+	w.Written++
+}
+
+// Flush writes buffered lines out.
+func (w *Writer) Flush() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.err != nil {
+		return w.err
+	}
+	w.err = w.w.Flush()
+	return w.err
+}

@@ -1,0 +1,130 @@
+package metrics
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tcpfsm/tcpfsm/tracer/lifecycle"
+	"github.com/tcpfsm/tcpfsm/tracer/probe"
+)
+
+type descs struct {
+	transitions, opened, closed, failures, connections    *prometheus.Desc
+	bytesSent, bytesRecv, resets, synRetrans               *prometheus.Desc
+	events, lost, tracked, evictions, misses, anomalies    *prometheus.Desc
+	buildInfo, progRuns, progSeconds, twins, seededStarts *prometheus.Desc
+}
+
+func newDescs(opt []string) descs {
+	d := func(name, help string, labels ...string) *prometheus.Desc {
+		return prometheus.NewDesc(name, help, labels, nil)
+	}
+	return descs{
+		transitions: d("tcpfsm_state_transitions_total", "TCP state transitions seen, by old and new state.", "from", "to"),
+		opened: d("tcpfsm_connections_opened_total", "Connections started: connect() (active) or a SYN accepted by a listener (passive).",
+			append([]string{"role"}, opt...)...),
+		closed: d("tcpfsm_connections_closed_total", "Connections closed, by who started the close and how it ended.",
+			append([]string{"role", "initiator", "kind"}, opt...)...),
+		failures: d("tcpfsm_connect_failures_total", "connect() calls that never reached ESTABLISHED, by reason.", "reason"),
+		connections: d("tcpfsm_connections", "Tracked connections in each TCP state now; time_wait counts reconstructed ones too.",
+			"state"),
+		bytesSent: d("tcpfsm_bytes_sent_total", "Payload bytes the peers acknowledged, counted when connections close."),
+		bytesRecv: d("tcpfsm_bytes_received_total", "Payload bytes received in order, counted when connections close."),
+		resets:    d("tcpfsm_resets_total", "RSTs sent and received on tracked connections.", "direction"),
+		synRetrans: d("tcpfsm_syn_retransmits_total",
+			"SYN retransmits of connections still in SYN_SENT."),
+		events: d("tcpfsm_events_total", "Events read from the kernel."),
+		lost: d("tcpfsm_events_lost_total",
+			"Events the kernel could not deliver: the ring buffer was full, or the program was already running on that CPU.", "reason"),
+		tracked:   d("tcpfsm_tracked_connections", "Connection records held in memory, TIME_WAIT included."),
+		evictions: d("tcpfsm_evictions_total", "Records dropped to bound memory, by reason.", "reason"),
+		misses:    d("tcpfsm_attribution_misses_total", "Closed connections whose owning process was never seen."),
+		anomalies: d("tcpfsm_anomalies_total",
+			"Records flagged: a transition RFC 9293 does not allow, a start not seen, missed events, events lost.", "kind"),
+		buildInfo:   d("tcpfsm_build_info", "tcpfsm's version; always 1.", "version", "revision", "goversion"),
+		progRuns:    d("tcpfsm_bpf_program_runs_total", "Runs of each BPF program, as the kernel counts them.", "program"),
+		progSeconds: d("tcpfsm_bpf_program_run_seconds_total", "Time spent in each BPF program; counted only while kernel.bpf_stats_enabled is 1.", "program"),
+		twins: d("tcpfsm_twin_sockets_total",
+			"Accepted sockets the kernel created and destroyed at once, having lost a race to a twin for the same connection."),
+		seededStarts: d("tcpfsm_snapshot_matches_total", "Connections first seen midway that the start snapshot knew."),
+	}
+}
+
+// Describe sends every descriptor.
+func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
+	d := &m.descs
+	for _, x := range []*prometheus.Desc{d.transitions, d.opened, d.closed, d.failures, d.connections, d.bytesSent,
+		d.bytesRecv, d.resets, d.synRetrans, d.events, d.lost, d.tracked, d.evictions, d.misses, d.anomalies,
+		d.buildInfo, d.progRuns, d.progSeconds, d.twins, d.seededStarts} {
+		ch <- x
+	}
+	m.handshake.Describe(ch)
+	m.lifetime.Describe(ch)
+	m.stateDur.Describe(ch)
+}
+
+// Collect sends the current values.
+func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
+	d := &m.descs
+	counter := func(desc *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(desc, prometheus.CounterValue, v, labels...)
+	}
+	gauge := func(desc *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(desc, prometheus.GaugeValue, v, labels...)
+	}
+
+	for from := probe.StateEstablished; from <= probe.MaxState; from++ {
+		for to := probe.StateEstablished; to <= probe.MaxState; to++ {
+			if n := m.transitions[from][to].Load(); n > 0 {
+				counter(d.transitions, float64(n), stateLabel[from], stateLabel[to])
+			}
+		}
+	}
+	counter(d.resets, float64(m.resets[0].Load()), "sent")
+	counter(d.resets, float64(m.resets[1].Load()), "received")
+	counter(d.synRetrans, float64(m.synRetrans.Load()))
+	counter(d.events, float64(m.events.Load()))
+
+	n := len(m.opts.Labels)
+	m.mu.Lock()
+	for k, v := range m.opened {
+		counter(d.opened, float64(v), append([]string{k.role}, k.opt[:n]...)...)
+	}
+	for k, v := range m.closed {
+		counter(d.closed, float64(v), append([]string{k.role, k.initiator, k.kind}, k.opt[:n]...)...)
+	}
+	for i, v := range m.failures {
+		counter(d.failures, float64(v), failureNames[i])
+	}
+	counter(d.bytesSent, float64(m.bytesSent))
+	counter(d.bytesRecv, float64(m.bytesRecv))
+	counter(d.misses, float64(m.attributionMisses))
+	m.mu.Unlock()
+
+	s := m.snapshot()
+	for st := probe.StateEstablished; st <= probe.MaxState; st++ {
+		if st == probe.StateNewSynRecv || st == probe.StateBoundInactive || st == probe.StateClose {
+			continue // never a tracked connection's state
+		}
+		gauge(d.connections, float64(s.States[st]), stateLabel[st])
+	}
+	gauge(d.tracked, float64(s.Tracked))
+	counter(d.lost, float64(s.Lost.RingFull), "ring_buffer_full")
+	counter(d.lost, float64(s.Lost.Recursion), "program_busy")
+	for i := 0; i < lifecycle.EvictReasons; i++ {
+		counter(d.evictions, float64(s.Builder.Evictions[i]), lifecycle.EvictReasonName(i))
+	}
+	for i, v := range s.Builder.Anomalies {
+		counter(d.anomalies, float64(v), lifecycle.AnomalyName(1<<i))
+	}
+	counter(d.twins, float64(s.Builder.TwinChildren))
+	counter(d.seededStarts, float64(s.Builder.SeededStart))
+	for _, p := range s.Programs {
+		counter(d.progRuns, float64(p.RunCount), p.Name)
+		counter(d.progSeconds, p.RunTime.Seconds(), p.Name)
+	}
+	gauge(d.buildInfo, 1, m.build.Version, m.build.Revision, m.build.GoVersion)
+
+	m.handshake.Collect(ch)
+	m.lifetime.Collect(ch)
+	m.stateDur.Collect(ch)
+}
