@@ -74,3 +74,11 @@ fuzz:
 
 clean:
 	rm -rf bin
+
+# Benchmarks, as root: the BPF programs' cost per event against a bpftrace
+# tcpstates equivalent, Go ingest, the end-to-end overhead of tcpfsm agent,
+# loss and wakeups at full churn, memory. About 9 minutes; installs bpftrace
+# when missing. Output in bench/out/; BENCHMARKS.md has the latest results.
+.PHONY: bench
+bench:
+	bench/bench.sh

@@ -103,6 +103,10 @@ struct {
 	__uint(max_entries, 1 << 22); /* the loader sets the real size */
 } events SEC(".maps");
 
+/* What one event takes in the ring buffer: its header and the event,
+ * rounded up to 8 bytes. */
+#define RECORD_SIZE ((8 + sizeof(struct event) + 7) & ~7)
+
 /* Index 0: records that did not fit in the ring buffer. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -181,11 +185,40 @@ struct tuple {
 	__u16 sport;
 	__u16 dport;
 	__u8 family;
+	__u8 have_flags; /* sk_flags was read with the rest */
+	__u64 sk_flags;  /* sk->__sk_common.skc_flags */
 };
+
+/*
+ * Each read of kernel memory from a raw tracepoint is a helper call
+ * (bpf_probe_read_kernel), and those calls were most of the programs' cost.
+ * Fields that sit close together are read in one call: the span from the
+ * lowest to the end of the highest, at offsets the loader relocates for the
+ * running kernel, then picked out of the copy. A kernel whose layout puts
+ * them further apart than the buffer gets one read per field, as before.
+ */
+#define F_OFF(type, f) ((__u32)bpf_core_field_offset(type, f))
+#define F_END(type, f) (F_OFF(type, f) + (__u32)bpf_core_field_size(type, f))
+#define MIN2(a, b) ((a) < (b) ? (a) : (b))
+#define MAX2(a, b) ((a) > (b) ? (a) : (b))
+/* The copy starts 8-aligned, so every field in it is naturally aligned. */
+#define SPAN_LO(lo) ((lo) & ~7U)
+#define AT(buf, lo, type, f) ((void *)(buf) + span_off(F_OFF(type, f) - SPAN_LO(lo)))
+
+/* The field's place in the copy, as a number: the verifier allows adding
+ * it to a stack or map value pointer, not a subtraction from one. */
+static __always_inline __u32 span_off(__u32 off)
+{
+	barrier_var(off);
+	return off;
+}
+
+#define HEAD_SPAN 32 /* skc_daddr .. skc_family: 18 bytes on 6.x */
+#define MID_SPAN 64  /* skc_net .. skc_flags: 56 bytes on 6.x */
 
 /* Addresses, remote port and netns: the part full sockets and time-wait
  * sockets share in their struct sock_common. */
-static __always_inline bool read_common(struct sock *sk, struct tuple *t)
+static __always_inline bool read_common_slow(struct sock *sk, struct tuple *t)
 {
 	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
 
@@ -195,18 +228,7 @@ static __always_inline bool read_common(struct sock *sk, struct tuple *t)
 	if (family == AF_INET6) {
 		BPF_CORE_READ_INTO(&t->saddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
 		BPF_CORE_READ_INTO(&t->daddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
-		/* ::ffff:a.b.c.d on both ends is an IPv4 connection. */
-		__u32 *s = (__u32 *)t->saddr, *d = (__u32 *)t->daddr;
-		if ((s[0] | s[1] | d[0] | d[1]) == 0 &&
-		    s[2] == __builtin_bswap32(0xffff) && d[2] == __builtin_bswap32(0xffff)) {
-			s[0] = s[3];
-			d[0] = d[3];
-			s[1] = s[2] = s[3] = 0;
-			d[1] = d[2] = d[3] = 0;
-			t->family = AF_INET;
-		} else {
-			t->family = AF_INET6;
-		}
+		t->family = AF_INET6;
 		return true;
 	}
 	if (family == AF_INET) {
@@ -218,12 +240,73 @@ static __always_inline bool read_common(struct sock *sk, struct tuple *t)
 	return false;
 }
 
+static __always_inline bool read_common(struct sock *sk, struct tuple *t)
+{
+	__u32 hlo = MIN2(MIN2(F_OFF(struct sock, __sk_common.skc_daddr), F_OFF(struct sock, __sk_common.skc_rcv_saddr)),
+			 MIN2(F_OFF(struct sock, __sk_common.skc_dport), F_OFF(struct sock, __sk_common.skc_family)));
+	__u32 hhi = MAX2(MAX2(F_END(struct sock, __sk_common.skc_daddr), F_END(struct sock, __sk_common.skc_rcv_saddr)),
+			 MAX2(F_END(struct sock, __sk_common.skc_dport), F_END(struct sock, __sk_common.skc_family)));
+	__u32 mlo = MIN2(MIN2(F_OFF(struct sock, __sk_common.skc_net), F_OFF(struct sock, __sk_common.skc_flags)),
+			 MIN2(F_OFF(struct sock, __sk_common.skc_v6_daddr), F_OFF(struct sock, __sk_common.skc_v6_rcv_saddr)));
+	__u32 mhi = MAX2(MAX2(F_END(struct sock, __sk_common.skc_net), F_END(struct sock, __sk_common.skc_flags)),
+			 MAX2(F_END(struct sock, __sk_common.skc_v6_daddr), F_END(struct sock, __sk_common.skc_v6_rcv_saddr)));
+	__u8 head[HEAD_SPAN] __attribute__((aligned(8))), mid[MID_SPAN] __attribute__((aligned(8)));
+	__u16 family;
+
+	if (hhi - SPAN_LO(hlo) > HEAD_SPAN || mhi - SPAN_LO(mlo) > MID_SPAN)
+		return read_common_slow(sk, t);
+	if (bpf_probe_read_kernel(head, hhi - SPAN_LO(hlo), (void *)sk + SPAN_LO(hlo)) ||
+	    bpf_probe_read_kernel(mid, mhi - SPAN_LO(mlo), (void *)sk + SPAN_LO(mlo)))
+		return false;
+	family = *(__u16 *)AT(head, hlo, struct sock, __sk_common.skc_family);
+	t->dport = __builtin_bswap16(*(__u16 *)AT(head, hlo, struct sock, __sk_common.skc_dport));
+	t->netns = BPF_CORE_READ((struct net *)*(__u64 *)AT(mid, mlo, struct sock, __sk_common.skc_net), ns.inum);
+	t->sk_flags = *(__u64 *)AT(mid, mlo, struct sock, __sk_common.skc_flags);
+	t->have_flags = 1;
+	if (family == AF_INET6) {
+		__builtin_memcpy(t->saddr, AT(mid, mlo, struct sock, __sk_common.skc_v6_rcv_saddr), 16);
+		__builtin_memcpy(t->daddr, AT(mid, mlo, struct sock, __sk_common.skc_v6_daddr), 16);
+		t->family = AF_INET6;
+		return true;
+	}
+	if (family == AF_INET) {
+		*(__u32 *)t->saddr = *(__u32 *)AT(head, hlo, struct sock, __sk_common.skc_rcv_saddr);
+		*(__u32 *)t->daddr = *(__u32 *)AT(head, hlo, struct sock, __sk_common.skc_daddr);
+		t->family = AF_INET;
+		return true;
+	}
+	return false;
+}
+
+/* ::ffff:a.b.c.d on both ends is an IPv4 connection. */
+static __always_inline void unmap_v4(struct tuple *t)
+{
+	__u32 *s = (__u32 *)t->saddr, *d = (__u32 *)t->daddr;
+
+	if (t->family == AF_INET6 && (s[0] | s[1] | d[0] | d[1]) == 0 &&
+	    s[2] == __builtin_bswap32(0xffff) && d[2] == __builtin_bswap32(0xffff)) {
+		s[0] = s[3];
+		d[0] = d[3];
+		s[1] = s[2] = s[3] = 0;
+		d[1] = d[2] = d[3] = 0;
+		t->family = AF_INET;
+	}
+}
+
+static __always_inline bool read_common_unmapped(struct sock *sk, struct tuple *t)
+{
+	if (!read_common(sk, t))
+		return false;
+	unmap_v4(t);
+	return true;
+}
+
 static __always_inline bool read_tuple(struct sock *sk, struct tuple *t)
 {
 	/* inet_sport, not skc_num: the kernel zeroes skc_num when it unhashes
 	 * the socket, before the transition to CLOSE. */
 	t->sport = __builtin_bswap16(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
-	return read_common(sk, t);
+	return read_common_unmapped(sk, t);
 }
 
 static __always_inline bool port_set(volatile const __u64 *bits, __u16 port)
@@ -317,42 +400,148 @@ static __always_inline bool starts_life(int oldstate, int newstate)
 #define STATES_AFTER_PEER_FIN ((1 << TCP_CLOSE_WAIT) | (1 << TCP_LAST_ACK) | (1 << TCP_CLOSING) | \
 			       (1 << TCP_CLOSE))
 
+/* The tcp_sock counters an event carries. */
+struct counters {
+	__u64 bytes_acked;
+	__u64 bytes_received;
+	__u32 srtt_us;
+	__u32 total_retrans;
+	__u32 segs_in;
+	__u32 segs_out;
+	__u32 snd_una;
+	__u32 write_seq;
+};
+
+#define TP_SPAN 1024 /* the counters: 668 bytes on 6.18 */
+
+struct scratch {
+	__u8 b[TP_SPAN];
+};
+
+/*
+ * Per-CPU room for spans too large for the stack, one slot per program
+ * (SLOT_*): a program never nests in itself on a CPU, but another one of
+ * tcpfsm's can run in a softirq that interrupts it.
+ */
+enum scratch_slot {
+	SLOT_STATE = 0,
+	/* handle_other(): the event type minus one */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 4);
+	__type(key, __u32);
+	__type(value, struct scratch);
+} scratch SEC(".maps");
+
+#define PICK_COUNTERS(buf, lo)                                                              \
+	do {                                                                                \
+		k->bytes_acked = *(__u64 *)AT(buf, lo, struct tcp_sock, bytes_acked);       \
+		k->bytes_received = *(__u64 *)AT(buf, lo, struct tcp_sock, bytes_received); \
+		k->srtt_us = *(__u32 *)AT(buf, lo, struct tcp_sock, srtt_us);               \
+		k->segs_in = *(__u32 *)AT(buf, lo, struct tcp_sock, segs_in);               \
+		k->segs_out = *(__u32 *)AT(buf, lo, struct tcp_sock, segs_out);             \
+		k->snd_una = *(__u32 *)AT(buf, lo, struct tcp_sock, snd_una);               \
+		k->write_seq = *(__u32 *)AT(buf, lo, struct tcp_sock, write_seq);           \
+	} while (0)
+
+/* Read the counters; snd_una and write_seq only matter when want_seq. One
+ * read for all where they fit in the slot, two where total_retrans is far
+ * from the others, one per field otherwise. */
+static __always_inline void read_counters(struct sock *sk, struct counters *k, bool want_seq, __u32 slot)
+{
+	struct tcp_sock *tp = (struct tcp_sock *)sk;
+	__u32 lo = MIN2(MIN2(MIN2(F_OFF(struct tcp_sock, bytes_acked), F_OFF(struct tcp_sock, bytes_received)),
+			     MIN2(F_OFF(struct tcp_sock, srtt_us), F_OFF(struct tcp_sock, segs_in))),
+			MIN2(MIN2(F_OFF(struct tcp_sock, segs_out), F_OFF(struct tcp_sock, snd_una)),
+			     F_OFF(struct tcp_sock, write_seq)));
+	__u32 hi = MAX2(MAX2(MAX2(F_END(struct tcp_sock, bytes_acked), F_END(struct tcp_sock, bytes_received)),
+			     MAX2(F_END(struct tcp_sock, srtt_us), F_END(struct tcp_sock, segs_in))),
+			MAX2(MAX2(F_END(struct tcp_sock, segs_out), F_END(struct tcp_sock, snd_una)),
+			     F_END(struct tcp_sock, write_seq)));
+	__u32 alo = MIN2(lo, F_OFF(struct tcp_sock, total_retrans));
+	__u32 ahi = MAX2(hi, F_END(struct tcp_sock, total_retrans));
+	struct scratch *buf = NULL;
+
+	if (hi - SPAN_LO(lo) <= TP_SPAN)
+		buf = bpf_map_lookup_elem(&scratch, &slot);
+	if (buf && ahi - SPAN_LO(alo) <= TP_SPAN) {
+		if (!bpf_probe_read_kernel(buf->b, ahi - SPAN_LO(alo), (void *)sk + SPAN_LO(alo))) {
+			PICK_COUNTERS(buf->b, alo);
+			k->total_retrans = *(__u32 *)AT(buf->b, alo, struct tcp_sock, total_retrans);
+			return;
+		}
+	} else if (buf && !bpf_probe_read_kernel(buf->b, hi - SPAN_LO(lo), (void *)sk + SPAN_LO(lo))) {
+		PICK_COUNTERS(buf->b, lo);
+		k->total_retrans = BPF_CORE_READ(tp, total_retrans);
+		return;
+	}
+	k->bytes_acked = BPF_CORE_READ(tp, bytes_acked);
+	k->bytes_received = BPF_CORE_READ(tp, bytes_received);
+	k->srtt_us = BPF_CORE_READ(tp, srtt_us);
+	k->segs_in = BPF_CORE_READ(tp, segs_in);
+	k->segs_out = BPF_CORE_READ(tp, segs_out);
+	k->snd_una = k->write_seq = 0;
+	if (want_seq) {
+		k->snd_una = BPF_CORE_READ(tp, snd_una);
+		k->write_seq = BPF_CORE_READ(tp, write_seq);
+	}
+	k->total_retrans = BPF_CORE_READ(tp, total_retrans);
+}
+
+/* sk_protocol and inet_sport, in one read where the slot holds both. */
+static __always_inline void read_proto_sport(struct sock *sk, __u16 *proto, __u16 *sport, __u32 slot)
+{
+	__u32 lo = MIN2(F_OFF(struct inet_sock, sk.sk_protocol), F_OFF(struct inet_sock, inet_sport));
+	__u32 hi = MAX2(F_END(struct inet_sock, sk.sk_protocol), F_END(struct inet_sock, inet_sport));
+	struct scratch *buf = NULL;
+
+	if (hi - SPAN_LO(lo) <= TP_SPAN)
+		buf = bpf_map_lookup_elem(&scratch, &slot);
+	if (buf && !bpf_probe_read_kernel(buf->b, hi - SPAN_LO(lo), (void *)sk + SPAN_LO(lo))) {
+		*proto = *(__u16 *)AT(buf->b, lo, struct inet_sock, sk.sk_protocol);
+		*sport = __builtin_bswap16(*(__u16 *)AT(buf->b, lo, struct inet_sock, inet_sport));
+		return;
+	}
+	*proto = BPF_CORE_READ(sk, sk_protocol);
+	*sport = __builtin_bswap16(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
+}
+
 /*
  * bytes_acked and bytes_received follow the sequence space, where SYN and
  * FIN take one number each. Say which of them the counters include, so
  * user space can report payload bytes exactly.
  */
-static __always_inline __u8 control_flags(struct sock *sk, const struct conn *c, int oldstate,
-					  int newstate, __u64 bytes_acked)
+static __always_inline __u8 control_flags(struct sock *sk, const struct tuple *t, const struct conn *c,
+					  const struct counters *k, int oldstate, int newstate)
 {
-	struct tcp_sock *tp = (struct tcp_sock *)sk;
 	__u8 flags = 0;
 
 	/* The active opener's bytes_acked counts its SYN once the SYN-ACK
 	 * arrived; an accepted socket starts after its SYN-ACK. */
-	if ((c->marks & CONN_ACTIVE) && bytes_acked > 0)
+	if ((c->marks & CONN_ACTIVE) && k->bytes_acked > 0)
 		flags |= FLAG_SYN_ACKED;
 	/* Once a FIN is queued the socket stays in these states until CLOSE;
 	 * the FIN is acked when nothing after it is outstanding. Only the old
 	 * state counts: close() changes the state before it queues the FIN. */
 	if ((1 << oldstate) & STATES_AFTER_OUR_FIN) {
-		if (BPF_CORE_READ(tp, snd_una) == BPF_CORE_READ(tp, write_seq))
+		if (k->snd_una == k->write_seq)
 			flags |= FLAG_FIN_ACKED;
 	}
 	/* Only tcp_fin() sets SOCK_DONE, when the peer's FIN is taken in order. */
 	if ((1 << newstate) & STATES_AFTER_PEER_FIN) {
-		unsigned long sk_flags = BPF_CORE_READ(sk, __sk_common.skc_flags);
+		unsigned long sk_flags = t->have_flags ? t->sk_flags : BPF_CORE_READ(sk, __sk_common.skc_flags);
 		if (sk_flags & (1UL << bpf_core_enum_value(enum sock_flags, SOCK_DONE)))
 			flags |= FLAG_FIN_RECEIVED;
 	}
 	return flags;
 }
 
-static __always_inline void fill_event(struct event *e, __u8 type, struct sock *sk,
-				       const struct tuple *t, const struct conn *c, __u8 owner_source)
+/* Everything but the counters, the time and the transition. */
+static __always_inline void fill_event(struct event *e, __u8 type, const struct tuple *t,
+				       const struct conn *c, __u8 owner_source)
 {
-	struct tcp_sock *tp = (struct tcp_sock *)sk;
-
 	e->type = type;
 	e->conn_id = c->id;
 	e->netns = t->netns;
@@ -367,33 +556,51 @@ static __always_inline void fill_event(struct event *e, __u8 type, struct sock *
 	__builtin_memcpy(e->comm, c->owner.comm, sizeof(e->comm));
 	e->owner = owner_source;
 	e->flags = c->flags & FLAG_PARTIAL;
-	e->bytes_acked = BPF_CORE_READ(tp, bytes_acked);
-	e->bytes_received = BPF_CORE_READ(tp, bytes_received);
-	e->srtt_us = BPF_CORE_READ(tp, srtt_us) >> 3;
-	e->total_retrans = BPF_CORE_READ(tp, total_retrans);
-	e->segs_in = BPF_CORE_READ(tp, segs_in);
-	e->segs_out = BPF_CORE_READ(tp, segs_out);
 	e->sk_err = 0;
 }
 
+static __always_inline void fill_counters(struct event *e, const struct counters *k)
+{
+	e->bytes_acked = k->bytes_acked;
+	e->bytes_received = k->bytes_received;
+	e->srtt_us = k->srtt_us >> 3;
+	e->total_retrans = k->total_retrans;
+	e->segs_in = k->segs_in;
+	e->segs_out = k->segs_out;
+}
+
+/*
+ * The reader polls; the kernel wakes it early only when data piles up:
+ * when this record takes the unread data past wakeup_bytes. A plain
+ * submit wakes only a reader that has read everything, never the case past
+ * the threshold, so the wakeup is forced; and only near the crossing (a
+ * few records, as other CPUs reserve concurrently), not for every record
+ * while the reader catches up.
+ */
 static __always_inline __u64 submit_flags(void)
 {
-	if (wakeup_bytes && bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) < wakeup_bytes)
-		return BPF_RB_NO_WAKEUP;
-	return 0;
+	if (!wakeup_bytes)
+		return 0;
+	__u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+	if (avail >= wakeup_bytes && avail < wakeup_bytes + 4 * RECORD_SIZE)
+		return BPF_RB_FORCE_WAKEUP;
+	return BPF_RB_NO_WAKEUP;
 }
 
 static __always_inline void emit(struct sock *sk, const struct tuple *t, const struct conn *c,
 				 __u8 owner_source, __u64 ts, __u64 delta, int oldstate,
 				 int newstate)
 {
+	struct counters k;
 	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		count_lost();
 		return;
 	}
-	fill_event(e, EVENT_STATE, sk, t, c, owner_source);
-	e->flags |= control_flags(sk, c, oldstate, newstate, e->bytes_acked);
+	read_counters(sk, &k, (1 << oldstate) & STATES_AFTER_OUR_FIN, SLOT_STATE);
+	fill_event(e, EVENT_STATE, t, c, owner_source);
+	fill_counters(e, &k);
+	e->flags |= control_flags(sk, t, c, &k, oldstate, newstate);
 	if (newstate == TCP_CLOSE) {
 		/* Set before the kernel closes on a reset or a timeout. */
 		e->sk_err = BPF_CORE_READ(sk, sk_err);
@@ -418,7 +625,7 @@ static __always_inline void emit_deferred(struct sock *sk, const struct tuple *t
 		count_lost();
 		return;
 	}
-	fill_event(e, EVENT_STATE, sk, t, c, c->owner.source);
+	fill_event(e, EVENT_STATE, t, c, c->owner.source);
 	/* Nothing had been sent or received in the state's first instant. */
 	e->bytes_acked = e->bytes_received = 0;
 	e->srtt_us = e->total_retrans = e->segs_in = e->segs_out = 0;
@@ -454,9 +661,14 @@ static __always_inline int handle(struct sock *sk, int oldstate, int newstate)
 	struct owner task = {};
 	bool by_owner = made_by_owner(oldstate, newstate);
 
-	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+	__u16 proto;
+
+	/* inet_sport, not skc_num: the kernel zeroes skc_num when it unhashes
+	 * the socket, before the transition to CLOSE. */
+	read_proto_sport(sk, &proto, &t.sport, SLOT_STATE);
+	if (proto != IPPROTO_TCP)
 		return 0; /* SCTP and MPTCP sockets use the same tracepoint */
-	if (!read_tuple(sk, &t))
+	if (!read_common_unmapped(sk, &t))
 		return 0;
 	if (by_owner)
 		owner_from_task(&task);
@@ -595,7 +807,10 @@ static __always_inline int handle_other(struct sock *sk, __u8 type)
 		return 0;
 	}
 	__u8 source = c->owner.source == OWNER_TASK ? OWNER_CARRIED : c->owner.source;
-	fill_event(e, type, sk, &t, c, source);
+	struct counters k;
+	read_counters(sk, &k, false, type - 1);
+	fill_event(e, type, &t, c, source);
+	fill_counters(e, &k);
 	e->ts_ns = bpf_ktime_get_ns();
 	e->delta_ns = 0;
 	e->oldstate = state;
@@ -658,7 +873,7 @@ int fentry_inet_twsk_kill(__u64 *ctx)
 	struct tuple t = {};
 
 	t.sport = __builtin_bswap16(BPF_CORE_READ(tw, tw_sport));
-	if (!read_common((struct sock *)tw, &t) || !tuple_matches(&t, false))
+	if (!read_common_unmapped((struct sock *)tw, &t) || !tuple_matches(&t, false))
 		return 0;
 	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {

@@ -38,10 +38,13 @@ comes from flags and an optional YAML file (--config.file); a bad value
 exits with status 2 and names the field. SIGTERM or SIGINT: stop reading,
 log every record still held, detach, exit 0.
 
-Needs CAP_BPF and CAP_PERFMON. CAP_SYS_PTRACE lets it name the owners of
-connections older than itself, CAP_SYS_ADMIN lets it watch TIME_WAIT in
-other network namespaces and turn on BPF run-time statistics; without them
-it says so and works around it.
+Needs CAP_BPF and CAP_PERFMON. CAP_SYS_ADMIN lets it enter network
+namespaces for sock_diag (its own included): the snapshot of connections
+older than itself, and the end of TIME_WAITs where the kernel has no BPF
+trampolines; it also turns on BPF run-time statistics. CAP_SYS_PTRACE (and,
+not as root, CAP_DAC_READ_SEARCH) lets it name the owners of connections
+older than itself. Without them it warns and works around it
+(deploy/README.md).
 `
 
 const agentExamples = `  tcpfsm agent
@@ -75,7 +78,8 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 	if cfg.logFile != "-" {
 		f, err := os.OpenFile(cfg.logFile, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640)
 		if err != nil {
-			return fmt.Errorf("log file: %w", err)
+			// A path that cannot be opened is a bad value like any other.
+			return usagef("config: %s: %v", fieldName("logs.file"), err)
 		}
 		defer f.Close()
 		logOut = f
@@ -123,6 +127,7 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 	for _, w := range sess.Warnings() {
 		log.Warn(w)
 	}
+	warnCapabilities(log, f.TimeWait)
 
 	// Serve.
 	mux := http.NewServeMux()
@@ -184,6 +189,27 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 	return rerr
 }
 
+// warnCapabilities says what the agent does without the capabilities
+// beyond CAP_BPF and CAP_PERFMON.
+func warnCapabilities(log *slog.Logger, exactTimeWait bool) {
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return
+	}
+	has := func(c int) bool { return data[c/32].Effective&(1<<(c%32)) != 0 }
+	if !has(unix.CAP_SYS_ADMIN) {
+		msg := "without CAP_SYS_ADMIN sock_diag cannot enter network namespaces: connections older than the agent are partial records"
+		if !exactTimeWait {
+			msg += ", and TIME_WAITs are assumed to last 60 s"
+		}
+		log.Warn(msg)
+	}
+	if !has(unix.CAP_SYS_PTRACE) {
+		log.Warn("without CAP_SYS_PTRACE the owners of connections older than the agent are named only for processes whose /proc it may read")
+	}
+}
+
 func netnsPaths(c resolved) map[uint32]string {
 	if c.netnsPath == "" {
 		return nil
@@ -203,6 +229,7 @@ func snapshot(s *session.Session) metrics.Snapshot {
 	})
 	snap.Lost, _ = s.Probe().Lost()
 	snap.Programs, _ = s.Probe().Stats()
+	snap.EphemeralPorts, _ = metrics.EphemeralPorts("/proc/sys")
 	return snap
 }
 

@@ -8,12 +8,14 @@ import (
 	"net"
 	"os"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/prometheus/exporter-toolkit/web"
 	"github.com/spf13/pflag"
 	"go.yaml.in/yaml/v3"
+	"golang.org/x/sys/unix"
 
 	"github.com/tcpfsm/tcpfsm/exporter/metrics"
 	"github.com/tcpfsm/tcpfsm/tracer/probe"
@@ -66,8 +68,44 @@ func defaultAgentConfig() agentConfig {
 	return c
 }
 
+// configFlags names each YAML key's flag, for messages that name a field
+// whichever way it was given.
+var configFlags = map[string]string{
+	"web.listen_address":       "--web.listen-address",
+	"web.config_file":          "--web.config.file",
+	"metrics.labels":           "--metrics.labels",
+	"metrics.label_limit":      "--metrics.label-limit",
+	"metrics.no_exemplars":     "--metrics.no-exemplars",
+	"metrics.bpf_stats":        "--metrics.bpf-stats",
+	"logs.file":                "--log.file",
+	"logs.transitions":         "--log.transitions",
+	"logs.sample":              "--log.sample",
+	"filter.pid":               "--pid",
+	"filter.local_ports":       "--lport",
+	"filter.remote_ports":      "--rport",
+	"filter.family":            "--family",
+	"filter.netns":             "--netns",
+	"filter.cgroup":            "--cgroup",
+	"tracer.attach":            "--attach",
+	"tracer.max_tracked":       "--max-tracked",
+	"tracer.ring_buffer_bytes": "--ring-buffer-bytes",
+	"tracer.time_wait_poll":    "--time-wait-poll",
+}
+
+// fieldName is a key as messages name it: "filter.pid (--pid)".
+func fieldName(key string) string {
+	if f, ok := configFlags[key]; ok {
+		return key + " (" + f + ")"
+	}
+	return key
+}
+
+// oneLine folds a message onto one line.
+func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
+
 // loadConfigFile reads the YAML file over the defaults; unknown keys are
-// errors, so a typo does not silently keep a default.
+// errors, so a typo does not silently keep a default. An error names the
+// key it is about, dotted, and its line.
 func loadConfigFile(path string, c *agentConfig) error {
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -75,16 +113,105 @@ func loadConfigFile(path string, c *agentConfig) error {
 	}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
-	if err := dec.Decode(c); err != nil && !errors.Is(err, io.EOF) {
-		msg := strings.ReplaceAll(err.Error(), "yaml: unmarshal errors:\n", "")
-		msg = unknownField.ReplaceAllString(msg, "unknown key $1")
-		return usagef("config %s: %s", path, strings.Join(strings.Fields(msg), " "))
+	err = dec.Decode(c)
+	if err == nil || errors.Is(err, io.EOF) {
+		return nil
 	}
-	return nil
+	var te *yaml.TypeError
+	if !errors.As(err, &te) {
+		return usagef("config %s: %s", path, oneLine(err.Error()))
+	}
+	var root yaml.Node
+	_ = yaml.Unmarshal(data, &root)
+	keys := yamlKeyPaths(&root)
+	msgs := make([]string, 0, len(te.Errors))
+	for _, e := range te.Errors {
+		msgs = append(msgs, explainYAMLError(e, keys))
+	}
+	return usagef("config %s: %s", path, oneLine(strings.Join(msgs, "; ")))
 }
 
-// unknownField shortens yaml's "field X not found in type struct {...}".
-var unknownField = regexp.MustCompile(`field (\S+) not found in type [^\n]*`)
+var (
+	// yamlLine is the "line N: " yaml.v3 starts its messages with.
+	yamlLine = regexp.MustCompile(`^line (\d+): (.*)$`)
+	// unknownField is yaml's "field X not found in type struct {...}".
+	unknownField = regexp.MustCompile(`^field (\S+) not found in type .*$`)
+	// intoStruct is the Go type yaml names when a mapping was expected.
+	intoStruct = regexp.MustCompile(`into struct \{.*$`)
+)
+
+// explainYAMLError rewrites one of yaml.v3's decoding errors to name the
+// dotted key it is about: "line 3: cannot unmarshal !!str `x` into int"
+// becomes "metrics.label_limit (--metrics.label-limit): cannot unmarshal
+// !!str `x` into int (line 3)".
+func explainYAMLError(e string, keys []keyPath) string {
+	m := yamlLine.FindStringSubmatch(e)
+	if m == nil {
+		return e
+	}
+	line, _ := strconv.Atoi(m[1])
+	what := m[2]
+	if u := unknownField.FindStringSubmatch(what); u != nil {
+		key := u[1]
+		for _, k := range keys {
+			if k.line == line && (k.path == u[1] || strings.HasSuffix(k.path, "."+u[1])) {
+				key = k.path
+			}
+		}
+		return fmt.Sprintf("%s: unknown key (line %d)", key, line)
+	}
+	what = intoStruct.ReplaceAllString(what, "into a mapping of keys")
+	key := ""
+	for _, k := range keys {
+		if k.line == line {
+			key = k.path // the deepest key on the line
+		}
+	}
+	if key == "" {
+		return fmt.Sprintf("line %d: %s", line, what)
+	}
+	return fmt.Sprintf("%s: %s (line %d)", fieldName(key), what, line)
+}
+
+// keyPath is a key of a YAML document, dotted, and its line.
+type keyPath struct {
+	path string
+	line int
+}
+
+// yamlKeyPaths lists every mapping key of a parsed document, parents
+// before children, and the lines of sequence items under the sequence's key.
+func yamlKeyPaths(root *yaml.Node) []keyPath {
+	var out []keyPath
+	var walk func(n *yaml.Node, prefix string)
+	walk = func(n *yaml.Node, prefix string) {
+		switch n.Kind {
+		case yaml.DocumentNode:
+			for _, c := range n.Content {
+				walk(c, prefix)
+			}
+		case yaml.MappingNode:
+			for i := 0; i+1 < len(n.Content); i += 2 {
+				k, v := n.Content[i], n.Content[i+1]
+				p := k.Value
+				if prefix != "" {
+					p = prefix + "." + p
+				}
+				out = append(out, keyPath{p, k.Line})
+				walk(v, p)
+			}
+		case yaml.SequenceNode:
+			for _, c := range n.Content {
+				if prefix != "" {
+					out = append(out, keyPath{prefix, c.Line})
+				}
+				walk(c, prefix)
+			}
+		}
+	}
+	walk(root, "")
+	return out
+}
 
 // resolved is the validated configuration the agent runs with.
 type resolved struct {
@@ -109,7 +236,7 @@ type resolved struct {
 func (c *agentConfig) validate() (resolved, error) {
 	var r resolved
 	fail := func(field, format string, args ...any) (resolved, error) {
-		return r, usagef("config: %s: %s", field, fmt.Sprintf(format, args...))
+		return r, usagef("config: %s: %s", fieldName(field), oneLine(fmt.Sprintf(format, args...)))
 	}
 	if _, _, err := net.SplitHostPort(c.Web.ListenAddress); err != nil {
 		return fail("web.listen_address", "%q is not host:port", c.Web.ListenAddress)
@@ -152,10 +279,10 @@ func (c *agentConfig) validate() (resolved, error) {
 	}
 	r.filter.PID = uint32(f.PID)
 	var err error
-	if r.filter.LocalPorts, err = parsePorts("filter.local_ports", f.LocalPorts); err != nil {
+	if r.filter.LocalPorts, err = parsePorts(fieldName("filter.local_ports"), f.LocalPorts); err != nil {
 		return r, usagef("config: %v", err)
 	}
-	if r.filter.RemotePorts, err = parsePorts("filter.remote_ports", f.RemotePorts); err != nil {
+	if r.filter.RemotePorts, err = parsePorts(fieldName("filter.remote_ports"), f.RemotePorts); err != nil {
 		return r, usagef("config: %v", err)
 	}
 	switch f.Family {
@@ -171,7 +298,12 @@ func (c *agentConfig) validate() (resolved, error) {
 		if r.filter.NetNS, err = probe.NetNSInode(f.NetNS); err != nil {
 			return fail("filter.netns", "%v", err)
 		}
-		r.netnsPath, _ = probe.NetNSPath(f.NetNS)
+		if path, err := probe.NetNSPath(f.NetNS); err == nil {
+			if err := checkNetNS(path); err != nil {
+				return fail("filter.netns", "%v", err)
+			}
+			r.netnsPath = path
+		}
 	}
 	if f.Cgroup != "" {
 		if r.filter.CgroupID, r.filter.CgroupLevel, err = probe.CgroupFilter(f.Cgroup); err != nil {
@@ -200,6 +332,27 @@ func (c *agentConfig) validate() (resolved, error) {
 		r.timeWaitPoll = -1 // off, for the session
 	}
 	return r, nil
+}
+
+// checkNetNS makes sure a path names a network namespace: any other file
+// has an inode number too, and a filter on it would match nothing.
+func checkNetNS(path string) error {
+	var fs unix.Statfs_t
+	if err := unix.Statfs(path, &fs); err != nil {
+		return fmt.Errorf("netns %q: %w", path, err)
+	}
+	if fs.Type != unix.NSFS_MAGIC {
+		return fmt.Errorf("%s is not a namespace (want /proc/PID/ns/net, /run/netns/NAME or an inode number)", path)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil // a namespace that may not be opened here: the inode still filters
+	}
+	defer f.Close()
+	if t, err := unix.IoctlRetInt(int(f.Fd()), unix.NS_GET_NSTYPE); err == nil && t != unix.CLONE_NEWNET {
+		return fmt.Errorf("%s is a namespace, but not a network namespace", path)
+	}
+	return nil
 }
 
 // agentFlags registers the flags that override the file.

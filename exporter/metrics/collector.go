@@ -9,9 +9,10 @@ import (
 
 type descs struct {
 	transitions, opened, closed, failures, connections    *prometheus.Desc
-	bytesSent, bytesRecv, resets, synRetrans               *prometheus.Desc
-	events, lost, tracked, evictions, misses, anomalies    *prometheus.Desc
+	bytesSent, bytesRecv, resets, synRetrans              *prometheus.Desc
+	events, lost, tracked, evictions, misses, anomalies   *prometheus.Desc
 	buildInfo, progRuns, progSeconds, twins, seededStarts *prometheus.Desc
+	ephemeralPorts                                        *prometheus.Desc
 }
 
 func newDescs(opt []string) descs {
@@ -40,12 +41,15 @@ func newDescs(opt []string) descs {
 		misses:    d("tcpfsm_attribution_misses_total", "Closed connections whose owning process was never seen."),
 		anomalies: d("tcpfsm_anomalies_total",
 			"Records flagged: a transition RFC 9293 does not allow, a start not seen, missed events, events lost.", "kind"),
-		buildInfo:   d("tcpfsm_build_info", "tcpfsm's version; always 1.", "version", "revision", "goversion"),
-		progRuns:    d("tcpfsm_bpf_program_runs_total", "Runs of each BPF program, as the kernel counts them.", "program"),
+		buildInfo: d("tcpfsm_build_info", "tcpfsm's version; always 1.", "version", "revision", "goversion"),
+		progRuns: d("tcpfsm_bpf_program_runs_total",
+			"Runs of each BPF program, as the kernel counts them: only while kernel.bpf_stats_enabled is 1.", "program"),
 		progSeconds: d("tcpfsm_bpf_program_run_seconds_total", "Time spent in each BPF program; counted only while kernel.bpf_stats_enabled is 1.", "program"),
 		twins: d("tcpfsm_twin_sockets_total",
 			"Accepted sockets the kernel created and destroyed at once, having lost a race to a twin for the same connection."),
 		seededStarts: d("tcpfsm_snapshot_matches_total", "Connections first seen midway that the start snapshot knew."),
+		ephemeralPorts: d("tcpfsm_ephemeral_ports",
+			"Local ports connect() picks from in the agent's network namespace: net.ipv4.ip_local_port_range less ip_local_reserved_ports."),
 	}
 }
 
@@ -54,7 +58,7 @@ func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 	d := &m.descs
 	for _, x := range []*prometheus.Desc{d.transitions, d.opened, d.closed, d.failures, d.connections, d.bytesSent,
 		d.bytesRecv, d.resets, d.synRetrans, d.events, d.lost, d.tracked, d.evictions, d.misses, d.anomalies,
-		d.buildInfo, d.progRuns, d.progSeconds, d.twins, d.seededStarts} {
+		d.buildInfo, d.progRuns, d.progSeconds, d.twins, d.seededStarts, d.ephemeralPorts} {
 		ch <- x
 	}
 	m.handshake.Describe(ch)
@@ -123,6 +127,9 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 		counter(d.progSeconds, p.RunTime.Seconds(), p.Name)
 	}
 	gauge(d.buildInfo, 1, m.build.Version, m.build.Revision, m.build.GoVersion)
+	if s.EphemeralPorts > 0 {
+		gauge(d.ephemeralPorts, float64(s.EphemeralPorts))
+	}
 
 	m.handshake.Collect(ch)
 	m.lifetime.Collect(ch)

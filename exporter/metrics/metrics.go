@@ -55,6 +55,9 @@ type Snapshot struct {
 	Builder  lifecycle.Stats
 	Lost     probe.LostCounts
 	Programs []probe.ProgramStats
+	// EphemeralPorts is how many local ports connect() may pick from
+	// (EphemeralPorts reads it); 0 leaves tcpfsm_ephemeral_ports out.
+	EphemeralPorts int
 }
 
 // BuildInfo labels tcpfsm_build_info.

@@ -562,13 +562,19 @@ func (b *Builder) advance(now uint64) {
 		return
 	}
 	b.now = now
-	for len(b.held) > 0 {
-		i := b.held[0]
+	done := 0
+	for done < len(b.held) {
+		i := b.held[done]
 		if b.slab[i].heldUntil > now {
 			break
 		}
-		b.held = b.held[1:]
+		done++
 		b.closeRecord(i)
+	}
+	if done > 0 {
+		// Keep the slice's start, so appends reuse its array instead of
+		// growing a new one as the window slides.
+		b.held = b.held[:copy(b.held, b.held[done:])]
 	}
 }
 

@@ -127,6 +127,11 @@ const (
 	tcpfsmOwnerSourceOWNER_LISTENER tcpfsmOwnerSource = 3
 )
 
+type tcpfsmScratch struct {
+	_ structs.HostLayout
+	B [1024]uint8
+}
+
 type tcpfsmTcpState uint32
 
 const (
@@ -155,6 +160,7 @@ const (
 	tcpfsmMapLastClosed           = "last_closed"
 	tcpfsmMapListeners            = "listeners"
 	tcpfsmMapLost                 = "lost"
+	tcpfsmMapScratch              = "scratch"
 	tcpfsmProgFentryInetTwskKill  = "fentry_inet_twsk_kill"
 	tcpfsmProgFentryTcpTimeWait   = "fentry_tcp_time_wait"
 	tcpfsmProgFexitInetCskAccept  = "fexit_inet_csk_accept"
@@ -242,6 +248,7 @@ type tcpfsmMapSpecs struct {
 	LastClosed *ebpf.MapSpec `ebpf:"last_closed"`
 	Listeners  *ebpf.MapSpec `ebpf:"listeners"`
 	Lost       *ebpf.MapSpec `ebpf:"lost"`
+	Scratch    *ebpf.MapSpec `ebpf:"scratch"`
 }
 
 // tcpfsmVariableSpecs contains global variables before they are loaded into the kernel.
@@ -291,6 +298,7 @@ type tcpfsmMaps struct {
 	LastClosed *ebpf.Map `ebpf:"last_closed"`
 	Listeners  *ebpf.Map `ebpf:"listeners"`
 	Lost       *ebpf.Map `ebpf:"lost"`
+	Scratch    *ebpf.Map `ebpf:"scratch"`
 }
 
 func (m *tcpfsmMaps) Close() error {
@@ -301,6 +309,7 @@ func (m *tcpfsmMaps) Close() error {
 		m.LastClosed,
 		m.Listeners,
 		m.Lost,
+		m.Scratch,
 	)
 }
 

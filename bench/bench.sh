@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# tcpfsm's benchmarks, as `make bench` runs them (root): the Go ingest and
+# memory benchmarks, then the runner's kernel, end-to-end, loss, latency,
+# BPF memory and RSS phases. Everything it prints is also in
+# $BENCH_OUT/bench.log, the runner's figures in $BENCH_OUT/results.json.
+#
+# Environment: BENCH_OUT (bench/out), BENCH_ROUNDS (5), BENCH_E2E_TIME (5s),
+# BENCH_LOSS_TIME (60s), BENCH_RSS_TIME (120s; bench/rss-flat.sh runs the
+# 10-minute one), GO (go).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PATH:/usr/local/go/bin"
+GO=${GO:-go}
+OUT=${BENCH_OUT:-bench/out}
+ROUNDS=${BENCH_ROUNDS:-5}
+mkdir -p "$OUT"
+OUT=$(realpath "$OUT")
+exec > >(tee "$OUT/bench.log") 2>&1
+
+[ "$(id -u)" = 0 ] || { echo "make bench needs root (BPF, BPF stats, bpftrace)"; exit 1; }
+if ! command -v bpftrace >/dev/null; then
+	echo "== installing bpftrace (the baseline tracer)"
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bpftrace >/dev/null
+fi
+# Classic tracepoints (bpftrace's) need tracefs.
+if [ ! -e /sys/kernel/tracing/events ]; then
+	mount -t tracefs nodev /sys/kernel/tracing
+fi
+
+echo "== command: make bench (bench/bench.sh), rounds=$ROUNDS"
+echo "== $(date -u +%Y-%m-%dT%H:%M:%SZ) $(uname -r), $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-), $($GO version)"
+echo "== git: $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo ' (with local changes)')"
+echo "== load: $(cat /proc/loadavg)"
+$GO build -o bin/tcpfsm ./cmd/tcpfsm
+$GO build -o bin/churn ./bench/churn
+$GO build -o bin/bench-runner ./bench/runner
+
+echo
+echo "== 2. Go ingest (one core: GOMAXPROCS=1, pinned to CPU 1)"
+echo "-- synthetic loopback RST churn (8 events per connection):"
+taskset -c 1 $GO test -run '^$' -bench 'Ingest' -benchmem -benchtime 2000000x -count 5 -cpu 1 ./bench/ | grep -E '^Benchmark'
+echo "-- events recorded from a real churn (tcpfsm record, 20000 connections):"
+bin/tcpfsm record -w "$OUT/churn.rec" -d 8s -4 >/dev/null 2>"$OUT/record.stderr" &
+rec=$!
+sleep 3
+bin/churn -n 20000 -d 4s >/dev/null
+wait $rec
+TCPFSM_BENCH_RECORDING=$OUT/churn.rec taskset -c 1 $GO test -run '^$' -bench 'Ingest$' -benchmem -benchtime 2000000x -count 5 -cpu 1 ./bench/ | grep -E '^Benchmark'
+echo "-- allocation profile of BenchmarkIngest (alloc_objects, top):"
+$GO test -run '^$' -bench 'Ingest$' -benchtime 2000000x -cpu 1 -memprofile "$OUT/ingest.mem" -memprofilerate 1 -o "$OUT/bench.test" ./bench/ >/dev/null
+$GO tool pprof -sample_index=alloc_objects -top "$OUT/bench.test" "$OUT/ingest.mem" 2>/dev/null | sed -n '5,12p'
+
+echo
+echo "== 5. Go heap per tracked connection (100k open connections, synthetic events)"
+$GO test -run '^$' -bench 'TrackedMemory' -benchtime 3x ./bench/ | grep -E '^Benchmark'
+
+echo
+bin/bench-runner -agent bin/tcpfsm -churn bin/churn -bpftrace bench/tcpstates.bt -out "$OUT" -rounds "$ROUNDS" \
+	-e2e-time "${BENCH_E2E_TIME:-5s}" -loss-time "${BENCH_LOSS_TIME:-60s}" -rss-time "${BENCH_RSS_TIME:-120s}" \
+	-phases machine,kernel,e2e,loss,latency,bpfmem,rss
+
+# Where the agent's own CPU goes (section 3 of BENCHMARKS.md): a perf
+# profile of it under 5 s of full churn, when perf is installed
+# (Debian: linux-perf).
+if command -v perf >/dev/null; then
+	echo
+	echo "== 3b. profile of tcpfsm agent under full churn (perf record -g, children %)"
+	bin/tcpfsm agent --web.listen-address 127.0.0.1:19465 --log.file /dev/null 2>/dev/null &
+	agent=$!
+	for _ in $(seq 100); do curl -sf http://127.0.0.1:19465/readyz >/dev/null 2>&1 && break; sleep 0.1; done
+	perf record -q -o "$OUT/agent.perf" -F 999 -g -p $agent -- sleep 6 >/dev/null 2>&1 &
+	perfpid=$!
+	sleep 0.5
+	bin/churn -n 10000000 -d 5s
+	wait $perfpid || true
+	kill -INT $agent; wait $agent || true
+	perf report -i "$OUT/agent.perf" --children --sort symbol -g none 2>/dev/null | grep -E '^ +[0-9]' | head -40 | cut -c1-120 || true
+else
+	echo "(perf not installed: no profile of the agent; apt-get install linux-perf)"
+fi
