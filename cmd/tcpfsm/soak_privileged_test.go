@@ -158,4 +158,3 @@ func countFDs(t *testing.T, pid int) int {
 	}
 	return len(ents)
 }
-

@@ -9,8 +9,8 @@ import (
 
 type descs struct {
 	transitions, opened, closed, failures, connections    *prometheus.Desc
-	bytesSent, bytesRecv, resets, synRetrans               *prometheus.Desc
-	events, lost, tracked, evictions, misses, anomalies    *prometheus.Desc
+	bytesSent, bytesRecv, resets, synRetrans              *prometheus.Desc
+	events, lost, tracked, evictions, misses, anomalies   *prometheus.Desc
 	buildInfo, progRuns, progSeconds, twins, seededStarts *prometheus.Desc
 }
 
