@@ -69,9 +69,16 @@ func AppendEventRow(b []byte, e *probe.Event, c clock.Clock) []byte {
 
 	old := e.OldState().String()
 	b = pad(append(b, old...), len(old), wState)
-	b = append(b, "-> "...)
-	nw := e.NewState().String()
-	b = pad(append(b, nw...), len(nw), wState)
+	if t := e.EventType(); t != probe.TypeState && t != probe.TypeTimeWaitEnd {
+		// Not a transition: the state it happened in, and what happened.
+		what := eventLabel[t]
+		b = append(b, "   "...)
+		b = pad(append(b, what...), len(what), wState)
+	} else {
+		b = append(b, "-> "...)
+		nw := e.NewState().String()
+		b = pad(append(b, nw...), len(nw), wState)
+	}
 
 	if e.DeltaNs == 0 && e.Partial() {
 		b = padLeft(b, "-", wMs)
@@ -81,6 +88,13 @@ func AppendEventRow(b []byte, e *probe.Event, c clock.Clock) []byte {
 		b = padLeft(b, ms, wMs)
 	}
 	return append(b, '\n')
+}
+
+// eventLabel names the events that are not transitions in the table.
+var eventLabel = map[probe.EventType]string{
+	probe.TypeResetSent:     "RST sent",
+	probe.TypeResetReceived: "RST recv",
+	probe.TypeSynRetransmit: "SYN retx",
 }
 
 // pad appends spaces so a field of length n fills width, plus one
