@@ -231,26 +231,7 @@ func TestAgentSIGTERMMidBurst(t *testing.T) {
 	stop := make(chan struct{})
 	go func() {
 		defer close(finished)
-		for i := 0; i < 20000; i++ {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			c, err := ns.Dial("tcp4", ln.Addr().String())
-			if err != nil {
-				return
-			}
-			s, err := ln.AcceptTCP()
-			if err != nil {
-				return
-			}
-			c.SetLinger(0)
-			port := c.LocalAddr().(*net.TCPAddr).Port
-			c.Close()
-			s.Close()
-			finished <- done{port, time.Now()}
-		}
+		ns.Churn(ln, 20000, stop, func(port int) { finished <- done{port, time.Now()} })
 	}()
 	time.Sleep(1500 * time.Millisecond)
 	signalled := time.Now()

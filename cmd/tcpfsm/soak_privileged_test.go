@@ -32,27 +32,8 @@ func TestSoak(t *testing.T) {
 	stop := make(chan struct{})
 	churned := make(chan int, 1)
 	go func() {
-		n := 0
-		defer func() { churned <- n }()
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			c, err := ns.Dial("tcp4", ln.Addr().String())
-			if err != nil {
-				return
-			}
-			s, err := ln.AcceptTCP()
-			if err != nil {
-				return
-			}
-			c.SetLinger(0)
-			c.Close()
-			s.Close()
-			n++
-		}
+		n, _ := ns.Churn(ln, 1<<62, stop, nil)
+		churned <- n
 	}()
 
 	type sample struct {

@@ -20,29 +20,8 @@ import (
 // reset each way per connection, all settled when burst returns.
 func burst(t *testing.T, ns *nettest.NS, ln *net.TCPListener, n int) {
 	t.Helper()
-	accepted := make(chan *net.TCPConn, n)
-	go func() {
-		for i := 0; i < n; i++ {
-			c, err := ln.AcceptTCP()
-			if err != nil {
-				close(accepted)
-				return
-			}
-			accepted <- c
-		}
-	}()
-	for i := 0; i < n; i++ {
-		c, err := ns.Dial("tcp4", ln.Addr().String())
-		if err != nil {
-			t.Fatalf("dial %d: %v", i, err)
-		}
-		s, ok := <-accepted
-		if !ok {
-			t.Fatal("accept failed")
-		}
-		c.SetLinger(0)
-		c.Close()
-		s.Close()
+	if _, err := ns.Churn(ln, n, nil, nil); err != nil {
+		t.Fatal(err)
 	}
 }
 
