@@ -25,6 +25,24 @@ func burst(t *testing.T, ns *nettest.NS, ln *net.TCPListener, n int) {
 	}
 }
 
+// openPairs opens n connections to ln and returns both ends of each.
+func openPairs(t *testing.T, ns *nettest.NS, ln *net.TCPListener, n int) []*net.TCPConn {
+	t.Helper()
+	var ends []*net.TCPConn
+	for i := 0; i < n; i++ {
+		c, err := ns.Dial("tcp4", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := ln.AcceptTCP()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ends = append(ends, c, s)
+	}
+	return ends
+}
+
 // Per connection: client CLOSE->SYN_SENT, SYN_SENT->ESTABLISHED,
 // ESTABLISHED->CLOSE, reset_sent; server LISTEN->SYN_RECV,
 // SYN_RECV->ESTABLISHED, reset_received, ESTABLISHED->CLOSE.
@@ -106,18 +124,7 @@ func TestTrackedCap(t *testing.T) {
 	ns := nettest.NewNS(t)
 	ln := ns.Listen(t, "tcp4", "127.0.0.1:0")
 	l := startSession(t, ns, session.Options{Lifecycle: lifecycle.Config{MaxTracked: 10}})
-	var open []*net.TCPConn
-	for i := 0; i < 30; i++ {
-		c, err := ns.Dial("tcp4", ln.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		s, err := ln.AcceptTCP()
-		if err != nil {
-			t.Fatal(err)
-		}
-		open = append(open, c, s)
-	}
+	open := openPairs(t, ns, ln, 30)
 	deadline := time.Now().Add(10 * time.Second)
 	var st lifecycle.Stats
 	var tracked int
@@ -156,18 +163,7 @@ func TestKernelTableCap(t *testing.T) {
 	ns := nettest.NewNS(t)
 	ln := ns.Listen(t, "tcp4", "127.0.0.1:0")
 	l := startSession(t, ns, session.Options{Probe: probe.Options{MaxConnections: 8}})
-	var conns []*net.TCPConn
-	for i := 0; i < 40; i++ {
-		c, err := ns.Dial("tcp4", ln.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		s, err := ln.AcceptTCP()
-		if err != nil {
-			t.Fatal(err)
-		}
-		conns = append(conns, c, s)
-	}
+	conns := openPairs(t, ns, ln, 40)
 	for _, c := range conns {
 		c.SetLinger(0)
 		c.Close()
