@@ -12,7 +12,7 @@ ARGS ?=
 BPF_DEPS := clang-19 llvm-19 libbpf-dev
 GENERATED := tracer/probe/tcpfsm_bpfel.go tracer/probe/tcpfsm_bpfel.o
 
-.PHONY: all build run test test-kernels recordings generate check-generated deps fuzz vet clean
+.PHONY: all build run test test-kernels soak soak-ci recordings generate check-generated deps fuzz vet clean
 
 all: build
 
@@ -34,6 +34,13 @@ test: vet
 # The privileged suites again on Debian's 6.1 kernel under qemu (TCG).
 test-kernels:
 	.ci/kernels/run.sh
+
+# The agent under connection churn: memory, goroutines and files flat,
+# nothing lost. soak-ci is the one-minute version CI runs.
+soak:
+	TCPFSM_SOAK=10m $(GO) test -count=1 -timeout 15m -run '^TestSoak$$' -v ./cmd/tcpfsm
+soak-ci:
+	TCPFSM_SOAK=60s $(GO) test -count=1 -timeout 5m -run '^TestSoak$$' -v ./cmd/tcpfsm
 
 # Re-capture tracer/testdata/scenarios/*.rec with tcpfsm record (about a
 # minute: one recording keeps its TIME_WAIT to the end).
@@ -65,7 +72,8 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./tracer/probe
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./tracer/sockdiag
 	$(GO) test -run '^$$' -fuzz '^FuzzParseContainer$$' -fuzztime $(FUZZTIME) ./tracer/cgroups
-	@for t in tracer/record:FuzzReader tracer/probe:FuzzDecode tracer/sockdiag:FuzzParse tracer/cgroups:FuzzParseContainer; do \
+	$(GO) test -run '^$$' -fuzz '^FuzzAgentConfig$$' -fuzztime $(FUZZTIME) ./cmd/tcpfsm
+	@for t in tracer/record:FuzzReader tracer/probe:FuzzDecode tracer/sockdiag:FuzzParse tracer/cgroups:FuzzParseContainer cmd/tcpfsm:FuzzAgentConfig; do \
 		pkg=$${t%%:*}; name=$${t##*:}; \
 		src=$$($(GO) env GOCACHE)/fuzz/github.com/tcpfsm/tcpfsm/$$pkg/$$name; \
 		mkdir -p $$pkg/testdata/fuzz/$$name; \

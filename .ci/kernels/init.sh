@@ -14,6 +14,8 @@
 
 export PATH=/usr/local/bin:/bin:/sbin
 export HOME=/root TMPDIR=/tmp CI=true
+# Debian's 6.1 has BPF trampolines: the fentry programs must run there.
+export TCPFSM_EXPECT_FENTRY=1
 # cmd/tcpfsm's privileged tests build the binary under test; the VM has no
 # Go toolchain. The harness built it on the host; the tests use it.
 export TCPFSM_BINARY=/opt/tcpfsm/tcpfsm

@@ -43,30 +43,12 @@ func LifeHeader() string {
 // bytes each way, who closed it and how, and its TIME_WAIT in ms ("-"
 // without one, "~" when only assumed, "pending" while still in it).
 func AppendLifeRow(b []byte, r *lifecycle.Record, c clock.Clock) []byte {
-	start := len(b)
 	at := r.End
 	if at == 0 {
 		at = r.Start
 	}
-	b = c.Wall(at).AppendFormat(b, "15:04:05.000000")
-	b = pad(b, len(b)-start, wTime)
-	if r.OwnerKnown() {
-		start = len(b)
-		b = strconv.AppendUint(b, uint64(r.Pid), 10)
-		b = pad(b, len(b)-start, wPID)
-		start = len(b)
-		b = appendPrintable(b, r.CommBytes())
-		b = pad(b, len(b)-start, wComm)
-	} else {
-		b = pad(append(b, '-'), 1, wPID)
-		b = pad(append(b, '-'), 1, wComm)
-	}
-	start = len(b)
-	b = netip.AddrPortFrom(r.LocalAddr(), r.Lport).AppendTo(b)
-	b = pad(b, len(b)-start, wAddr)
-	start = len(b)
-	b = netip.AddrPortFrom(r.RemoteAddr(), r.Rport).AppendTo(b)
-	b = pad(b, len(b)-start, wAddr)
+	b = appendRowStart(b, c, at, r.OwnerKnown(), r.Pid, r.CommBytes(),
+		netip.AddrPortFrom(r.LocalAddr(), r.Lport), netip.AddrPortFrom(r.RemoteAddr(), r.Rport))
 	role := r.Role.String()
 	b = pad(append(b, role...), len(role), wRole)
 

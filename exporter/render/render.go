@@ -44,34 +44,20 @@ func EventHeader() string {
 // MS (time spent in the old state) is "-" when that state's start was not
 // seen.
 func AppendEventRow(b []byte, e *probe.Event, c clock.Clock) []byte {
-	start := len(b)
-	b = c.Wall(e.TsNs).AppendFormat(b, "15:04:05.000000")
-	b = pad(b, len(b)-start, wTime)
-
-	if e.OwnerKnown() {
-		start = len(b)
-		b = strconv.AppendUint(b, uint64(e.Pid), 10)
-		b = pad(b, len(b)-start, wPID)
-		start = len(b)
-		b = appendPrintable(b, e.CommBytes())
-		b = pad(b, len(b)-start, wComm)
-	} else {
-		b = pad(append(b, '-'), 1, wPID)
-		b = pad(append(b, '-'), 1, wComm)
-	}
-
-	start = len(b)
-	b = netip.AddrPortFrom(e.LocalAddr(), e.Sport).AppendTo(b)
-	b = pad(b, len(b)-start, wAddr)
-	start = len(b)
-	b = netip.AddrPortFrom(e.RemoteAddr(), e.Dport).AppendTo(b)
-	b = pad(b, len(b)-start, wAddr)
-
+	b = appendRowStart(b, c, e.TsNs, e.OwnerKnown(), e.Pid, e.CommBytes(),
+		netip.AddrPortFrom(e.LocalAddr(), e.Sport), netip.AddrPortFrom(e.RemoteAddr(), e.Dport))
 	old := e.OldState().String()
 	b = pad(append(b, old...), len(old), wState)
-	b = append(b, "-> "...)
-	nw := e.NewState().String()
-	b = pad(append(b, nw...), len(nw), wState)
+	if t := e.EventType(); t != probe.TypeState && t != probe.TypeTimeWaitEnd {
+		// Not a transition: the state it happened in, and what happened.
+		what := eventLabel[t]
+		b = append(b, "   "...)
+		b = pad(append(b, what...), len(what), wState)
+	} else {
+		b = append(b, "-> "...)
+		nw := e.NewState().String()
+		b = pad(append(b, nw...), len(nw), wState)
+	}
 
 	if e.DeltaNs == 0 && e.Partial() {
 		b = padLeft(b, "-", wMs)
@@ -81,6 +67,38 @@ func AppendEventRow(b []byte, e *probe.Event, c clock.Clock) []byte {
 		b = padLeft(b, ms, wMs)
 	}
 	return append(b, '\n')
+}
+
+// appendRowStart appends the columns event and lifecycle tables share:
+// time, owner ("-" when unknown) and the two endpoints.
+func appendRowStart(b []byte, c clock.Clock, mono uint64, ownerKnown bool, pid uint32, comm []byte, local, remote netip.AddrPort) []byte {
+	start := len(b)
+	b = c.Wall(mono).AppendFormat(b, "15:04:05.000000")
+	b = pad(b, len(b)-start, wTime)
+	if ownerKnown {
+		start = len(b)
+		b = strconv.AppendUint(b, uint64(pid), 10)
+		b = pad(b, len(b)-start, wPID)
+		start = len(b)
+		b = appendPrintable(b, comm)
+		b = pad(b, len(b)-start, wComm)
+	} else {
+		b = pad(append(b, '-'), 1, wPID)
+		b = pad(append(b, '-'), 1, wComm)
+	}
+	start = len(b)
+	b = local.AppendTo(b)
+	b = pad(b, len(b)-start, wAddr)
+	start = len(b)
+	b = remote.AppendTo(b)
+	return pad(b, len(b)-start, wAddr)
+}
+
+// eventLabel names the events that are not transitions in the table.
+var eventLabel = map[probe.EventType]string{
+	probe.TypeResetSent:     "RST sent",
+	probe.TypeResetReceived: "RST recv",
+	probe.TypeSynRetransmit: "SYN retx",
 }
 
 // pad appends spaces so a field of length n fills width, plus one

@@ -45,6 +45,10 @@ func TestEventRow(t *testing.T) {
 	unknown.DeltaNs = 0
 	evil := v4
 	copy(evil.Comm[:], "a\x1b[2Jb\x00")
+	reset := v4
+	reset.Type = uint8(probe.TypeResetReceived)
+	reset.Oldstate, reset.Newstate = uint8(probe.StateEstablished), uint8(probe.StateEstablished)
+	reset.DeltaNs = 0
 
 	cases := []struct {
 		name string
@@ -55,6 +59,7 @@ func TestEventRow(t *testing.T) {
 		{"ipv6", v6, local + " 4242    curl             [2001:db8::1]:8080    [::1]:50000           SYN_SENT    -> ESTABLISHED      1.235\n"},
 		{"unknown owner, partial", unknown, local + " -       -                10.0.0.1:43210        192.168.1.20:443      FIN_WAIT2   -> CLOSE                -\n"},
 		{"control bytes in comm", evil, local + " 4242    a?[2Jb           10.0.0.1:43210        192.168.1.20:443      FIN_WAIT2   -> CLOSE            1.235\n"},
+		{"a reset, not a transition", reset, local + " 4242    curl             10.0.0.1:43210        192.168.1.20:443      ESTABLISHED    RST recv         0.000\n"},
 	}
 	for _, tc := range cases {
 		if got := string(AppendEventRow(nil, &tc.e, testClock)); got != tc.want {

@@ -282,3 +282,35 @@ func (n *NS) DialFrom(network, local, remote string) (*net.TCPConn, error) {
 	}
 	return c.(*net.TCPConn), nil
 }
+
+// Churn makes up to n connections to ln from inside the namespace, one at
+// a time, each accepted then closed with a RST by the client (SO_LINGER
+// 0, so no TIME_WAIT piles up), until n are done or stop is closed. After
+// each, done (when not nil) gets the client's port. It returns how many
+// it made, and the first error.
+func (n *NS) Churn(ln *net.TCPListener, count int, stop <-chan struct{}, done func(clientPort int)) (int, error) {
+	for i := 0; i < count; i++ {
+		select {
+		case <-stop:
+			return i, nil
+		default:
+		}
+		c, err := n.Dial("tcp4", ln.Addr().String())
+		if err != nil {
+			return i, err
+		}
+		s, err := ln.AcceptTCP()
+		if err != nil {
+			c.Close()
+			return i, err
+		}
+		c.SetLinger(0)
+		port := c.LocalAddr().(*net.TCPAddr).Port
+		c.Close()
+		s.Close()
+		if done != nil {
+			done(port)
+		}
+	}
+	return count, nil
+}

@@ -31,17 +31,34 @@ const (
 // Preflight checks, before anything is loaded, that this process may load
 // tracing programs and that the kernel has what tcpfsm needs, so the user
 // gets one clear reason instead of a verifier log.
-func Preflight() error {
-	if err := checkCapabilities(effectiveCaps); err != nil {
+func Preflight() error { return systemChecks.run() }
+
+// checks are what Preflight asks the system, replaceable in tests.
+type checks struct {
+	caps    func() (uint64, error)
+	statBTF func() error
+	loadBTF func() error
+	ringBuf func() error
+}
+
+var systemChecks = checks{
+	caps:    effectiveCaps,
+	statBTF: func() error { _, err := os.Stat("/sys/kernel/btf/vmlinux"); return err },
+	loadBTF: func() error { _, err := btf.LoadKernelSpec(); return err },
+	ringBuf: func() error { return features.HaveMapType(ebpf.RingBuf) },
+}
+
+func (c checks) run() error {
+	if err := checkCapabilities(c.caps); err != nil {
 		return err
 	}
-	if _, err := os.Stat("/sys/kernel/btf/vmlinux"); err != nil {
+	if err := c.statBTF(); err != nil {
 		return fmt.Errorf("%w: /sys/kernel/btf/vmlinux is missing; tcpfsm needs a kernel built with CONFIG_DEBUG_INFO_BTF=y (5.4 or newer)", ErrNoBTF)
 	}
-	if _, err := btf.LoadKernelSpec(); err != nil {
+	if err := c.loadBTF(); err != nil {
 		return fmt.Errorf("%w: %v", ErrNoBTF, err)
 	}
-	if err := features.HaveMapType(ebpf.RingBuf); err != nil {
+	if err := c.ringBuf(); err != nil {
 		return fmt.Errorf("%w: tcpfsm needs Linux 5.8 or newer (kernel %s): %v", ErrNoRingBuf, kernelRelease(), err)
 	}
 	return nil

@@ -2,9 +2,13 @@ package probe
 
 import (
 	"errors"
+	"fmt"
+	"os"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestCheckCapabilities(t *testing.T) {
@@ -95,5 +99,44 @@ func TestPortBits(t *testing.T) {
 func TestExplainLoadError(t *testing.T) {
 	if err := explainLoadError(errors.New("x")); err == nil || errors.Is(err, ErrPrivileges) {
 		t.Errorf("plain error explained as %v", err)
+	}
+	if err := explainLoadError(fmt.Errorf("load: %w", unix.EPERM)); !errors.Is(err, ErrPrivileges) ||
+		!strings.Contains(err.Error(), "CAP_BPF") || !strings.Contains(err.Error(), "CAP_PERFMON") {
+		t.Errorf("EPERM explained as %v", err)
+	}
+	if err := explainLoadError(fmt.Errorf("attach: %w", os.ErrNotExist)); !errors.Is(err, ErrNoHook) {
+		t.Errorf("ENOENT explained as %v", err)
+	}
+}
+
+// A kernel without BTF or ring buffers: one error naming the cause and
+// what is needed, before anything is loaded.
+func TestPreflightNamesTheMissingPiece(t *testing.T) {
+	root := func() (uint64, error) { return 1 << capSysAdmin, nil }
+	ok := func() error { return nil }
+	no := func() error { return os.ErrNotExist }
+	cases := []struct {
+		name  string
+		c     checks
+		want  error
+		words []string
+	}{
+		{"all there", checks{root, ok, ok, ok}, nil, nil},
+		{"no privileges", checks{func() (uint64, error) { return 0, nil }, ok, ok, ok}, ErrPrivileges, []string{"CAP_BPF", "CAP_PERFMON"}},
+		{"no BTF file", checks{root, no, ok, ok}, ErrNoBTF, []string{"CONFIG_DEBUG_INFO_BTF"}},
+		{"BTF unreadable", checks{root, ok, func() error { return errors.New("bad magic") }, ok}, ErrNoBTF, []string{"bad magic"}},
+		{"no ring buffer", checks{root, ok, ok, func() error { return errors.New("not supported") }}, ErrNoRingBuf, []string{"5.8"}},
+	}
+	for _, tc := range cases {
+		err := tc.c.run()
+		if !errors.Is(err, tc.want) || (tc.want == nil) != (err == nil) {
+			t.Errorf("%s: got %v, want %v", tc.name, err, tc.want)
+			continue
+		}
+		for _, w := range tc.words {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("%s: %q does not say %q", tc.name, err, w)
+			}
+		}
 	}
 }

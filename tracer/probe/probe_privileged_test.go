@@ -698,3 +698,31 @@ func TestConnectTimeout(t *testing.T) {
 		t.Errorf("SYN retransmitted %s after connect, want about 1s", gap)
 	}
 }
+
+// Which optional programs the kernel accepted. The 6.1 kernel run sets
+// TCPFSM_EXPECT_FENTRY=1 (BPF trampolines there: exact TIME_WAIT and the
+// accepting task as owner); a kernel without them runs the fallbacks.
+func TestKernelFeatures(t *testing.T) {
+	nettest.RequireBPF(t)
+	p, err := probe.Open(probe.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	f := p.Features()
+	t.Logf("kernel %s: hook %s, resets %v, SYN retransmits %v, exact TIME_WAIT %v, accept owner %v; refused: %v",
+		probe.KernelRelease(), p.Attached(), f.Resets, f.SynRetransmits, f.TimeWait, f.AcceptOwner, f.Missing)
+	if !f.Resets || !f.SynRetransmits {
+		t.Errorf("the tcp tracepoints did not attach: %v", f.Missing)
+	}
+	switch os.Getenv("TCPFSM_EXPECT_FENTRY") {
+	case "1":
+		if !f.TimeWait || !f.AcceptOwner {
+			t.Errorf("this kernel was expected to run the fentry programs: %v", f.Missing)
+		}
+	case "0":
+		if f.TimeWait || f.AcceptOwner {
+			t.Errorf("this kernel was expected to refuse the fentry programs")
+		}
+	}
+}
