@@ -101,7 +101,7 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 	var h fanout
 	sess, err = session.Open(session.Options{
 		Probe: probe.Options{Filter: cfg.filter, Attach: cfg.attach, RingBufferSize: cfg.ringBuffer,
-			MaxConnections: min(cfg.maxTracked, 1<<20)},
+			MaxConnections: cfg.kernelTable},
 		Lifecycle:    lifecycle.Config{MaxTracked: cfg.maxTracked},
 		Handler:      &h,
 		OnEvent:      func(e *probe.Event) { m.Event(e); lw.Event(e) },

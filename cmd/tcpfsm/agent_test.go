@@ -180,6 +180,8 @@ func TestAgentConfigBadValues(t *testing.T) {
 		{key: "tracer.max_tracked", value: "0", flag: true},
 		{key: "tracer.max_tracked", value: "-5", flag: true},
 		{key: "tracer.max_tracked", value: "lots", flag: true},
+		{key: "tracer.kernel_table", value: "8", flag: true},
+		{key: "tracer.kernel_table", value: "99999999", flag: true},
 		{key: "tracer.ring_buffer_bytes", value: "0", flag: true},
 		{key: "tracer.ring_buffer_bytes", value: "1000", flag: true},
 		{key: "tracer.ring_buffer_bytes", value: "12288", flag: true},

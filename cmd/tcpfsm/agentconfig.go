@@ -15,7 +15,6 @@ import (
 	"github.com/prometheus/exporter-toolkit/web"
 	"github.com/spf13/pflag"
 	"go.yaml.in/yaml/v3"
-	"golang.org/x/sys/unix"
 
 	"github.com/tcpfsm/tcpfsm/exporter/metrics"
 	"github.com/tcpfsm/tcpfsm/tracer/probe"
@@ -50,6 +49,7 @@ type agentConfig struct {
 	Tracer struct {
 		Attach          string        `yaml:"attach"`
 		MaxTracked      int           `yaml:"max_tracked"`
+		KernelTable     int           `yaml:"kernel_table"`
 		RingBufferBytes int           `yaml:"ring_buffer_bytes"`
 		TimeWaitPoll    time.Duration `yaml:"time_wait_poll"`
 	} `yaml:"tracer"`
@@ -63,6 +63,7 @@ func defaultAgentConfig() agentConfig {
 	c.Logs.Sample = 1
 	c.Tracer.Attach = string(probe.AttachAuto)
 	c.Tracer.MaxTracked = 262144
+	c.Tracer.KernelTable = 65536
 	c.Tracer.RingBufferBytes = 8 << 20
 	c.Tracer.TimeWaitPoll = time.Second
 	return c
@@ -88,6 +89,7 @@ var configFlags = map[string]string{
 	"filter.cgroup":            "--cgroup",
 	"tracer.attach":            "--attach",
 	"tracer.max_tracked":       "--max-tracked",
+	"tracer.kernel_table":      "--kernel-table",
 	"tracer.ring_buffer_bytes": "--ring-buffer-bytes",
 	"tracer.time_wait_poll":    "--time-wait-poll",
 }
@@ -228,6 +230,7 @@ type resolved struct {
 	netnsPath    string
 	attach       probe.Attach
 	maxTracked   int
+	kernelTable  int
 	ringBuffer   int
 	timeWaitPoll time.Duration
 }
@@ -299,9 +302,6 @@ func (c *agentConfig) validate() (resolved, error) {
 			return fail("filter.netns", "%v", err)
 		}
 		if path, err := probe.NetNSPath(f.NetNS); err == nil {
-			if err := checkNetNS(path); err != nil {
-				return fail("filter.netns", "%v", err)
-			}
 			r.netnsPath = path
 		}
 	}
@@ -319,6 +319,10 @@ func (c *agentConfig) validate() (resolved, error) {
 		return fail("tracer.max_tracked", "%d: want at least 1", t.MaxTracked)
 	}
 	r.maxTracked = t.MaxTracked
+	if t.KernelTable < 64 || t.KernelTable > 1<<22 {
+		return fail("tracer.kernel_table", "%d: want 64 to %d open sockets", t.KernelTable, 1<<22)
+	}
+	r.kernelTable = t.KernelTable
 	page := os.Getpagesize()
 	if rb := t.RingBufferBytes; rb < page || rb&(rb-1) != 0 {
 		return fail("tracer.ring_buffer_bytes", "%d: want a power of two of at least %d", rb, page)
@@ -332,27 +336,6 @@ func (c *agentConfig) validate() (resolved, error) {
 		r.timeWaitPoll = -1 // off, for the session
 	}
 	return r, nil
-}
-
-// checkNetNS makes sure a path names a network namespace: any other file
-// has an inode number too, and a filter on it would match nothing.
-func checkNetNS(path string) error {
-	var fs unix.Statfs_t
-	if err := unix.Statfs(path, &fs); err != nil {
-		return fmt.Errorf("netns %q: %w", path, err)
-	}
-	if fs.Type != unix.NSFS_MAGIC {
-		return fmt.Errorf("%s is not a namespace (want /proc/PID/ns/net, /run/netns/NAME or an inode number)", path)
-	}
-	f, err := os.Open(path)
-	if err != nil {
-		return nil // a namespace that may not be opened here: the inode still filters
-	}
-	defer f.Close()
-	if t, err := unix.IoctlRetInt(int(f.Fd()), unix.NS_GET_NSTYPE); err == nil && t != unix.CLONE_NEWNET {
-		return fmt.Errorf("%s is a namespace, but not a network namespace", path)
-	}
-	return nil
 }
 
 // agentFlags registers the flags that override the file.
@@ -375,6 +358,7 @@ func agentFlags(fs *pflag.FlagSet, c *agentConfig, configFile *string) {
 	fs.StringVar(&c.Filter.Cgroup, "cgroup", c.Filter.Cgroup, "only owners inside this cgroup v2 `PATH`")
 	fs.StringVar(&c.Tracer.Attach, "attach", c.Tracer.Attach, "`HOOK`: auto, raw_tracepoint or tracepoint")
 	fs.IntVar(&c.Tracer.MaxTracked, "max-tracked", c.Tracer.MaxTracked, "connection records held at most (`N`)")
+	fs.IntVar(&c.Tracer.KernelTable, "kernel-table", c.Tracer.KernelTable, "open sockets the kernel side remembers owners for (`N`; preallocated, about 136 bytes each)")
 	fs.IntVar(&c.Tracer.RingBufferBytes, "ring-buffer-bytes", c.Tracer.RingBufferBytes, "ring buffer size, a power of two (`BYTES`)")
 	fs.DurationVar(&c.Tracer.TimeWaitPoll, "time-wait-poll", c.Tracer.TimeWaitPoll, "how often sock_diag looks for ended TIME_WAITs (`DURATION`, 0 off)")
 }

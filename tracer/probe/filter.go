@@ -9,6 +9,7 @@ import (
 	"syscall"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 )
 
 // Filter selects, in the kernel, which events reach user space. Empty
@@ -155,7 +156,31 @@ func NetNSInode(s string) (uint32, error) {
 	if err := syscall.Stat(path, &st); err != nil {
 		return 0, fmt.Errorf("netns %q: %w", s, err)
 	}
+	if err := checkNetNS(path); err != nil {
+		return 0, err
+	}
 	return uint32(st.Ino), nil
+}
+
+// checkNetNS makes sure a path names a network namespace: any other file
+// has an inode number too, and a filter on it would match nothing.
+func checkNetNS(path string) error {
+	var fs unix.Statfs_t
+	if err := unix.Statfs(path, &fs); err != nil {
+		return fmt.Errorf("netns %q: %w", path, err)
+	}
+	if fs.Type != unix.NSFS_MAGIC {
+		return fmt.Errorf("%s is not a namespace (want /proc/PID/ns/net, /run/netns/NAME or an inode number)", path)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil // a namespace that may not be opened here: the inode still filters
+	}
+	defer f.Close()
+	if t, err := unix.IoctlRetInt(int(f.Fd()), unix.NS_GET_NSTYPE); err == nil && t != unix.CLONE_NEWNET {
+		return fmt.Errorf("%s is a namespace, but not a network namespace", path)
+	}
+	return nil
 }
 
 // Match applies the filter to a decoded event in user space, as the

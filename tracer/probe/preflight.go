@@ -120,8 +120,12 @@ func KernelRelease() string { return kernelRelease() }
 // tracepoint is attached by the id the kernel publishes there.
 func ensureTracefs() error {
 	for _, dir := range []string{"/sys/kernel/tracing", "/sys/kernel/debug/tracing"} {
-		if _, err := os.Stat(dir + "/events"); err == nil {
+		_, err := os.Stat(dir + "/events")
+		if err == nil {
 			return nil
+		}
+		if errors.Is(err, os.ErrPermission) {
+			return fmt.Errorf("tracefs at %s is mounted but not readable: reading it needs root or CAP_DAC_READ_SEARCH", dir)
 		}
 	}
 	if err := unix.Mount("nodev", "/sys/kernel/tracing", "tracefs", 0, ""); err != nil {

@@ -102,6 +102,10 @@ func Open() (*Dumper, error) {
 // It needs CAP_SYS_ADMIN. The netlink socket is made by a thread that
 // enters the namespace and then returns to its own.
 func OpenInNetNS(nsPath string) (*Dumper, error) {
+	// The caller's own namespace needs no setns, and so no CAP_SYS_ADMIN.
+	if same, err := sameNetNS(nsPath); err == nil && same {
+		return Open()
+	}
 	type result struct {
 		fd  int
 		err error
@@ -124,6 +128,18 @@ func OpenInNetNS(nsPath string) (*Dumper, error) {
 		return nil, fmt.Errorf("sockdiag: open in network namespace %s: %w", nsPath, r.err)
 	}
 	return newDumper(r.fd)
+}
+
+// sameNetNS reports whether nsPath is the calling thread's namespace.
+func sameNetNS(nsPath string) (bool, error) {
+	var a, b unix.Stat_t
+	if err := unix.Stat(nsPath, &a); err != nil {
+		return false, err
+	}
+	if err := unix.Stat("/proc/thread-self/ns/net", &b); err != nil {
+		return false, err
+	}
+	return a.Dev == b.Dev && a.Ino == b.Ino, nil
 }
 
 // socketInNetNS makes a netlink socket in the namespace at nsPath from the
