@@ -112,8 +112,10 @@ func TestRingBufferOverflow(t *testing.T) {
 			t.Errorf("unflagged record is wrong: %+v", r)
 		}
 	}
-	if clean != 10 || flagged == 0 {
-		t.Errorf("%d clean records (want the 10 ends of the slow burst), %d flagged", clean, flagged)
+	// The slow burst's 10 ends at least are whole; a burst connection whose
+	// events all got through may be whole too (each one checked above).
+	if clean < 10 || flagged == 0 {
+		t.Errorf("%d clean records (want at least the 10 ends of the slow burst), %d flagged", clean, flagged)
 	}
 }
 
