@@ -325,8 +325,10 @@ type logRecord struct {
 	Lport  int    `json:"lport"`
 	Rport  int    `json:"rport"`
 	Netns  uint32 `json:"netns"`
-	Close  string `json:"close"`
-	Seeded bool   `json:"seeded"`
+	Close     string   `json:"close"`
+	ClosedBy  string   `json:"closed_by"`
+	Seeded    bool     `json:"seeded"`
+	Anomalies []string `json:"anomalies"`
 	Owner  *struct {
 		Pid  int    `json:"pid"`
 		Comm string `json:"comm"`

@@ -4,13 +4,9 @@ package main
 // run for a long time. Each in its own network namespace.
 
 import (
-	"bufio"
-	"encoding/json"
-	"fmt"
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -22,106 +18,12 @@ import (
 	"github.com/tcpfsm/tcpfsm/tracer/nettest"
 )
 
-// agentProc is a running `tcpfsm agent`.
-type agentProc struct {
-	cmd     *exec.Cmd
-	logPath string
-	addr    string // its /metrics address
-	stderr  *strings.Builder
-}
-
-// runAgentProc starts the agent traced to ns and waits until it is
-// tracing and serving.
-func runAgentProc(t *testing.T, bin string, ns *nettest.NS, extra ...string) *agentProc {
+// agentIn starts the agent traced to ns, logging records to a file.
+func agentIn(t *testing.T, bin string, ns *nettest.NS, extra ...string) (*agentRun, string) {
 	t.Helper()
-	a := &agentProc{logPath: filepath.Join(t.TempDir(), "records.jsonl"), stderr: &strings.Builder{}}
-	args := append([]string{"agent", "--netns", ns.Path(), "--web.listen-address", "127.0.0.1:0", "--log.file", a.logPath}, extra...)
-	a.cmd = exec.Command(bin, args...)
-	stderr, err := a.cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := a.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if a.cmd.ProcessState == nil {
-			a.cmd.Process.Kill()
-			a.cmd.Wait()
-		}
-	})
-	ready := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			line := sc.Text()
-			a.stderr.WriteString(line + "\n")
-			var m map[string]any
-			if json.Unmarshal([]byte(line), &m) == nil && m["msg"] == "Listening on" {
-				ready <- fmt.Sprint(m["address"])
-			}
-		}
-	}()
-	select {
-	case a.addr = <-ready:
-	case <-time.After(20 * time.Second):
-		t.Fatalf("agent not serving within 20s: %s", a.stderr.String())
-	}
-	return a
-}
-
-func (a *agentProc) stop(t *testing.T, sig os.Signal) {
-	t.Helper()
-	a.cmd.Process.Signal(sig)
-	done := make(chan error, 1)
-	go func() { done <- a.cmd.Wait() }()
-	select {
-	case err := <-done:
-		if sig != syscall.SIGKILL && err != nil {
-			t.Fatalf("agent exit: %v; stderr:\n%s", err, a.stderr.String())
-		}
-	case <-time.After(20 * time.Second):
-		a.cmd.Process.Kill()
-		t.Fatal("agent did not exit within 20s")
-	}
-}
-
-// logged is a connection record from the agent's log.
-type logged struct {
-	Lport    int    `json:"lport"`
-	Rport    int    `json:"rport"`
-	Role     string `json:"role"`
-	Close    string `json:"close"`
-	ClosedBy string `json:"closed_by"`
-	Seeded   bool   `json:"seeded"`
-	Anoms    []string
-	Raw      map[string]any
-}
-
-func readLog(t *testing.T, path string) []logged {
-	t.Helper()
-	data, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []logged
-	for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
-		if line == "" {
-			continue
-		}
-		var l logged
-		if err := json.Unmarshal([]byte(line), &l); err != nil {
-			t.Fatalf("log line %q: %v", line, err)
-		}
-		json.Unmarshal([]byte(line), &l.Raw)
-		if a, ok := l.Raw["anomalies"].([]any); ok {
-			for _, x := range a {
-				l.Anoms = append(l.Anoms, fmt.Sprint(x))
-			}
-		}
-		out = append(out, l)
-	}
-	return out
+	log := filepath.Join(t.TempDir(), "records.jsonl")
+	args := append([]string{"--netns", ns.Path(), "--log.file", log}, small...)
+	return startAgent(t, bin, agentOptions{args: append(args, extra...)}), log
 }
 
 // tcpfsmPrograms are the agent's programs among the kernel's.
@@ -150,7 +52,7 @@ func TestAgentKilledAndRestarted(t *testing.T) {
 	ns := nettest.NewNS(t)
 	progsBefore, linksBefore := tcpfsmPrograms(t)
 
-	a := runAgentProc(t, bin, ns)
+	a, _ := agentIn(t, bin, ns)
 	during, linksDuring := tcpfsmPrograms(t)
 	if len(during) <= len(progsBefore) || linksDuring <= linksBefore {
 		t.Fatalf("agent running: programs %v, links %d; before %v, %d", during, linksDuring, progsBefore, linksBefore)
@@ -165,7 +67,8 @@ func TestAgentKilledAndRestarted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a.stop(t, syscall.SIGKILL)
+	a.cmd.Process.Kill()
+	<-a.exited
 
 	// The kernel releases a killed process's links and programs, maybe
 	// not at once.
@@ -181,7 +84,7 @@ func TestAgentKilledAndRestarted(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 
-	b := runAgentProc(t, bin, ns)
+	b, blog := agentIn(t, bin, ns)
 	c.Write([]byte("after the restart"))
 	buf := make([]byte, 64)
 	s.Read(buf)
@@ -189,22 +92,23 @@ func TestAgentKilledAndRestarted(t *testing.T) {
 	io.Copy(io.Discard, s)
 	s.Close()
 	time.Sleep(300 * time.Millisecond)
-	b.stop(t, syscall.SIGTERM)
+	if code := b.stop(t); code != 0 {
+		t.Fatalf("agent exit %d", code)
+	}
 
 	cport := c.LocalAddr().(*net.TCPAddr).Port
 	sport := ln.Addr().(*net.TCPAddr).Port
 	var got []string
-	for _, l := range readLog(t, b.logPath) {
+	for _, l := range readRecords(t, blog) {
 		if !(l.Lport == cport && l.Rport == sport) && !(l.Lport == sport && l.Rport == cport) {
 			continue
 		}
 		got = append(got, l.Role+"/"+l.ClosedBy+"/"+l.Close)
-		if !l.Seeded || !slices.Contains(l.Anoms, "partial") {
-			t.Errorf("record %v: seeded %v anomalies %v; want seeded and partial", l.Raw, l.Seeded, l.Anoms)
+		if !l.Seeded || !slices.Contains(l.Anomalies, "partial") {
+			t.Errorf("record %+v: want seeded and partial", l)
 		}
-		owner, _ := l.Raw["owner"].(map[string]any)
-		if owner == nil || int(owner["pid"].(float64)) != os.Getpid() {
-			t.Errorf("record %s: owner %v, want the test process", l.Role, owner)
+		if l.Owner == nil || l.Owner.Pid != os.Getpid() {
+			t.Errorf("record %s: owner %+v, want the test process", l.Role, l.Owner)
 		}
 	}
 	slices.Sort(got)
@@ -219,7 +123,7 @@ func TestAgentSIGTERMMidBurst(t *testing.T) {
 	nettest.RequireBPF(t)
 	bin := buildBinary(t)
 	ns := nettest.NewNS(t)
-	a := runAgentProc(t, bin, ns)
+	a, log := agentIn(t, bin, ns)
 	ln := ns.Listen(t, "tcp4", "127.0.0.1:0")
 	sport := ln.Addr().(*net.TCPAddr).Port
 
@@ -244,12 +148,14 @@ func TestAgentSIGTERMMidBurst(t *testing.T) {
 			before = append(before, d.port)
 		}
 	}
-	a.stop(t, syscall.SIGTERM)
+	if code := a.wait(t); code != 0 {
+		t.Fatalf("agent exit %d after SIGTERM", code)
+	}
 	if len(before) < 100 {
 		t.Fatalf("only %d connections before the signal: too little traffic to test", len(before))
 	}
 	ends := map[string]bool{}
-	for _, l := range readLog(t, a.logPath) {
+	for _, l := range readRecords(t, log) {
 		if l.Role == "active" && l.Rport == sport {
 			ends["c"+strconv.Itoa(l.Lport)] = true
 		}

@@ -1,9 +1,7 @@
 package main
 
 import (
-	"bufio"
 	"fmt"
-	"net/http"
 	"os"
 	"strconv"
 	"strings"
@@ -24,7 +22,7 @@ func TestSoak(t *testing.T) {
 	nettest.RequireBPF(t)
 	bin := buildBinary(t)
 	ns := nettest.NewNS(t)
-	a := runAgentProc(t, bin, ns, "--log.file", "/dev/null")
+	a := startAgent(t, bin, agentOptions{args: []string{"--netns", ns.Path(), "--log.file", "/dev/null"}})
 	ln := ns.Listen(t, "tcp4", "127.0.0.1:0")
 
 	// Churn: connect, accept, close with a RST (no TIME_WAIT piles up),
@@ -46,17 +44,19 @@ func TestSoak(t *testing.T) {
 	every := d / 20
 	for time.Since(start) < d {
 		time.Sleep(every)
-		m := scrape(t, a.addr)
+		m, _ := a.scrape(t)
 		samples = append(samples, sample{
 			at: time.Since(start).Round(time.Second), rss: procStatusKB(t, a.cmd.Process.Pid, "VmRSS"),
-			fds: countFDs(t, a.cmd.Process.Pid), goroutines: int(m["go_goroutines"]),
-			lost: m["tcpfsm_events_lost_total"], tracked: m["tcpfsm_tracked_connections"],
-			closedAll: m["tcpfsm_connections_closed_total"],
+			fds: countFDs(t, a.cmd.Process.Pid), goroutines: int(metricSum(m, "go_goroutines")),
+			lost: metricSum(m, "tcpfsm_events_lost_total"), tracked: metricSum(m, "tcpfsm_tracked_connections"),
+			closedAll: metricSum(m, "tcpfsm_connections_closed_total"),
 		})
 	}
 	close(stop)
 	n := <-churned
-	a.stop(t, os.Interrupt)
+	if code := a.stop(t); code != 0 {
+		t.Fatalf("agent exit %d", code)
+	}
 
 	var report strings.Builder
 	fmt.Fprintf(&report, "soak %s: %d connections (%.0f/s)\n%8s %10s %5s %10s %8s %8s %12s\n", d, n, float64(n)/d.Seconds(),
@@ -84,35 +84,6 @@ func TestSoak(t *testing.T) {
 	if last.closedAll < float64(n)*0.9 {
 		t.Errorf("the agent counted %.0f closes of %d connections (both ends each)", last.closedAll, n)
 	}
-}
-
-// scrape sums each metric family's samples on /metrics.
-func scrape(t *testing.T, addr string) map[string]float64 {
-	t.Helper()
-	resp, err := http.Get("http://" + addr + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	out := map[string]float64{}
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		line := sc.Text()
-		if line == "" || line[0] == '#' {
-			continue
-		}
-		name := line
-		if i := strings.IndexAny(line, "{ "); i >= 0 {
-			name = line[:i]
-		}
-		f := strings.Fields(line)
-		v, err := strconv.ParseFloat(f[len(f)-1], 64)
-		if err != nil {
-			continue
-		}
-		out[name] += v
-	}
-	return out
 }
 
 func procStatusKB(t *testing.T, pid int, key string) int {
