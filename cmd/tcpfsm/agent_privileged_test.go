@@ -317,19 +317,19 @@ func (a *agentRun) wait(t testing.TB) int {
 
 // logRecord is what the tests read of a connection record.
 type logRecord struct {
-	Time   string `json:"time"`
-	Level  string `json:"level"`
-	Msg    string `json:"msg"`
-	ID     uint64 `json:"id"`
-	Role   string `json:"role"`
-	Lport  int    `json:"lport"`
-	Rport  int    `json:"rport"`
-	Netns  uint32 `json:"netns"`
+	Time      string   `json:"time"`
+	Level     string   `json:"level"`
+	Msg       string   `json:"msg"`
+	ID        uint64   `json:"id"`
+	Role      string   `json:"role"`
+	Lport     int      `json:"lport"`
+	Rport     int      `json:"rport"`
+	Netns     uint32   `json:"netns"`
 	Close     string   `json:"close"`
 	ClosedBy  string   `json:"closed_by"`
 	Seeded    bool     `json:"seeded"`
 	Anomalies []string `json:"anomalies"`
-	Owner  *struct {
+	Owner     *struct {
 		Pid  int    `json:"pid"`
 		Comm string `json:"comm"`
 	} `json:"owner"`
