@@ -202,30 +202,46 @@ func readN(c net.Conn, n int) error {
 
 func drain(c net.Conn) (int64, error) { return io.Copy(io.Discard, c) }
 
+// answer is the server's side of an exchange: read the client's
+// ClientSends bytes, send ServerSends back, signal answered (when not
+// nil), then, unless closeFirst, read until the client's FIN.
+func answer(closeFirst bool, answered chan<- struct{}) func(c *net.TCPConn) error {
+	return func(c *net.TCPConn) error {
+		if err := readN(c, ClientSends); err != nil {
+			return err
+		}
+		if _, err := c.Write(make([]byte, ServerSends)); err != nil {
+			return err
+		}
+		if answered != nil {
+			close(answered)
+		}
+		if closeFirst {
+			return nil // serve closes it
+		}
+		_, err := drain(c)
+		return err
+	}
+}
+
+// ask is the client's side: send ClientSends bytes, read the answer.
+func ask(t testing.TB, c *net.TCPConn, deadline time.Duration) {
+	t.Helper()
+	c.SetDeadline(time.Now().Add(deadline))
+	_, err := c.Write(make([]byte, ClientSends))
+	must(t, err, "client write")
+	must(t, readN(c, ServerSends), "client read")
+}
+
 // exchangeRun: the client sends ClientSends bytes, the server answers
 // ServerSends, then one side closes and the other follows.
 func exchangeRun(serverFirst bool) func(testing.TB, *nettest.NS, any) {
 	return func(t testing.TB, ns *nettest.NS, _ any) {
 		ln := ns.Listen(t, "tcp4", "127.0.0.1:0")
-		done := serve(ln, func(c *net.TCPConn) error {
-			if err := readN(c, ClientSends); err != nil {
-				return err
-			}
-			if _, err := c.Write(make([]byte, ServerSends)); err != nil {
-				return err
-			}
-			if serverFirst {
-				return nil // closes
-			}
-			_, err := drain(c) // until the client's FIN
-			return err
-		})
+		done := serve(ln, answer(serverFirst, nil))
 		c, err := ns.Dial("tcp4", ln.Addr().String())
 		must(t, err, "dial")
-		c.SetDeadline(time.Now().Add(20 * time.Second))
-		_, err = c.Write(make([]byte, ClientSends))
-		must(t, err, "client write")
-		must(t, readN(c, ServerSends), "client read")
+		ask(t, c, 20*time.Second)
 		if serverFirst {
 			_, err := drain(c)
 			must(t, err, "client read to EOF")
@@ -382,22 +398,10 @@ func timeWaitReusedRun(t testing.TB, ns *nettest.NS, _ any) {
 	ln := ns.Listen(t, "tcp4", "127.0.0.1:0")
 	const localPort = 45678
 	for i := 0; i < 2; i++ {
-		done := serve(ln, func(c *net.TCPConn) error {
-			if err := readN(c, ClientSends); err != nil {
-				return err
-			}
-			if _, err := c.Write(make([]byte, ServerSends)); err != nil {
-				return err
-			}
-			_, err := drain(c)
-			return err
-		})
+		done := serve(ln, answer(false, nil))
 		c, err := ns.DialFrom("tcp4", "127.0.0.1:"+strconv.Itoa(localPort), ln.Addr().String())
 		must(t, err, "dial from a fixed port")
-		c.SetDeadline(time.Now().Add(20 * time.Second))
-		_, err = c.Write(make([]byte, ClientSends))
-		must(t, err, "client write")
-		must(t, readN(c, ServerSends), "client read")
+		ask(t, c, 20*time.Second)
 		c.Close()
 		must(t, <-done, "server")
 		if i == 0 {
@@ -440,23 +444,10 @@ type preexisting struct {
 func preexistingBefore(t testing.TB, ns *nettest.NS) any {
 	ln := ns.Listen(t, "tcp4", "127.0.0.1:0")
 	ready := make(chan struct{})
-	done := serve(ln, func(c *net.TCPConn) error {
-		if err := readN(c, ClientSends); err != nil {
-			return err
-		}
-		if _, err := c.Write(make([]byte, ServerSends)); err != nil {
-			return err
-		}
-		close(ready)
-		_, err := drain(c)
-		return err
-	})
+	done := serve(ln, answer(false, ready))
 	c, err := ns.Dial("tcp4", ln.Addr().String())
 	must(t, err, "dial")
-	c.SetDeadline(time.Now().Add(60 * time.Second))
-	_, err = c.Write(make([]byte, ClientSends))
-	must(t, err, "client write")
-	must(t, readN(c, ServerSends), "client read")
+	ask(t, c, 60*time.Second)
 	<-ready
 	return &preexisting{ln, c, done}
 }
