@@ -45,7 +45,7 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/encoding/protodelim"
 
-	"github.com/tcpfsm/tcpfsm/tracer/nettest"
+	"github.com/tcpfsm/tcpfsm/internal/testkit/nettest"
 )
 
 // ---- running the agent ----

@@ -6,8 +6,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tcpfsm/tcpfsm/tracer/nettest"
-	"github.com/tcpfsm/tcpfsm/tracer/scenario"
+	"github.com/tcpfsm/tcpfsm/internal/testkit/nettest"
+	"github.com/tcpfsm/tcpfsm/internal/testkit/scenario"
 )
 
 // TestCaptureScenarios re-captures tracer/testdata/scenarios/*.rec with

@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tcpfsm/tcpfsm/tracer/nettest"
+	"github.com/tcpfsm/tcpfsm/internal/testkit/nettest"
 )
 
 // agentIn starts the agent traced to ns, logging records to a file.

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tcpfsm/tcpfsm/tracer/nettest"
+	"github.com/tcpfsm/tcpfsm/internal/testkit/nettest"
 )
 
 // TestSoak runs the agent under connection churn for TCPFSM_SOAK (a

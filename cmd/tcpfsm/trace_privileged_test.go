@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tcpfsm/tcpfsm/tracer/nettest"
+	"github.com/tcpfsm/tcpfsm/internal/testkit/nettest"
 )
 
 // buildBinary compiles tcpfsm once per test run.

@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tcpfsm/tcpfsm/internal/testkit/nettest"
 	"github.com/tcpfsm/tcpfsm/tracer/lifecycle"
-	"github.com/tcpfsm/tcpfsm/tracer/nettest"
 	"github.com/tcpfsm/tcpfsm/tracer/probe"
 	"github.com/tcpfsm/tcpfsm/tracer/session"
 )

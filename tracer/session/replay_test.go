@@ -6,10 +6,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tcpfsm/tcpfsm/internal/testkit/scenario"
 	"github.com/tcpfsm/tcpfsm/tracer/lifecycle"
 	"github.com/tcpfsm/tcpfsm/tracer/probe"
 	"github.com/tcpfsm/tcpfsm/tracer/record"
-	"github.com/tcpfsm/tcpfsm/tracer/scenario"
 	"github.com/tcpfsm/tcpfsm/tracer/session"
 )
 

@@ -10,10 +10,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tcpfsm/tcpfsm/internal/testkit/nettest"
+	"github.com/tcpfsm/tcpfsm/internal/testkit/scenario"
 	"github.com/tcpfsm/tcpfsm/tracer/lifecycle"
-	"github.com/tcpfsm/tcpfsm/tracer/nettest"
 	"github.com/tcpfsm/tcpfsm/tracer/probe"
-	"github.com/tcpfsm/tcpfsm/tracer/scenario"
 	"github.com/tcpfsm/tcpfsm/tracer/session"
 )
 

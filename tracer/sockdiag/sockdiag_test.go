@@ -19,7 +19,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/tcpfsm/tcpfsm/tracer/nettest"
+	"github.com/tcpfsm/tcpfsm/internal/testkit/nettest"
 	"github.com/tcpfsm/tcpfsm/tracer/sockdiag"
 )
 

@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tcpfsm/tcpfsm/internal/testkit/nettest"
 	"github.com/tcpfsm/tcpfsm/tracer/lifecycle"
-	"github.com/tcpfsm/tcpfsm/tracer/nettest"
 )
 
 // Scenario is a TCP story tcpfsm must tell right: traffic a test makes in
