@@ -77,8 +77,20 @@ func InferWorkload(podName string, labels map[string]string) Workload {
 	return Workload{Kind: WorkloadPod, Name: podName, Source: SourcePod}
 }
 
-// trimGenerated drops the "-xxxxx" that generateName appends.
+// Generated names: the API server appends 5 random characters to
+// generateName ("<owner>-"), cut to 58 first so the name fits 63.
+const (
+	generatedSuffix = 5
+	maxGeneratedLen = 63
+)
+
+// trimGenerated drops the "-xxxxx" that generateName appends; a name of
+// the maximal length lost its dash to truncation, and its owner's name
+// is the truncated prefix.
 func trimGenerated(name string) string {
+	if len(name) == maxGeneratedLen {
+		return strings.TrimSuffix(name[:maxGeneratedLen-generatedSuffix], "-")
+	}
 	if i := strings.LastIndexByte(name, '-'); i > 0 {
 		return name[:i]
 	}
