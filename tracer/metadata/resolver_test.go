@@ -344,3 +344,33 @@ func TestReasonOf(t *testing.T) {
 		}
 	}
 }
+
+// Lookup is called from the metrics' event path: a hit must not allocate.
+func TestLookupDoesNotAllocate(t *testing.T) {
+	f := newFake(ctr("a", "web"))
+	r := New(Config{}, f)
+	defer r.Close()
+	synced(t, r)
+	k := key("a")
+	if n := testing.AllocsPerRun(1000, func() { r.Lookup(k) }); n != 0 {
+		t.Errorf("Lookup hit: %v allocations, want 0", n)
+	}
+}
+
+func BenchmarkLookupHit(b *testing.B) {
+	var metas []Meta
+	for i := range 1000 {
+		metas = append(metas, ctr(string(rune(0x4e00+i)), "c"))
+	}
+	f := newFake(metas...)
+	r := New(Config{}, f)
+	defer r.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	r.WaitSynced(ctx)
+	k := key(string(rune(0x4e00 + 500)))
+	b.ReportAllocs()
+	for b.Loop() {
+		r.Lookup(k)
+	}
+}
