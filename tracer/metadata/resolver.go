@@ -110,6 +110,7 @@ type source struct {
 
 	// under Resolver.mu
 	pending  map[Key]struct{} // looked up and missed since the running list started
+	inflight map[Key]struct{} // the running list's: it will answer them
 	gen      uint64
 	up       bool
 	tried    bool
@@ -220,6 +221,12 @@ func (r *Resolver) ask(k Key) bool {
 	s := r.sourceFor(k.Runtime)
 	if s == nil {
 		return false
+	}
+	if _, ok := s.inflight[k]; ok {
+		return true // the running list answers it
+	}
+	if _, ok := s.pending[k]; ok {
+		return true // asked for already
 	}
 	if len(s.pending) < maxPending {
 		s.pending[k] = struct{}{}
@@ -379,6 +386,7 @@ func (r *Resolver) list(ctx context.Context, s *source) error {
 	r.mu.Lock()
 	asked := s.pending
 	s.pending = map[Key]struct{}{}
+	s.inflight = asked
 	s.lastList = time.Now()
 	r.mu.Unlock()
 
@@ -388,6 +396,7 @@ func (r *Resolver) list(ctx context.Context, s *source) error {
 	now := time.Now()
 
 	r.mu.Lock()
+	s.inflight = nil
 	first := !s.tried
 	s.tried = true
 	if err != nil {

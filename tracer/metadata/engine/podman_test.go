@@ -2,6 +2,7 @@ package engine_test
 
 import (
 	"context"
+	"reflect"
 	"testing"
 	"time"
 
@@ -50,8 +51,7 @@ func TestPodman(t *testing.T) {
 		return k
 	}
 	want := metadata.Meta{Runtime: "podman", ID: web, Name: "web", Image: busybox}
-	if got, ok := r.Lookup(keyOf(web)); !ok || got.Runtime != want.Runtime || got.ID != want.ID ||
-		got.Name != want.Name || got.Image != want.Image || got.Sandbox || got.InPod() {
+	if got, ok := r.Lookup(keyOf(web)); !ok || !reflect.DeepEqual(got, want) {
 		t.Fatalf("Lookup(web) = %+v, %v; want %+v", got, ok, want)
 	}
 
