@@ -139,24 +139,10 @@ type pipeline struct {
 	tick uint64
 }
 
-type fanout []lifecycle.Handler
-
-func (f fanout) Closed(r *lifecycle.Record) {
-	for _, h := range f {
-		h.Closed(r)
-	}
-}
-
-func (f fanout) Finished(r *lifecycle.Record) {
-	for _, h := range f {
-		h.Finished(r)
-	}
-}
-
 func newPipeline(withLogs bool) *pipeline {
 	p := &pipeline{}
 	p.m = metrics.New(metrics.Options{}, metrics.BuildInfo{}, func() metrics.Snapshot { return metrics.Snapshot{} })
-	h := fanout{p.m}
+	h := lifecycle.Handlers{p.m}
 	if withLogs {
 		p.lw = logs.New(io.Discard, clock.Clock{BootNs: 1_700_000_000e9}, logs.Options{})
 		h = append(h, p.lw)

@@ -49,6 +49,24 @@ type Handler interface {
 	Finished(r *Record)
 }
 
+// Handlers hands every record to each of its handlers in turn, in order;
+// an empty Handlers drops them.
+type Handlers []Handler
+
+// Closed calls each handler's Closed.
+func (hs Handlers) Closed(r *Record) {
+	for _, h := range hs {
+		h.Closed(r)
+	}
+}
+
+// Finished calls each handler's Finished.
+func (hs Handlers) Finished(r *Record) {
+	for _, h := range hs {
+		h.Finished(r)
+	}
+}
+
 // Stats are the builder's own counters.
 type Stats struct {
 	Events      uint64

@@ -1,7 +1,6 @@
 package session
 
 import (
-	"encoding/binary"
 	"fmt"
 	"io/fs"
 	"syscall"
@@ -11,78 +10,51 @@ import (
 	"github.com/tcpfsm/tcpfsm/tracer/record"
 )
 
-// ingest applies inputs to a builder. Live sessions and replays share it,
-// which is what makes a replay give the live run's records.
+// ingest applies decoded inputs to a builder. Live sessions and replays
+// share it, which is what makes a replay give the live run's records: a
+// live input is decoded once, where it arises, a replayed one by the
+// recording's reader, and both come here as the same record.Input.
 type ingest struct {
 	b       *lifecycle.Builder
 	onEvent func(*probe.Event)
-	ev      probe.Event
-	sock    lifecycle.Socket
 	lost    probe.LostCounts
-	feats   uint64
 }
-
-// nopHandler drops records, for sessions that only want events.
-type nopHandler struct{}
-
-func (nopHandler) Closed(*lifecycle.Record)   {}
-func (nopHandler) Finished(*lifecycle.Record) {}
 
 func newIngest(h lifecycle.Handler, cfg lifecycle.Config, onEvent func(*probe.Event)) *ingest {
 	if h == nil {
-		h = nopHandler{}
+		h = lifecycle.Handlers(nil) // records dropped, for sessions that only want events
 	}
 	return &ingest{b: lifecycle.NewBuilder(cfg, h), onEvent: onEvent}
 }
 
 func (in *ingest) knowsCgroup(id uint64) bool { return in.b.KnowsCgroup(id) }
 
-// apply decodes one input and hands it to the builder.
-func (in *ingest) apply(kind record.Kind, p []byte) error {
-	switch kind {
+// apply hands one input to the builder. It does not allocate.
+func (in *ingest) apply(x *record.Input) error {
+	switch x.Kind {
 	case record.KindEvent:
-		if err := probe.Decode(p, &in.ev); err != nil {
-			return err
-		}
 		if in.onEvent != nil {
-			in.onEvent(&in.ev)
+			in.onEvent(&x.Event)
 		}
-		in.b.Event(&in.ev)
+		in.b.Event(&x.Event)
 	case record.KindTick:
-		in.b.Tick(record.U64(p))
+		in.b.Tick(x.Tick)
 	case record.KindLost:
-		in.lost.RingFull, in.lost.Recursion = record.Lost(p)
+		in.lost = x.Lost
 		in.b.Lost(in.lost.Total())
 	case record.KindSocket:
-		if err := lifecycle.DecodeSocket(p, &in.sock); err != nil {
-			return err
-		}
-		in.b.Observe(&in.sock)
+		in.b.Observe(&x.Socket)
 	case record.KindDumpDone:
-		ns, purpose, t, err := lifecycle.DecodeDumpDone(p)
-		if err != nil {
-			return err
-		}
-		in.b.DumpDone(ns, purpose, t)
+		in.b.DumpDone(x.DumpDone.NetNS, x.DumpDone.Purpose, x.DumpDone.Time)
 	case record.KindCgroup:
-		id, path := record.Cgroup(p)
-		in.b.Cgroup(id, path)
+		in.b.Cgroup(x.Cgroup.ID, x.Cgroup.Path)
 	case record.KindFeatures:
-		in.feats = record.U64(p)
-		in.b.SetExactTimeWait(in.feats&featTimeWait != 0)
+		in.b.SetExactTimeWait(x.Features.TimeWait)
 	default:
-		return fmt.Errorf("unknown input %s", kind)
+		return fmt.Errorf("unknown input %s", x.Kind)
 	}
 	return nil
 }
-
-func u64(v uint64) []byte {
-	var b [8]byte
-	binary.LittleEndian.PutUint64(b[:], v)
-	return b[:]
-}
-
-func putU64(b []byte, v uint64) { binary.LittleEndian.PutUint64(b, v) }
 
 func statIno(fi fs.FileInfo) uint64 {
 	if st, ok := fi.Sys().(*syscall.Stat_t); ok {

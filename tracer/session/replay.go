@@ -37,21 +37,18 @@ func Replay(rd *record.Reader, opts ReplayOptions) (ReplayResult, error) {
 	h := rd.Header()
 	res := ReplayResult{Header: h, Clock: clock.Clock{BootNs: h.BootNs}}
 	in := newIngest(opts.Handler, opts.Lifecycle, opts.OnEvent)
+	var x record.Input
 	var err error
 	for {
-		var kind record.Kind
-		var p []byte
 		off := rd.Offset()
-		kind, p, err = rd.Next()
-		if errors.Is(err, io.EOF) {
-			err = nil
+		if err = rd.Read(&x); err != nil {
+			if errors.Is(err, io.EOF) {
+				err = nil
+			}
 			break
 		}
-		if err != nil {
-			break
-		}
-		if aerr := in.apply(kind, p); aerr != nil {
-			err = fmt.Errorf("offset %d: %s record: %w", off, kind, aerr)
+		if err = in.apply(&x); err != nil {
+			err = fmt.Errorf("offset %d: %s record: %w", off, x.Kind, err)
 			break
 		}
 		res.Inputs++

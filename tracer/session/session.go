@@ -61,6 +61,10 @@ type Session struct {
 	mu      sync.Mutex
 	in      *ingest
 	lostRec probe.LostCounts
+	// ev holds the event being handled, aux the other inputs: each input
+	// is decoded once, into one of them, and the builder and the
+	// recording are given the same value.
+	ev, aux record.Input
 
 	lastDrained atomic.Int64 // unix ns of the last time the ring was empty
 
@@ -72,14 +76,6 @@ type Session struct {
 
 // Warnings lists what the session could not do and works around.
 func (s *Session) Warnings() []string { return s.warnings }
-
-// Features bits in a recording's KindFeatures record.
-const (
-	featTimeWait uint64 = 1 << iota
-	featResets
-	featSynRetransmits
-	featAcceptOwner
-)
 
 // Open loads the probe, takes the snapshot of existing connections and
 // returns a session ready to Run.
@@ -108,16 +104,7 @@ func Open(opts Options) (_ *Session, err error) {
 	s.in = newIngest(opts.Handler, opts.Lifecycle, opts.OnEvent)
 
 	f := p.Features()
-	var feats uint64
-	for _, x := range []struct {
-		on  bool
-		bit uint64
-	}{{f.TimeWait, featTimeWait}, {f.Resets, featResets}, {f.SynRetransmits, featSynRetransmits}, {f.AcceptOwner, featAcceptOwner}} {
-		if x.on {
-			feats |= x.bit
-		}
-	}
-	if err := s.input(record.KindFeatures, u64(feats)); err != nil {
+	if err := s.input(&record.Input{Kind: record.KindFeatures, Features: f}); err != nil {
 		return nil, err
 	}
 	if !opts.NoSnapshot {
@@ -167,41 +154,40 @@ func (s *Session) Stop() error { return s.probe.Stop() }
 // Close frees the probe.
 func (s *Session) Close() error { return s.probe.Close() }
 
-// input records one input, then applies it.
-func (s *Session) input(kind record.Kind, payload []byte) error {
+// input records one decoded input, then applies it.
+func (s *Session) input(x *record.Input) error {
 	if s.opts.Record != nil {
-		if err := s.opts.Record.Write(kind, payload); err != nil {
+		if err := s.opts.Record.WriteInput(x); err != nil {
 			return fmt.Errorf("recording: %w", err)
 		}
 	}
 	s.mu.Lock()
-	err := s.in.apply(kind, payload)
+	err := s.in.apply(x)
 	s.mu.Unlock()
 	return err
 }
 
-// event handles one raw event from the ring buffer.
+// event handles one raw event from the ring buffer: decoded here, once.
 func (s *Session) event(raw []byte) error {
-	var e probe.Event
-	if err := probe.Decode(raw, &e); err != nil {
+	x := &s.ev
+	x.Kind = record.KindEvent
+	if err := probe.Decode(raw, &x.Event); err != nil {
 		return err
 	}
 	// A cgroup first seen gets its path recorded before the event, so
 	// replays name containers too.
-	if e.OwnerKnown() && e.CgroupId != 0 && !s.in.knowsCgroup(e.CgroupId) {
+	if e := &x.Event; e.OwnerKnown() && e.CgroupId != 0 && !s.in.knowsCgroup(e.CgroupId) {
 		path, _ := s.cgroups.Path(e.CgroupId)
 		if err := s.cgroupInput(e.CgroupId, path); err != nil {
 			return err
 		}
 	}
-	return s.input(record.KindEvent, raw[:probe.EventSize])
+	return s.input(x)
 }
 
 func (s *Session) cgroupInput(id uint64, path string) error {
-	var b [record.MaxPayload]byte
-	n := copy(b[8:], path)
-	putU64(b[:8], id)
-	return s.input(record.KindCgroup, b[:8+n])
+	s.aux = record.Input{Kind: record.KindCgroup, Cgroup: record.Cgroup{ID: id, Path: path}}
+	return s.input(&s.aux)
 }
 
 // LastDrained is when the reader last had emptied the ring buffer: a
@@ -213,10 +199,8 @@ func (s *Session) drained() error {
 	s.lastDrained.Store(time.Now().UnixNano())
 	if lc, err := s.probe.Lost(); err == nil && lc != s.lostRec {
 		s.lostRec = lc
-		var b [16]byte
-		putU64(b[:8], lc.RingFull)
-		putU64(b[8:], lc.Recursion)
-		if err := s.input(record.KindLost, b[:]); err != nil {
+		s.aux = record.Input{Kind: record.KindLost, Lost: lc}
+		if err := s.input(&s.aux); err != nil {
 			return err
 		}
 	}
@@ -225,7 +209,8 @@ func (s *Session) drained() error {
 			return err
 		}
 	}
-	if err := s.input(record.KindTick, u64(clock.Monotonic())); err != nil {
+	s.aux = record.Input{Kind: record.KindTick, Tick: clock.Monotonic()}
+	if err := s.input(&s.aux); err != nil {
 		return err
 	}
 	if s.opts.Record != nil {
@@ -243,12 +228,12 @@ func (s *Session) drained() error {
 func (s *Session) pollTimeWait() error {
 	if res, ok := s.poller.result(); ok {
 		for i := range res.sockets {
-			if err := s.input(record.KindSocket, lifecycle.AppendSocket(nil, &res.sockets[i])); err != nil {
+			if err := s.socketInput(&res.sockets[i]); err != nil {
 				return err
 			}
 		}
 		for _, ns := range res.done {
-			if err := s.input(record.KindDumpDone, lifecycle.AppendDumpDone(nil, ns, lifecycle.PurposeTimeWait, res.time)); err != nil {
+			if err := s.dumpDoneInput(ns, lifecycle.PurposeTimeWait, res.time); err != nil {
 				return err
 			}
 		}
@@ -328,18 +313,28 @@ func (s *Session) snapshot() error {
 				}
 			}
 		}
-		if err := s.input(record.KindSocket, lifecycle.AppendSocket(nil, &ls)); err != nil {
+		if err := s.socketInput(&ls); err != nil {
 			return err
 		}
 		done[ls.NetNS] = true
 	}
 	now := clock.Monotonic()
 	for ns := range done {
-		if err := s.input(record.KindDumpDone, lifecycle.AppendDumpDone(nil, ns, lifecycle.PurposeSnapshot, now)); err != nil {
+		if err := s.dumpDoneInput(ns, lifecycle.PurposeSnapshot, now); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+func (s *Session) socketInput(sock *lifecycle.Socket) error {
+	s.aux = record.Input{Kind: record.KindSocket, Socket: *sock}
+	return s.input(&s.aux)
+}
+
+func (s *Session) dumpDoneInput(netns uint32, purpose lifecycle.Purpose, time uint64) error {
+	s.aux = record.Input{Kind: record.KindDumpDone, DumpDone: record.DumpDone{NetNS: netns, Purpose: purpose, Time: time}}
+	return s.input(&s.aux)
 }
 
 // tupleMatches applies the socket part of the kernel filter to a dumped
