@@ -185,11 +185,12 @@ func (m *Metrics) Event(e *probe.Event) {
 		if e.Oldstate <= uint8(probe.MaxState) && e.Newstate <= uint8(probe.MaxState) {
 			m.transitions[e.Oldstate][e.Newstate].Add(1)
 		}
-		// Opened: the first transition of a connection's life.
-		switch {
-		case e.OldState() == probe.StateClose && e.NewState() == probe.StateSynSent:
+		// Opened: the first transition of a connection's life (a
+		// listener's is no connection's).
+		switch lifecycle.OpeningRole(e.OldState(), e.NewState()) {
+		case lifecycle.RoleActive:
 			m.countOpened(e, "active")
-		case e.OldState() == probe.StateListen && e.NewState() == probe.StateSynRecv:
+		case lifecycle.RolePassive:
 			m.countOpened(e, "passive")
 		}
 	case probe.TypeResetSent:

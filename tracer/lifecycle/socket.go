@@ -2,6 +2,10 @@ package lifecycle
 
 import "github.com/tcpfsm/tcpfsm/tracer/probe"
 
+// The sock_diag observations: what a dump of a namespace's sockets tells
+// the builder. Snapshot dumps seed connections older than the tracer
+// (seed.go), time-wait dumps end reconstructed TIME_WAITs (timewait.go).
+
 // Purpose says why a sock_diag dump was made.
 type Purpose uint8
 
@@ -44,31 +48,11 @@ func (s *Socket) key() tupleKey {
 // start and its DumpDone.
 func (b *Builder) Observe(s *Socket) {
 	b.advance(s.Time)
-	k := s.key()
 	switch {
 	case s.Purpose == PurposeSnapshot && !s.TimeWait:
-		if s.State == probe.StateListen {
-			b.listening[listenKey{s.NetNS, s.Lport}] = true
-		}
-		if len(b.seeds) < b.cfg.MaxTracked {
-			b.seeds[k] = seed{state: s.State, pid: s.Pid, comm: s.Comm, cgroupID: s.CgroupID, hasOwner: s.Pid != 0}
-		}
+		b.observeSnapshot(s)
 	case s.TimeWait:
-		end := s.Time + uint64(s.ExpiresMs)*1_000_000
-		if i, ok := b.timeWait[k]; ok {
-			r := &b.slab[i]
-			r.twSeen = s.Time
-			r.twExpected = end
-			r.twFinWait2 = s.State == probe.StateFinWait2
-			return
-		}
-		// A time-wait socket tcpfsm did not see enter: from before the
-		// start, or from a filtered connection; counted in the gauge.
-		if s.Purpose == PurposeSnapshot {
-			b.preTW[k] = end
-		} else if _, ok := b.preTW[k]; ok {
-			b.preTW[k] = end
-		}
+		b.observeTimeWait(s)
 	}
 }
 
@@ -76,29 +60,7 @@ func (b *Builder) Observe(s *Socket) {
 // records it no longer lists have left TIME_WAIT.
 func (b *Builder) DumpDone(netns uint32, purpose Purpose, time uint64) {
 	b.advance(time)
-	if purpose != PurposeTimeWait {
-		return
-	}
-	b.twPolled[netns] = time
-	for _, i := range b.inOrder(b.timeWaitList()) {
-		r := &b.slab[i]
-		if r.NetNS != netns || r.twSeen == time || r.TimeWaitEnter+dumpMargin > time {
-			continue
-		}
-		// Gone: at its timer's end if that has passed, else killed early
-		// (reused by a new connection, or reset) before this dump.
-		end := time
-		if r.twExpected != 0 && r.twExpected <= time {
-			end = r.twExpected
-		}
-		b.finishTimeWait(i, end, TWSockDiag)
-	}
-	for k := range b.preTW {
-		if k.netns == netns && b.preTW[k] < time {
-			delete(b.preTW, k)
-		}
+	if purpose == PurposeTimeWait {
+		b.timeWaitDumpDone(netns, time)
 	}
 }
-
-// A record entering TIME_WAIT this close to a dump may not be in it yet.
-const dumpMargin = 100_000_000
