@@ -115,7 +115,7 @@ type Builder struct {
 	listening map[listenKey]bool  // ports the snapshot saw listeners on
 	preTW     map[tupleKey]uint64 // TIME_WAIT sockets from before the start: expected end
 	twPolled  map[uint32]uint64   // netns -> time of its last complete TIME_WAIT dump
-	cgroups   map[uint64]string
+	cgroups   map[uint64]cgroupInfo
 	lost      uint64
 	now       uint64
 	lastSweep uint64
@@ -149,7 +149,7 @@ func NewBuilder(cfg Config, h Handler) *Builder {
 		listening: map[listenKey]bool{},
 		preTW:     map[tupleKey]uint64{},
 		twPolled:  map[uint32]uint64{},
-		cgroups:   map[uint64]string{},
+		cgroups:   map[uint64]cgroupInfo{},
 	}
 }
 
@@ -171,8 +171,15 @@ func (b *Builder) StateCount(s probe.State) int {
 	return b.states[s]
 }
 
-// Cgroup tells the builder a cgroup id's path.
-func (b *Builder) Cgroup(id uint64, path string) { b.cgroups[id] = path }
+// Cgroup tells the builder a cgroup id's path and the container that
+// path names ("runtime:id", "" for none): the records of the cgroup's
+// connections carry both. Naming containers is the cgroups package's job;
+// the builder is told the result.
+func (b *Builder) Cgroup(id uint64, path, container string) {
+	b.cgroups[id] = cgroupInfo{path, container}
+}
+
+type cgroupInfo struct{ path, container string }
 
 // KnowsCgroup reports whether the cgroup's path was given.
 func (b *Builder) KnowsCgroup(id uint64) bool {

@@ -3,7 +3,6 @@ package lifecycle
 import (
 	"syscall"
 
-	"github.com/tcpfsm/tcpfsm/tracer/cgroups"
 	"github.com/tcpfsm/tcpfsm/tracer/probe"
 )
 
@@ -111,11 +110,8 @@ func (b *Builder) annotate(r *Record) {
 	if b.lost > r.lostAtStart {
 		b.flag(r, AnomalyEventsLost)
 	}
-	if path, ok := b.cgroups[r.CgroupID]; ok && r.Cgroup == "" {
-		r.Cgroup = path
-		if c, ok := cgroups.ParseContainer(path); ok {
-			r.Container = c.Runtime + ":" + c.ID
-		}
+	if c, ok := b.cgroups[r.CgroupID]; ok && r.Cgroup == "" {
+		r.Cgroup, r.Container = c.path, c.container
 	}
 }
 

@@ -2,9 +2,8 @@ package session
 
 import (
 	"fmt"
-	"io/fs"
-	"syscall"
 
+	"github.com/tcpfsm/tcpfsm/tracer/cgroups"
 	"github.com/tcpfsm/tcpfsm/tracer/lifecycle"
 	"github.com/tcpfsm/tcpfsm/tracer/probe"
 	"github.com/tcpfsm/tcpfsm/tracer/record"
@@ -47,18 +46,15 @@ func (in *ingest) apply(x *record.Input) error {
 	case record.KindDumpDone:
 		in.b.DumpDone(x.DumpDone.NetNS, x.DumpDone.Purpose, x.DumpDone.Time)
 	case record.KindCgroup:
-		in.b.Cgroup(x.Cgroup.ID, x.Cgroup.Path)
+		container := ""
+		if c, ok := cgroups.ParseContainer(x.Cgroup.Path); ok {
+			container = c.String()
+		}
+		in.b.Cgroup(x.Cgroup.ID, x.Cgroup.Path, container)
 	case record.KindFeatures:
 		in.b.SetExactTimeWait(x.Features.TimeWait)
 	default:
 		return fmt.Errorf("unknown input %s", x.Kind)
 	}
 	return nil
-}
-
-func statIno(fi fs.FileInfo) uint64 {
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-		return st.Ino
-	}
-	return 0
 }

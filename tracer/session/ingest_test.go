@@ -57,3 +57,33 @@ func TestApplyDoesNotAllocate(t *testing.T) {
 		t.Errorf("%.4f allocations per event (%.0f per pass of 2000), want none", perEvent, allocs)
 	}
 }
+
+type lastFinished struct{ r lifecycle.Record }
+
+func (l *lastFinished) Closed(*lifecycle.Record)     {}
+func (l *lastFinished) Finished(r *lifecycle.Record) { l.r = *r }
+
+// A cgroup input names the container of the records of its connections,
+// live and replayed alike.
+func TestCgroupInputNamesContainer(t *testing.T) {
+	var h lastFinished
+	in := newIngest(&h, lifecycle.Config{}, nil)
+	const id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+	path := "/system.slice/docker-" + id + ".scope"
+	inputs := []record.Input{
+		{Kind: record.KindCgroup, Cgroup: record.Cgroup{ID: 77, Path: path}},
+		{Kind: record.KindEvent, Event: probe.Event{ConnId: 1 << 12, Family: probe.AFInet, Type: uint8(probe.TypeState), TsNs: 1e9,
+			Oldstate: uint8(probe.StateClose), Newstate: uint8(probe.StateSynSent), Owner: uint8(probe.OwnerTask), CgroupId: 77}},
+		{Kind: record.KindEvent, Event: probe.Event{ConnId: 1 << 12, Family: probe.AFInet, Type: uint8(probe.TypeState), TsNs: 2e9,
+			Oldstate: uint8(probe.StateSynSent), Newstate: uint8(probe.StateClose), Owner: uint8(probe.OwnerTask), CgroupId: 77}},
+		{Kind: record.KindTick, Tick: 3e9},
+	}
+	for i := range inputs {
+		if err := in.apply(&inputs[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if h.r.Cgroup != path || h.r.Container != "docker:"+id {
+		t.Errorf("record cgroup %q container %q", h.r.Cgroup, h.r.Container)
+	}
+}

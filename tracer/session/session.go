@@ -8,8 +8,6 @@ package session
 import (
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -294,14 +292,13 @@ func (s *Session) snapshot() error {
 	if err != nil {
 		return err
 	}
-	root := s.cgroups.Root()
 	done := map[uint32]bool{}
 	for _, x := range all {
 		ls := x.sock
 		if o, ok := owners[x.inode]; ok && x.inode != 0 {
 			ls.Pid = o.Pid
 			copy(ls.Comm[:15], o.Comm)
-			ls.CgroupID = cgroupID(root, o.CgroupPath)
+			ls.CgroupID = s.cgroups.ID(o.CgroupPath)
 			if ls.State == probe.StateListen {
 				// Owners of listeners that predate tcpfsm, for the
 				// connections they will accept.
@@ -345,26 +342,11 @@ func tupleMatches(f *probe.Filter, s *sockdiag.Socket) bool {
 	return g.Match(&e)
 }
 
-// cgroupID is the id of a cgroup v2 path: its directory's inode.
-func cgroupID(root, path string) uint64 {
-	if root == "" || path == "" {
-		return 0
-	}
-	fi, err := os.Stat(filepath.Join(root, path))
-	if err != nil {
-		return 0
-	}
-	if st, ok := fi.Sys().(interface{ Ino() uint64 }); ok {
-		return st.Ino()
-	}
-	return statIno(fi)
-}
-
 // Container names the container of a cgroup id, "" when none: for labels
 // of connections still open.
 func (s *Session) Container(cgroupID uint64) string {
 	if c, ok := s.cgroups.Container(cgroupID); ok {
-		return c.Runtime + ":" + c.ID
+		return c.String()
 	}
 	return ""
 }
