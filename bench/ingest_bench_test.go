@@ -18,7 +18,7 @@ import (
 	"github.com/tcpfsm/tcpfsm/tracer/clock"
 	"github.com/tcpfsm/tcpfsm/tracer/lifecycle"
 	"github.com/tcpfsm/tcpfsm/tracer/probe"
-	"github.com/tcpfsm/tcpfsm/tracer/record"
+	"github.com/tcpfsm/tcpfsm/tracer/recording"
 )
 
 // What a loopback connection closed with a RST (SO_LINGER 0) produces, in
@@ -103,7 +103,7 @@ func recordedEvents(tb testing.TB) [][]byte {
 		tb.Fatal(err)
 	}
 	defer f.Close()
-	rd, err := record.NewReader(f, probe.EventSize)
+	rd, err := recording.NewReader(f, probe.EventSize)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -116,7 +116,7 @@ func recordedEvents(tb testing.TB) [][]byte {
 		if err != nil {
 			tb.Fatal(err)
 		}
-		if kind == record.KindEvent {
+		if kind == recording.KindEvent {
 			out = append(out, append([]byte(nil), p...))
 		}
 	}

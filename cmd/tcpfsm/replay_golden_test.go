@@ -17,7 +17,7 @@ func TestReplayEveryRecordingGolden(t *testing.T) {
 	if err != nil || len(recs) == 0 {
 		t.Fatalf("no scenario recordings: %v", err)
 	}
-	recs = append(recs, recording)
+	recs = append(recs, mixRecording)
 	views := []struct {
 		suffix string
 		args   []string

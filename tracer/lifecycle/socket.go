@@ -22,7 +22,7 @@ const (
 func (p Purpose) Valid() bool { return p == PurposeSnapshot || p == PurposeTimeWait }
 
 // Socket is one socket a sock_diag dump listed, with its owner when the
-// tracer could find it. It is a builder input; tracer/record encodes it.
+// tracer could find it. It is a builder input; tracer/recording encodes it.
 type Socket struct {
 	Time      uint64 // CLOCK_MONOTONIC ns when the dump began
 	NetNS     uint32

@@ -1,4 +1,4 @@
-// Package record reads and writes tcpfsm recordings: every input of the
+// Package recording reads and writes tcpfsm recordings: every input of the
 // lifecycle builder (the raw events, sock_diag observations, cgroup paths,
 // clock ticks, lost-event counts, the kernel's features), framed and
 // checksummed, after a header that says how to read them (format version,
@@ -8,6 +8,9 @@
 // This package is the one codec of those inputs: Input holds one, decoded;
 // Writer.WriteInput encodes it and Reader.Read decodes it (input.go lists
 // each kind's payload). Write and Next are the framing underneath.
+//
+// In this package and its errors a record is one framed input of the
+// recording; a connection's record is lifecycle.Record.
 //
 // Layout, little endian:
 //
@@ -19,7 +22,7 @@
 //
 // A reader rejects what does not fit this with an error that names the
 // byte offset, and never trusts a length before checking it.
-package record
+package recording
 
 import (
 	"bufio"

@@ -6,13 +6,13 @@ import (
 	"github.com/tcpfsm/tcpfsm/tracer/cgroups"
 	"github.com/tcpfsm/tcpfsm/tracer/lifecycle"
 	"github.com/tcpfsm/tcpfsm/tracer/probe"
-	"github.com/tcpfsm/tcpfsm/tracer/record"
+	"github.com/tcpfsm/tcpfsm/tracer/recording"
 )
 
 // ingest applies decoded inputs to a builder. Live sessions and replays
 // share it, which is what makes a replay give the live run's records: a
 // live input is decoded once, where it arises, a replayed one by the
-// recording's reader, and both come here as the same record.Input.
+// recording's reader, and both come here as the same recording.Input.
 type ingest struct {
 	b       *lifecycle.Builder
 	onEvent func(*probe.Event)
@@ -29,29 +29,29 @@ func newIngest(h lifecycle.Handler, cfg lifecycle.Config, onEvent func(*probe.Ev
 func (in *ingest) knowsCgroup(id uint64) bool { return in.b.KnowsCgroup(id) }
 
 // apply hands one input to the builder. It does not allocate.
-func (in *ingest) apply(x *record.Input) error {
+func (in *ingest) apply(x *recording.Input) error {
 	switch x.Kind {
-	case record.KindEvent:
+	case recording.KindEvent:
 		if in.onEvent != nil {
 			in.onEvent(&x.Event)
 		}
 		in.b.Event(&x.Event)
-	case record.KindTick:
+	case recording.KindTick:
 		in.b.Tick(x.Tick)
-	case record.KindLost:
+	case recording.KindLost:
 		in.lost = x.Lost
 		in.b.Lost(in.lost.Total())
-	case record.KindSocket:
+	case recording.KindSocket:
 		in.b.Observe(&x.Socket)
-	case record.KindDumpDone:
+	case recording.KindDumpDone:
 		in.b.DumpDone(x.DumpDone.NetNS, x.DumpDone.Purpose, x.DumpDone.Time)
-	case record.KindCgroup:
+	case recording.KindCgroup:
 		container := ""
 		if c, ok := cgroups.ParseContainer(x.Cgroup.Path); ok {
 			container = c.String()
 		}
 		in.b.Cgroup(x.Cgroup.ID, x.Cgroup.Path, container)
-	case record.KindFeatures:
+	case recording.KindFeatures:
 		in.b.SetExactTimeWait(x.Features.TimeWait)
 	default:
 		return fmt.Errorf("unknown input %s", x.Kind)

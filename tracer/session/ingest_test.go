@@ -6,7 +6,7 @@ import (
 
 	"github.com/tcpfsm/tcpfsm/tracer/lifecycle"
 	"github.com/tcpfsm/tcpfsm/tracer/probe"
-	"github.com/tcpfsm/tcpfsm/tracer/record"
+	"github.com/tcpfsm/tcpfsm/tracer/recording"
 )
 
 type countClosed struct{ n int }
@@ -20,12 +20,12 @@ func (c *countClosed) Finished(*lifecycle.Record) {}
 func TestApplyDoesNotAllocate(t *testing.T) {
 	var h countClosed
 	in := newIngest(&h, lifecycle.Config{}, func(*probe.Event) {})
-	var x record.Input
+	var x recording.Input
 	var id, ts uint64 = 0, 1_000_000_000
 	pass := func() {
 		for i := 0; i < 1000; i++ {
 			id++
-			x.Kind = record.KindEvent
+			x.Kind = recording.KindEvent
 			x.Event = probe.Event{ConnId: id << 12, Family: probe.AFInet, Type: uint8(probe.TypeState), Netns: 1,
 				Sport: uint16(30000 + i), Dport: 9, Owner: uint8(probe.OwnerTask), Pid: 42}
 			for _, tr := range [][2]probe.State{{probe.StateClose, probe.StateSynSent}, {probe.StateSynSent, probe.StateClose}} {
@@ -39,7 +39,7 @@ func TestApplyDoesNotAllocate(t *testing.T) {
 				}
 			}
 			if i%50 == 49 {
-				x = record.Input{Kind: record.KindTick, Tick: ts}
+				x = recording.Input{Kind: recording.KindTick, Tick: ts}
 				if err := in.apply(&x); err != nil {
 					t.Fatal(err)
 				}
@@ -70,13 +70,13 @@ func TestCgroupInputNamesContainer(t *testing.T) {
 	in := newIngest(&h, lifecycle.Config{}, nil)
 	const id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
 	path := "/system.slice/docker-" + id + ".scope"
-	inputs := []record.Input{
-		{Kind: record.KindCgroup, Cgroup: record.Cgroup{ID: 77, Path: path}},
-		{Kind: record.KindEvent, Event: probe.Event{ConnId: 1 << 12, Family: probe.AFInet, Type: uint8(probe.TypeState), TsNs: 1e9,
+	inputs := []recording.Input{
+		{Kind: recording.KindCgroup, Cgroup: recording.Cgroup{ID: 77, Path: path}},
+		{Kind: recording.KindEvent, Event: probe.Event{ConnId: 1 << 12, Family: probe.AFInet, Type: uint8(probe.TypeState), TsNs: 1e9,
 			Oldstate: uint8(probe.StateClose), Newstate: uint8(probe.StateSynSent), Owner: uint8(probe.OwnerTask), CgroupId: 77}},
-		{Kind: record.KindEvent, Event: probe.Event{ConnId: 1 << 12, Family: probe.AFInet, Type: uint8(probe.TypeState), TsNs: 2e9,
+		{Kind: recording.KindEvent, Event: probe.Event{ConnId: 1 << 12, Family: probe.AFInet, Type: uint8(probe.TypeState), TsNs: 2e9,
 			Oldstate: uint8(probe.StateSynSent), Newstate: uint8(probe.StateClose), Owner: uint8(probe.OwnerTask), CgroupId: 77}},
-		{Kind: record.KindTick, Tick: 3e9},
+		{Kind: recording.KindTick, Tick: 3e9},
 	}
 	for i := range inputs {
 		if err := in.apply(&inputs[i]); err != nil {

@@ -17,7 +17,7 @@ import (
 	"github.com/tcpfsm/tcpfsm/tracer/clock"
 	"github.com/tcpfsm/tcpfsm/tracer/lifecycle"
 	"github.com/tcpfsm/tcpfsm/tracer/probe"
-	"github.com/tcpfsm/tcpfsm/tracer/record"
+	"github.com/tcpfsm/tcpfsm/tracer/recording"
 	"github.com/tcpfsm/tcpfsm/tracer/sockdiag"
 )
 
@@ -34,7 +34,7 @@ type Options struct {
 	OnDrained func() error
 	// Record, when set, receives every input in the order the builder
 	// gets it.
-	Record *record.Writer
+	Record *recording.Writer
 	// TimeWaitPoll is how often sock_diag looks for the end of
 	// reconstructed TIME_WAITs. Default 1s; negative disables it.
 	TimeWaitPoll time.Duration
@@ -62,7 +62,7 @@ type Session struct {
 	// ev holds the event being handled, aux the other inputs: each input
 	// is decoded once, into one of them, and the builder and the
 	// recording are given the same value.
-	ev, aux record.Input
+	ev, aux recording.Input
 
 	lastDrained atomic.Int64 // unix ns of the last time the ring was empty
 
@@ -102,7 +102,7 @@ func Open(opts Options) (_ *Session, err error) {
 	s.in = newIngest(opts.Handler, opts.Lifecycle, opts.OnEvent)
 
 	f := p.Features()
-	if err := s.input(&record.Input{Kind: record.KindFeatures, Features: f}); err != nil {
+	if err := s.input(&recording.Input{Kind: recording.KindFeatures, Features: f}); err != nil {
 		return nil, err
 	}
 	if !opts.NoSnapshot {
@@ -152,8 +152,9 @@ func (s *Session) Stop() error { return s.probe.Stop() }
 // Close frees the probe.
 func (s *Session) Close() error { return s.probe.Close() }
 
-// input records one decoded input, then applies it.
-func (s *Session) input(x *record.Input) error {
+// input writes one decoded input to the recording, when there is one,
+// then applies it.
+func (s *Session) input(x *recording.Input) error {
 	if s.opts.Record != nil {
 		if err := s.opts.Record.WriteInput(x); err != nil {
 			return fmt.Errorf("recording: %w", err)
@@ -168,7 +169,7 @@ func (s *Session) input(x *record.Input) error {
 // event handles one raw event from the ring buffer: decoded here, once.
 func (s *Session) event(raw []byte) error {
 	x := &s.ev
-	x.Kind = record.KindEvent
+	x.Kind = recording.KindEvent
 	if err := probe.Decode(raw, &x.Event); err != nil {
 		return err
 	}
@@ -184,7 +185,7 @@ func (s *Session) event(raw []byte) error {
 }
 
 func (s *Session) cgroupInput(id uint64, path string) error {
-	s.aux = record.Input{Kind: record.KindCgroup, Cgroup: record.Cgroup{ID: id, Path: path}}
+	s.aux = recording.Input{Kind: recording.KindCgroup, Cgroup: recording.Cgroup{ID: id, Path: path}}
 	return s.input(&s.aux)
 }
 
@@ -197,7 +198,7 @@ func (s *Session) drained() error {
 	s.lastDrained.Store(time.Now().UnixNano())
 	if lc, err := s.probe.Lost(); err == nil && lc != s.lostRec {
 		s.lostRec = lc
-		s.aux = record.Input{Kind: record.KindLost, Lost: lc}
+		s.aux = recording.Input{Kind: recording.KindLost, Lost: lc}
 		if err := s.input(&s.aux); err != nil {
 			return err
 		}
@@ -207,7 +208,7 @@ func (s *Session) drained() error {
 			return err
 		}
 	}
-	s.aux = record.Input{Kind: record.KindTick, Tick: clock.Monotonic()}
+	s.aux = recording.Input{Kind: recording.KindTick, Tick: clock.Monotonic()}
 	if err := s.input(&s.aux); err != nil {
 		return err
 	}
@@ -325,12 +326,12 @@ func (s *Session) snapshot() error {
 }
 
 func (s *Session) socketInput(sock *lifecycle.Socket) error {
-	s.aux = record.Input{Kind: record.KindSocket, Socket: *sock}
+	s.aux = recording.Input{Kind: recording.KindSocket, Socket: *sock}
 	return s.input(&s.aux)
 }
 
 func (s *Session) dumpDoneInput(netns uint32, purpose lifecycle.Purpose, time uint64) error {
-	s.aux = record.Input{Kind: record.KindDumpDone, DumpDone: record.DumpDone{NetNS: netns, Purpose: purpose, Time: time}}
+	s.aux = recording.Input{Kind: recording.KindDumpDone, DumpDone: recording.DumpDone{NetNS: netns, Purpose: purpose, Time: time}}
 	return s.input(&s.aux)
 }
 
