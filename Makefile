@@ -68,12 +68,12 @@ check-generated: generate
 # Run each fuzzer for FUZZTIME and keep what it found in the checked-in corpus.
 FUZZTIME ?= 30s
 fuzz:
-	$(GO) test -run '^$$' -fuzz '^FuzzReader$$' -fuzztime $(FUZZTIME) ./tracer/record
+	$(GO) test -run '^$$' -fuzz '^FuzzReader$$' -fuzztime $(FUZZTIME) ./tracer/recording
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./tracer/probe
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./tracer/sockdiag
 	$(GO) test -run '^$$' -fuzz '^FuzzParseContainer$$' -fuzztime $(FUZZTIME) ./tracer/cgroups
 	$(GO) test -run '^$$' -fuzz '^FuzzAgentConfig$$' -fuzztime $(FUZZTIME) ./cmd/tcpfsm
-	@for t in tracer/record:FuzzReader tracer/probe:FuzzDecode tracer/sockdiag:FuzzParse tracer/cgroups:FuzzParseContainer cmd/tcpfsm:FuzzAgentConfig; do \
+	@for t in tracer/recording:FuzzReader tracer/probe:FuzzDecode tracer/sockdiag:FuzzParse tracer/cgroups:FuzzParseContainer cmd/tcpfsm:FuzzAgentConfig; do \
 		pkg=$${t%%:*}; name=$${t##*:}; \
 		src=$$($(GO) env GOCACHE)/fuzz/github.com/tcpfsm/tcpfsm/$$pkg/$$name; \
 		mkdir -p $$pkg/testdata/fuzz/$$name; \

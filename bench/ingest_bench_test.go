@@ -18,7 +18,7 @@ import (
 	"github.com/tcpfsm/tcpfsm/tracer/clock"
 	"github.com/tcpfsm/tcpfsm/tracer/lifecycle"
 	"github.com/tcpfsm/tcpfsm/tracer/probe"
-	"github.com/tcpfsm/tcpfsm/tracer/record"
+	"github.com/tcpfsm/tcpfsm/tracer/recording"
 )
 
 // What a loopback connection closed with a RST (SO_LINGER 0) produces, in
@@ -103,7 +103,7 @@ func recordedEvents(tb testing.TB) [][]byte {
 		tb.Fatal(err)
 	}
 	defer f.Close()
-	rd, err := record.NewReader(f, probe.EventSize)
+	rd, err := recording.NewReader(f, probe.EventSize)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -116,7 +116,7 @@ func recordedEvents(tb testing.TB) [][]byte {
 		if err != nil {
 			tb.Fatal(err)
 		}
-		if kind == record.KindEvent {
+		if kind == recording.KindEvent {
 			out = append(out, append([]byte(nil), p...))
 		}
 	}
@@ -139,24 +139,10 @@ type pipeline struct {
 	tick uint64
 }
 
-type fanout []lifecycle.Handler
-
-func (f fanout) Closed(r *lifecycle.Record) {
-	for _, h := range f {
-		h.Closed(r)
-	}
-}
-
-func (f fanout) Finished(r *lifecycle.Record) {
-	for _, h := range f {
-		h.Finished(r)
-	}
-}
-
 func newPipeline(withLogs bool) *pipeline {
 	p := &pipeline{}
 	p.m = metrics.New(metrics.Options{}, metrics.BuildInfo{}, func() metrics.Snapshot { return metrics.Snapshot{} })
-	h := fanout{p.m}
+	h := lifecycle.Handlers{p.m}
 	if withLogs {
 		p.lw = logs.New(io.Discard, clock.Clock{BootNs: 1_700_000_000e9}, logs.Options{})
 		h = append(h, p.lw)

@@ -52,21 +52,6 @@ const agentExamples = `  tcpfsm agent
   tcpfsm agent --config.file /etc/tcpfsm/agent.yml --metrics.labels port,container
 `
 
-// fanout hands records to every handler.
-type fanout []lifecycle.Handler
-
-func (f fanout) Closed(r *lifecycle.Record) {
-	for _, h := range f {
-		h.Closed(r)
-	}
-}
-
-func (f fanout) Finished(r *lifecycle.Record) {
-	for _, h := range f {
-		h.Finished(r)
-	}
-}
-
 func runAgent(args []string, stdout, stderr io.Writer) error {
 	cfg, help, err := parseAgentConfig(args, stdout)
 	if err != nil || help {
@@ -98,7 +83,7 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 	var sess *session.Session
 	var m *metrics.Metrics
 	var lw *logs.Writer
-	var h fanout
+	var h lifecycle.Handlers
 	sess, err = session.Open(session.Options{
 		Probe: probe.Options{Filter: cfg.filter, Attach: cfg.attach, RingBufferSize: cfg.ringBuffer,
 			MaxConnections: cfg.kernelTable},
@@ -116,7 +101,7 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 	lw = logs.New(logOut, sess.Clock(), logs.Options{Transitions: cfg.transitions, Sample: cfg.sample})
 	m = metrics.New(metrics.Options{Labels: cfg.labels, LabelLimit: cfg.labelLimit, NoExemplars: cfg.noExemplars,
 		ContainerOf: sess.Container}, buildInfo(), func() metrics.Snapshot { return snapshot(sess) })
-	h = fanout{m, lw}
+	h = lifecycle.Handlers{m, lw}
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(m, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

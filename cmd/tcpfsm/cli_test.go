@@ -27,7 +27,7 @@ func runCLI(args ...string) (code int, stdout, stderr string) {
 	return code, out.String(), errb.String()
 }
 
-const recording = "../../tracer/testdata/loopback-mix.rec"
+const mixRecording = "../../tracer/testdata/loopback-mix.rec"
 
 func scenarioFile(name string) string { return "../../tracer/testdata/scenarios/" + name + ".rec" }
 
@@ -64,11 +64,11 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"record", "-w", "/tmp/x", "--state", "CLOSE"}, "select at replay time"},
 		{[]string{"replay"}, "want exactly one recording FILE"},
 		{[]string{"replay", "a", "b"}, "want exactly one recording FILE"},
-		{[]string{"replay", "-o", "yaml", recording}, `invalid --output "yaml"`},
+		{[]string{"replay", "-o", "yaml", mixRecording}, `invalid --output "yaml"`},
 		{[]string{"version", "x"}, "no arguments"},
-		{[]string{"replay", "--view", "graph", recording}, `invalid --view "graph"`},
-		{[]string{"replay", "--view", "ladder", "-o", "json", recording}, "excludes -o json"},
-		{[]string{"replay", "--ladder", recording}, "apply to --view life"},
+		{[]string{"replay", "--view", "graph", mixRecording}, `invalid --view "graph"`},
+		{[]string{"replay", "--view", "ladder", "-o", "json", mixRecording}, "excludes -o json"},
+		{[]string{"replay", "--ladder", mixRecording}, "apply to --view life"},
 		{[]string{"life", "--ladder", "-o", "json"}, "excludes -o json"},
 		{[]string{"life", "--max-tracked", "0"}, "invalid --max-tracked 0"},
 		{[]string{"life", "-n", "0"}, "invalid --count 0"},
@@ -82,8 +82,8 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"record", "-w", "/tmp/x", "-n", "-2"}, "invalid --count -2"},
 		{[]string{"record", "-w", "/tmp/x", "--attach", "kprobe"}, "invalid --attach"},
 		{[]string{"record", "-w", "/tmp/x", "-p", "0"}, "invalid --pid 0"},
-		{[]string{"replay", "-n", "0", recording}, "invalid --count 0"},
-		{[]string{"replay", "-D", "abc", recording}, `invalid --rport "abc"`},
+		{[]string{"replay", "-n", "0", mixRecording}, "invalid --count 0"},
+		{[]string{"replay", "-D", "abc", mixRecording}, `invalid --rport "abc"`},
 		{[]string{"agent", "--web.listen-address", "nocolon"}, "web.listen_address"},
 		{[]string{"agent", "--max-tracked", "0"}, "tracer.max_tracked"},
 		{[]string{"agent", "--ring-buffer-bytes", "1000"}, "tracer.ring_buffer_bytes"},
@@ -166,7 +166,7 @@ func golden(t *testing.T, name, got string) {
 	t.Helper()
 	path := filepath.Join("testdata", name)
 	if *update {
-		os.MkdirAll("testdata", 0o755)
+		os.MkdirAll(filepath.Dir(path), 0o755)
 		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
 			t.Fatal(err)
 		}
@@ -189,11 +189,11 @@ func TestReplayGolden(t *testing.T) {
 		rows int
 		read int // transitions read before stopping
 	}{
-		{"replay-table.txt", []string{"replay", recording}, 33, 32},
-		{"replay-json.jsonl", []string{"replay", "-o", "json", recording}, 32, 32},
-		{"replay-close-v6.txt", []string{"replay", "--state", "CLOSE", "-6", "--no-header", recording}, 3, 32},
-		{"replay-lport.txt", []string{"replay", "-L", "8080", "-n", "4", recording}, 5, 7},
-		{"replay-comm-none.txt", []string{"replay", "--comm", "curl", recording}, 1, 32},
+		{"replay-table.txt", []string{"replay", mixRecording}, 33, 32},
+		{"replay-json.jsonl", []string{"replay", "-o", "json", mixRecording}, 32, 32},
+		{"replay-close-v6.txt", []string{"replay", "--state", "CLOSE", "-6", "--no-header", mixRecording}, 3, 32},
+		{"replay-lport.txt", []string{"replay", "-L", "8080", "-n", "4", mixRecording}, 5, 7},
+		{"replay-comm-none.txt", []string{"replay", "--comm", "curl", mixRecording}, 1, 32},
 		{"life-client-first.jsonl", []string{"replay", "--view", "life", "-o", "json", scenarioFile("client-closes-first")}, 2, 12},
 		{"life-all.txt", []string{"replay", "--view", "life", "--all", scenarioFile("listener-closed-with-queue")}, 6, 18},
 		{"ladder-client-first.txt", []string{"replay", "--view", "ladder", scenarioFile("client-closes-first")}, 15, 12},
@@ -214,7 +214,7 @@ func TestReplayGolden(t *testing.T) {
 		}
 	}
 	// JSON lines are JSON.
-	_, stdout, _ := runCLI("replay", "-o", "json", recording)
+	_, stdout, _ := runCLI("replay", "-o", "json", mixRecording)
 	for i, line := range strings.Split(strings.TrimSpace(stdout), "\n") {
 		var m map[string]any
 		if err := json.Unmarshal([]byte(line), &m); err != nil {
@@ -226,7 +226,7 @@ func TestReplayGolden(t *testing.T) {
 // A corrupt or cut recording: an error naming the offset, exit 1, and
 // everything before the damage still printed.
 func TestReplayCorrupt(t *testing.T) {
-	data, err := os.ReadFile(recording)
+	data, err := os.ReadFile(mixRecording)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,7 +5,8 @@ import (
 	"fmt"
 	"io"
 
-	"github.com/tcpfsm/tcpfsm/exporter/render"
+	"github.com/tcpfsm/tcpfsm/exporter/jsonl"
+	"github.com/tcpfsm/tcpfsm/exporter/text"
 	"github.com/tcpfsm/tcpfsm/tracer/clock"
 	"github.com/tcpfsm/tcpfsm/tracer/lifecycle"
 	"github.com/tcpfsm/tcpfsm/tracer/probe"
@@ -79,7 +80,7 @@ func newLifePrinter(w io.Writer, opts *lifeOptions, c clock.Clock) *lifePrinter 
 
 func (p *lifePrinter) header() {
 	if p.opts.output == outputTable && !p.opts.ladder {
-		p.w.WriteString(render.LifeHeader())
+		p.w.WriteString(text.LifeHeader())
 		p.w.WriteByte('\n')
 	}
 }
@@ -128,7 +129,7 @@ func (p *lifePrinter) print(r *lifecycle.Record) {
 	if p.opts.ladder {
 		k := keyOf(r)
 		other, ok := p.pending[k]
-		if !ok || !render.Pair(r, &other) {
+		if !ok || !text.Pair(r, &other) {
 			if len(p.pending) >= maxPendingLadders {
 				// Ends whose peer is not on this host never pair.
 				delete(p.pending, p.order[0])
@@ -139,11 +140,11 @@ func (p *lifePrinter) print(r *lifecycle.Record) {
 			return
 		}
 		delete(p.pending, k)
-		p.buf = render.AppendLadder(p.buf[:0], &other, r)
+		p.buf = text.AppendLadder(p.buf[:0], &other, r)
 	} else if p.opts.output == outputJSON {
-		p.buf = render.AppendLifeJSON(p.buf[:0], r, p.clock)
+		p.buf = jsonl.AppendRecord(p.buf[:0], r, p.clock)
 	} else {
-		p.buf = render.AppendLifeRow(p.buf[:0], r, p.clock)
+		p.buf = text.AppendLifeRow(p.buf[:0], r, p.clock)
 	}
 	if _, err := p.w.Write(p.buf); err != nil {
 		p.err = err

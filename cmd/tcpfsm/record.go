@@ -15,7 +15,7 @@ import (
 
 	"github.com/tcpfsm/tcpfsm/tracer/clock"
 	"github.com/tcpfsm/tcpfsm/tracer/probe"
-	"github.com/tcpfsm/tcpfsm/tracer/record"
+	"github.com/tcpfsm/tcpfsm/tracer/recording"
 	"github.com/tcpfsm/tcpfsm/tracer/session"
 )
 
@@ -77,7 +77,7 @@ func runRecord(args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("read clocks: %w", err)
 	}
 	host, _ := os.Hostname()
-	w, err := record.NewWriter(f, record.Header{
+	w, err := recording.NewWriter(f, recording.Header{
 		EventSize:     uint16(probe.EventSize),
 		BootNs:        c.BootNs,
 		Created:       time.Now(),
@@ -233,7 +233,7 @@ func runReplay(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer f.Close()
-	rd, err := record.NewReader(f, probe.EventSize)
+	rd, err := recording.NewReader(f, probe.EventSize)
 	if err != nil {
 		return fmt.Errorf("%s: %w", name, err)
 	}

@@ -7,7 +7,8 @@ import (
 	"io"
 	"time"
 
-	"github.com/tcpfsm/tcpfsm/exporter/render"
+	"github.com/tcpfsm/tcpfsm/exporter/jsonl"
+	"github.com/tcpfsm/tcpfsm/exporter/text"
 	"github.com/tcpfsm/tcpfsm/tracer/clock"
 	"github.com/tcpfsm/tcpfsm/tracer/probe"
 )
@@ -104,7 +105,7 @@ func newEventPrinter(w io.Writer, sel *selection, output outputFormat, c clock.C
 
 func (p *eventPrinter) header() {
 	if p.output == outputTable {
-		p.w.WriteString(render.EventHeader())
+		p.w.WriteString(text.EventHeader())
 		p.w.WriteByte('\n')
 	}
 }
@@ -127,9 +128,9 @@ func (p *eventPrinter) print(e *probe.Event) error {
 		return nil
 	}
 	if p.output == outputJSON {
-		p.buf = render.AppendEventJSON(p.buf[:0], e, p.clock)
+		p.buf = jsonl.AppendEvent(p.buf[:0], e, p.clock)
 	} else {
-		p.buf = render.AppendEventRow(p.buf[:0], e, p.clock)
+		p.buf = text.AppendEventRow(p.buf[:0], e, p.clock)
 	}
 	if _, err := p.w.Write(p.buf); err != nil {
 		p.lastErr = err

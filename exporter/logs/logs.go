@@ -9,7 +9,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/tcpfsm/tcpfsm/exporter/render"
+	"github.com/tcpfsm/tcpfsm/exporter/jsonl"
 	"github.com/tcpfsm/tcpfsm/tracer/clock"
 	"github.com/tcpfsm/tcpfsm/tracer/lifecycle"
 	"github.com/tcpfsm/tcpfsm/tracer/probe"
@@ -87,7 +87,7 @@ func (w *Writer) Finished(r *lifecycle.Record) {
 		return
 	}
 	n := w.prefix("connection")
-	w.buf = render.AppendLifeJSON(w.buf, r, w.clock)
+	w.buf = jsonl.AppendRecord(w.buf, r, w.clock)
 	w.write(n)
 }
 
@@ -99,7 +99,7 @@ func (w *Writer) Event(e *probe.Event) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	n := w.prefix("transition")
-	w.buf = render.AppendEventJSON(w.buf, e, w.clock)
+	w.buf = jsonl.AppendEvent(w.buf, e, w.clock)
 	w.write(n)
 }
 

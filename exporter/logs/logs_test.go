@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/tcpfsm/tcpfsm/exporter/render"
+	"github.com/tcpfsm/tcpfsm/exporter/jsonl"
 	"github.com/tcpfsm/tcpfsm/tracer/clock"
 	"github.com/tcpfsm/tcpfsm/tracer/lifecycle"
 	"github.com/tcpfsm/tcpfsm/tracer/probe"
@@ -44,7 +44,7 @@ func TestConnectionLineHasLifeSchema(t *testing.T) {
 		t.Fatalf("not JSON: %v: %s", err, lines[0])
 	}
 	var life map[string]any
-	if err := json.Unmarshal(render.AppendLifeJSON(nil, r, c), &life); err != nil {
+	if err := json.Unmarshal(jsonl.AppendRecord(nil, r, c), &life); err != nil {
 		t.Fatal(err)
 	}
 	if got["level"] != "INFO" || got["msg"] != "connection" || got["time"] == nil {

@@ -83,8 +83,8 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 			}
 		}
 	}
-	counter(d.resets, float64(m.resets[0].Load()), "sent")
-	counter(d.resets, float64(m.resets[1].Load()), "received")
+	counter(d.resets, float64(m.resets[resetSent].Load()), "sent")
+	counter(d.resets, float64(m.resets[resetReceived].Load()), "received")
 	counter(d.synRetrans, float64(m.synRetrans.Load()))
 	counter(d.events, float64(m.events.Load()))
 

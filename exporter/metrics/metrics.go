@@ -72,7 +72,7 @@ type Metrics struct {
 	// Per event: atomics, no lock.
 	events      atomic.Uint64
 	transitions [probe.MaxState + 1][probe.MaxState + 1]atomic.Uint64
-	resets      [2]atomic.Uint64 // sent, received
+	resets      [resetDirections]atomic.Uint64
 	synRetrans  atomic.Uint64
 
 	mu                   sync.Mutex
@@ -84,7 +84,7 @@ type Metrics struct {
 	budgets              map[Label]*budget
 
 	handshake, lifetime, stateDur *prometheus.HistogramVec
-	lastExemplar                  [3]atomic.Int64
+	lastExemplar                  [exemplarHistograms]atomic.Int64 // unix ns of each histogram's last exemplar
 
 	descs descs
 }
@@ -94,6 +94,21 @@ type labelKey struct {
 	role, initiator, kind string
 	opt                   [3]string
 }
+
+// The histograms that carry exemplars, indexing lastExemplar.
+const (
+	exemplarHandshake = iota
+	exemplarLifetime
+	exemplarStateDuration
+	exemplarHistograms // how many there are
+)
+
+// Reset directions, indexing resets.
+const (
+	resetSent = iota
+	resetReceived
+	resetDirections
+)
 
 // Connect failure reasons.
 const (
@@ -185,17 +200,18 @@ func (m *Metrics) Event(e *probe.Event) {
 		if e.Oldstate <= uint8(probe.MaxState) && e.Newstate <= uint8(probe.MaxState) {
 			m.transitions[e.Oldstate][e.Newstate].Add(1)
 		}
-		// Opened: the first transition of a connection's life.
-		switch {
-		case e.OldState() == probe.StateClose && e.NewState() == probe.StateSynSent:
+		// Opened: the first transition of a connection's life (a
+		// listener's is no connection's).
+		switch lifecycle.OpeningRole(e.OldState(), e.NewState()) {
+		case lifecycle.RoleActive:
 			m.countOpened(e, "active")
-		case e.OldState() == probe.StateListen && e.NewState() == probe.StateSynRecv:
+		case lifecycle.RolePassive:
 			m.countOpened(e, "passive")
 		}
 	case probe.TypeResetSent:
-		m.resets[0].Add(1)
+		m.resets[resetSent].Add(1)
 	case probe.TypeResetReceived:
-		m.resets[1].Add(1)
+		m.resets[resetReceived].Add(1)
 	case probe.TypeSynRetransmit:
 		m.synRetrans.Add(1)
 	}
@@ -293,10 +309,10 @@ func (m *Metrics) Closed(r *lifecycle.Record) {
 		values = append(values, opt[i])
 	}
 	if r.HandshakeNs > 0 {
-		m.observe(0, m.handshake.WithLabelValues(values...), float64(r.HandshakeNs)/1e9, r.ID)
+		m.observe(exemplarHandshake, m.handshake.WithLabelValues(values...), float64(r.HandshakeNs)/1e9, r.ID)
 	}
 	if d := r.LifetimeNs(); d > 0 {
-		m.observe(1, m.lifetime.WithLabelValues(values...), float64(d)/1e9, r.ID)
+		m.observe(exemplarLifetime, m.lifetime.WithLabelValues(values...), float64(d)/1e9, r.ID)
 	}
 }
 
@@ -309,7 +325,7 @@ func (m *Metrics) Finished(r *lifecycle.Record) {
 		if sp.Enter == 0 || sp.Exit == 0 || sp.State > probe.MaxState {
 			continue
 		}
-		m.observe(2, m.stateDur.WithLabelValues(stateLabel[sp.State]), float64(sp.Dwell())/1e9, r.ID)
+		m.observe(exemplarStateDuration, m.stateDur.WithLabelValues(stateLabel[sp.State]), float64(sp.Dwell())/1e9, r.ID)
 	}
 }
 

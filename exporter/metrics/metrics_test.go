@@ -12,7 +12,7 @@ import (
 
 	"github.com/tcpfsm/tcpfsm/tracer/lifecycle"
 	"github.com/tcpfsm/tcpfsm/tracer/probe"
-	"github.com/tcpfsm/tcpfsm/tracer/record"
+	"github.com/tcpfsm/tcpfsm/tracer/recording"
 	"github.com/tcpfsm/tcpfsm/tracer/session"
 )
 
@@ -25,7 +25,7 @@ func replayInto(t *testing.T, m *Metrics, name string) *lifecycle.Builder {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	rd, err := record.NewReader(f, probe.EventSize)
+	rd, err := recording.NewReader(f, probe.EventSize)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,5 +1,7 @@
-// Package cgroups turns the cgroup v2 ids the BPF program reports into
-// cgroup paths, and paths into the containers they belong to.
+// Package cgroups owns what tcpfsm knows of cgroup v2: where the
+// hierarchy is mounted, a cgroup's id from its path (Lookup, Resolver.ID)
+// and its path from the id the BPF program reports (Resolver.Path), and
+// the container a path belongs to (ParseContainer).
 package cgroups
 
 import (

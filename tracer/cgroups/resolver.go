@@ -5,10 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
-
-	"github.com/tcpfsm/tcpfsm/tracer/probe"
 )
 
 const (
@@ -70,7 +67,7 @@ func NewResolver(root string) *Resolver {
 		paths:           make(map[uint64]string),
 	}
 	if root == "" {
-		root, r.err = probe.Cgroup2Mount()
+		root, r.err = Mount()
 	}
 	if root != "" {
 		r.root = filepath.Clean(root)
@@ -134,15 +131,15 @@ func (r *Resolver) walk(want uint64) (string, bool) {
 		if err != nil {
 			return nil
 		}
-		st, ok := info.Sys().(*syscall.Stat_t)
-		if !ok {
+		id := idOf(info)
+		if id == 0 {
 			return nil
 		}
 		rel := "/" + strings.TrimPrefix(strings.TrimPrefix(p, r.root), "/")
-		if st.Ino == want {
+		if id == want {
 			found = rel
 		}
-		r.add(st.Ino, rel)
+		r.add(id, rel)
 		return nil
 	})
 	if found == "" {

@@ -448,28 +448,6 @@ func TestStateGaugeAndLoss(t *testing.T) {
 	}
 }
 
-func TestSocketEncoding(t *testing.T) {
-	in := Socket{Time: 1, NetNS: 2, ExpiresMs: 3, Pid: 4, CgroupID: 5, Family: probe.AFInet6, State: TW, TimeWait: true,
-		Purpose: PurposeTimeWait, Lport: 6, Rport: 7, Laddr: [16]byte{8}, Raddr: [16]byte{9}, Comm: [16]byte{'x'}}
-	b := AppendSocket(nil, &in)
-	if len(b) != SocketSize {
-		t.Fatalf("%d bytes, want %d", len(b), SocketSize)
-	}
-	var out Socket
-	if err := DecodeSocket(b, &out); err != nil || out != in {
-		t.Errorf("round trip: %v %+v", err, out)
-	}
-	for _, bad := range [][]byte{b[:10], append(append([]byte{}, b[:32]...), append([]byte{3}, b[33:]...)...)} {
-		if err := DecodeSocket(bad, &out); err == nil {
-			t.Error("accepted a bad socket record")
-		}
-	}
-	ns, p, tm, err := DecodeDumpDone(AppendDumpDone(nil, 9, PurposeSnapshot, 77))
-	if err != nil || ns != 9 || p != PurposeSnapshot || tm != 77 {
-		t.Errorf("dump done: %d %d %d %v", ns, p, tm, err)
-	}
-}
-
 // Two segments completing one handshake on two CPUs: the kernel creates
 // two sockets for the connection and closes the one that lost at once.
 func TestTwinChildIsNoRecord(t *testing.T) {

@@ -217,25 +217,11 @@ type Record struct {
 }
 
 // LocalAddr and RemoteAddr return the endpoints' addresses.
-func (r *Record) LocalAddr() netip.Addr  { return addr(r.Family, &r.Laddr) }
-func (r *Record) RemoteAddr() netip.Addr { return addr(r.Family, &r.Raddr) }
-
-func addr(family uint8, b *[16]byte) netip.Addr {
-	if family == probe.AFInet {
-		return netip.AddrFrom4([4]byte(b[:4]))
-	}
-	return netip.AddrFrom16(*b)
-}
+func (r *Record) LocalAddr() netip.Addr  { return probe.Addr(r.Family, &r.Laddr) }
+func (r *Record) RemoteAddr() netip.Addr { return probe.Addr(r.Family, &r.Raddr) }
 
 // CommBytes is the owner's comm without padding.
-func (r *Record) CommBytes() []byte {
-	for i, c := range r.Comm {
-		if c == 0 {
-			return r.Comm[:i]
-		}
-	}
-	return r.Comm[:]
-}
+func (r *Record) CommBytes() []byte { return probe.TrimComm(&r.Comm) }
 
 // OwnerKnown reports whether Pid and Comm name the owner.
 func (r *Record) OwnerKnown() bool { return r.Owner != probe.OwnerUnknown }

@@ -217,10 +217,12 @@ func (e *Event) NewState() State { return State(e.Newstate) }
 
 // LocalAddr and RemoteAddr return the addresses; IPv4-mapped IPv6 sockets
 // arrive as IPv4 already.
-func (e *Event) LocalAddr() netip.Addr  { return addr(e.Family, &e.Saddr) }
-func (e *Event) RemoteAddr() netip.Addr { return addr(e.Family, &e.Daddr) }
+func (e *Event) LocalAddr() netip.Addr  { return Addr(e.Family, &e.Saddr) }
+func (e *Event) RemoteAddr() netip.Addr { return Addr(e.Family, &e.Daddr) }
 
-func addr(family uint8, b *[16]uint8) netip.Addr {
+// Addr reads an address as the kernel side stores it: 16 bytes, of which
+// an IPv4 address (AFInet) uses the first 4.
+func Addr(family uint8, b *[16]byte) netip.Addr {
 	if family == AFInet {
 		return netip.AddrFrom4([4]byte(b[:4]))
 	}
@@ -228,13 +230,17 @@ func addr(family uint8, b *[16]uint8) netip.Addr {
 }
 
 // CommBytes returns the owner's comm without its NUL padding.
-func (e *Event) CommBytes() []byte {
-	for i, c := range e.Comm {
-		if c == 0 {
-			return e.Comm[:i]
+func (e *Event) CommBytes() []byte { return TrimComm(&e.Comm) }
+
+// TrimComm returns a task's comm, as the kernel gives it (NUL padded to
+// 16 bytes), without its padding. The slice aliases c.
+func TrimComm(c *[16]byte) []byte {
+	for i, x := range c {
+		if x == 0 {
+			return c[:i]
 		}
 	}
-	return e.Comm[:]
+	return c[:]
 }
 
 // OwnerSource says whether the pid and comm are known and how.

@@ -10,7 +10,7 @@ import (
 	"testing"
 
 	"github.com/tcpfsm/tcpfsm/tracer/probe"
-	"github.com/tcpfsm/tcpfsm/tracer/record"
+	"github.com/tcpfsm/tcpfsm/tracer/recording"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files")
@@ -23,7 +23,7 @@ func recorded(t *testing.T, name string) [][]byte {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	rd, err := record.NewReader(f, probe.EventSize)
+	rd, err := recording.NewReader(f, probe.EventSize)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -36,7 +36,7 @@ func recorded(t *testing.T, name string) [][]byte {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if kind == record.KindEvent {
+		if kind == recording.KindEvent {
 			raws = append(raws, bytes.Clone(p))
 		}
 	}
@@ -275,7 +275,7 @@ func recordedForFuzz() [][]byte {
 		return nil
 	}
 	defer f.Close()
-	rd, err := record.NewReader(f, probe.EventSize)
+	rd, err := recording.NewReader(f, probe.EventSize)
 	if err != nil {
 		return nil
 	}
@@ -285,7 +285,7 @@ func recordedForFuzz() [][]byte {
 		if err != nil {
 			break
 		}
-		if kind == record.KindEvent {
+		if kind == recording.KindEvent {
 			raws = append(raws, bytes.Clone(p))
 		}
 	}

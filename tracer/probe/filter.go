@@ -10,6 +10,8 @@ import (
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
+
+	"github.com/tcpfsm/tcpfsm/tracer/cgroups"
 )
 
 // Filter selects, in the kernel, which events reach user space. Empty
@@ -92,53 +94,7 @@ func (f *Filter) apply(spec *ebpf.CollectionSpec) error {
 
 // CgroupFilter resolves a cgroup v2 directory (absolute, or relative to
 // the cgroup2 mount) into the id and depth the kernel filter compares.
-func CgroupFilter(path string) (id uint64, level uint32, err error) {
-	root, err := Cgroup2Mount()
-	if err != nil {
-		return 0, 0, err
-	}
-	if !filepath.IsAbs(path) {
-		path = filepath.Join(root, path)
-	}
-	path = filepath.Clean(path)
-	if path != root && !strings.HasPrefix(path, root+"/") {
-		return 0, 0, fmt.Errorf("cgroup %s: not under the cgroup v2 mount %s", path, root)
-	}
-	fi, err := os.Stat(path)
-	if err != nil {
-		return 0, 0, fmt.Errorf("cgroup: %w", err)
-	}
-	if !fi.IsDir() {
-		return 0, 0, fmt.Errorf("cgroup %s: not a directory", path)
-	}
-	// The cgroup v2 id is the inode number of its directory.
-	id = fi.Sys().(*syscall.Stat_t).Ino
-	if rel := strings.TrimPrefix(path, root); rel != "" {
-		level = uint32(strings.Count(rel, "/"))
-	}
-	return id, level, nil
-}
-
-// Cgroup2Mount returns where the cgroup v2 hierarchy is mounted: the
-// kernel's cgroup ids refer to it, whether the host runs a pure v2 setup
-// (/sys/fs/cgroup) or a hybrid one (/sys/fs/cgroup/unified).
-func Cgroup2Mount() (string, error) {
-	data, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		return "", fmt.Errorf("find cgroup v2 mount: %w", err)
-	}
-	for _, line := range strings.Split(string(data), "\n") {
-		// ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS [OPTIONAL...] - FSTYPE SOURCE SUPEROPTS
-		pre, post, ok := strings.Cut(line, " - ")
-		if !ok || !strings.HasPrefix(post, "cgroup2 ") {
-			continue
-		}
-		if f := strings.Fields(pre); len(f) >= 5 && f[3] == "/" {
-			return f[4], nil
-		}
-	}
-	return "", fmt.Errorf("no cgroup v2 hierarchy is mounted")
-}
+func CgroupFilter(path string) (id uint64, level uint32, err error) { return cgroups.Lookup(path) }
 
 // NetNSInode resolves a network namespace given as an inode number, a
 // file such as /run/netns/NAME or /proc/PID/ns/net, or a name under

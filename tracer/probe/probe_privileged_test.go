@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/tcpfsm/tcpfsm/internal/testkit/nettest"
+	"github.com/tcpfsm/tcpfsm/tracer/cgroups"
 	"github.com/tcpfsm/tcpfsm/tracer/probe"
 )
 
@@ -594,7 +595,7 @@ func (env *filterEnv) runTraffic(t *testing.T, all *nettest.Collector, open func
 // makeCgroup creates a cgroup v2 for the test and returns its directory,
 // id and level.
 func makeCgroup(t *testing.T) (string, uint64, uint32) {
-	root, err := probe.Cgroup2Mount()
+	root, err := cgroups.Mount()
 	if err != nil {
 		t.Fatalf("cgroup v2: %v", err)
 	}

@@ -1,92 +1,60 @@
 package session
 
 import (
-	"encoding/binary"
 	"fmt"
-	"io/fs"
-	"syscall"
 
+	"github.com/tcpfsm/tcpfsm/tracer/cgroups"
 	"github.com/tcpfsm/tcpfsm/tracer/lifecycle"
 	"github.com/tcpfsm/tcpfsm/tracer/probe"
-	"github.com/tcpfsm/tcpfsm/tracer/record"
+	"github.com/tcpfsm/tcpfsm/tracer/recording"
 )
 
-// ingest applies inputs to a builder. Live sessions and replays share it,
-// which is what makes a replay give the live run's records.
+// ingest applies decoded inputs to a builder. Live sessions and replays
+// share it, which is what makes a replay give the live run's records: a
+// live input is decoded once, where it arises, a replayed one by the
+// recording's reader, and both come here as the same recording.Input.
 type ingest struct {
 	b       *lifecycle.Builder
 	onEvent func(*probe.Event)
-	ev      probe.Event
-	sock    lifecycle.Socket
 	lost    probe.LostCounts
-	feats   uint64
 }
-
-// nopHandler drops records, for sessions that only want events.
-type nopHandler struct{}
-
-func (nopHandler) Closed(*lifecycle.Record)   {}
-func (nopHandler) Finished(*lifecycle.Record) {}
 
 func newIngest(h lifecycle.Handler, cfg lifecycle.Config, onEvent func(*probe.Event)) *ingest {
 	if h == nil {
-		h = nopHandler{}
+		h = lifecycle.Handlers(nil) // records dropped, for sessions that only want events
 	}
 	return &ingest{b: lifecycle.NewBuilder(cfg, h), onEvent: onEvent}
 }
 
 func (in *ingest) knowsCgroup(id uint64) bool { return in.b.KnowsCgroup(id) }
 
-// apply decodes one input and hands it to the builder.
-func (in *ingest) apply(kind record.Kind, p []byte) error {
-	switch kind {
-	case record.KindEvent:
-		if err := probe.Decode(p, &in.ev); err != nil {
-			return err
-		}
+// apply hands one input to the builder. It does not allocate.
+func (in *ingest) apply(x *recording.Input) error {
+	switch x.Kind {
+	case recording.KindEvent:
 		if in.onEvent != nil {
-			in.onEvent(&in.ev)
+			in.onEvent(&x.Event)
 		}
-		in.b.Event(&in.ev)
-	case record.KindTick:
-		in.b.Tick(record.U64(p))
-	case record.KindLost:
-		in.lost.RingFull, in.lost.Recursion = record.Lost(p)
+		in.b.Event(&x.Event)
+	case recording.KindTick:
+		in.b.Tick(x.Tick)
+	case recording.KindLost:
+		in.lost = x.Lost
 		in.b.Lost(in.lost.Total())
-	case record.KindSocket:
-		if err := lifecycle.DecodeSocket(p, &in.sock); err != nil {
-			return err
+	case recording.KindSocket:
+		in.b.Observe(&x.Socket)
+	case recording.KindDumpDone:
+		in.b.DumpDone(x.DumpDone.NetNS, x.DumpDone.Purpose, x.DumpDone.Time)
+	case recording.KindCgroup:
+		container := ""
+		if c, ok := cgroups.ParseContainer(x.Cgroup.Path); ok {
+			container = c.String()
 		}
-		in.b.Observe(&in.sock)
-	case record.KindDumpDone:
-		ns, purpose, t, err := lifecycle.DecodeDumpDone(p)
-		if err != nil {
-			return err
-		}
-		in.b.DumpDone(ns, purpose, t)
-	case record.KindCgroup:
-		id, path := record.Cgroup(p)
-		in.b.Cgroup(id, path)
-	case record.KindFeatures:
-		in.feats = record.U64(p)
-		in.b.SetExactTimeWait(in.feats&featTimeWait != 0)
+		in.b.Cgroup(x.Cgroup.ID, x.Cgroup.Path, container)
+	case recording.KindFeatures:
+		in.b.SetExactTimeWait(x.Features.TimeWait)
 	default:
-		return fmt.Errorf("unknown input %s", kind)
+		return fmt.Errorf("unknown input %s", x.Kind)
 	}
 	return nil
-}
-
-func u64(v uint64) []byte {
-	var b [8]byte
-	binary.LittleEndian.PutUint64(b[:], v)
-	return b[:]
-}
-
-func putU64(b []byte, v uint64) { binary.LittleEndian.PutUint64(b, v) }
-
-func statIno(fi fs.FileInfo) uint64 {
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-		return st.Ino
-	}
-	return 0
 }

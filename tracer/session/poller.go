@@ -1,9 +1,11 @@
 package session
 
 import (
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/tcpfsm/tcpfsm/tracer/clock"
@@ -172,4 +174,11 @@ func namespacePaths(extra map[uint32]string) (map[uint32]string, error) {
 		}
 	}
 	return m, err
+}
+
+func statIno(fi fs.FileInfo) uint64 {
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		return st.Ino
+	}
+	return 0
 }

@@ -8,7 +8,7 @@ import (
 	"github.com/tcpfsm/tcpfsm/tracer/clock"
 	"github.com/tcpfsm/tcpfsm/tracer/lifecycle"
 	"github.com/tcpfsm/tcpfsm/tracer/probe"
-	"github.com/tcpfsm/tcpfsm/tracer/record"
+	"github.com/tcpfsm/tcpfsm/tracer/recording"
 )
 
 // ReplayOptions configure Replay.
@@ -23,7 +23,7 @@ type ReplayOptions struct {
 
 // ReplayResult summarizes a replay.
 type ReplayResult struct {
-	Header record.Header
+	Header recording.Header
 	Clock  clock.Clock
 	Inputs uint64
 	Lost   probe.LostCounts
@@ -31,27 +31,24 @@ type ReplayResult struct {
 }
 
 // Replay feeds a recording through the pipeline a live session runs,
-// then flushes the builder. An error names the offset of the bad record;
+// then flushes the builder. An error names the offset of the bad input;
 // every input before it has been applied and its records emitted.
-func Replay(rd *record.Reader, opts ReplayOptions) (ReplayResult, error) {
+func Replay(rd *recording.Reader, opts ReplayOptions) (ReplayResult, error) {
 	h := rd.Header()
 	res := ReplayResult{Header: h, Clock: clock.Clock{BootNs: h.BootNs}}
 	in := newIngest(opts.Handler, opts.Lifecycle, opts.OnEvent)
+	var x recording.Input
 	var err error
 	for {
-		var kind record.Kind
-		var p []byte
 		off := rd.Offset()
-		kind, p, err = rd.Next()
-		if errors.Is(err, io.EOF) {
-			err = nil
+		if err = rd.Read(&x); err != nil {
+			if errors.Is(err, io.EOF) {
+				err = nil
+			}
 			break
 		}
-		if err != nil {
-			break
-		}
-		if aerr := in.apply(kind, p); aerr != nil {
-			err = fmt.Errorf("offset %d: %s record: %w", off, kind, aerr)
+		if err = in.apply(&x); err != nil {
+			err = fmt.Errorf("offset %d: %s record: %w", off, x.Kind, err)
 			break
 		}
 		res.Inputs++

@@ -9,7 +9,7 @@ import (
 	"github.com/tcpfsm/tcpfsm/internal/testkit/scenario"
 	"github.com/tcpfsm/tcpfsm/tracer/lifecycle"
 	"github.com/tcpfsm/tcpfsm/tracer/probe"
-	"github.com/tcpfsm/tcpfsm/tracer/record"
+	"github.com/tcpfsm/tcpfsm/tracer/recording"
 	"github.com/tcpfsm/tcpfsm/tracer/session"
 )
 
@@ -20,7 +20,7 @@ func replay(t *testing.T, path string) ([]lifecycle.Record, session.ReplayResult
 		t.Fatal(err)
 	}
 	defer f.Close()
-	rd, err := record.NewReader(f, probe.EventSize)
+	rd, err := recording.NewReader(f, probe.EventSize)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,8 +8,6 @@ package session
 import (
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -19,7 +17,7 @@ import (
 	"github.com/tcpfsm/tcpfsm/tracer/clock"
 	"github.com/tcpfsm/tcpfsm/tracer/lifecycle"
 	"github.com/tcpfsm/tcpfsm/tracer/probe"
-	"github.com/tcpfsm/tcpfsm/tracer/record"
+	"github.com/tcpfsm/tcpfsm/tracer/recording"
 	"github.com/tcpfsm/tcpfsm/tracer/sockdiag"
 )
 
@@ -36,7 +34,7 @@ type Options struct {
 	OnDrained func() error
 	// Record, when set, receives every input in the order the builder
 	// gets it.
-	Record *record.Writer
+	Record *recording.Writer
 	// TimeWaitPoll is how often sock_diag looks for the end of
 	// reconstructed TIME_WAITs. Default 1s; negative disables it.
 	TimeWaitPoll time.Duration
@@ -61,6 +59,10 @@ type Session struct {
 	mu      sync.Mutex
 	in      *ingest
 	lostRec probe.LostCounts
+	// ev holds the event being handled, aux the other inputs: each input
+	// is decoded once, into one of them, and the builder and the
+	// recording are given the same value.
+	ev, aux recording.Input
 
 	lastDrained atomic.Int64 // unix ns of the last time the ring was empty
 
@@ -72,14 +74,6 @@ type Session struct {
 
 // Warnings lists what the session could not do and works around.
 func (s *Session) Warnings() []string { return s.warnings }
-
-// Features bits in a recording's KindFeatures record.
-const (
-	featTimeWait uint64 = 1 << iota
-	featResets
-	featSynRetransmits
-	featAcceptOwner
-)
 
 // Open loads the probe, takes the snapshot of existing connections and
 // returns a session ready to Run.
@@ -108,16 +102,7 @@ func Open(opts Options) (_ *Session, err error) {
 	s.in = newIngest(opts.Handler, opts.Lifecycle, opts.OnEvent)
 
 	f := p.Features()
-	var feats uint64
-	for _, x := range []struct {
-		on  bool
-		bit uint64
-	}{{f.TimeWait, featTimeWait}, {f.Resets, featResets}, {f.SynRetransmits, featSynRetransmits}, {f.AcceptOwner, featAcceptOwner}} {
-		if x.on {
-			feats |= x.bit
-		}
-	}
-	if err := s.input(record.KindFeatures, u64(feats)); err != nil {
+	if err := s.input(&recording.Input{Kind: recording.KindFeatures, Features: f}); err != nil {
 		return nil, err
 	}
 	if !opts.NoSnapshot {
@@ -167,41 +152,41 @@ func (s *Session) Stop() error { return s.probe.Stop() }
 // Close frees the probe.
 func (s *Session) Close() error { return s.probe.Close() }
 
-// input records one input, then applies it.
-func (s *Session) input(kind record.Kind, payload []byte) error {
+// input writes one decoded input to the recording, when there is one,
+// then applies it.
+func (s *Session) input(x *recording.Input) error {
 	if s.opts.Record != nil {
-		if err := s.opts.Record.Write(kind, payload); err != nil {
+		if err := s.opts.Record.WriteInput(x); err != nil {
 			return fmt.Errorf("recording: %w", err)
 		}
 	}
 	s.mu.Lock()
-	err := s.in.apply(kind, payload)
+	err := s.in.apply(x)
 	s.mu.Unlock()
 	return err
 }
 
-// event handles one raw event from the ring buffer.
+// event handles one raw event from the ring buffer: decoded here, once.
 func (s *Session) event(raw []byte) error {
-	var e probe.Event
-	if err := probe.Decode(raw, &e); err != nil {
+	x := &s.ev
+	x.Kind = recording.KindEvent
+	if err := probe.Decode(raw, &x.Event); err != nil {
 		return err
 	}
 	// A cgroup first seen gets its path recorded before the event, so
 	// replays name containers too.
-	if e.OwnerKnown() && e.CgroupId != 0 && !s.in.knowsCgroup(e.CgroupId) {
+	if e := &x.Event; e.OwnerKnown() && e.CgroupId != 0 && !s.in.knowsCgroup(e.CgroupId) {
 		path, _ := s.cgroups.Path(e.CgroupId)
 		if err := s.cgroupInput(e.CgroupId, path); err != nil {
 			return err
 		}
 	}
-	return s.input(record.KindEvent, raw[:probe.EventSize])
+	return s.input(x)
 }
 
 func (s *Session) cgroupInput(id uint64, path string) error {
-	var b [record.MaxPayload]byte
-	n := copy(b[8:], path)
-	putU64(b[:8], id)
-	return s.input(record.KindCgroup, b[:8+n])
+	s.aux = recording.Input{Kind: recording.KindCgroup, Cgroup: recording.Cgroup{ID: id, Path: path}}
+	return s.input(&s.aux)
 }
 
 // LastDrained is when the reader last had emptied the ring buffer: a
@@ -213,10 +198,8 @@ func (s *Session) drained() error {
 	s.lastDrained.Store(time.Now().UnixNano())
 	if lc, err := s.probe.Lost(); err == nil && lc != s.lostRec {
 		s.lostRec = lc
-		var b [16]byte
-		putU64(b[:8], lc.RingFull)
-		putU64(b[8:], lc.Recursion)
-		if err := s.input(record.KindLost, b[:]); err != nil {
+		s.aux = recording.Input{Kind: recording.KindLost, Lost: lc}
+		if err := s.input(&s.aux); err != nil {
 			return err
 		}
 	}
@@ -225,7 +208,8 @@ func (s *Session) drained() error {
 			return err
 		}
 	}
-	if err := s.input(record.KindTick, u64(clock.Monotonic())); err != nil {
+	s.aux = recording.Input{Kind: recording.KindTick, Tick: clock.Monotonic()}
+	if err := s.input(&s.aux); err != nil {
 		return err
 	}
 	if s.opts.Record != nil {
@@ -243,12 +227,12 @@ func (s *Session) drained() error {
 func (s *Session) pollTimeWait() error {
 	if res, ok := s.poller.result(); ok {
 		for i := range res.sockets {
-			if err := s.input(record.KindSocket, lifecycle.AppendSocket(nil, &res.sockets[i])); err != nil {
+			if err := s.socketInput(&res.sockets[i]); err != nil {
 				return err
 			}
 		}
 		for _, ns := range res.done {
-			if err := s.input(record.KindDumpDone, lifecycle.AppendDumpDone(nil, ns, lifecycle.PurposeTimeWait, res.time)); err != nil {
+			if err := s.dumpDoneInput(ns, lifecycle.PurposeTimeWait, res.time); err != nil {
 				return err
 			}
 		}
@@ -309,14 +293,13 @@ func (s *Session) snapshot() error {
 	if err != nil {
 		return err
 	}
-	root := s.cgroups.Root()
 	done := map[uint32]bool{}
 	for _, x := range all {
 		ls := x.sock
 		if o, ok := owners[x.inode]; ok && x.inode != 0 {
 			ls.Pid = o.Pid
 			copy(ls.Comm[:15], o.Comm)
-			ls.CgroupID = cgroupID(root, o.CgroupPath)
+			ls.CgroupID = s.cgroups.ID(o.CgroupPath)
 			if ls.State == probe.StateListen {
 				// Owners of listeners that predate tcpfsm, for the
 				// connections they will accept.
@@ -328,18 +311,28 @@ func (s *Session) snapshot() error {
 				}
 			}
 		}
-		if err := s.input(record.KindSocket, lifecycle.AppendSocket(nil, &ls)); err != nil {
+		if err := s.socketInput(&ls); err != nil {
 			return err
 		}
 		done[ls.NetNS] = true
 	}
 	now := clock.Monotonic()
 	for ns := range done {
-		if err := s.input(record.KindDumpDone, lifecycle.AppendDumpDone(nil, ns, lifecycle.PurposeSnapshot, now)); err != nil {
+		if err := s.dumpDoneInput(ns, lifecycle.PurposeSnapshot, now); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+func (s *Session) socketInput(sock *lifecycle.Socket) error {
+	s.aux = recording.Input{Kind: recording.KindSocket, Socket: *sock}
+	return s.input(&s.aux)
+}
+
+func (s *Session) dumpDoneInput(netns uint32, purpose lifecycle.Purpose, time uint64) error {
+	s.aux = recording.Input{Kind: recording.KindDumpDone, DumpDone: recording.DumpDone{NetNS: netns, Purpose: purpose, Time: time}}
+	return s.input(&s.aux)
 }
 
 // tupleMatches applies the socket part of the kernel filter to a dumped
@@ -350,26 +343,11 @@ func tupleMatches(f *probe.Filter, s *sockdiag.Socket) bool {
 	return g.Match(&e)
 }
 
-// cgroupID is the id of a cgroup v2 path: its directory's inode.
-func cgroupID(root, path string) uint64 {
-	if root == "" || path == "" {
-		return 0
-	}
-	fi, err := os.Stat(filepath.Join(root, path))
-	if err != nil {
-		return 0
-	}
-	if st, ok := fi.Sys().(interface{ Ino() uint64 }); ok {
-		return st.Ino()
-	}
-	return statIno(fi)
-}
-
 // Container names the container of a cgroup id, "" when none: for labels
 // of connections still open.
 func (s *Session) Container(cgroupID uint64) string {
 	if c, ok := s.cgroups.Container(cgroupID); ok {
-		return c.Runtime + ":" + c.ID
+		return c.String()
 	}
 	return ""
 }

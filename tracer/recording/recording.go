@@ -1,7 +1,16 @@
-// Package record reads and writes tcpfsm recordings: the raw events of a
-// trace, framed and checksummed, after a header that says how to read
-// them (format version, event size) and how to place them in time (the
-// kernel release and the wall clock time of the monotonic clock's zero).
+// Package recording reads and writes tcpfsm recordings: every input of the
+// lifecycle builder (the raw events, sock_diag observations, cgroup paths,
+// clock ticks, lost-event counts, the kernel's features), framed and
+// checksummed, after a header that says how to read them (format version,
+// event size) and how to place them in time (the kernel release and the
+// wall clock time of the monotonic clock's zero).
+//
+// This package is the one codec of those inputs: Input holds one, decoded;
+// Writer.WriteInput encodes it and Reader.Read decodes it (input.go lists
+// each kind's payload). Write and Next are the framing underneath.
+//
+// In this package and its errors a record is one framed input of the
+// recording; a connection's record is lifecycle.Record.
 //
 // Layout, little endian:
 //
@@ -13,7 +22,7 @@
 //
 // A reader rejects what does not fit this with an error that names the
 // byte offset, and never trusts a length before checking it.
-package record
+package recording
 
 import (
 	"bufio"
@@ -55,12 +64,6 @@ const (
 	KindFeatures Kind = 7
 )
 
-// Fixed payload sizes; KindCgroup is 8 bytes and a path.
-const (
-	SocketSize   = 88
-	DumpDoneSize = 16
-)
-
 var kindNames = [...]string{KindEvent: "event", KindLost: "lost", KindTick: "tick", KindSocket: "socket",
 	KindDumpDone: "dump_done", KindCgroup: "cgroup", KindFeatures: "features"}
 
@@ -77,13 +80,13 @@ func (r *Reader) wantSize(k Kind) int {
 	case KindEvent:
 		return int(r.header.EventSize)
 	case KindLost:
-		return 16
+		return lostSize
 	case KindTick, KindFeatures:
-		return 8
+		return u64Size
 	case KindSocket:
-		return SocketSize
+		return socketSize
 	case KindDumpDone:
-		return DumpDoneSize
+		return dumpDoneSize
 	case KindCgroup:
 		return -1
 	}
@@ -126,9 +129,10 @@ var ErrUnsupported = errors.New("unsupported recording")
 // Writer writes a recording. It buffers: call Flush to make what was
 // written durable in the file, Close at the end.
 type Writer struct {
-	w   *bufio.Writer
-	hdr [recordHeaderSize]byte
-	err error
+	w       *bufio.Writer
+	hdr     [recordHeaderSize]byte
+	scratch [MaxPayload]byte // WriteInput encodes here
+	err     error
 }
 
 // NewWriter writes the header and returns a writer for the records.
@@ -179,40 +183,6 @@ func (w *Writer) Write(kind Kind, payload []byte) error {
 		return err
 	}
 	return nil
-}
-
-// WriteLost appends the cumulative lost-event counters.
-func (w *Writer) WriteLost(ringFull, recursion uint64) error {
-	var b [16]byte
-	binary.LittleEndian.PutUint64(b[:], ringFull)
-	binary.LittleEndian.PutUint64(b[8:], recursion)
-	return w.Write(KindLost, b[:])
-}
-
-// WriteU64 appends a record whose payload is one u64 (tick, features).
-func (w *Writer) WriteU64(kind Kind, v uint64) error {
-	var b [8]byte
-	binary.LittleEndian.PutUint64(b[:], v)
-	return w.Write(kind, b[:])
-}
-
-// U64 decodes a one-u64 payload.
-func U64(p []byte) uint64 { return binary.LittleEndian.Uint64(p) }
-
-// WriteCgroup appends a cgroup id and its path.
-func (w *Writer) WriteCgroup(id uint64, path string) error {
-	if len(path) > MaxPayload-8 {
-		path = path[:MaxPayload-8]
-	}
-	var b [MaxPayload]byte
-	binary.LittleEndian.PutUint64(b[:], id)
-	n := copy(b[8:], path)
-	return w.Write(KindCgroup, b[:8+n])
-}
-
-// Cgroup decodes a KindCgroup payload.
-func Cgroup(p []byte) (uint64, string) {
-	return binary.LittleEndian.Uint64(p), string(p[8:])
 }
 
 // Flush writes buffered records to the underlying writer.
@@ -322,8 +292,8 @@ func (r *Reader) Next() (Kind, []byte, error) {
 	case want == 0:
 		return 0, nil, &FormatError{start, fmt.Sprintf("unknown record kind %d", kind)}
 	case want < 0:
-		if size < 8 {
-			return 0, nil, &FormatError{start, fmt.Sprintf("%s record of %d bytes, want at least 8", kind, size)}
+		if size < cgroupMin {
+			return 0, nil, &FormatError{start, fmt.Sprintf("%s record of %d bytes, want at least %d", kind, size, cgroupMin)}
 		}
 	case size != want:
 		return 0, nil, &FormatError{start, fmt.Sprintf("%s record of %d bytes, want %d", kind, size, want)}
@@ -343,11 +313,6 @@ func (r *Reader) Next() (Kind, []byte, error) {
 		return 0, nil, &FormatError{start, fmt.Sprintf("%s record checksum mismatch", kind)}
 	}
 	return kind, p, nil
-}
-
-// Lost decodes a KindLost payload.
-func Lost(p []byte) (ringFull, recursion uint64) {
-	return binary.LittleEndian.Uint64(p), binary.LittleEndian.Uint64(p[8:])
 }
 
 func (r *Reader) readFull(b []byte, what string) error {

@@ -1,7 +1,6 @@
-package render
+package jsonl
 
 import (
-	"net/netip"
 	"strconv"
 	"syscall"
 	"time"
@@ -10,91 +9,10 @@ import (
 	"github.com/tcpfsm/tcpfsm/tracer/lifecycle"
 )
 
-// Column widths of the lifecycle table.
-const (
-	wRole = 8
-	wDur  = 9
-	wBy   = 7
-	wHow  = 26
-)
-
-// LifeHeader is the lifecycle table's header line, without newline.
-func LifeHeader() string {
-	b := make([]byte, 0, 200)
-	b = pad(append(b, "TIME"...), 4, wTime)
-	b = pad(append(b, "PID"...), 3, wPID)
-	b = pad(append(b, "COMM"...), 4, wComm)
-	b = pad(append(b, "LADDR:LPORT"...), 11, wAddr)
-	b = pad(append(b, "RADDR:RPORT"...), 11, wAddr)
-	b = pad(append(b, "ROLE"...), 4, wRole)
-	b = padLeft(b, "HS_MS", wDur)
-	b = padLeft(append(b, ' '), "LIFE_MS", wDur+2)
-	b = padLeft(append(b, ' '), "TX_B", 10)
-	b = padLeft(append(b, ' '), "RX_B", 10)
-	b = append(b, "  "...)
-	b = pad(append(b, "BY"...), 2, wBy)
-	b = pad(append(b, "HOW"...), 3, wHow)
-	b = padLeft(b, "TW_MS", wDur)
-	return string(b)
-}
-
-// AppendLifeRow appends one table line for a record: the wall clock time
-// it closed, owner, endpoints, role, handshake and lifetime in ms, payload
-// bytes each way, who closed it and how, and its TIME_WAIT in ms ("-"
-// without one, "~" when only assumed, "pending" while still in it).
-func AppendLifeRow(b []byte, r *lifecycle.Record, c clock.Clock) []byte {
-	at := r.End
-	if at == 0 {
-		at = r.Start
-	}
-	b = appendRowStart(b, c, at, r.OwnerKnown(), r.Pid, r.CommBytes(),
-		netip.AddrPortFrom(r.LocalAddr(), r.Lport), netip.AddrPortFrom(r.RemoteAddr(), r.Rport))
-	role := r.Role.String()
-	b = pad(append(b, role...), len(role), wRole)
-
-	var num [32]byte
-	if r.HandshakeNs > 0 {
-		b = padLeft(b, strconv.AppendFloat(num[:0], float64(r.HandshakeNs)/1e6, 'f', 3, 64), wDur)
-	} else {
-		b = padLeft(b, "-", wDur)
-	}
-	b = append(b, ' ')
-	if r.End != 0 {
-		b = padLeft(b, strconv.AppendFloat(num[:0], float64(r.LifetimeNs())/1e6, 'f', 3, 64), wDur+2)
-	} else {
-		b = padLeft(b, "open", wDur+2)
-	}
-	b = append(b, ' ')
-	b = padLeft(b, strconv.AppendUint(num[:0], r.TxBytes, 10), 10)
-	b = append(b, ' ')
-	b = padLeft(b, strconv.AppendUint(num[:0], r.RxBytes, 10), 10)
-	b = append(b, "  "...)
-	by := r.Initiator.String()
-	if r.Initiator == lifecycle.InitiatorUnknown {
-		by = "-"
-	}
-	b = pad(append(b, by...), len(by), wBy)
-	how := r.Kind.String()
-	b = pad(append(b, how...), len(how), wHow)
-	switch r.TimeWait {
-	case lifecycle.TWNone:
-		b = padLeft(b, "-", wDur)
-	case lifecycle.TWPending:
-		b = padLeft(b, "pending", wDur)
-	case lifecycle.TWAssumed:
-		tw := append(num[:0], '~')
-		tw = strconv.AppendFloat(tw, float64(r.TimeWaitNs())/1e6, 'f', 0, 64)
-		b = padLeft(b, tw, wDur)
-	default:
-		b = padLeft(b, strconv.AppendFloat(num[:0], float64(r.TimeWaitNs())/1e6, 'f', 1, 64), wDur)
-	}
-	return append(b, '\n')
-}
-
-// AppendLifeJSON appends a record as one JSON object and a newline: the
+// AppendRecord appends a connection record as one JSON object and a newline: the
 // schema of `tcpfsm life -o json` and of the agent's lifecycle logs.
 // Durations are ns; state "at_ns" are offsets from the record's start.
-func AppendLifeJSON(b []byte, r *lifecycle.Record, c clock.Clock) []byte {
+func AppendRecord(b []byte, r *lifecycle.Record, c clock.Clock) []byte {
 	b = append(b, `{"id":`...)
 	b = strconv.AppendUint(b, r.ID, 10)
 	b = appendKey(b, "start")
@@ -133,16 +51,16 @@ func AppendLifeJSON(b []byte, r *lifecycle.Record, c clock.Clock) []byte {
 		b = append(b, `{"pid":`...)
 		b = strconv.AppendUint(b, uint64(r.Pid), 10)
 		b = appendKey(b, "comm")
-		b = AppendJSONString(b, r.CommBytes())
+		b = AppendString(b, r.CommBytes())
 		b = appendKey(b, "cgroup_id")
 		b = strconv.AppendUint(b, r.CgroupID, 10)
 		if r.Cgroup != "" {
 			b = appendKey(b, "cgroup")
-			b = AppendJSONString(b, []byte(r.Cgroup))
+			b = AppendString(b, []byte(r.Cgroup))
 		}
 		if r.Container != "" {
 			b = appendKey(b, "container")
-			b = AppendJSONString(b, []byte(r.Container))
+			b = AppendString(b, []byte(r.Container))
 		}
 		b = appendKey(b, "source")
 		b = appendStr(b, r.Owner.String())

@@ -1,4 +1,4 @@
-package record
+package recording
 
 import (
 	"bytes"
@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tcpfsm/tcpfsm/tracer/probe"
 )
 
 const testEventSize = 136
@@ -25,7 +27,7 @@ func writeSample(t testing.TB, events int) []byte {
 			t.Fatal(err)
 		}
 		if i == 1 {
-			if err := w.WriteLost(3, 4); err != nil {
+			if err := w.WriteInput(&Input{Kind: KindLost, Lost: probe.LostCounts{RingFull: 3, Recursion: 4}}); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -63,8 +65,9 @@ func TestRoundTrip(t *testing.T) {
 				t.Errorf("event of %d bytes", len(p))
 			}
 		case KindLost:
-			if rf, rc := Lost(p); rf != 3 || rc != 4 {
-				t.Errorf("lost %d %d", rf, rc)
+			var in Input
+			if err := decode(k, p, &in); err != nil || in.Lost.RingFull != 3 || in.Lost.Recursion != 4 {
+				t.Errorf("lost %+v %v", in.Lost, err)
 			}
 		}
 	}
@@ -203,7 +206,7 @@ func FuzzReader(f *testing.F) {
 			if i > len(data) {
 				t.Fatal("more records than bytes")
 			}
-			_, p, err := r.Next()
+			k, p, err := r.Next()
 			if err != nil {
 				var fe *FormatError
 				if errors.As(err, &fe) && fe.Offset > int64(len(data)) {
@@ -214,6 +217,10 @@ func FuzzReader(f *testing.F) {
 			if len(p) > MaxPayload {
 				t.Fatalf("payload of %d bytes", len(p))
 			}
+			// Decoding a payload the framing accepted errs or not, but
+			// never panics.
+			var in Input
+			_ = decode(k, p, &in)
 		}
 	})
 }

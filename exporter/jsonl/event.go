@@ -1,0 +1,131 @@
+// Package jsonl encodes events and connection records as JSON lines, one
+// object per line: the -o json output of tcpfsm trace and life, and the
+// objects of the agent's logs, so both show one schema. Each encoder
+// appends to a caller's buffer and does not allocate.
+package jsonl
+
+import (
+	"strconv"
+	"time"
+	"unicode/utf8"
+
+	"github.com/tcpfsm/tcpfsm/tracer/clock"
+	"github.com/tcpfsm/tcpfsm/tracer/probe"
+)
+
+// AppendEvent appends e as one JSON object with every field, and a
+// newline. Times are RFC 3339 in UTC; durations are nanoseconds.
+func AppendEvent(b []byte, e *probe.Event, c clock.Clock) []byte {
+	b = append(b, `{"time":"`...)
+	b = c.Wall(e.TsNs).UTC().AppendFormat(b, time.RFC3339Nano)
+	b = append(b, `","ts_ns":`...)
+	b = strconv.AppendUint(b, e.TsNs, 10)
+	b = append(b, `,"type":"`...)
+	b = append(b, probe.EventType(e.Type).String()...)
+	b = append(b, `","conn_id":`...)
+	b = strconv.AppendUint(b, e.ConnId, 10)
+	b = append(b, `,"family":"`...)
+	if e.Family == probe.AFInet {
+		b = append(b, "ipv4"...)
+	} else {
+		b = append(b, "ipv6"...)
+	}
+	b = append(b, `","laddr":"`...)
+	b = e.LocalAddr().AppendTo(b)
+	b = append(b, `","lport":`...)
+	b = strconv.AppendUint(b, uint64(e.Sport), 10)
+	b = append(b, `,"raddr":"`...)
+	b = e.RemoteAddr().AppendTo(b)
+	b = append(b, `","rport":`...)
+	b = strconv.AppendUint(b, uint64(e.Dport), 10)
+	b = append(b, `,"netns":`...)
+	b = strconv.AppendUint(b, uint64(e.Netns), 10)
+	b = append(b, `,"old":"`...)
+	b = append(b, e.OldState().String()...)
+	b = append(b, `","new":"`...)
+	b = append(b, e.NewState().String()...)
+	b = append(b, `","old_state_ns":`...)
+	b = strconv.AppendUint(b, e.DeltaNs, 10)
+	b = append(b, `,"owner":"`...)
+	b = append(b, e.OwnerSource().String()...)
+	b = append(b, `","pid":`...)
+	b = strconv.AppendUint(b, uint64(e.Pid), 10)
+	b = append(b, `,"tid":`...)
+	b = strconv.AppendUint(b, uint64(e.Tid), 10)
+	b = append(b, `,"comm":`...)
+	b = AppendString(b, e.CommBytes())
+	b = append(b, `,"cgroup_id":`...)
+	b = strconv.AppendUint(b, e.CgroupId, 10)
+	b = append(b, `,"tx_bytes":`...)
+	b = strconv.AppendUint(b, e.TxBytes(), 10)
+	b = append(b, `,"rx_bytes":`...)
+	b = strconv.AppendUint(b, e.RxBytes(), 10)
+	b = append(b, `,"bytes_acked":`...)
+	b = strconv.AppendUint(b, e.BytesAcked, 10)
+	b = append(b, `,"bytes_received":`...)
+	b = strconv.AppendUint(b, e.BytesReceived, 10)
+	b = append(b, `,"srtt_us":`...)
+	b = strconv.AppendUint(b, uint64(e.SrttUs), 10)
+	b = append(b, `,"total_retrans":`...)
+	b = strconv.AppendUint(b, uint64(e.TotalRetrans), 10)
+	b = append(b, `,"segs_in":`...)
+	b = strconv.AppendUint(b, uint64(e.SegsIn), 10)
+	b = append(b, `,"segs_out":`...)
+	b = strconv.AppendUint(b, uint64(e.SegsOut), 10)
+	b = append(b, `,"flags":[`...)
+	first := true
+	for _, f := range flagNames {
+		if e.Flags&f.bit == 0 {
+			continue
+		}
+		if !first {
+			b = append(b, ',')
+		}
+		first = false
+		b = append(b, '"')
+		b = append(b, f.name...)
+		b = append(b, '"')
+	}
+	return append(b, "]}\n"...)
+}
+
+var flagNames = [...]struct {
+	bit  uint8
+	name string
+}{
+	{probe.FlagPartial, "partial"},
+	{probe.FlagDeferred, "deferred"},
+	{probe.FlagSynAcked, "syn_acked"},
+	{probe.FlagFinAcked, "fin_acked"},
+	{probe.FlagFinReceived, "fin_received"},
+}
+
+// AppendString appends s as a JSON string. Invalid UTF-8 becomes
+// U+FFFD, as encoding/json does.
+func AppendString(b, s []byte) []byte {
+	const hex = "0123456789abcdef"
+	b = append(b, '"')
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			switch {
+			case c == '"' || c == '\\':
+				b = append(b, '\\', c)
+			case c < 0x20:
+				b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+			default:
+				b = append(b, c)
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRune(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			b = append(b, `\ufffd`...)
+		} else {
+			b = append(b, s[i:i+size]...)
+		}
+		i += size
+	}
+	return append(b, '"')
+}

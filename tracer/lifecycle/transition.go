@@ -1,0 +1,253 @@
+package lifecycle
+
+import "github.com/tcpfsm/tcpfsm/tracer/probe"
+
+// The transition state machine: a kernel event moves its connection's
+// record from state to state, opens a record for a connection's first
+// event, and attaches resets and SYN retransmits to their record.
+
+func (b *Builder) transition(e *probe.Event) {
+	old, nw := e.OldState(), e.NewState()
+	i, ok := b.byID[e.ConnId]
+	var r *Record
+	if !ok {
+		i = b.start(e)
+		r = &b.slab[i]
+	} else {
+		r = &b.slab[i]
+		if r.End != 0 {
+			// Events after CLOSE: the kernel reused nothing, so this is a
+			// new life the id cannot have; count it.
+			b.stats.Unmatched++
+			return
+		}
+		if r.State != old {
+			b.flag(r, AnomalyStateMismatch)
+		}
+		b.touch(i)
+	}
+	if !validTransition(old, nw) {
+		b.flag(r, AnomalyInvalidTransition)
+	}
+
+	b.setState(i, r, nw, e.TsNs)
+	b.updateOwner(r, e)
+	r.TxBytes, r.RxBytes = e.TxBytes(), e.RxBytes()
+	if r.Role == RoleActive && r.Anomalies&AnomalyPartial != 0 && e.Flags&probe.FlagSynAcked == 0 && r.TxBytes > 0 {
+		// The kernel flags the SYN in bytes_acked for connections it saw
+		// open; for one found open, the role came from the snapshot.
+		r.TxBytes--
+	}
+	r.SrttUs, r.Retransmits, r.SegsIn, r.SegsOut = e.SrttUs, e.TotalRetrans, e.SegsIn, e.SegsOut
+
+	switch nw {
+	case probe.StateSynSent:
+		if old == probe.StateClose {
+			r.Role = RoleActive
+			// connect() from the endpoints of a TIME_WAIT takes it over.
+			if tw, ok := b.timeWait[recordKey(r)]; ok && tw != i {
+				b.finishTimeWait(tw, e.TsNs, TWReused)
+			}
+		}
+	case probe.StateSynRecv:
+		if old == probe.StateListen {
+			r.Role = RolePassive
+			if _, ok := b.passive[recordKey(r)]; !ok {
+				b.passive[recordKey(r)] = i
+			}
+		}
+	case probe.StateListen:
+		r.Role = RoleListener
+	case probe.StateEstablished:
+		r.established = true
+		r.HandshakeRTTUs = e.SrttUs
+		if old == probe.StateSynRecv && r.Role == RolePassive {
+			// An accepted socket starts with its request's SYN-ACK
+			// retransmits as its retransmit count.
+			r.SynRetransmits = e.TotalRetrans
+		}
+		if n := r.NSpan; n >= 2 {
+			hs := &r.Spans[n-2]
+			if (hs.State == probe.StateSynSent || hs.State == probe.StateSynRecv) && hs.Enter != 0 {
+				r.HandshakeNs = e.TsNs - hs.Enter
+			}
+		}
+	case probe.StateFinWait1:
+		if !r.sawCloseWait {
+			r.sawFinWait1 = true
+		}
+	case probe.StateCloseWait:
+		if !r.sawFinWait1 {
+			r.sawCloseWait = true
+		}
+	case probe.StateClosing:
+		r.sawClosing = true
+	case probe.StateClose:
+		r.End = e.TsNs
+		r.SkErr = e.SkErr
+		if e.Flags&probe.FlagTimeWait != 0 {
+			r.TimeWait = TWPending
+			r.twFinWait2 = e.Flags&probe.FlagTWFinWait2 != 0
+		}
+		b.lruRemove(i)
+		r.heldUntil = e.TsNs + b.cfg.ResetHold
+		b.held = append(b.held, i)
+	}
+}
+
+// start opens a record for a connection's first event.
+func (b *Builder) start(e *probe.Event) int32 {
+	if b.open >= b.cfg.MaxTracked || b.Tracked() >= b.cfg.MaxTracked {
+		b.evictOldest()
+	}
+	i := b.alloc()
+	r := &b.slab[i]
+	r.ID = e.ConnId
+	r.Family, r.Laddr, r.Raddr, r.Lport, r.Rport, r.NetNS = e.Family, e.Saddr, e.Daddr, e.Sport, e.Dport, e.Netns
+	r.Start = e.TsNs
+	r.lostAtStart = b.lost
+	r.prev, r.next = -1, -1
+	b.byID[r.ID] = i
+	b.lruPush(i)
+	b.stats.Records++
+
+	old := e.OldState()
+	if OpeningRole(old, e.NewState()) != RoleUnknown && !e.Partial() {
+		r.State = old
+		return i
+	}
+	// Midway: the state it was in began before anything was seen.
+	b.flag(r, AnomalyPartial)
+	r.State = old
+	r.Spans[0] = Span{State: old}
+	r.NSpan = 1
+	switch old {
+	case probe.StateEstablished, probe.StateFinWait1, probe.StateFinWait2, probe.StateCloseWait,
+		probe.StateLastAck, probe.StateClosing:
+		r.established = true
+	}
+	if old != probe.StateClose {
+		b.count(i, r)
+	}
+	b.seedMidway(r, eventKey(e))
+	return i
+}
+
+// setState closes the current span and opens one for the new state.
+func (b *Builder) setState(i int32, r *Record, s probe.State, ts uint64) {
+	if r.NSpan > 0 {
+		r.Spans[r.NSpan-1].Exit = ts
+	}
+	b.uncount(i, r)
+	r.State = s
+	if s == probe.StateClose {
+		return
+	}
+	b.count(i, r)
+	if r.NSpan < MaxSpans {
+		r.Spans[r.NSpan] = Span{State: s, Enter: ts}
+		r.NSpan++
+	} else {
+		// More states than a connection can pass through: keep the last.
+		r.Spans[MaxSpans-1] = Span{State: s, Enter: ts}
+		b.flag(r, AnomalyInvalidTransition)
+	}
+}
+
+// updateOwner takes the event's owner when it knows better.
+func (b *Builder) updateOwner(r *Record, e *probe.Event) {
+	src := e.OwnerSource()
+	if src == probe.OwnerUnknown {
+		return
+	}
+	better := r.Owner == probe.OwnerUnknown ||
+		(r.Owner == probe.OwnerListener && src != probe.OwnerListener) ||
+		src == probe.OwnerTask
+	if !better {
+		return
+	}
+	r.Pid, r.Comm, r.CgroupID = e.Pid, e.Comm, e.CgroupId
+	r.Owner = src
+	if src == probe.OwnerCarried {
+		r.Owner = probe.OwnerTask
+	}
+}
+
+func (b *Builder) flag(r *Record, a Anomaly) {
+	if r.Anomalies&a == 0 {
+		r.Anomalies |= a
+		for k := 0; k < anomalyKinds; k++ {
+			if a == 1<<k {
+				b.stats.Anomalies[k]++
+			}
+		}
+	}
+}
+
+// sideEvent attaches a reset or a SYN retransmit to its record, open or
+// waiting out its reset hold.
+func (b *Builder) sideEvent(e *probe.Event) {
+	i, ok := b.byID[e.ConnId]
+	if !ok {
+		b.stats.Unmatched++
+		return
+	}
+	r := &b.slab[i]
+	if r.End != 0 && r.heldUntil == 0 {
+		b.stats.LateResets++
+		return
+	}
+	switch probe.EventType(e.Type) {
+	case probe.TypeResetSent:
+		r.resetSent = true
+	case probe.TypeResetReceived:
+		r.resetReceived = true
+	case probe.TypeSynRetransmit:
+		r.SynRetransmits++
+	}
+	b.updateOwner(r, e)
+}
+
+// OpeningRole says whether a transition starts a socket's life, and in
+// which role: connect() (CLOSE to SYN_SENT, active), listen() (CLOSE to
+// LISTEN, a listener), or a SYN accepted by a listener (LISTEN to
+// SYN_RECV, passive). Any other transition starts none: RoleUnknown. The
+// BPF program asks the same question in C (bpf/tcpfsm.bpf.c) to tell a
+// connection it saw start from one it finds midway.
+func OpeningRole(from, to probe.State) Role {
+	switch {
+	case from == probe.StateClose && to == probe.StateSynSent:
+		return RoleActive
+	case from == probe.StateClose && to == probe.StateListen:
+		return RoleListener
+	case from == probe.StateListen && to == probe.StateSynRecv:
+		return RolePassive
+	}
+	return RoleUnknown
+}
+
+// validTransition follows RFC 9293's state diagram as Linux reports it:
+// TIME_WAIT shows as CLOSE, and every synchronized state may abort to
+// CLOSE on a RST or a timeout.
+func validTransition(from, to probe.State) bool {
+	if to == probe.StateClose {
+		return from != probe.StateClose
+	}
+	switch from {
+	case probe.StateClose:
+		return to == probe.StateSynSent || to == probe.StateListen
+	case probe.StateListen:
+		return to == probe.StateSynRecv
+	case probe.StateSynSent:
+		return to == probe.StateEstablished || to == probe.StateSynRecv
+	case probe.StateSynRecv:
+		return to == probe.StateEstablished || to == probe.StateFinWait1
+	case probe.StateEstablished:
+		return to == probe.StateFinWait1 || to == probe.StateCloseWait
+	case probe.StateFinWait1:
+		return to == probe.StateFinWait2 || to == probe.StateClosing
+	case probe.StateCloseWait:
+		return to == probe.StateLastAck
+	}
+	return false
+}
