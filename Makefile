@@ -8,11 +8,14 @@ GO ?= go
 BIN := bin/tcpfsm
 ARGS ?=
 
-# Debian's clang-19 is the pinned BPF compiler; bpf2go is pinned in go.mod.
-BPF_DEPS := clang-19 llvm-19 libbpf-dev
+# Debian's clang-19 is the pinned BPF compiler, its clang-format-19 the
+# pinned formatter; bpf2go is pinned in go.mod.
+BPF_DEPS := clang-19 llvm-19 libbpf-dev clang-format-19
+CLANG_FORMAT ?= clang-format-19
+BPF_SOURCES := $(wildcard bpf/*.c bpf/*.h)
 GENERATED := tracer/probe/tcpfsm_bpfel.go tracer/probe/tcpfsm_bpfel.o
 
-.PHONY: all build run test test-kernels soak soak-ci recordings generate check-generated deps fuzz vet clean
+.PHONY: all build run test test-kernels soak soak-ci recordings generate check-generated fmt-bpf check-bpf-format deps fuzz vet clean
 
 all: build
 
@@ -64,6 +67,14 @@ generate:
 check-generated: generate
 	@git diff --exit-code --stat -- $(GENERATED) || \
 		{ echo "generated BPF objects are stale: run make generate and commit them"; exit 1; }
+
+# Format the BPF C sources with bpf/.clang-format; check-bpf-format (CI)
+# fails on any difference.
+fmt-bpf:
+	$(CLANG_FORMAT) -i --style=file $(BPF_SOURCES)
+check-bpf-format:
+	@$(CLANG_FORMAT) --dry-run --Werror --style=file $(BPF_SOURCES) || \
+		{ echo "bpf/ is not formatted: run make fmt-bpf"; exit 1; }
 
 # Run each fuzzer for FUZZTIME and keep what it found in the checked-in corpus.
 FUZZTIME ?= 30s
