@@ -5,11 +5,12 @@
  * (preferred: no tracefs, cheaper dispatch) or as a classic tracepoint.
  *
  * The programs and the per-transition logic are here; the headers hold
- * the maps (maps.bpf.h), reading the socket (span.bpf.h), the filters
- * (filter.bpf.h), owners and listeners (owner.bpf.h) and the events
- * (emit.bpf.h). Nothing is arch-specific: context arguments are read as
- * u64 arrays and kernel structs by CO-RE, so each arch's object (bpf2go
- * -target) compiles from the same code.
+ * the kernel's TCP states (tcp_state.bpf.h), the maps (maps.bpf.h),
+ * reading the socket (span.bpf.h), the filters (filter.bpf.h), owners and
+ * listeners (owner.bpf.h) and the events (emit.bpf.h). Nothing is
+ * arch-specific: context arguments are read as u64 arrays and kernel
+ * structs by CO-RE, so each arch's object (bpf2go -target) compiles from
+ * the same code.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
