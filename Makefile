@@ -8,11 +8,16 @@ GO ?= go
 BIN := bin/tcpfsm
 ARGS ?=
 
-# Debian's clang-19 is the pinned BPF compiler; bpf2go is pinned in go.mod.
-BPF_DEPS := clang-19 llvm-19 libbpf-dev
-GENERATED := tracer/probe/tcpfsm_bpfel.go tracer/probe/tcpfsm_bpfel.o
+# Debian's clang-19 is the pinned BPF compiler, its clang-format-19 the
+# pinned formatter; bpf2go is pinned in go.mod.
+BPF_DEPS := clang-19 llvm-19 libbpf-dev clang-format-19
+CLANG_FORMAT ?= clang-format-19
+BPF_SOURCES := $(wildcard bpf/*.c bpf/*.h)
+# One object and its Go bindings per architecture tcpfsm ships (bpf2go
+# -target amd64,arm64).
+GENERATED := $(foreach arch,x86 arm64,tracer/probe/tcpfsm_$(arch)_bpfel.go tracer/probe/tcpfsm_$(arch)_bpfel.o)
 
-.PHONY: all build run test test-kernels soak soak-ci recordings generate check-generated deps fuzz vet clean
+.PHONY: all build run test test-kernels soak soak-ci recordings generate check-generated fmt-bpf check-bpf-format deps fuzz vet clean
 
 all: build
 
@@ -56,14 +61,26 @@ vet:
 deps:
 	apt-get install -y -qq $(BPF_DEPS)
 
-# Regenerate the BPF object and its Go bindings from bpf/.
+# Regenerate the BPF objects and their Go bindings from bpf/.
 generate:
 	$(GO) generate ./tracer/probe
 
-# Fail when the committed BPF objects are not what bpf/ compiles to.
+# Fail when the committed BPF objects are not what bpf/ compiles to: one
+# that differs, is not in git, or is generated under a name git does not know.
 check-generated: generate
-	@git diff --exit-code --stat -- $(GENERATED) || \
-		{ echo "generated BPF objects are stale: run make generate and commit them"; exit 1; }
+	@extra=$$(git ls-files --others --exclude-standard -- 'tracer/probe/tcpfsm_*bpfe[lb].*'); \
+	if ! git diff --exit-code --stat -- $(GENERATED) || [ -n "$$extra" ] || \
+		! git ls-files --error-unmatch -- $(GENERATED) >/dev/null 2>&1; then \
+		[ -z "$$extra" ] || echo "not in git: $$extra"; \
+		echo "generated BPF objects are stale: run make generate and commit them"; exit 1; fi
+
+# Format the BPF C sources with bpf/.clang-format; check-bpf-format (CI)
+# fails on any difference.
+fmt-bpf:
+	$(CLANG_FORMAT) -i --style=file $(BPF_SOURCES)
+check-bpf-format:
+	@$(CLANG_FORMAT) --dry-run --Werror --style=file $(BPF_SOURCES) || \
+		{ echo "bpf/ is not formatted: run make fmt-bpf"; exit 1; }
 
 # Run each fuzzer for FUZZTIME and keep what it found in the checked-in corpus.
 FUZZTIME ?= 30s

@@ -14,7 +14,7 @@ enum event_type {
 	EVENT_RESET_SENT = 2,     /* tcp:tcp_send_reset for a tracked socket */
 	EVENT_RESET_RECEIVED = 3, /* tcp:tcp_receive_reset for a tracked socket */
 	EVENT_SYN_RETRANSMIT = 4, /* tcp:tcp_retransmit_skb while in SYN_SENT */
-	EVENT_TIME_WAIT_END = 5,  /* a time-wait socket torn down (fentry, where the kernel allows) */
+	EVENT_TIME_WAIT_END = 5,  /* a time-wait socket torn down (fentry, where available) */
 };
 
 /* Where the owner fields of an event come from. */
@@ -46,31 +46,31 @@ enum event_flags {
 };
 
 struct event {
-	__u64 ts_ns;      /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
-	__u64 conn_id;    /* unique per socket lifetime for this tracer's lifetime; 0 for TIME_WAIT_END */
-	__u64 delta_ns;   /* time spent in oldstate; 0 when its start was not seen */
-	__u64 cgroup_id;  /* owner's cgroup v2 id */
+	__u64 ts_ns;          /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+	__u64 conn_id;        /* one per socket lifetime, unique in this tracer; 0: TIME_WAIT_END */
+	__u64 delta_ns;       /* time spent in oldstate; 0 when its start was not seen */
+	__u64 cgroup_id;      /* owner's cgroup v2 id */
 	__u64 bytes_acked;    /* tcp_sock->bytes_acked, see FLAG_SYN_ACKED, FLAG_FIN_ACKED */
 	__u64 bytes_received; /* tcp_sock->bytes_received, see FLAG_FIN_RECEIVED */
-	__u32 netns;      /* network namespace inode */
-	__u32 pid;        /* owner's process id (tgid) */
-	__u32 tid;        /* owner's thread id */
-	__u32 srtt_us;    /* smoothed RTT in microseconds */
+	__u32 netns;          /* network namespace inode */
+	__u32 pid;            /* owner's process id (tgid) */
+	__u32 tid;            /* owner's thread id */
+	__u32 srtt_us;        /* smoothed RTT in microseconds */
 	__u32 total_retrans;
 	__u32 segs_in;
 	__u32 segs_out;
-	__u16 sport;      /* host byte order */
-	__u16 dport;      /* host byte order */
-	__u8 saddr[16];   /* IPv4 in the first 4 bytes */
+	__u16 sport;    /* host byte order */
+	__u16 dport;    /* host byte order */
+	__u8 saddr[16]; /* IPv4 in the first 4 bytes */
 	__u8 daddr[16];
-	__u8 comm[16];    /* owner's comm */
-	__u8 type;        /* enum event_type */
-	__u8 family;      /* AF_INET or AF_INET6; IPv4-mapped IPv6 is AF_INET */
-	__u8 oldstate;    /* STATE: the transition; other types: the state at the time */
-	__u8 newstate;    /* (TIME_WAIT_END: the time-wait substate, then CLOSE) */
-	__u8 owner;       /* enum owner_source */
-	__u8 flags;       /* enum event_flags */
-	__u16 sk_err;     /* sk->sk_err at CLOSE: ETIMEDOUT, ECONNREFUSED, ECONNRESET...; else 0 */
+	__u8 comm[16]; /* owner's comm */
+	__u8 type;     /* enum event_type */
+	__u8 family;   /* AF_INET or AF_INET6; IPv4-mapped IPv6 is AF_INET */
+	__u8 oldstate; /* STATE: the transition; other types: the state at the time */
+	__u8 newstate; /* (TIME_WAIT_END: the time-wait substate, then CLOSE) */
+	__u8 owner;    /* enum owner_source */
+	__u8 flags;    /* enum event_flags */
+	__u16 sk_err;  /* sk->sk_err at CLOSE: ETIMEDOUT, ECONNREFUSED, ECONNRESET...; else 0 */
 };
 
 #endif /* __TCPFSM_H__ */

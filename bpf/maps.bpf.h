@@ -1,0 +1,185 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * What the programs remember: every map, the types of its entries, and the
+ * few accessors that own one map each (connection ids, the closed ring).
+ * The loader sizes conns and events (tracer/probe).
+ */
+#ifndef __TCPFSM_MAPS_BPF_H
+#define __TCPFSM_MAPS_BPF_H
+
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+
+/* The connection's owner, captured in process context. */
+struct owner {
+	__u64 cgroup_id;
+	__u32 pid;
+	__u32 tid;
+	__u8 comm[16];
+	__u8 source;    /* enum owner_source */
+	__u8 in_cgroup; /* owner is inside filter_cgroup */
+	__u8 _pad[6];
+};
+
+/* What tcpfsm remembers about one socket between two of its transitions. */
+struct conn {
+	__u64 id;
+	__u64 since_ns; /* when the current state was entered */
+	struct owner owner;
+	__u8 flags; /* event flags every event of the connection carries: FLAG_PARTIAL */
+	__u8 marks; /* CONN_* below, for the programs only */
+	__u8 pending_old, pending_new; /* a transition held back (CONN_PENDING) */
+	__u8 _pad[4];
+};
+
+enum conn_marks {
+	CONN_PENDING = 1 << 0,      /* a transition waits for the socket's addresses */
+	CONN_ACTIVE = 1 << 1,       /* opened by connect() */
+	CONN_TIME_WAIT = 1 << 2,    /* tcp_time_wait() is handing it to a time-wait socket */
+	CONN_TW_FIN_WAIT2 = 1 << 3, /* ... in the FIN_WAIT2 substate */
+};
+
+struct listener_key {
+	__u32 netns;
+	__u16 port;
+	__u16 _pad;
+};
+
+struct listener {
+	__u64 sk;
+	struct owner owner;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536); /* the loader sets the real bound */
+	__type(key, __u64);         /* struct sock * */
+	__type(value, struct conn);
+} conns SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct listener_key);
+	__type(value, struct listener);
+} listeners SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 22); /* the loader sets the real size */
+} events SEC(".maps");
+
+/* Index 0: records that did not fit in the ring buffer. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} lost SEC(".maps");
+
+/* Per-CPU sequence for connection ids: no atomics needed, because a
+ * program never nests inside itself on one CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} id_seq SEC(".maps");
+
+/*
+ * The last connections CLOSE transitions ended, per CPU. close() and
+ * SO_LINGER 0 change the state to CLOSE before they send the RST, and on
+ * loopback the peer's own CLOSE runs in between, in softirq on the same
+ * CPU: a few slots let the reset still find its connection.
+ */
+#define CLOSED_SLOTS 8
+
+struct closed {
+	__u64 sk;
+	struct conn c;
+};
+
+struct closed_ring {
+	__u32 next;
+	__u32 _pad;
+	struct closed slot[CLOSED_SLOTS];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct closed_ring);
+} last_closed SEC(".maps");
+
+#define TP_SPAN 1024 /* the counters: 668 bytes on 6.18 */
+
+struct scratch {
+	__u8 b[TP_SPAN];
+};
+
+/*
+ * Per-CPU room for span reads (span.bpf.h) too large for the stack, one
+ * slot per program (SLOT_*): a program never nests in itself on a CPU, but
+ * another one of tcpfsm's can run in a softirq that interrupts it.
+ */
+enum scratch_slot {
+	SLOT_STATE = 0,
+	/* handle_other(): the event type minus one */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 4);
+	__type(key, __u32);
+	__type(value, struct scratch);
+} scratch SEC(".maps");
+
+#define CPU_BITS 12 /* ids stay unique for up to 4096 CPUs */
+
+static __always_inline __u64 new_conn_id(void)
+{
+	__u32 zero = 0;
+	__u64 *seq = bpf_map_lookup_elem(&id_seq, &zero);
+	if (!seq)
+		return 0;
+	*seq += 1;
+	return (*seq << CPU_BITS) | (bpf_get_smp_processor_id() & ((1 << CPU_BITS) - 1));
+}
+
+/* A closed connection into this CPU's ring, when its events pass the
+ * filters (pass). */
+static __always_inline void remember_closed(__u64 skp, const struct conn *c, bool pass)
+{
+	__u32 zero = 0;
+	struct closed_ring *ring = bpf_map_lookup_elem(&last_closed, &zero);
+
+	if (ring && pass) {
+		struct closed *slot = &ring->slot[ring->next & (CLOSED_SLOTS - 1)];
+		slot->sk = skp;
+		slot->c = *c;
+		ring->next++;
+	}
+}
+
+/* The closed connection of this socket, taken out of the ring; NULL when it
+ * is not there. */
+static __always_inline struct conn *take_closed(__u64 skp)
+{
+	__u32 zero = 0;
+	struct closed_ring *ring = bpf_map_lookup_elem(&last_closed, &zero);
+	struct conn *c = NULL;
+
+	if (ring) {
+		for (int i = 0; i < CLOSED_SLOTS; i++) {
+			if (ring->slot[i].sk == skp) {
+				c = &ring->slot[i].c;
+				ring->slot[i].sk = 0;
+				break;
+			}
+		}
+	}
+	return c;
+}
+
+#endif /* __TCPFSM_MAPS_BPF_H */

@@ -1,0 +1,259 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Reading the socket. Each read of kernel memory from a raw tracepoint is a
+ * helper call (bpf_probe_read_kernel), and those calls were most of the
+ * programs' cost. Fields that sit close together are read in one call: the
+ * span from the lowest to the end of the highest, at offsets the loader
+ * relocates for the running kernel, then picked out of the copy. A kernel
+ * whose layout puts them further apart than the buffer gets one read per
+ * field.
+ */
+#ifndef __TCPFSM_SPAN_BPF_H
+#define __TCPFSM_SPAN_BPF_H
+
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include "maps.bpf.h"
+
+#define F_OFF(type, f) ((__u32)bpf_core_field_offset(type, f))
+#define F_END(type, f) (F_OFF(type, f) + (__u32)bpf_core_field_size(type, f))
+#define MIN2(a, b) ((a) < (b) ? (a) : (b))
+#define MAX2(a, b) ((a) > (b) ? (a) : (b))
+/* The copy starts 8-aligned, so every field in it is naturally aligned. */
+#define SPAN_LO(lo) ((lo) & ~7U)
+#define AT(buf, lo, type, f) ((void *)(buf) + span_off(F_OFF(type, f) - SPAN_LO(lo)))
+
+/* The field's place in the copy, as a number: the verifier allows adding
+ * it to a stack or map value pointer, not a subtraction from one. */
+static __always_inline __u32 span_off(__u32 off)
+{
+	barrier_var(off);
+	return off;
+}
+
+/* The socket's identity, read once per event. */
+struct tuple {
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__u32 netns;
+	/* From inet_sport, not skc_num: the kernel zeroes skc_num when it
+	 * unhashes the socket, before the transition to CLOSE. */
+	__u16 sport;
+	__u16 dport;
+	__u8 family;
+	__u8 have_flags; /* sk_flags was read with the rest */
+	__u64 sk_flags;  /* sk->__sk_common.skc_flags */
+};
+
+/* skc_flags, where the tuple's read did not bring them (have_flags). */
+static __always_inline unsigned long read_sk_flags(struct sock *sk)
+{
+	return BPF_CORE_READ(sk, __sk_common.skc_flags);
+}
+
+#define HEAD_SPAN 32 /* skc_daddr .. skc_family: 18 bytes on 6.x */
+#define MID_SPAN 64  /* skc_net .. skc_flags: 56 bytes on 6.x */
+
+/* Addresses, remote port and netns: the part full sockets and time-wait
+ * sockets share in their struct sock_common. */
+static __always_inline bool read_common_slow(struct sock *sk, struct tuple *t)
+{
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+
+	t->dport = __builtin_bswap16(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	t->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+
+	if (family == AF_INET6) {
+		BPF_CORE_READ_INTO(&t->saddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+		BPF_CORE_READ_INTO(&t->daddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+		t->family = AF_INET6;
+		return true;
+	}
+	if (family == AF_INET) {
+		BPF_CORE_READ_INTO((__u32 *)t->saddr, sk, __sk_common.skc_rcv_saddr);
+		BPF_CORE_READ_INTO((__u32 *)t->daddr, sk, __sk_common.skc_daddr);
+		t->family = AF_INET;
+		return true;
+	}
+	return false;
+}
+
+/* The same in two span reads: the head of sock_common (IPv4 addresses,
+ * dport, family) and its middle (netns, IPv6 addresses, flags). */
+static __always_inline bool read_common(struct sock *sk, struct tuple *t)
+{
+	__u32 hlo = MIN2(MIN2(F_OFF(struct sock, __sk_common.skc_daddr),
+			      F_OFF(struct sock, __sk_common.skc_rcv_saddr)),
+			 MIN2(F_OFF(struct sock, __sk_common.skc_dport),
+			      F_OFF(struct sock, __sk_common.skc_family)));
+	__u32 hhi = MAX2(MAX2(F_END(struct sock, __sk_common.skc_daddr),
+			      F_END(struct sock, __sk_common.skc_rcv_saddr)),
+			 MAX2(F_END(struct sock, __sk_common.skc_dport),
+			      F_END(struct sock, __sk_common.skc_family)));
+	__u32 mlo = MIN2(MIN2(F_OFF(struct sock, __sk_common.skc_net),
+			      F_OFF(struct sock, __sk_common.skc_flags)),
+			 MIN2(F_OFF(struct sock, __sk_common.skc_v6_daddr),
+			      F_OFF(struct sock, __sk_common.skc_v6_rcv_saddr)));
+	__u32 mhi = MAX2(MAX2(F_END(struct sock, __sk_common.skc_net),
+			      F_END(struct sock, __sk_common.skc_flags)),
+			 MAX2(F_END(struct sock, __sk_common.skc_v6_daddr),
+			      F_END(struct sock, __sk_common.skc_v6_rcv_saddr)));
+	__u8 head[HEAD_SPAN] __attribute__((aligned(8))), mid[MID_SPAN] __attribute__((aligned(8)));
+	struct net *net;
+	__u16 family;
+
+	if (hhi - SPAN_LO(hlo) > HEAD_SPAN || mhi - SPAN_LO(mlo) > MID_SPAN)
+		return read_common_slow(sk, t);
+	if (bpf_probe_read_kernel(head, hhi - SPAN_LO(hlo), (void *)sk + SPAN_LO(hlo)) ||
+	    bpf_probe_read_kernel(mid, mhi - SPAN_LO(mlo), (void *)sk + SPAN_LO(mlo)))
+		return false;
+	family = *(__u16 *)AT(head, hlo, struct sock, __sk_common.skc_family);
+	t->dport = __builtin_bswap16(*(__u16 *)AT(head, hlo, struct sock, __sk_common.skc_dport));
+	net = *(struct net **)AT(mid, mlo, struct sock, __sk_common.skc_net);
+	t->netns = BPF_CORE_READ(net, ns.inum);
+	t->sk_flags = *(__u64 *)AT(mid, mlo, struct sock, __sk_common.skc_flags);
+	t->have_flags = 1;
+	if (family == AF_INET6) {
+		__builtin_memcpy(t->saddr, AT(mid, mlo, struct sock, __sk_common.skc_v6_rcv_saddr),
+				 16);
+		__builtin_memcpy(t->daddr, AT(mid, mlo, struct sock, __sk_common.skc_v6_daddr), 16);
+		t->family = AF_INET6;
+		return true;
+	}
+	if (family == AF_INET) {
+		*(__u32 *)t->saddr =
+			*(__u32 *)AT(head, hlo, struct sock, __sk_common.skc_rcv_saddr);
+		*(__u32 *)t->daddr = *(__u32 *)AT(head, hlo, struct sock, __sk_common.skc_daddr);
+		t->family = AF_INET;
+		return true;
+	}
+	return false;
+}
+
+/* ::ffff:a.b.c.d on both ends is an IPv4 connection. */
+static __always_inline void unmap_v4(struct tuple *t)
+{
+	__u32 *s = (__u32 *)t->saddr, *d = (__u32 *)t->daddr;
+
+	if (t->family == AF_INET6 && (s[0] | s[1] | d[0] | d[1]) == 0 &&
+	    s[2] == __builtin_bswap32(0xffff) && d[2] == __builtin_bswap32(0xffff)) {
+		s[0] = s[3];
+		d[0] = d[3];
+		s[1] = s[2] = s[3] = 0;
+		d[1] = d[2] = d[3] = 0;
+		t->family = AF_INET;
+	}
+}
+
+static __always_inline bool read_common_unmapped(struct sock *sk, struct tuple *t)
+{
+	if (!read_common(sk, t))
+		return false;
+	unmap_v4(t);
+	return true;
+}
+
+static __always_inline bool read_tuple(struct sock *sk, struct tuple *t)
+{
+	t->sport = __builtin_bswap16(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
+	return read_common_unmapped(sk, t);
+}
+
+/* sk_protocol and the tuple's sport, in one read where the slot holds
+ * both. */
+static __always_inline void read_proto_sport(struct sock *sk, __u16 *proto, __u16 *sport,
+					     __u32 slot)
+{
+	__u32 lo =
+		MIN2(F_OFF(struct inet_sock, sk.sk_protocol), F_OFF(struct inet_sock, inet_sport));
+	__u32 hi =
+		MAX2(F_END(struct inet_sock, sk.sk_protocol), F_END(struct inet_sock, inet_sport));
+	struct scratch *buf = NULL;
+
+	if (hi - SPAN_LO(lo) <= TP_SPAN)
+		buf = bpf_map_lookup_elem(&scratch, &slot);
+	if (buf && !bpf_probe_read_kernel(buf->b, hi - SPAN_LO(lo), (void *)sk + SPAN_LO(lo))) {
+		*proto = *(__u16 *)AT(buf->b, lo, struct inet_sock, sk.sk_protocol);
+		*sport = __builtin_bswap16(*(__u16 *)AT(buf->b, lo, struct inet_sock, inet_sport));
+		return;
+	}
+	*proto = BPF_CORE_READ(sk, sk_protocol);
+	*sport = __builtin_bswap16(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
+}
+
+/* The tcp_sock counters an event carries. */
+struct counters {
+	__u64 bytes_acked;
+	__u64 bytes_received;
+	__u32 srtt_us;
+	__u32 total_retrans;
+	__u32 segs_in;
+	__u32 segs_out;
+	__u32 snd_una;
+	__u32 write_seq;
+};
+
+#define PICK_COUNTERS(buf, lo)                                                              \
+	do {                                                                                \
+		k->bytes_acked = *(__u64 *)AT(buf, lo, struct tcp_sock, bytes_acked);       \
+		k->bytes_received = *(__u64 *)AT(buf, lo, struct tcp_sock, bytes_received); \
+		k->srtt_us = *(__u32 *)AT(buf, lo, struct tcp_sock, srtt_us);               \
+		k->segs_in = *(__u32 *)AT(buf, lo, struct tcp_sock, segs_in);               \
+		k->segs_out = *(__u32 *)AT(buf, lo, struct tcp_sock, segs_out);             \
+		k->snd_una = *(__u32 *)AT(buf, lo, struct tcp_sock, snd_una);               \
+		k->write_seq = *(__u32 *)AT(buf, lo, struct tcp_sock, write_seq);           \
+	} while (0)
+
+/* Read the counters; snd_una and write_seq only matter when want_seq. One
+ * read for all where they fit in the slot, two where total_retrans is far
+ * from the others, one per field otherwise. */
+static __always_inline void read_counters(struct sock *sk, struct counters *k, bool want_seq,
+					  __u32 slot)
+{
+	struct tcp_sock *tp = (struct tcp_sock *)sk;
+	__u32 lo =
+		MIN2(MIN2(MIN2(F_OFF(struct tcp_sock, bytes_acked),
+			       F_OFF(struct tcp_sock, bytes_received)),
+			  MIN2(F_OFF(struct tcp_sock, srtt_us), F_OFF(struct tcp_sock, segs_in))),
+		     MIN2(MIN2(F_OFF(struct tcp_sock, segs_out), F_OFF(struct tcp_sock, snd_una)),
+			  F_OFF(struct tcp_sock, write_seq)));
+	__u32 hi =
+		MAX2(MAX2(MAX2(F_END(struct tcp_sock, bytes_acked),
+			       F_END(struct tcp_sock, bytes_received)),
+			  MAX2(F_END(struct tcp_sock, srtt_us), F_END(struct tcp_sock, segs_in))),
+		     MAX2(MAX2(F_END(struct tcp_sock, segs_out), F_END(struct tcp_sock, snd_una)),
+			  F_END(struct tcp_sock, write_seq)));
+	__u32 alo = MIN2(lo, F_OFF(struct tcp_sock, total_retrans));
+	__u32 ahi = MAX2(hi, F_END(struct tcp_sock, total_retrans));
+	struct scratch *buf = NULL;
+
+	if (hi - SPAN_LO(lo) <= TP_SPAN)
+		buf = bpf_map_lookup_elem(&scratch, &slot);
+	if (buf && ahi - SPAN_LO(alo) <= TP_SPAN) {
+		if (!bpf_probe_read_kernel(buf->b, ahi - SPAN_LO(alo), (void *)sk + SPAN_LO(alo))) {
+			PICK_COUNTERS(buf->b, alo);
+			k->total_retrans =
+				*(__u32 *)AT(buf->b, alo, struct tcp_sock, total_retrans);
+			return;
+		}
+	} else if (buf &&
+		   !bpf_probe_read_kernel(buf->b, hi - SPAN_LO(lo), (void *)sk + SPAN_LO(lo))) {
+		PICK_COUNTERS(buf->b, lo);
+		k->total_retrans = BPF_CORE_READ(tp, total_retrans);
+		return;
+	}
+	k->bytes_acked = BPF_CORE_READ(tp, bytes_acked);
+	k->bytes_received = BPF_CORE_READ(tp, bytes_received);
+	k->srtt_us = BPF_CORE_READ(tp, srtt_us);
+	k->segs_in = BPF_CORE_READ(tp, segs_in);
+	k->segs_out = BPF_CORE_READ(tp, segs_out);
+	k->snd_una = k->write_seq = 0;
+	if (want_seq) {
+		k->snd_una = BPF_CORE_READ(tp, snd_una);
+		k->write_seq = BPF_CORE_READ(tp, write_seq);
+	}
+	k->total_retrans = BPF_CORE_READ(tp, total_retrans);
+}
+
+#endif /* __TCPFSM_SPAN_BPF_H */
