@@ -9,33 +9,9 @@ import (
 	"github.com/tcpfsm/tcpfsm/tracer/probe"
 )
 
-// Config bounds and tunes a Builder. The zero value takes the defaults.
-type Config struct {
-	// MaxTracked caps the records held at once, open connections and
-	// those in TIME_WAIT. At the cap the least recently active record is
-	// evicted. Default 262144 (the kernel's usual tcp_max_tw_buckets).
-	MaxTracked int
-	// HandshakeTimeout evicts a record stuck in SYN_SENT or SYN_RECV,
-	// whose end was missed. Default 3 minutes: longer than connect()
-	// retries with the default tcp_syn_retries (about 127 s).
-	HandshakeTimeout uint64
-	// ResetHold is how long a closed record waits for the RST the kernel
-	// sends after a CLOSE (close() with unread data, SO_LINGER 0).
-	// Default 5 ms.
-	ResetHold uint64
-	// ExactTimeWait: the kernel flags closes into TIME_WAIT and reports
-	// their end (fentry). Without it both are reconstructed.
-	ExactTimeWait bool
-}
-
-const (
-	defaultMaxTracked       = 262144
-	defaultHandshakeTimeout = 180_000_000_000
-	defaultResetHold        = 5_000_000
-	// How long past the expected end of TIME_WAIT to wait for its
-	// observation before assuming it.
-	timeWaitGrace = 2_000_000_000
-)
+// How long past the expected end of TIME_WAIT to wait for its
+// observation before assuming it.
+const timeWaitGrace = 2_000_000_000
 
 // Handler receives records as they complete. The pointer is valid only
 // during the call.
@@ -140,15 +116,7 @@ type Builder struct {
 
 // NewBuilder returns a builder that hands records to h.
 func NewBuilder(cfg Config, h Handler) *Builder {
-	if cfg.MaxTracked <= 0 {
-		cfg.MaxTracked = defaultMaxTracked
-	}
-	if cfg.HandshakeTimeout == 0 {
-		cfg.HandshakeTimeout = defaultHandshakeTimeout
-	}
-	if cfg.ResetHold == 0 {
-		cfg.ResetHold = defaultResetHold
-	}
+	cfg.setDefaults()
 	return &Builder{
 		cfg: cfg, h: h,
 		byID:      map[uint64]int32{},
@@ -367,7 +335,7 @@ func (b *Builder) transition(e *probe.Event) {
 			r.twFinWait2 = e.Flags&probe.FlagTWFinWait2 != 0
 		}
 		b.lruRemove(i)
-		r.heldUntil = e.TsNs + b.cfg.ResetHold
+		r.heldUntil = e.TsNs + uint64(b.cfg.ResetHold)
 		b.held = append(b.held, i)
 	}
 }
@@ -592,7 +560,7 @@ func (b *Builder) Tick(now uint64) {
 		if r.NSpan > 0 && r.Spans[r.NSpan-1].Enter != 0 {
 			since = r.Spans[r.NSpan-1].Enter
 		}
-		if now > since+b.cfg.HandshakeTimeout {
+		if now > since+uint64(b.cfg.HandshakeTimeout) {
 			b.evict(i, EvictHandshakeTimeout)
 		}
 	}
