@@ -179,19 +179,29 @@ func (o *lifeOptions) settings() []settings.Setting {
 	}
 }
 
+// lifeConfig is what life runs with.
+type lifeConfig struct {
+	lifeOptions
+	duration  time.Duration
+	attach    probe.Attach
+	lifecycle lifecycle.Config
+}
+
+func lifeCommand(c *lifeConfig) settings.Command {
+	return settings.Command{Name: "life", Settings: sliceOf(filters(&c.sel), []settings.Setting{
+		outputSetting(&c.output, "output `FORMAT`: table, or json for one whole record per line (e.g. -o json)")},
+		c.lifeOptions.settings(), []settings.Setting{
+			durationSetting(&c.duration, "5m"),
+			countSetting(&c.count, "stop after printing `N` connections"),
+			attachSetting(&c.attach),
+			maxTrackedSetting(&c.lifecycle),
+		})}
+}
+
 func runLife(args []string, stdout, stderr io.Writer) error {
-	var o lifeOptions
-	var duration time.Duration
-	var attach probe.Attach
-	var lcfg lifecycle.Config
-	fs, help, err := parseCommand(settings.Command{Name: "life", Settings: sliceOf(filters(&o.sel), []settings.Setting{
-		outputSetting(&o.output, "output `FORMAT`: table, or json for one whole record per line (e.g. -o json)")},
-		o.settings(), []settings.Setting{
-			durationSetting(&duration, "5m"),
-			countSetting(&o.count, "stop after printing `N` connections"),
-			attachSetting(&attach),
-			maxTrackedSetting(&lcfg),
-		})}, args, stdout, lifeSynopsis, lifeExamples)
+	var c lifeConfig
+	fs, help, err := parseCommand(lifeCommand(&c), args, stdout, lifeSynopsis, lifeExamples)
+	o, duration, attach, lcfg := &c.lifeOptions, c.duration, c.attach, c.lifecycle
 	if err != nil || help {
 		return err
 	}
@@ -202,11 +212,11 @@ func runLife(args []string, stdout, stderr io.Writer) error {
 		return usagef("--ladder draws text: it excludes -o json")
 	}
 
-	c, err := clock.Now()
+	clk, err := clock.Now()
 	if err != nil {
 		return err
 	}
-	printer := newLifePrinter(stdout, &o, c)
+	printer := newLifePrinter(stdout, o, clk)
 	s, err := session.Open(session.Options{
 		Probe:      probe.Options{Filter: o.sel.kernel, Attach: attach},
 		Lifecycle:  lcfg,

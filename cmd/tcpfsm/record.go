@@ -29,20 +29,30 @@ const recordExamples = `  tcpfsm record -w /tmp/tcp.rec -d 60s
   tcpfsm record -w /tmp/web.rec -L 80,443 -n 10000
 `
 
-func runRecord(args []string, stdout, stderr io.Writer) error {
-	var sel selection
-	var path string
-	var duration time.Duration
-	var count int
-	var mode probe.Attach
-	fs, help, err := parseCommand(settings.Command{Name: "record", Settings: sliceOf(filters(&sel), []settings.Setting{
+// recordConfig is what record runs with.
+type recordConfig struct {
+	sel      selection
+	path     string
+	duration time.Duration
+	count    int
+	attach   probe.Attach
+}
+
+func recordCommand(c *recordConfig) settings.Command {
+	return settings.Command{Name: "record", Settings: sliceOf(filters(&c.sel), []settings.Setting{
 		&settings.String{Spec: settings.Spec{Flag: "write", Short: "w",
 			Help: "write the recording to `FILE` (required; e.g. -w /tmp/tcp.rec)"},
-			To: func(v string) error { path = v; return nil }},
-		durationSetting(&duration, "60s"),
-		countSetting(&count, "stop after recording `N` events (e.g. -n 10000)"),
-		attachSetting(&mode),
-	})}, args, stdout, recordSynopsis, recordExamples)
+			To: func(v string) error { c.path = v; return nil }},
+		durationSetting(&c.duration, "60s"),
+		countSetting(&c.count, "stop after recording `N` events (e.g. -n 10000)"),
+		attachSetting(&c.attach),
+	})}
+}
+
+func runRecord(args []string, stdout, stderr io.Writer) error {
+	var rc recordConfig
+	fs, help, err := parseCommand(recordCommand(&rc), args, stdout, recordSynopsis, recordExamples)
+	sel, path, duration, count, mode := rc.sel, rc.path, rc.duration, rc.count, rc.attach
 	if err != nil || help {
 		return err
 	}
@@ -171,13 +181,17 @@ const replayExamples = `  tcpfsm replay /tmp/tcp.rec
   tcpfsm replay --view ladder /tmp/tcp.rec
 `
 
-func runReplay(args []string, stdout, stderr io.Writer) error {
-	var sel selection
-	var view string
-	var out outputFormat
-	var lo lifeOptions
-	var noHeader bool
-	fs, help, err := parseCommand(settings.Command{Name: "replay", Settings: sliceOf(filters(&sel), []settings.Setting{
+// replayConfig is what replay runs with.
+type replayConfig struct {
+	sel      selection
+	view     string
+	out      outputFormat
+	lo       lifeOptions
+	noHeader bool
+}
+
+func replayCommand(c *replayConfig) settings.Command {
+	return settings.Command{Name: "replay", Settings: sliceOf(filters(&c.sel), []settings.Setting{
 		&settings.String{Spec: settings.Spec{Flag: "view",
 			Help: "`VIEW`: trace (transitions), life (one record per connection) or ladder"},
 			Default: "trace",
@@ -187,12 +201,18 @@ func runReplay(args []string, stdout, stderr io.Writer) error {
 				}
 				return nil
 			},
-			To: func(v string) error { view = v; return nil }},
-		outputSetting(&out, "output `FORMAT`: table or json")},
-		lo.settings(), []settings.Setting{
-			countSetting(&lo.count, "stop after printing `N` lines or records"),
-			noHeaderSetting(&noHeader),
-		})}, args, stdout, replaySynopsis, replayExamples)
+			To: func(v string) error { c.view = v; return nil }},
+		outputSetting(&c.out, "output `FORMAT`: table or json")},
+		c.lo.settings(), []settings.Setting{
+			countSetting(&c.lo.count, "stop after printing `N` lines or records"),
+			noHeaderSetting(&c.noHeader),
+		})}
+}
+
+func runReplay(args []string, stdout, stderr io.Writer) error {
+	var rc replayConfig
+	fs, help, err := parseCommand(replayCommand(&rc), args, stdout, replaySynopsis, replayExamples)
+	sel, view, out, lo, noHeader := rc.sel, rc.view, rc.out, rc.lo, rc.noHeader
 	if err != nil || help {
 		return err
 	}

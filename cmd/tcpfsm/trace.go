@@ -39,14 +39,18 @@ type traceConfig struct {
 	noHeader bool
 }
 
-func parseTrace(args []string, usage io.Writer) (cfg traceConfig, help bool, err error) {
-	fs, help, err := parseCommand(settings.Command{Name: "trace", Settings: sliceOf(filters(&cfg.sel), []settings.Setting{
+func traceCommand(cfg *traceConfig) settings.Command {
+	return settings.Command{Name: "trace", Settings: sliceOf(filters(&cfg.sel), []settings.Setting{
 		outputSetting(&cfg.output, "output `FORMAT`: table, or json for one JSON object per line with every field (e.g. -o json)"),
 		durationSetting(&cfg.duration, "30s, -d 5m"),
 		countSetting(&cfg.count, "stop after printing `N` transitions (e.g. -n 100)"),
 		attachSetting(&cfg.attach),
 		noHeaderSetting(&cfg.noHeader),
-	})}, args, usage, traceSynopsis, traceExamples)
+	})}
+}
+
+func parseTrace(args []string, usage io.Writer) (cfg traceConfig, help bool, err error) {
+	fs, help, err := parseCommand(traceCommand(&cfg), args, usage, traceSynopsis, traceExamples)
 	if err != nil || help {
 		return cfg, help, err
 	}

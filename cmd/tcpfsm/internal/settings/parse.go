@@ -177,10 +177,7 @@ func (p *Parser) read(v *value, src *source) (any, error) {
 		}
 		items = append(items, x.(string))
 	}
-	if items == nil {
-		items = []string{}
-	}
-	return items, nil
+	return items, nil // nil when empty, as an empty default
 }
 
 // where is a message's prefix for the file's texts: "config FILE line N: ".
