@@ -240,4 +240,3 @@ func TestFiltersShared(t *testing.T) {
 	}
 	checkUsage(t, "pid: 0", []string{"--config.file", writeFile(t, dir, "c.yml", "filter:\n  pid: 0\n")}, "filter.pid (--pid) 0", "line 2")
 }
-
