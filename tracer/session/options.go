@@ -49,7 +49,7 @@ const (
 )
 
 // Validate checks the options as Open would, without loading anything.
-func (o *Options) Validate() error {
+func (o Options) Validate() error {
 	if p := o.TimeWaitPoll; p > 0 && (p < MinTimeWaitPoll || p > MaxTimeWaitPoll) {
 		return fmt.Errorf("TIME_WAIT poll interval %s: want %s to %s, or negative (off)", p, MinTimeWaitPoll, MaxTimeWaitPoll)
 	}
