@@ -35,8 +35,8 @@ Run tcpfsm as a host agent: trace every TCP connection, serve Prometheus
 metrics on /metrics (with /healthz and /readyz), and log one JSON record per
 finished connection, the schema of 'tcpfsm life -o json'. Configuration
 comes from flags and an optional YAML file (--config.file); a bad value
-exits with status 2 and names the field. SIGTERM or SIGINT: stop reading,
-log every record still held, detach, exit 0.
+exits with status 2 and names the key, its flag and its line. SIGTERM or
+SIGINT: stop reading, log every record still held, detach, exit 0.
 
 Needs CAP_BPF and CAP_PERFMON. CAP_SYS_ADMIN lets it enter network
 namespaces for sock_diag (its own included): the snapshot of connections
@@ -64,7 +64,7 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 		f, err := os.OpenFile(cfg.logFile, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640)
 		if err != nil {
 			// A path that cannot be opened is a bad value like any other.
-			return usagef("config: %s: %v", fieldName("logs.file"), err)
+			return usagef("invalid %s: %v", agentName("logs.file"), err)
 		}
 		defer f.Close()
 		logOut = f
@@ -84,23 +84,19 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 	var m *metrics.Metrics
 	var lw *logs.Writer
 	var h lifecycle.Handlers
-	sess, err = session.Open(session.Options{
-		Probe: probe.Options{Filter: cfg.filter, Attach: cfg.attach, RingBufferSize: cfg.ringBuffer,
-			MaxConnections: cfg.kernelTable},
-		Lifecycle:    lifecycle.Config{MaxTracked: cfg.maxTracked},
-		Handler:      &h,
-		OnEvent:      func(e *probe.Event) { m.Event(e); lw.Event(e) },
-		OnDrained:    func() error { return lw.Flush() },
-		TimeWaitPoll: cfg.timeWaitPoll,
-		NetNSPaths:   netnsPaths(cfg),
-	})
+	opts := cfg.session
+	opts.Handler = &h
+	opts.OnEvent = func(e *probe.Event) { m.Event(e); lw.Event(e) }
+	opts.OnDrained = func() error { return lw.Flush() }
+	sess, err = session.Open(opts)
 	if err != nil {
 		return err
 	}
 	defer sess.Close()
-	lw = logs.New(logOut, sess.Clock(), logs.Options{Transitions: cfg.transitions, Sample: cfg.sample})
-	m = metrics.New(metrics.Options{Labels: cfg.labels, LabelLimit: cfg.labelLimit, NoExemplars: cfg.noExemplars,
-		ContainerOf: sess.Container}, buildInfo(), func() metrics.Snapshot { return snapshot(sess) })
+	lw = logs.New(logOut, sess.Clock(), cfg.logs)
+	mopts := cfg.metrics
+	mopts.ContainerOf = sess.Container
+	m = metrics.New(mopts, buildInfo(), func() metrics.Snapshot { return snapshot(sess) })
 	h = lifecycle.Handlers{m, lw}
 
 	reg := prometheus.NewRegistry()
@@ -193,13 +189,6 @@ func warnCapabilities(log *slog.Logger, exactTimeWait bool) {
 	if !has(unix.CAP_SYS_PTRACE) {
 		log.Warn("without CAP_SYS_PTRACE the owners of connections older than the agent are named only for processes whose /proc it may read")
 	}
-}
-
-func netnsPaths(c resolved) map[uint32]string {
-	if c.netnsPath == "" {
-		return nil
-	}
-	return map[uint32]string{c.filter.NetNS: c.netnsPath}
 }
 
 // snapshot reads what the metrics show about the tracer itself.

@@ -15,43 +15,44 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/tcpfsm/tcpfsm/cmd/tcpfsm/internal/settings"
 	"github.com/tcpfsm/tcpfsm/tracer/probe"
 )
 
-// configKeys lists every key of the YAML file, dotted, from agentConfig's
-// yaml tags.
+// configKeys lists every key of the YAML file, dotted, from the agent's
+// setting descriptions.
 func configKeys() []string {
 	var keys []string
-	var walk func(t reflect.Type, prefix string)
-	walk = func(t reflect.Type, prefix string) {
-		for i := 0; i < t.NumField(); i++ {
-			f := t.Field(i)
-			name := strings.Split(f.Tag.Get("yaml"), ",")[0]
-			if prefix != "" {
-				name = prefix + "." + name
-			}
-			if f.Type.Kind() == reflect.Struct {
-				walk(f.Type, name)
-				continue
-			}
-			keys = append(keys, name)
+	var o agentConfig
+	for _, st := range agentSettings(&o) {
+		if k := settings.SpecOf(st).Key; k != "" {
+			keys = append(keys, k)
 		}
 	}
-	walk(reflect.TypeOf(agentConfig{}), "")
 	sort.Strings(keys)
 	return keys
 }
 
+// configFlags names each YAML key's flag: "--max-tracked".
+var configFlags = func() map[string]string {
+	m := map[string]string{}
+	var o agentConfig
+	for _, st := range agentSettings(&o) {
+		if sp := settings.SpecOf(st); sp.Key != "" {
+			m[sp.Key] = "--" + sp.Flag
+		}
+	}
+	return m
+}()
+
 // Every YAML key has a flag, and the flag exists.
 func TestConfigKeysHaveFlags(t *testing.T) {
-	fs := newFlagSet("agent")
-	c := defaultAgentConfig()
-	var file string
-	agentFlags(fs, &c, &file)
+	var c agentConfig
+	fs := settings.New(agentCommand(&c)).FlagSet()
 	for _, k := range configKeys() {
 		flag, ok := configFlags[k]
-		if !ok {
-			t.Errorf("key %s has no flag in configFlags", k)
+		if !ok || flag == "--" {
+			t.Errorf("key %s has no flag", k)
 			continue
 		}
 		if fs.Lookup(strings.TrimPrefix(flag, "--")) == nil {
@@ -248,8 +249,7 @@ func TestAgentConfigEmptyFile(t *testing.T) {
 		if err != nil || help {
 			t.Fatalf("%q: %v", content, err)
 		}
-		def := defaultAgentConfig()
-		want, _ := def.validate()
+		want, _, _ := parseAgentConfig(nil, nil)
 		if !reflect.DeepEqual(got, want) {
 			t.Errorf("%q: %+v, want the defaults %+v", content, got, want)
 		}
@@ -279,28 +279,42 @@ tracer:
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r.listen != "127.0.0.1:2" || len(r.labels) != 2 || r.labels[0] != "comm" || r.labelLimit != 5 || r.sample != 0.5 {
+	filter, poll, maxTracked := r.session.Probe.Filter, r.session.TimeWaitPoll, r.session.Lifecycle.MaxTracked
+	labels := r.metrics.Labels
+	if r.listen != "127.0.0.1:2" || len(labels) != 2 || labels[0] != "comm" || r.metrics.LabelLimit != 5 || r.logs.Sample != 0.5 {
 		t.Errorf("resolved: %+v", r)
 	}
-	if len(r.filter.LocalPorts) != 2 || r.filter.LocalPorts[0] != 443 || r.filter.Family != probe.AFInet6 {
-		t.Errorf("filter: %+v", r.filter)
+	if len(filter.LocalPorts) != 2 || filter.LocalPorts[0] != 443 || filter.Family != probe.AFInet6 {
+		t.Errorf("filter: %+v", filter)
 	}
-	if r.timeWaitPoll >= 0 || r.maxTracked != 100 {
-		t.Errorf("tracer: poll %v max %d; want off (negative) and 100", r.timeWaitPoll, r.maxTracked)
+	if poll >= 0 || maxTracked != 100 {
+		t.Errorf("tracer: poll %v max %d; want off (negative) and 100", poll, maxTracked)
 	}
 }
 
 // deploy/tcpfsm.yml parses, validates, shows every key, and documents each
 // key's flag.
 func TestExampleConfig(t *testing.T) {
+	// It is written from the settings' descriptions.
+	var b strings.Builder
+	if err := writeExampleConfig(&b); err != nil {
+		t.Fatal(err)
+	}
+	if *update {
+		if err := os.WriteFile(deployFile(t, "tcpfsm.yml"), []byte(b.String()), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 	data := readDeploy(t, "tcpfsm.yml")
 	r, help, err := parseAgentConfig([]string{"--config.file", deployFile(t, "tcpfsm.yml")}, nil)
 	if err != nil || help {
 		t.Fatalf("deploy/tcpfsm.yml: %v", err)
 	}
+	if string(data) != b.String() {
+		t.Errorf("deploy/tcpfsm.yml differs from the settings' descriptions (go test ./cmd/tcpfsm -run TestExampleConfig -update):\n%s", b.String())
+	}
 	// It shows the defaults: an operator reads them there.
-	def := defaultAgentConfig()
-	want, _ := def.validate()
+	want, _, _ := parseAgentConfig(nil, nil)
 	if !reflect.DeepEqual(r, want) {
 		t.Errorf("deploy/tcpfsm.yml resolves to\n%+v\nthe defaults are\n%+v", r, want)
 	}
@@ -330,4 +344,44 @@ func TestExampleConfig(t *testing.T) {
 			t.Errorf("deploy/tcpfsm.yml line %d (%s) has no comment", p.line, p.path)
 		}
 	}
+}
+
+// keyPath is a key of a YAML document, dotted, and its line.
+type keyPath struct {
+	path string
+	line int
+}
+
+// yamlKeyPaths lists every mapping key of a parsed document, parents
+// before children, and the lines of sequence items under the sequence's key.
+func yamlKeyPaths(root *yaml.Node) []keyPath {
+	var out []keyPath
+	var walk func(n *yaml.Node, prefix string)
+	walk = func(n *yaml.Node, prefix string) {
+		switch n.Kind {
+		case yaml.DocumentNode:
+			for _, c := range n.Content {
+				walk(c, prefix)
+			}
+		case yaml.MappingNode:
+			for i := 0; i+1 < len(n.Content); i += 2 {
+				k, v := n.Content[i], n.Content[i+1]
+				p := k.Value
+				if prefix != "" {
+					p = prefix + "." + p
+				}
+				out = append(out, keyPath{p, k.Line})
+				walk(v, p)
+			}
+		case yaml.SequenceNode:
+			for _, c := range n.Content {
+				if prefix != "" {
+					out = append(out, keyPath{prefix, c.Line})
+				}
+				walk(c, prefix)
+			}
+		}
+	}
+	walk(root, "")
+	return out
 }

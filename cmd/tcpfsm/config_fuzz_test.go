@@ -22,11 +22,7 @@ func FuzzAgentConfig(f *testing.F) {
 		if err := os.WriteFile(path, data, 0o600); err != nil {
 			t.Fatal(err)
 		}
-		c := defaultAgentConfig()
-		err := loadConfigFile(path, &c)
-		if err == nil {
-			_, err = c.validate()
-		}
+		_, _, err := parseAgentConfig([]string{"--config.file", path}, nil)
 		var ue *usageError
 		if err != nil && !errors.As(err, &ue) {
 			t.Fatalf("config error is not a usage error: %v", err)

@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"fmt"
 	"io"
+	"time"
 
+	"github.com/tcpfsm/tcpfsm/cmd/tcpfsm/internal/settings"
 	"github.com/tcpfsm/tcpfsm/exporter/jsonl"
 	"github.com/tcpfsm/tcpfsm/exporter/text"
 	"github.com/tcpfsm/tcpfsm/tracer/clock"
@@ -163,64 +165,62 @@ func (p *lifePrinter) flush() error {
 	return p.w.Flush()
 }
 
-// registerLife adds the flags life and replay share.
-func (o *lifeOptions) register(fs interface {
-	BoolVar(*bool, string, bool, string)
-}) {
-	fs.BoolVar(&o.ladder, "ladder", false, "draw connections whose two ends are on this host as a ladder diagram: handshake and close, side by side, with real time offsets")
-	fs.BoolVar(&o.atClose, "at-close", false, "print each connection when it closes, without waiting for the end of its TIME_WAIT")
-	fs.BoolVar(&o.all, "all", false, "also print listeners and connections still open when tcpfsm stops")
+// settings are the flags life and replay share.
+func (o *lifeOptions) settings() []settings.Setting {
+	return []settings.Setting{
+		&settings.Bool{Spec: settings.Spec{Flag: "ladder",
+			Help: "draw connections whose two ends are on this host as a ladder diagram: handshake and close, side by side, with real time offsets"},
+			To: func(v bool) error { o.ladder = v; return nil }},
+		&settings.Bool{Spec: settings.Spec{Flag: "at-close",
+			Help: "print each connection when it closes, without waiting for the end of its TIME_WAIT"},
+			To: func(v bool) error { o.atClose = v; return nil }},
+		&settings.Bool{Spec: settings.Spec{Flag: "all",
+			Help: "also print listeners and connections still open when tcpfsm stops"},
+			To: func(v bool) error { o.all = v; return nil }},
+	}
+}
+
+// lifeConfig is what life runs with.
+type lifeConfig struct {
+	lifeOptions
+	duration  time.Duration
+	attach    probe.Attach
+	lifecycle lifecycle.Config
+}
+
+func lifeCommand(c *lifeConfig) settings.Command {
+	return settings.Command{Name: "life", Settings: sliceOf(filters(&c.sel), []settings.Setting{
+		outputSetting(&c.output, "output `FORMAT`: table, or json for one whole record per line (e.g. -o json)")},
+		c.lifeOptions.settings(), []settings.Setting{
+			durationSetting(&c.duration, "5m"),
+			countSetting(&c.count, "stop after printing `N` connections"),
+			attachSetting(&c.attach),
+			maxTrackedSetting(&c.lifecycle),
+		})}
 }
 
 func runLife(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("life")
-	var ff filterFlags
-	ff.register(fs)
-	var o lifeOptions
-	output := fs.StringP("output", "o", "table", "output `FORMAT`: table, or json for one whole record per line (e.g. -o json)")
-	o.register(fs)
-	duration := fs.DurationP("duration", "d", 0, "stop after this `DURATION` (e.g. -d 5m)")
-	fs.IntVarP(&o.count, "count", "n", 0, "stop after printing `N` connections")
-	attach := fs.String("attach", "auto", "`HOOK` for inet_sock_set_state: auto, raw_tracepoint or tracepoint")
-	maxTracked := fs.Int("max-tracked", 0, "track at most `N` connections at once, evicting the least recently active (default 262144)")
-	if help, err := parseFlags(fs, args); err != nil || help {
-		if help {
-			printUsage(stdout, fs, lifeSynopsis, lifeExamples)
-		}
+	var c lifeConfig
+	fs, help, err := parseCommand(lifeCommand(&c), args, stdout, lifeSynopsis, lifeExamples)
+	o, duration, attach, lcfg := &c.lifeOptions, c.duration, c.attach, c.lifecycle
+	if err != nil || help {
 		return err
 	}
-	var err error
-	if o.sel, err = ff.resolve(); err != nil {
+	if err := noArguments(fs); err != nil {
 		return err
-	}
-	if o.output, err = parseOutput(*output); err != nil {
-		return err
-	}
-	if fs.Changed("duration") && *duration <= 0 {
-		return usagef("invalid --duration %s: want a positive duration such as 5m", *duration)
-	}
-	if fs.Changed("count") && o.count <= 0 {
-		return usagef("invalid --count %d: want a number above 0", o.count)
-	}
-	if fs.Changed("max-tracked") && *maxTracked <= 0 {
-		return usagef("invalid --max-tracked %d: want a number above 0", *maxTracked)
 	}
 	if o.ladder && o.output == outputJSON {
 		return usagef("--ladder draws text: it excludes -o json")
 	}
-	mode, err := probe.ParseAttach(*attach)
-	if err != nil {
-		return usagef("invalid --attach: %v", err)
-	}
 
-	c, err := clock.Now()
+	clk, err := clock.Now()
 	if err != nil {
 		return err
 	}
-	printer := newLifePrinter(stdout, &o, c)
+	printer := newLifePrinter(stdout, o, clk)
 	s, err := session.Open(session.Options{
-		Probe:      probe.Options{Filter: o.sel.kernel, Attach: mode},
-		Lifecycle:  lifecycle.Config{MaxTracked: *maxTracked},
+		Probe:      probe.Options{Filter: o.sel.kernel, Attach: attach},
+		Lifecycle:  lcfg,
 		NetNSPaths: o.sel.netnsPaths(),
 		Handler:    printer,
 		OnDrained:  printer.flush,
@@ -238,7 +238,7 @@ func runLife(args []string, stdout, stderr io.Writer) error {
 	}
 	printer.header()
 
-	stop := stopOn(s.Probe(), *duration, nil)
+	stop := stopOn(s.Probe(), duration, nil)
 	runErr := s.Run()
 	stop()
 	if err := printer.flush(); err != nil && runErr == nil {

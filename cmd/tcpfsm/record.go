@@ -1,10 +1,6 @@
 package main
 
 import (
-	"errors"
-
-	"github.com/spf13/pflag"
-
 	"fmt"
 	"io"
 	"os"
@@ -13,6 +9,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/tcpfsm/tcpfsm/cmd/tcpfsm/internal/settings"
 	"github.com/tcpfsm/tcpfsm/tracer/clock"
 	"github.com/tcpfsm/tcpfsm/tracer/probe"
 	"github.com/tcpfsm/tcpfsm/tracer/recording"
@@ -32,42 +29,44 @@ const recordExamples = `  tcpfsm record -w /tmp/tcp.rec -d 60s
   tcpfsm record -w /tmp/web.rec -L 80,443 -n 10000
 `
 
+// recordConfig is what record runs with.
+type recordConfig struct {
+	sel      selection
+	path     string
+	duration time.Duration
+	count    int
+	attach   probe.Attach
+}
+
+func recordCommand(c *recordConfig) settings.Command {
+	return settings.Command{Name: "record", Settings: sliceOf(filters(&c.sel), []settings.Setting{
+		&settings.String{Spec: settings.Spec{Flag: "write", Short: "w",
+			Help: "write the recording to `FILE` (required; e.g. -w /tmp/tcp.rec)"},
+			To: func(v string) error { c.path = v; return nil }},
+		durationSetting(&c.duration, "60s"),
+		countSetting(&c.count, "stop after recording `N` events (e.g. -n 10000)"),
+		attachSetting(&c.attach),
+	})}
+}
+
 func runRecord(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("record")
-	var ff filterFlags
-	ff.register(fs)
-	path := fs.StringP("write", "w", "", "write the recording to `FILE` (required; e.g. -w /tmp/tcp.rec)")
-	duration := fs.DurationP("duration", "d", 0, "stop after this `DURATION` (e.g. -d 60s)")
-	count := fs.IntP("count", "n", 0, "stop after recording `N` events (e.g. -n 10000)")
-	attach := fs.String("attach", "auto", "`HOOK` for inet_sock_set_state: auto, raw_tracepoint or tracepoint")
-	if help, err := parseFlags(fs, args); err != nil || help {
-		if help {
-			printUsage(stdout, fs, recordSynopsis, recordExamples)
-		}
+	var rc recordConfig
+	fs, help, err := parseCommand(recordCommand(&rc), args, stdout, recordSynopsis, recordExamples)
+	sel, path, duration, count, mode := rc.sel, rc.path, rc.duration, rc.count, rc.attach
+	if err != nil || help {
 		return err
 	}
-	sel, err := ff.resolve()
-	if err != nil {
+	if err := noArguments(fs); err != nil {
 		return err
 	}
 	if sel.comm != "" || sel.any {
 		return usagef("--comm and --state select at replay time; record keeps every event the kernel filters pass")
 	}
-	if *path == "" {
+	if path == "" {
 		return usagef("--write FILE is required")
 	}
-	if fs.Changed("duration") && *duration <= 0 {
-		return usagef("invalid --duration %s: want a positive duration such as 60s", *duration)
-	}
-	if fs.Changed("count") && *count <= 0 {
-		return usagef("invalid --count %d: want a number above 0", *count)
-	}
-	mode, err := probe.ParseAttach(*attach)
-	if err != nil {
-		return usagef("invalid --attach: %v", err)
-	}
 
-	f, err := os.OpenFile(*path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
 	if err != nil {
 		return err
 	}
@@ -85,7 +84,7 @@ func runRecord(args []string, stdout, stderr io.Writer) error {
 		Hostname:      host,
 	})
 	if err != nil {
-		return fmt.Errorf("write %s: %w", *path, err)
+		return fmt.Errorf("write %s: %w", path, err)
 	}
 	var events uint64
 	var s *session.Session
@@ -96,7 +95,7 @@ func runRecord(args []string, stdout, stderr io.Writer) error {
 		Record:     w,
 		OnEvent: func(*probe.Event) {
 			events++
-			if *count > 0 && events == uint64(*count) && s != nil {
+			if count > 0 && events == uint64(count) && s != nil {
 				s.Stop()
 			}
 		},
@@ -105,9 +104,9 @@ func runRecord(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer s.Close()
-	fmt.Fprintf(stderr, "Recording TCP state transitions (%s) to %s. Ctrl-C to end.\n", s.Probe().Attached(), *path)
+	fmt.Fprintf(stderr, "Recording TCP state transitions (%s) to %s. Ctrl-C to end.\n", s.Probe().Attached(), path)
 
-	stop := stopOn(s.Probe(), *duration, nil)
+	stop := stopOn(s.Probe(), duration, nil)
 	runErr := s.Run()
 	stop()
 	// Whatever happened, keep what was recorded.
@@ -116,7 +115,7 @@ func runRecord(args []string, stdout, stderr io.Writer) error {
 		ferr = f.Sync()
 	}
 	if runErr == nil && ferr != nil {
-		runErr = fmt.Errorf("write %s: %w", *path, ferr)
+		runErr = fmt.Errorf("write %s: %w", path, ferr)
 	}
 	lc, _ := s.Probe().Lost()
 	fmt.Fprintf(stderr, "\n%d events recorded, %d lost (ring buffer full: %d, program busy: %d)\n",
@@ -182,48 +181,51 @@ const replayExamples = `  tcpfsm replay /tmp/tcp.rec
   tcpfsm replay --view ladder /tmp/tcp.rec
 `
 
+// replayConfig is what replay runs with.
+type replayConfig struct {
+	sel      selection
+	view     string
+	out      outputFormat
+	lo       lifeOptions
+	noHeader bool
+}
+
+func replayCommand(c *replayConfig) settings.Command {
+	return settings.Command{Name: "replay", Settings: sliceOf(filters(&c.sel), []settings.Setting{
+		&settings.String{Spec: settings.Spec{Flag: "view",
+			Help: "`VIEW`: trace (transitions), life (one record per connection) or ladder"},
+			Default: "trace",
+			Check: func(v string) error {
+				if v != "trace" && v != "life" && v != "ladder" {
+					return fmt.Errorf("want trace, life or ladder")
+				}
+				return nil
+			},
+			To: func(v string) error { c.view = v; return nil }},
+		outputSetting(&c.out, "output `FORMAT`: table or json")},
+		c.lo.settings(), []settings.Setting{
+			countSetting(&c.lo.count, "stop after printing `N` lines or records"),
+			noHeaderSetting(&c.noHeader),
+		})}
+}
+
 func runReplay(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("replay")
-	var ff filterFlags
-	ff.register(fs)
-	view := fs.String("view", "trace", "`VIEW`: trace (transitions), life (one record per connection) or ladder")
-	output := fs.StringP("output", "o", "table", "output `FORMAT`: table or json")
-	var lo lifeOptions
-	lo.register(fs)
-	fs.IntVarP(&lo.count, "count", "n", 0, "stop after printing `N` lines or records")
-	noHeader := fs.Bool("no-header", false, "omit the table header")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, pflag.ErrHelp) {
-			printUsage(stdout, fs, replaySynopsis, replayExamples)
-			return nil
-		}
-		return usagef("%v", err)
+	var rc replayConfig
+	fs, help, err := parseCommand(replayCommand(&rc), args, stdout, replaySynopsis, replayExamples)
+	sel, view, out, lo, noHeader := rc.sel, rc.view, rc.out, rc.lo, rc.noHeader
+	if err != nil || help {
+		return err
 	}
 	if fs.NArg() != 1 {
 		return usagef("want exactly one recording FILE, got %d arguments", fs.NArg())
 	}
-	sel, err := ff.resolve()
-	if err != nil {
-		return err
-	}
-	out, err := parseOutput(*output)
-	if err != nil {
-		return err
-	}
-	if fs.Changed("count") && lo.count <= 0 {
-		return usagef("invalid --count %d: want a number above 0", lo.count)
-	}
-	switch *view {
-	case "trace", "life":
-	case "ladder":
+	if view == "ladder" {
 		lo.ladder = true
-	default:
-		return usagef("invalid --view %q: want trace, life or ladder", *view)
 	}
 	if lo.ladder && out == outputJSON {
 		return usagef("--view ladder draws text: it excludes -o json")
 	}
-	if *view == "trace" && (lo.ladder || lo.atClose || lo.all) {
+	if view == "trace" && (lo.ladder || lo.atClose || lo.all) {
 		return usagef("--ladder, --at-close and --all apply to --view life")
 	}
 
@@ -244,9 +246,9 @@ func runReplay(args []string, stdout, stderr io.Writer) error {
 	var flush func() error
 	var shown func() int
 	var invalid func() error
-	if *view == "trace" {
+	if view == "trace" {
 		printer := newEventPrinter(stdout, &sel, out, c, lo.count)
-		if !*noHeader {
+		if !noHeader {
 			printer.header()
 		}
 		opts.OnEvent = func(e *probe.Event) {
@@ -260,7 +262,7 @@ func runReplay(args []string, stdout, stderr io.Writer) error {
 	} else {
 		lo.sel, lo.output = sel, out
 		printer := newLifePrinter(stdout, &lo, c)
-		if !*noHeader {
+		if !noHeader {
 			printer.header()
 		}
 		opts.Handler = printer

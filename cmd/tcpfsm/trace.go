@@ -7,6 +7,7 @@ import (
 	"io"
 	"time"
 
+	"github.com/tcpfsm/tcpfsm/cmd/tcpfsm/internal/settings"
 	"github.com/tcpfsm/tcpfsm/exporter/jsonl"
 	"github.com/tcpfsm/tcpfsm/exporter/text"
 	"github.com/tcpfsm/tcpfsm/tracer/clock"
@@ -39,38 +40,22 @@ type traceConfig struct {
 	noHeader bool
 }
 
-func parseTrace(args []string, usage io.Writer) (cfg traceConfig, help bool, err error) {
-	fs := newFlagSet("trace")
-	var ff filterFlags
-	ff.register(fs)
-	output := fs.StringP("output", "o", "table", "output `FORMAT`: table, or json for one JSON object per line with every field (e.g. -o json)")
-	fs.DurationVarP(&cfg.duration, "duration", "d", 0, "stop after this `DURATION` (e.g. -d 30s, -d 5m)")
-	fs.IntVarP(&cfg.count, "count", "n", 0, "stop after printing `N` transitions (e.g. -n 100)")
-	attach := fs.String("attach", "auto", "`HOOK` for inet_sock_set_state: auto, raw_tracepoint or tracepoint (e.g. --attach tracepoint)")
-	fs.BoolVar(&cfg.noHeader, "no-header", false, "omit the table header")
+func traceCommand(cfg *traceConfig) settings.Command {
+	return settings.Command{Name: "trace", Settings: sliceOf(filters(&cfg.sel), []settings.Setting{
+		outputSetting(&cfg.output, "output `FORMAT`: table, or json for one JSON object per line with every field (e.g. -o json)"),
+		durationSetting(&cfg.duration, "30s, -d 5m"),
+		countSetting(&cfg.count, "stop after printing `N` transitions (e.g. -n 100)"),
+		attachSetting(&cfg.attach),
+		noHeaderSetting(&cfg.noHeader),
+	})}
+}
 
-	if help, err = parseFlags(fs, args); err != nil || help {
-		if help {
-			printUsage(usage, fs, traceSynopsis, traceExamples)
-		}
+func parseTrace(args []string, usage io.Writer) (cfg traceConfig, help bool, err error) {
+	fs, help, err := parseCommand(traceCommand(&cfg), args, usage, traceSynopsis, traceExamples)
+	if err != nil || help {
 		return cfg, help, err
 	}
-	if cfg.sel, err = ff.resolve(); err != nil {
-		return cfg, false, err
-	}
-	if cfg.output, err = parseOutput(*output); err != nil {
-		return cfg, false, err
-	}
-	if fs.Changed("duration") && cfg.duration <= 0 {
-		return cfg, false, usagef("invalid --duration %s: want a positive duration such as 30s", cfg.duration)
-	}
-	if fs.Changed("count") && cfg.count <= 0 {
-		return cfg, false, usagef("invalid --count %d: want a number above 0", cfg.count)
-	}
-	if cfg.attach, err = probe.ParseAttach(*attach); err != nil {
-		return cfg, false, usagef("invalid --attach: %v", err)
-	}
-	return cfg, false, nil
+	return cfg, false, noArguments(fs)
 }
 
 // errCountReached ends the read loop once -n events are printed.

@@ -40,7 +40,7 @@ func ParseLabel(s string) (Label, bool) {
 // values; values beyond it are counted under "other".
 type Options struct {
 	Labels     []Label
-	LabelLimit int // default 20
+	LabelLimit int // default DefaultLabelLimit
 	// ContainerOf names the container of a cgroup id ("" for none); needed
 	// for the container label on connections still open.
 	ContainerOf func(cgroupID uint64) string
@@ -125,10 +125,18 @@ var failureNames = [failureReasons]string{"refused", "timeout", "reset", "other"
 // loopback handshake and a TIME_WAIT fit the same scale.
 var durationBuckets = prometheus.ExponentialBuckets(1e-6, 4, 16)
 
+// The label budget's default, and the most values a label may keep: each
+// value of each optional label multiplies the series of the connection
+// metrics.
+const (
+	DefaultLabelLimit = 20
+	MaxLabelLimit     = 1000
+)
+
 // New returns the collector; snapshot is called once per scrape.
 func New(opts Options, build BuildInfo, snapshot func() Snapshot) *Metrics {
 	if opts.LabelLimit <= 0 {
-		opts.LabelLimit = 20
+		opts.LabelLimit = DefaultLabelLimit
 	}
 	m := &Metrics{opts: opts, snapshot: snapshot, build: build,
 		opened: map[labelKey]uint64{}, closed: map[labelKey]uint64{}, budgets: map[Label]*budget{}}

@@ -7,31 +7,6 @@ import "github.com/tcpfsm/tcpfsm/tracer/probe"
 // snapshot seeding (seed.go), close classification (close.go), TIME_WAIT
 // (timewait.go) and the sock_diag observations (socket.go).
 
-// Config bounds and tunes a Builder. The zero value takes the defaults.
-type Config struct {
-	// MaxTracked caps the records held at once, open connections and
-	// those in TIME_WAIT. At the cap the least recently active record is
-	// evicted. Default 262144 (the kernel's usual tcp_max_tw_buckets).
-	MaxTracked int
-	// HandshakeTimeout evicts a record stuck in SYN_SENT or SYN_RECV,
-	// whose end was missed. Default 3 minutes: longer than connect()
-	// retries with the default tcp_syn_retries (about 127 s).
-	HandshakeTimeout uint64
-	// ResetHold is how long a closed record waits for the RST the kernel
-	// sends after a CLOSE (close() with unread data, SO_LINGER 0).
-	// Default 5 ms.
-	ResetHold uint64
-	// ExactTimeWait: the kernel flags closes into TIME_WAIT and reports
-	// their end (fentry). Without it both are reconstructed.
-	ExactTimeWait bool
-}
-
-const (
-	defaultMaxTracked       = 262144
-	defaultHandshakeTimeout = 180_000_000_000
-	defaultResetHold        = 5_000_000
-)
-
 // Handler receives records as they complete. The pointer is valid only
 // during the call.
 type Handler interface {
@@ -128,15 +103,7 @@ type Builder struct {
 
 // NewBuilder returns a builder that hands records to h.
 func NewBuilder(cfg Config, h Handler) *Builder {
-	if cfg.MaxTracked <= 0 {
-		cfg.MaxTracked = defaultMaxTracked
-	}
-	if cfg.HandshakeTimeout == 0 {
-		cfg.HandshakeTimeout = defaultHandshakeTimeout
-	}
-	if cfg.ResetHold == 0 {
-		cfg.ResetHold = defaultResetHold
-	}
+	cfg.setDefaults()
 	return &Builder{
 		cfg: cfg, h: h,
 		byID:      map[uint64]int32{},

@@ -111,7 +111,7 @@ func (b *Builder) evictStuckHandshakes(now uint64) {
 		if r.NSpan > 0 && r.Spans[r.NSpan-1].Enter != 0 {
 			since = r.Spans[r.NSpan-1].Enter
 		}
-		if now > since+b.cfg.HandshakeTimeout {
+		if now > since+uint64(b.cfg.HandshakeTimeout) {
 			b.evict(i, EvictHandshakeTimeout)
 		}
 	}

@@ -90,7 +90,7 @@ func (b *Builder) transition(e *probe.Event) {
 			r.twFinWait2 = e.Flags&probe.FlagTWFinWait2 != 0
 		}
 		b.lruRemove(i)
-		r.heldUntil = e.TsNs + b.cfg.ResetHold
+		r.heldUntil = e.TsNs + uint64(b.cfg.ResetHold)
 		b.held = append(b.held, i)
 	}
 }

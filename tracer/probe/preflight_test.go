@@ -68,9 +68,18 @@ func TestOptionsValidation(t *testing.T) {
 		{Attach: "kprobe"},
 		{RingBufferSize: 3 << 20},
 		{RingBufferSize: 1024},
+		{RingBufferSize: MaxRingBufferSize + MinRingBufferSize},
+		{MaxConnections: MaxMaxConnections + 1},
 		{MaxConnections: -1},
 		{FlushInterval: -time.Second},
 		{WakeupBytes: 16 << 20},
+	}
+	if err := CheckRingBufferSize(MaxRingBufferSize); err != nil {
+		t.Errorf("the largest ring buffer: %v", err)
+	}
+	big := int64(1) << 40 // as --ring-buffer-bytes 1099511627776 asked
+	if CheckRingBufferSize(int(big)) == nil {
+		t.Error("a ring buffer above the map's u32 size accepted")
 	}
 	for _, o := range bad {
 		if err := o.setDefaults(); err == nil {

@@ -39,66 +39,6 @@ func ParseAttach(s string) (Attach, error) {
 	return "", fmt.Errorf("unknown attach mode %q (want auto, raw_tracepoint or tracepoint)", s)
 }
 
-// Options configure Open. The zero value traces everything with defaults.
-type Options struct {
-	Filter Filter
-	Attach Attach
-	// RingBufferSize is the ring buffer's size in bytes, a power of two
-	// and a multiple of the page size. Default 8 MiB.
-	RingBufferSize int
-	// MaxConnections bounds the kernel's per-socket table (an LRU).
-	// Default 65536.
-	MaxConnections int
-	// FlushInterval bounds how long an event may wait in the ring buffer
-	// when traffic is light: the kernel does not wake the reader for each
-	// event, the reader polls this often. Default 50ms.
-	FlushInterval time.Duration
-	// WakeupBytes makes the kernel wake the reader once that much data
-	// waits, so bursts are drained early. Default a sixteenth of the ring.
-	WakeupBytes int
-}
-
-const (
-	defaultRingBufferSize = 8 << 20
-	defaultMaxConnections = 65536
-	defaultFlushInterval  = 50 * time.Millisecond
-)
-
-func (o *Options) setDefaults() error {
-	if o.Attach == "" {
-		o.Attach = AttachAuto
-	}
-	if _, err := ParseAttach(string(o.Attach)); err != nil {
-		return err
-	}
-	if o.RingBufferSize == 0 {
-		o.RingBufferSize = defaultRingBufferSize
-	}
-	page := os.Getpagesize()
-	if rb := o.RingBufferSize; rb < page || rb&(rb-1) != 0 {
-		return fmt.Errorf("ring buffer size %d: must be a power of two of at least %d bytes", rb, page)
-	}
-	if o.MaxConnections == 0 {
-		o.MaxConnections = defaultMaxConnections
-	}
-	if o.MaxConnections < 0 {
-		return fmt.Errorf("max connections %d: must be positive", o.MaxConnections)
-	}
-	if o.FlushInterval == 0 {
-		o.FlushInterval = defaultFlushInterval
-	}
-	if o.FlushInterval < 0 {
-		return fmt.Errorf("flush interval %s: must be positive", o.FlushInterval)
-	}
-	if o.WakeupBytes == 0 {
-		o.WakeupBytes = o.RingBufferSize / 16
-	}
-	if o.WakeupBytes < 0 || o.WakeupBytes > o.RingBufferSize {
-		return fmt.Errorf("wakeup bytes %d: must be between 1 and the ring size", o.WakeupBytes)
-	}
-	return nil
-}
-
 // Probe is a loaded and attached set of tcpfsm programs.
 type Probe struct {
 	coll     *ebpf.Collection

@@ -21,33 +21,6 @@ import (
 	"github.com/tcpfsm/tcpfsm/tracer/sockdiag"
 )
 
-// Options configure a live session.
-type Options struct {
-	Probe     probe.Options
-	Lifecycle lifecycle.Config
-	// Handler receives the records; nil drops them.
-	Handler lifecycle.Handler
-	// OnEvent sees every event before the builder does.
-	OnEvent func(e *probe.Event)
-	// OnDrained runs each time the ring buffer was emptied, and at least
-	// once per flush interval: flush outputs there.
-	OnDrained func() error
-	// Record, when set, receives every input in the order the builder
-	// gets it.
-	Record *recording.Writer
-	// TimeWaitPoll is how often sock_diag looks for the end of
-	// reconstructed TIME_WAITs. Default 1s; negative disables it.
-	TimeWaitPoll time.Duration
-	// NoSnapshot skips the sock_diag snapshot of existing connections.
-	NoSnapshot bool
-	// Clock maps timestamps to wall clock; zero takes it now. A recording's
-	// header and the session must agree on it.
-	Clock clock.Clock
-	// NetNSPaths names namespaces no process is in (a --netns path, or a
-	// test's), by inode, for the snapshot and the TIME_WAIT polls.
-	NetNSPaths map[uint32]string
-}
-
 // Session is a running pipeline.
 type Session struct {
 	opts  Options
@@ -78,8 +51,11 @@ func (s *Session) Warnings() []string { return s.warnings }
 // Open loads the probe, takes the snapshot of existing connections and
 // returns a session ready to Run.
 func Open(opts Options) (_ *Session, err error) {
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
 	if opts.TimeWaitPoll == 0 {
-		opts.TimeWaitPoll = time.Second
+		opts.TimeWaitPoll = DefaultTimeWaitPoll
 	}
 	c := opts.Clock
 	if c.BootNs == 0 {

@@ -1,0 +1,60 @@
+package session
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/tcpfsm/tcpfsm/tracer/clock"
+	"github.com/tcpfsm/tcpfsm/tracer/lifecycle"
+	"github.com/tcpfsm/tcpfsm/tracer/probe"
+	"github.com/tcpfsm/tcpfsm/tracer/recording"
+)
+
+// Options configure a live session.
+type Options struct {
+	Probe     probe.Options
+	Lifecycle lifecycle.Config
+	// Handler receives the records; nil drops them.
+	Handler lifecycle.Handler
+	// OnEvent sees every event before the builder does.
+	OnEvent func(e *probe.Event)
+	// OnDrained runs each time the ring buffer was emptied, and at least
+	// once per flush interval: flush outputs there.
+	OnDrained func() error
+	// Record, when set, receives every input in the order the builder
+	// gets it.
+	Record *recording.Writer
+	// TimeWaitPoll is how often sock_diag looks for the end of
+	// reconstructed TIME_WAITs: MinTimeWaitPoll to MaxTimeWaitPoll.
+	// Default DefaultTimeWaitPoll; negative disables it.
+	TimeWaitPoll time.Duration
+	// NoSnapshot skips the sock_diag snapshot of existing connections.
+	NoSnapshot bool
+	// Clock maps timestamps to wall clock; zero takes it now. A recording's
+	// header and the session must agree on it.
+	Clock clock.Clock
+	// NetNSPaths names namespaces no process is in (a --netns path, or a
+	// test's), by inode, for the snapshot and the TIME_WAIT polls.
+	NetNSPaths map[uint32]string
+}
+
+// Defaults and limits of Options, for commands to offer and show.
+const (
+	DefaultTimeWaitPoll = time.Second
+	// MinTimeWaitPoll keeps the polls' sock_diag dumps cheap.
+	MinTimeWaitPoll = 100 * time.Millisecond
+	// MaxTimeWaitPoll is TIME_WAIT's length: polling less often finds
+	// nothing the assumed 60 s end does not.
+	MaxTimeWaitPoll = time.Minute
+)
+
+// Validate checks the options as Open would, without loading anything.
+func (o Options) Validate() error {
+	if p := o.TimeWaitPoll; p > 0 && (p < MinTimeWaitPoll || p > MaxTimeWaitPoll) {
+		return fmt.Errorf("TIME_WAIT poll interval %s: want %s to %s, or negative (off)", p, MinTimeWaitPoll, MaxTimeWaitPoll)
+	}
+	if err := o.Probe.Validate(); err != nil {
+		return err
+	}
+	return o.Lifecycle.Validate()
+}
