@@ -10,8 +10,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"runtime"
-	"runtime/debug"
 	"syscall"
 	"time"
 
@@ -24,6 +22,7 @@ import (
 
 	"github.com/tcpfsm/tcpfsm/exporter/logs"
 	"github.com/tcpfsm/tcpfsm/exporter/metrics"
+	"github.com/tcpfsm/tcpfsm/internal/buildinfo"
 	"github.com/tcpfsm/tcpfsm/tracer/lifecycle"
 	"github.com/tcpfsm/tcpfsm/tracer/probe"
 	"github.com/tcpfsm/tcpfsm/tracer/session"
@@ -115,7 +114,7 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 	defer sess.Close()
 	lw = logs.New(logOut, sess.Clock(), logs.Options{Transitions: cfg.transitions, Sample: cfg.sample})
 	m = metrics.New(metrics.Options{Labels: cfg.labels, LabelLimit: cfg.labelLimit, NoExemplars: cfg.noExemplars,
-		ContainerOf: sess.Container}, buildInfo(), func() metrics.Snapshot { return snapshot(sess) })
+		ContainerOf: sess.Container}, buildinfo.Get(), func() metrics.Snapshot { return snapshot(sess) })
 	h = fanout{m, lw}
 
 	reg := prometheus.NewRegistry()
@@ -231,17 +230,4 @@ func snapshot(s *session.Session) metrics.Snapshot {
 	snap.Programs, _ = s.Probe().Stats()
 	snap.EphemeralPorts, _ = metrics.EphemeralPorts("/proc/sys")
 	return snap
-}
-
-func buildInfo() metrics.BuildInfo {
-	bi := metrics.BuildInfo{Version: "unknown", Revision: "unknown", GoVersion: runtime.Version()}
-	if info, ok := debug.ReadBuildInfo(); ok {
-		bi.Version = info.Main.Version
-		for _, s := range info.Settings {
-			if s.Key == "vcs.revision" {
-				bi.Revision = s.Value
-			}
-		}
-	}
-	return bi
 }
