@@ -38,6 +38,7 @@ run: build
 # Each test's verdict is printed, so a log shows the privileged ones ran.
 test: vet
 	$(GO) test -count=1 -v ./... 2>&1 | grep -vE '^=== (RUN|PAUSE|CONT|NAME)|^ +--- PASS: Fuzz[A-Za-z]+/'
+	$(GO) -C tools/image test -count=1 -v ./... 2>&1 | grep -vE '^=== (RUN|PAUSE|CONT|NAME)'
 
 # The privileged suites again on Debian's 6.1 kernel under qemu (TCG).
 test-kernels:
