@@ -30,7 +30,7 @@ type dockerManifest struct {
 //
 // Entries are sorted and carry fixed owners, modes and mtime, so the same
 // index gives the same bytes.
-func writeArchive(w io.Writer, idx v1.ImageIndex, names []string, mtime time.Time) error {
+func writeArchive(w io.Writer, idx *imageIndex, names []string, mtime time.Time) error {
 	if len(names) == 0 {
 		return fmt.Errorf("archive: no image name")
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"compress/gzip"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -93,22 +94,62 @@ func (s spec) platforms() []string {
 	return ps
 }
 
+// imageIndex is an OCI image index of one image per platform. It is
+// written here rather than with mutate.AppendManifests, whose descriptors
+// carry artifactType (the config's media type): the OCI spec keeps that
+// field for artifacts, and tools that do not know it (skopeo 1.9) rewrite
+// the index when they copy it, changing its digest.
+type imageIndex struct {
+	manifest v1.IndexManifest
+	raw      []byte
+	digest   v1.Hash
+	images   map[v1.Hash]v1.Image
+}
+
+func (i *imageIndex) RawManifest() ([]byte, error)              { return i.raw, nil }
+func (i *imageIndex) Digest() (v1.Hash, error)                  { return i.digest, nil }
+func (i *imageIndex) IndexManifest() (*v1.IndexManifest, error) { return &i.manifest, nil }
+func (i *imageIndex) Image(h v1.Hash) (v1.Image, error) {
+	img, ok := i.images[h]
+	if !ok {
+		return nil, fmt.Errorf("index: no image %s", h)
+	}
+	return img, nil
+}
+
 // buildIndex builds one image per platform and the OCI index of them all.
-func buildIndex(s spec) (v1.ImageIndex, error) {
+func buildIndex(s spec) (*imageIndex, error) {
 	if err := s.check(); err != nil {
 		return nil, err
 	}
-	var adds []mutate.IndexAddendum
+	idx := &imageIndex{
+		manifest: v1.IndexManifest{SchemaVersion: 2, MediaType: types.OCIImageIndex, Annotations: s.annotations()},
+		images:   map[v1.Hash]v1.Image{},
+	}
 	for _, p := range s.platforms() {
 		img, plat, err := buildImage(s, p)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", p, err)
 		}
-		adds = append(adds, mutate.IndexAddendum{Add: img, Descriptor: v1.Descriptor{Platform: plat}})
+		raw, err := img.RawManifest()
+		if err != nil {
+			return nil, err
+		}
+		d, err := img.Digest()
+		if err != nil {
+			return nil, err
+		}
+		idx.manifest.Manifests = append(idx.manifest.Manifests, v1.Descriptor{
+			MediaType: types.OCIManifestSchema1, Size: int64(len(raw)), Digest: d, Platform: plat})
+		idx.images[d] = img
 	}
-	idx := mutate.IndexMediaType(empty.Index, types.OCIImageIndex)
-	idx = mutate.AppendManifests(idx, adds...)
-	return mutate.Annotations(idx, s.annotations()).(v1.ImageIndex), nil
+	raw, err := json.Marshal(idx.manifest)
+	if err != nil {
+		return nil, err
+	}
+	idx.raw = raw
+	idx.digest, _, err = v1.SHA256(bytes.NewReader(raw))
+	return idx, err
 }
 
 // parsePlatform reads "linux/amd64" or "linux/arm64/v8".

@@ -203,6 +203,9 @@ func TestArchive(t *testing.T) {
 	for _, d := range idx.Manifests {
 		arch := d.Platform.Architecture
 		platforms = append(platforms, d.Platform.OS+"/"+arch)
+		if d.MediaType != "application/vnd.oci.image.manifest.v1+json" || d.ArtifactType != "" {
+			t.Errorf("%s: index entry %+v: want an image manifest, no artifactType", arch, d)
+		}
 		var m v1.Manifest
 		decode(t, blob(d.Digest), &m)
 		if m.MediaType != "application/vnd.oci.image.manifest.v1+json" || m.Config.MediaType != "application/vnd.oci.image.config.v1+json" {

@@ -152,7 +152,7 @@ func writeFileAtomic(path string, write func(io.Writer) error) error {
 	return os.Rename(f.Name(), path)
 }
 
-func describe(w io.Writer, path string, idx v1.ImageIndex, names []string) error {
+func describe(w io.Writer, path string, idx *imageIndex, names []string) error {
 	st, err := os.Stat(path)
 	if err != nil {
 		return err
