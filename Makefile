@@ -117,7 +117,7 @@ IMAGE_ARCHIVE := bin/tcpfsm-image.tar
 image: release
 	$(GO) -C tools/image run . build -o $(CURDIR)/$(IMAGE_ARCHIVE) -name $(IMAGE) \
 		-version $(VERSION) -revision $(REVISION) -created $(SOURCE_DATE_EPOCH) \
-		-license-file $(CURDIR)/LICENSE \
+		$(foreach f,LICENSE $(wildcard bpf/LICENSE.*),-license-file $(CURDIR)/$(f)) \
 		$(foreach a,$(RELEASE_ARCHES),-binary linux/$(a)=$(CURDIR)/bin/release/tcpfsm-linux-$(a))
 
 # Build the image a second time from a copy of the sources in another

@@ -23,7 +23,7 @@ import (
 // both find it.
 const (
 	binaryPath  = "usr/local/bin/tcpfsm"
-	licensePath = "usr/share/doc/tcpfsm/LICENSE"
+	docDir      = "usr/share/doc/tcpfsm"
 	metricsPort = "9465/tcp"
 )
 
@@ -37,15 +37,15 @@ const (
 
 // spec is what one image index is built from.
 type spec struct {
-	Version     string
-	Revision    string
-	Created     time.Time // the commit's time: SOURCE_DATE_EPOCH
-	Source      string
-	Licenses    string // SPDX expression
-	Title       string
-	Description string
-	License     []byte            // the LICENSE file's text
-	Binaries    map[string]string // "linux/amd64" -> path of a static binary
+	Version      string
+	Revision     string
+	Created      time.Time // the commit's time: SOURCE_DATE_EPOCH
+	Source       string
+	Licenses     string // SPDX expression
+	Title        string
+	Description  string
+	LicenseFiles map[string][]byte // license texts by file name, put in /usr/share/doc/tcpfsm
+	Binaries     map[string]string // "linux/amd64" -> path of a static binary
 }
 
 // annotations are the org.opencontainers.image.* keys, as labels of each
@@ -183,9 +183,12 @@ func buildImage(s spec, platform string) (v1.Image, *v1.Platform, error) {
 		{name: "etc/group", mode: 0o644, data: []byte(group)},
 		{name: "tmp", mode: 0o1777, dir: true},
 	}
-	if len(s.License) > 0 {
-		files = append(files, file{name: licensePath, mode: 0o644, data: s.License})
+	docs := []string{}
+	for name, text := range s.LicenseFiles {
+		files = append(files, file{name: docDir + "/" + name, mode: 0o644, data: text})
+		docs = append(docs, "/"+docDir+"/"+name)
 	}
+	sort.Strings(docs)
 	raw, err := layerTar(files, s.Created)
 	if err != nil {
 		return nil, nil, err
@@ -205,7 +208,7 @@ func buildImage(s spec, platform string) (v1.Image, *v1.Platform, error) {
 		History: v1.History{
 			Created:   created,
 			CreatedBy: fmt.Sprintf("make image: tcpfsm %s (%s), static, %s", s.Version, s.Revision, platform),
-			Comment:   "/" + binaryPath + ", /etc/passwd, /etc/group, /tmp, /" + licensePath,
+			Comment:   strings.Join(append([]string{"/" + binaryPath, "/etc/passwd", "/etc/group", "/tmp"}, docs...), ", "),
 		},
 	})
 	if err != nil {

@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"sort"
 	"strings"
 	"testing"
@@ -62,7 +63,7 @@ func testSpec() spec {
 	return spec{
 		Version: "v1.2.3-4-g0123abc", Revision: "0123abc0123abc0123abc0123abc0123abc0123a",
 		Created: created, Source: "https://github.com/tcpfsm/tcpfsm", Licenses: "Apache-2.0",
-		Title: "tcpfsm", Description: "test image", License: []byte("license text\n"),
+		Title: "tcpfsm", Description: "test image", LicenseFiles: map[string][]byte{"LICENSE": []byte("license text\n"), "LICENSE.GPL-2.0": []byte("gpl\n")},
 		Binaries: testBinaries,
 	}
 }
@@ -278,12 +279,13 @@ func checkLayer(t *testing.T, arch string, layer []byte) {
 	t.Helper()
 	order, entries := readTar(t, layer)
 	want := []string{"etc/", "etc/group", "etc/passwd", "tmp/", "usr/", "usr/local/", "usr/local/bin/",
-		"usr/local/bin/tcpfsm", "usr/share/", "usr/share/doc/", "usr/share/doc/tcpfsm/", "usr/share/doc/tcpfsm/LICENSE"}
+		"usr/local/bin/tcpfsm", "usr/share/", "usr/share/doc/", "usr/share/doc/tcpfsm/", "usr/share/doc/tcpfsm/LICENSE",
+		"usr/share/doc/tcpfsm/LICENSE.GPL-2.0"}
 	if !reflect.DeepEqual(order, want) {
 		t.Errorf("%s: layer has %v, want %v", arch, order, want)
 	}
 	modes := map[string]int64{"tmp": 0o1777, "usr/local/bin/tcpfsm": 0o755, "etc/passwd": 0o644, "etc/group": 0o644,
-		"usr/share/doc/tcpfsm/LICENSE": 0o644, "usr/local/bin": 0o755}
+		"usr/share/doc/tcpfsm/LICENSE": 0o644, "usr/share/doc/tcpfsm/LICENSE.GPL-2.0": 0o644, "usr/local/bin": 0o755}
 	for n, m := range modes {
 		if got := entries[n].hdr.Mode; got != m {
 			t.Errorf("%s: %s mode %o, want %o", arch, n, got, m)
@@ -355,7 +357,7 @@ func isDynamic(path string) bool {
 func TestBuildCommand(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "img.tar")
 	args := []string{"build", "-o", out, "-name", "localhost/tcpfsm:v1", "-version", "v1", "-revision", "abc",
-		"-license-file", "../../LICENSE",
+		"-license-file", "../../LICENSE", "-license-file", "../../bpf/LICENSE.GPL-2.0",
 		"-binary", "linux/arm64=" + testBinaries["linux/arm64"], "-binary", "linux/amd64=" + testBinaries["linux/amd64"]}
 	t.Setenv("SOURCE_DATE_EPOCH", "1700000000")
 	var stdout, stderr bytes.Buffer
@@ -377,5 +379,25 @@ func TestBuildCommand(t *testing.T) {
 	}
 	if m, _ := filepath.Glob(filepath.Join(filepath.Dir(out), ".image-*")); len(m) > 0 {
 		t.Errorf("temporary files left: %v", m)
+	}
+}
+
+// The DaemonSet runs the image `make image` builds by default.
+func TestDaemonSetNamesTheImage(t *testing.T) {
+	mk, err := os.ReadFile("../../Makefile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ds, err := os.ReadFile("../../deploy/kubernetes/daemonset.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	def := regexp.MustCompile(`(?m)^IMAGE \?= (\S+)$`).FindSubmatch(mk)
+	refs := regexp.MustCompile(`(?m)^\s+image: (\S+)$`).FindAllSubmatch(ds, -1)
+	if def == nil || len(refs) != 1 {
+		t.Fatalf("Makefile IMAGE default %q, DaemonSet image lines %q", def, refs)
+	}
+	if string(refs[0][1]) != string(def[1]) {
+		t.Errorf("the DaemonSet runs %s, make image builds %s", refs[0][1], def[1])
 	}
 }

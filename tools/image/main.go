@@ -71,14 +71,17 @@ func runBuild(args []string, stdout io.Writer) error {
 		names, bins listFlag
 		out         = fs.String("o", "bin/tcpfsm-image.tar", "write the OCI archive to `FILE`")
 		created     = fs.String("created", os.Getenv("SOURCE_DATE_EPOCH"), "creation time, Unix `SECONDS` (default $SOURCE_DATE_EPOCH)")
-		licenseFile = fs.String("license-file", "", "put `FILE` at /"+licensePath)
 	)
+	var licenseFiles listFlag
+	fs.Var(&licenseFiles, "license-file", "put `FILE` in /"+docDir+" (repeatable)")
 	fs.Var(&names, "name", "image `NAME:TAG` (repeatable)")
 	fs.Var(&bins, "binary", "`OS/ARCH=FILE`, a static binary per platform (repeatable)")
 	fs.StringVar(&s.Version, "version", "", "org.opencontainers.image.version")
 	fs.StringVar(&s.Revision, "revision", "", "org.opencontainers.image.revision (the commit)")
 	fs.StringVar(&s.Source, "source", "https://github.com/tcpfsm/tcpfsm", "org.opencontainers.image.source")
-	fs.StringVar(&s.Licenses, "licenses", "Apache-2.0", "org.opencontainers.image.licenses")
+	// The Go code is Apache-2.0; the embedded BPF object is built from C
+	// under GPL-2.0-only OR BSD-2-Clause (bpf/LICENSE.*).
+	fs.StringVar(&s.Licenses, "licenses", "Apache-2.0 AND (GPL-2.0-only OR BSD-2-Clause)", "org.opencontainers.image.licenses (SPDX)")
 	fs.StringVar(&s.Title, "title", "tcpfsm", "org.opencontainers.image.title")
 	fs.StringVar(&s.Description, "description",
 		"eBPF TCP connection-state tracer: Prometheus metrics and one JSON record per connection, as a host agent",
@@ -108,10 +111,16 @@ func runBuild(args []string, stdout io.Writer) error {
 		}
 		s.Binaries[p] = path
 	}
-	if *licenseFile != "" {
-		if s.License, err = os.ReadFile(*licenseFile); err != nil {
+	s.LicenseFiles = map[string][]byte{}
+	for _, f := range licenseFiles {
+		text, err := os.ReadFile(f)
+		if err != nil {
 			return err
 		}
+		if _, dup := s.LicenseFiles[filepath.Base(f)]; dup {
+			return usageError{fmt.Errorf("build: -license-file: two files named %s", filepath.Base(f))}
+		}
+		s.LicenseFiles[filepath.Base(f)] = text
 	}
 	if err := s.check(); err != nil {
 		return usageError{fmt.Errorf("build: %w", err)}

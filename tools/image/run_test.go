@@ -121,10 +121,10 @@ func TestImagePodman(t *testing.T) {
 		t.Errorf("podman run IMAGE version: %q, want %q", got, img.versionLine())
 	}
 
-	// podman's default seccomp profile before containers-common 0.57
-	// (Debian 12 has 0.50) allows bpf() and perf_event_open() only with
-	// CAP_SYS_ADMIN: the same profile with those two allowed for CAP_BPF
-	// and CAP_PERFMON, as newer profiles do, is what is needed then.
+	// The default seccomp profile of Debian 12's podman (containers-common
+	// 0.50) allows bpf() and perf_event_open() only with CAP_SYS_ADMIN: the
+	// same profile with those two allowed for CAP_BPF and CAP_PERFMON, as
+	// containerd's profile does, is what is needed then.
 	var secopt []string
 	if prof, changed := seccompForCaps(t, "/usr/share/containers/seccomp.json", dir); changed {
 		t.Logf("podman's seccomp profile allows bpf() only with CAP_SYS_ADMIN: using it with bpf for CAP_BPF and perf_event_open for CAP_PERFMON (%s)", prof)
