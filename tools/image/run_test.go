@@ -26,6 +26,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
 
 // capMask is CAP_BPF (39) and CAP_PERFMON (38): the agent's whole
@@ -65,15 +67,59 @@ func needImage(t *testing.T, tools ...string) imageUnderTest {
 	}
 	for _, tool := range tools {
 		if _, err := exec.LookPath(tool); err != nil {
-			missing(tool + " is not installed (Debian: apt-get install podman runc containerd)")
+			missing(tool + " is not installed (Debian: podman, runc, containerd, qemu-user)")
 		}
 	}
 	return img
 }
 
 // versionLine is what `tcpfsm version` prints in the image on this host.
-func (img imageUnderTest) versionLine() string {
-	return fmt.Sprintf("tcpfsm %s (revision %s, %s, linux/%s)\n", img.version, img.revision, runtime.Version(), runtime.GOARCH)
+func (img imageUnderTest) versionLine() string { return img.versionLineFor(runtime.GOARCH) }
+
+func (img imageUnderTest) versionLineFor(arch string) string {
+	return fmt.Sprintf("tcpfsm %s (revision %s, %s, linux/%s)\n", img.version, img.revision, runtime.Version(), arch)
+}
+
+// The arm64 image's binary runs (under qemu-aarch64, user-mode emulation)
+// and names its build: what an arm64 node would run.
+func TestImageArm64Binary(t *testing.T) {
+	img := needImage(t, "qemu-aarch64")
+	b, err := os.ReadFile(img.archive)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, entries := readTar(t, b)
+	blob := func(d v1.Hash) []byte {
+		t.Helper()
+		e, ok := entries["blobs/"+d.Algorithm+"/"+d.Hex]
+		if !ok {
+			t.Fatalf("no blob %s", d)
+		}
+		return e.data
+	}
+	var top, idx v1.IndexManifest
+	decode(t, entries["index.json"].data, &top)
+	decode(t, blob(top.Manifests[0].Digest), &idx)
+	var bin []byte
+	for _, d := range idx.Manifests {
+		if d.Platform.Architecture != "arm64" {
+			continue
+		}
+		var m v1.Manifest
+		decode(t, blob(d.Digest), &m)
+		_, files := readTar(t, gunzip(t, blob(m.Layers[0].Digest)))
+		bin = files["usr/local/bin/tcpfsm"].data
+	}
+	if len(bin) == 0 {
+		t.Fatal("no arm64 image with /usr/local/bin/tcpfsm")
+	}
+	path := filepath.Join(t.TempDir(), "tcpfsm")
+	if err := os.WriteFile(path, bin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if got := runCmd(t, "qemu-aarch64", path, "version"); got != img.versionLineFor("arm64") {
+		t.Errorf("arm64 tcpfsm version: %q, want %q", got, img.versionLineFor("arm64"))
+	}
 }
 
 func runCmd(t *testing.T, name string, args ...string) string {
