@@ -182,7 +182,7 @@ func TestImagePodman(t *testing.T) {
 			name := fmt.Sprintf("tcpfsm-image-test-%d-%s", os.Getpid(), strings.Split(user, ":")[0])
 			checkAgent(t, img, user[:strings.Index(user, ":")], func(metricsAddr string, port int) agentRun {
 				args := append(append([]string(nil), base...), "-d", "--name", name, "--user", user,
-					"--network", "host", "--cap-drop", "all", "--cap-add", "CAP_BPF,CAP_PERFMON")
+					"--network", "host", "--read-only", "--cap-drop", "all", "--cap-add", "CAP_BPF,CAP_PERFMON")
 				args = append(args, secopt...)
 				args = append(args, img.name, "agent", "--web.listen-address="+metricsAddr, "--lport="+strconv.Itoa(port))
 				podman(args...)
