@@ -51,6 +51,7 @@ type selection struct {
 	comm      string   // owner comm, exact, as the kernel truncates it
 	states    [16]bool // wanted new states, when any is set
 	any       bool     // states has an entry
+	meta      metaFilter
 }
 
 // kernelFilters are the filters the kernel applies, the same for every
@@ -122,6 +123,7 @@ func kernelFilters(s *selection) []settings.Setting {
 				s.kernel.CgroupID, s.kernel.CgroupLevel, err = probe.CgroupFilter(v)
 				return err
 			}},
+		podFilter(s),
 	}
 }
 
@@ -161,7 +163,7 @@ func eventFilters(s *selection) []settings.Setting {
 
 // filters are every filter, for the commands that print.
 func filters(s *selection) []settings.Setting {
-	return append(kernelFilters(s), eventFilters(s)...)
+	return sliceOf(kernelFilters(s), eventFilters(s), metaFilters(s))
 }
 
 func checkPort(v string) error {

@@ -62,6 +62,7 @@ type MetaStats struct {
 // keyState is what the stage knows of one container.
 type keyState struct {
 	meta    *metadata.Meta // once named; never changed after
+	bare    *metadata.Meta // the runtime and id alone, for events while not named
 	pending bool           // asked the first time, not answered: its records wait
 	retryAt uint64         // not named: a record of it asks again from then on
 }
@@ -201,17 +202,25 @@ func (s *metaStage) tick(now uint64) {
 // end hands out every record still waiting: the session stops.
 func (s *metaStage) end() { s.release(true) }
 
-// metaOf is what the stage knows of a cgroup's container now, nil when
-// nothing: for events.
+// metaOf is what the stage knows of a cgroup's container now, for
+// events: its metadata once named, its runtime and id alone before; nil
+// for a cgroup of no container.
 func (s *metaStage) metaOf(cgroupID uint64) *metadata.Meta {
 	k, ok := s.cgroupKeys[cgroupID]
-	if !ok {
+	if !ok || !s.on {
 		return nil
 	}
-	if ks := s.keys[k]; ks != nil {
+	ks := s.keys[k]
+	if ks != nil && ks.meta != nil {
 		return ks.meta
 	}
-	return nil
+	if ks == nil {
+		return &metadata.Meta{Runtime: k.Runtime, ID: k.ID} // evicted: rare
+	}
+	if ks.bare == nil {
+		ks.bare = &metadata.Meta{Runtime: k.Runtime, ID: k.ID}
+	}
+	return ks.bare
 }
 
 // waiting reports whether a record waits for an answer of the runtime.
