@@ -29,7 +29,8 @@ func newDescs(opt []string) descs {
 			append([]string{"role"}, opt...)...),
 		closed: d("tcpfsm_connections_closed_total", "Connections closed, by who started the close and how it ended.",
 			append([]string{"role", "initiator", "kind"}, opt...)...),
-		failures: d("tcpfsm_connect_failures_total", "connect() calls that never reached ESTABLISHED, by reason.", "reason"),
+		failures: d("tcpfsm_connect_failures_total", "connect() calls that never reached ESTABLISHED, by reason.",
+			append([]string{"reason"}, opt...)...),
 		connections: d("tcpfsm_connections", "Tracked connections in each TCP state now; time_wait counts reconstructed ones too.",
 			"state"),
 		bytesSent: d("tcpfsm_bytes_sent_total", "Payload bytes the peers acknowledged, counted when connections close."),
@@ -117,8 +118,8 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	for k, v := range m.closed {
 		counter(d.closed, float64(v), append([]string{k.role, k.initiator, k.kind}, k.opt[:n]...)...)
 	}
-	for i, v := range m.failures {
-		counter(d.failures, float64(v), failureNames[i])
+	for k, v := range m.failures {
+		counter(d.failures, float64(v), append([]string{failureNames[k.reason]}, k.opt[:n]...)...)
 	}
 	counter(d.bytesSent, float64(m.bytesSent))
 	counter(d.bytesRecv, float64(m.bytesRecv))

@@ -33,6 +33,9 @@ func TestMetadataLabels(t *testing.T) {
 	closed(podMeta("shop", "web-1", "nginx", "Deployment", "web"), "containerd:1")
 	closed(nil, "containerd:0123456789ab")
 	closed(nil, "")
+	refused := lifecycle.Record{Role: lifecycle.RoleActive, Owner: probe.OwnerTask, Kind: lifecycle.KindRefused,
+		Initiator: lifecycle.InitiatorRemote, Meta: podMeta("data", "db-0", "postgres", "StatefulSet", "db"), Start: 1, End: 2}
+	m.Closed(&refused)
 
 	e := probe.Event{Type: uint8(probe.TypeState), Oldstate: uint8(probe.StateClose), Newstate: uint8(probe.StateSynSent),
 		Owner: uint8(probe.OwnerTask), CgroupId: 5}
@@ -50,6 +53,14 @@ tcpfsm_connections_closed_total{container="postgres",initiator="local",kind="gra
 tcpfsm_connections_closed_total{container="other",initiator="local",kind="graceful",namespace="other",pod="other",role="active",workload="other"} 1
 tcpfsm_connections_closed_total{container="other",initiator="local",kind="graceful",namespace="",pod="",role="active",workload=""} 1
 tcpfsm_connections_closed_total{container="",initiator="local",kind="graceful",namespace="",pod="",role="active",workload=""} 1
+tcpfsm_connections_closed_total{container="postgres",initiator="remote",kind="refused",namespace="data",pod="db-0",role="active",workload="statefulset/db"} 1
+# HELP tcpfsm_connect_failures_total connect() calls that never reached ESTABLISHED, by reason.
+# TYPE tcpfsm_connect_failures_total counter
+tcpfsm_connect_failures_total{container="",namespace="",pod="",reason="other",workload=""} 0
+tcpfsm_connect_failures_total{container="",namespace="",pod="",reason="refused",workload=""} 0
+tcpfsm_connect_failures_total{container="",namespace="",pod="",reason="reset",workload=""} 0
+tcpfsm_connect_failures_total{container="",namespace="",pod="",reason="timeout",workload=""} 0
+tcpfsm_connect_failures_total{container="postgres",namespace="data",pod="db-0",reason="refused",workload="statefulset/db"} 1
 # HELP tcpfsm_connections_opened_total Connections started: connect() (active) or a SYN accepted by a listener (passive).
 # TYPE tcpfsm_connections_opened_total counter
 tcpfsm_connections_opened_total{container="nginx",namespace="shop",pod="web-1",role="active",workload="deployment/web"} 1
@@ -57,7 +68,7 @@ tcpfsm_connections_opened_total{container="other",namespace="",pod="",role="acti
 tcpfsm_connections_opened_total{container="",namespace="",pod="",role="active",workload=""} 1
 `
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(want),
-		"tcpfsm_connections_closed_total", "tcpfsm_connections_opened_total"); err != nil {
+		"tcpfsm_connections_closed_total", "tcpfsm_connections_opened_total", "tcpfsm_connect_failures_total"); err != nil {
 		t.Error(err)
 	}
 	// Budgets are per label: two containers by name kept, then "other".

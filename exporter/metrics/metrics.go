@@ -111,7 +111,7 @@ type Metrics struct {
 	mu                   sync.Mutex
 	opened               map[labelKey]uint64
 	closed               map[labelKey]uint64
-	failures             [failureReasons]uint64
+	failures             map[failureKey]uint64
 	bytesSent, bytesRecv uint64
 	attributionMisses    uint64
 	budgets              map[Label]*budget
@@ -120,6 +120,12 @@ type Metrics struct {
 	lastExemplar                  [exemplarHistograms]atomic.Int64 // unix ns of each histogram's last exemplar
 
 	descs descs
+}
+
+// failureKey is a connect failure's reason and optional label values.
+type failureKey struct {
+	reason int
+	opt    [maxOptional]string
 }
 
 // labelKey is a counter's label values, fixed and optional.
@@ -172,7 +178,11 @@ func New(opts Options, build BuildInfo, snapshot func() Snapshot) *Metrics {
 		opts.LabelLimit = DefaultLabelLimit
 	}
 	m := &Metrics{opts: opts, snapshot: snapshot, build: build,
-		opened: map[labelKey]uint64{}, closed: map[labelKey]uint64{}, budgets: map[Label]*budget{}}
+		opened: map[labelKey]uint64{}, closed: map[labelKey]uint64{}, budgets: map[Label]*budget{},
+		failures: map[failureKey]uint64{}}
+	for r := range failureReasons {
+		m.failures[failureKey{reason: r}] = 0 // every reason, from the start
+	}
 	for _, l := range opts.Labels {
 		m.budgets[l] = &budget{limit: opts.LabelLimit, values: map[string]string{}}
 	}
@@ -384,14 +394,14 @@ func (m *Metrics) Closed(r *lifecycle.Record) {
 	if r.Role == lifecycle.RoleActive {
 		switch r.Kind {
 		case lifecycle.KindRefused:
-			m.failures[failRefused]++
+			m.failures[failureKey{failRefused, opt}]++
 		case lifecycle.KindConnectTimeout:
-			m.failures[failTimeout]++
+			m.failures[failureKey{failTimeout, opt}]++
 		case lifecycle.KindAbortedHandshake:
-			m.failures[failOther]++
+			m.failures[failureKey{failOther, opt}]++
 		case lifecycle.KindResetReceived:
 			if r.HandshakeNs == 0 {
-				m.failures[failReset]++
+				m.failures[failureKey{failReset, opt}]++
 			}
 		}
 	}
