@@ -140,9 +140,8 @@ func (p *lifePrinter) wants(r *lifecycle.Record) bool {
 	if !s.meta.match(r.Meta) {
 		return false
 	}
-	f := &s.kernel
 	e := probe.Event{Family: r.Family, Sport: r.Lport, Dport: r.Rport, Netns: r.NetNS, Pid: r.Pid, CgroupId: r.CgroupID, Owner: uint8(r.Owner)}
-	return f.Match(&e)
+	return s.kernelMatch(&e, r.Cgroup, true)
 }
 
 func (p *lifePrinter) print(r *lifecycle.Record) {
@@ -253,6 +252,7 @@ func runLife(args []string, stdout, stderr io.Writer) error {
 	if err := resolvePod(&o.sel, names); err != nil {
 		return err
 	}
+	o.sel.live = true
 	o.container = names != nil
 	printer := newLifePrinter(stdout, o, clk)
 	opts := session.Options{

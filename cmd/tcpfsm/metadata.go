@@ -386,11 +386,11 @@ func resolvePod(s *selection, r *metadata.Resolver) error {
 			return fmt.Errorf("--pod %s: its containers' cgroups %s and %s have no common pod cgroup", name, paths[0], p)
 		}
 	}
-	id, level, err := probe.CgroupFilter(parent)
+	id, level, err := probe.CgroupFilter(filepath.Join(root, parent))
 	if err != nil {
 		return fmt.Errorf("--pod %s: %w", name, err)
 	}
-	s.kernel.CgroupID, s.kernel.CgroupLevel = id, level
+	s.kernel.CgroupID, s.kernel.CgroupLevel, s.cgroupPath = id, level, parent
 	f.podInKernel = true
 	return nil
 }

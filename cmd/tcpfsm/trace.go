@@ -134,7 +134,7 @@ func (p *eventPrinter) print(e *probe.Event) error {
 // container (nil: not in one, or nothing known).
 func (p *eventPrinter) printMeta(e *probe.Event, m *metadata.Meta) error {
 	p.seen++
-	if !p.sel.kernel.Match(e) || !p.sel.match(e) || !p.sel.meta.match(named(m)) {
+	if !p.sel.kernelMatch(e, "", false) || !p.sel.match(e) || !p.sel.meta.match(named(m)) {
 		return nil
 	}
 	p.writeHeader()
@@ -181,6 +181,7 @@ func runTrace(args []string, stdout, stderr io.Writer) error {
 	if err := resolvePod(&cfg.sel, names); err != nil {
 		return err
 	}
+	cfg.sel.live = true
 	p, err := probe.Open(probe.Options{Filter: cfg.sel.kernel, Attach: cfg.attach})
 	if err != nil {
 		return err
