@@ -10,6 +10,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -25,6 +26,9 @@ import (
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/tcpfsm/tcpfsm/internal/testkit/containerd"
 	"github.com/tcpfsm/tcpfsm/internal/testkit/nettest"
@@ -134,8 +138,15 @@ type lifeRun struct {
 
 func startLife(t *testing.T, bin, name string, args ...string) *lifeRun {
 	t.Helper()
+	return startPrinter(t, bin, "life", name, args...)
+}
+
+// startPrinter starts tcpfsm life or trace and waits until it names
+// containers.
+func startPrinter(t *testing.T, bin, command, name string, args ...string) *lifeRun {
+	t.Helper()
 	l := &lifeRun{name: name, stdout: &lockedBuffer{}, stderr: &lockedBuffer{}, done: make(chan struct{})}
-	l.cmd = exec.Command(bin, append([]string{"life"}, args...)...)
+	l.cmd = exec.Command(bin, append([]string{command}, args...)...)
 	l.cmd.Stdout = l.stdout
 	errPipe, err := l.cmd.StderrPipe()
 	if err != nil {
@@ -294,6 +305,9 @@ func TestK8sPodsNamed(t *testing.T) {
 		"workload":       startLife(t, bin, "workload", append(lifeArgs, "--workload", "statefulset/db")...),
 		"container-name": startLife(t, bin, "container-name", append(lifeArgs, "--container-name", "web")...),
 	}
+	// trace never waits: it prints what it knows, the containers listed
+	// at its start named.
+	trace := startPrinter(t, bin, "trace", "trace", append([]string{"-o", "json", "--container-name", "db"}, meta[:4]...)...)
 	passes := map[string]string{ // each filter's one container
 		"pod": "containerd:" + db.id, "namespace": "containerd:" + web.id,
 		"workload": "containerd:" + db.id, "container-name": "containerd:" + web.id,
@@ -362,6 +376,22 @@ func TestK8sPodsNamed(t *testing.T) {
 	byLife := map[string][]map[string]any{}
 	for name, l := range lifes {
 		byLife[name] = l.stop(t)
+	}
+	events := trace.stop(t)
+	toWeb := 0
+	noLabels := dbWho
+	noLabels.app = "" // trace was given no --metrics.pod-labels
+	for _, e := range events {
+		noLabels.check(t, fmt.Sprintf("trace event %v", e["conn_id"]), e["k8s"].(map[string]any), true)
+		if str(e, "container") != "containerd:"+db.id || str(e, "container_name") != "db" || str(e, "image") != peerImage {
+			t.Errorf("trace event: container %q %q %q", str(e, "container"), str(e, "container_name"), str(e, "image"))
+		}
+		if num(e, "rport") == webPort && str(e, "new") == "ESTABLISHED" {
+			toWeb++
+		}
+	}
+	if toWeb != 3 {
+		t.Errorf("trace --container-name db: %d connections of db to web established, want 3 (%d events)", toWeb, len(events))
 	}
 	checkBothEnds("life", byLife["all"], 10)
 	// Each filter passes exactly its pod's records: those the unfiltered
@@ -580,5 +610,101 @@ func checkPrometheus(t *testing.T, p *promServer, instance string) {
 			t.Fatalf("per-workload series: %s", b.String())
 		}
 		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// fakeCRI answers Version with an API version tcpfsm does not speak.
+type fakeCRI struct {
+	runtimeapi.UnimplementedRuntimeServiceServer
+}
+
+func (fakeCRI) Version(context.Context, *runtimeapi.VersionRequest) (*runtimeapi.VersionResponse, error) {
+	return &runtimeapi.VersionResponse{RuntimeName: "fake", RuntimeVersion: "9", RuntimeApiVersion: "v2alpha1"}, nil
+}
+
+// The runtime's failures, each as an agent meets it: a warning once,
+// counted by reason, and the agent carries on logging records with what
+// it knows.
+func TestAgentMetadataFailures(t *testing.T) {
+	notInKernelVM(t)
+	nettest.RequireBPF(t)
+	bin := buildBinary(t)
+	for _, tc := range []struct {
+		name   string
+		reason string
+		nobody bool
+		listen func(t *testing.T, path string)
+	}{
+		{"socket missing", "socket_missing", false, func(*testing.T, string) {}},
+		{"permission denied", "permission_denied", true, func(t *testing.T, path string) {
+			ln, err := net.Listen("unix", path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { ln.Close() })
+			os.Chmod(path, 0o600) // root's alone
+			go func() {
+				for {
+					c, err := ln.Accept()
+					if err != nil {
+						return
+					}
+					c.Close()
+				}
+			}()
+		}},
+		{"unknown API version", "unsupported_api", false, func(t *testing.T, path string) {
+			ln, err := net.Listen("unix", path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			srv := grpc.NewServer()
+			runtimeapi.RegisterRuntimeServiceServer(srv, fakeCRI{})
+			go srv.Serve(ln)
+			t.Cleanup(srv.Stop)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ns := nettest.NewNS(t)
+			uid := 0
+			if tc.nobody {
+				uid = 65534
+			}
+			dir, binCopy, logFile := publicDir(t, bin, uid)
+			sock := filepath.Join(dir, "cri.sock")
+			tc.listen(t, sock)
+			o := agentOptions{args: append([]string{"--netns", strconv.FormatUint(uint64(ns.Inode), 10), "--log.file", logFile,
+				"--cri.endpoint", sock, "--engine.endpoints", "none", "--metrics.labels", "namespace,container"}, small...)}
+			if tc.nobody {
+				o.sys = asNobody(unix.CAP_BPF, unix.CAP_PERFMON)
+			}
+			a := startAgent(t, binCopy, o)
+			a.waitMetric(t, "failed lists counted", func(m map[string]*dto.MetricFamily) bool {
+				return metricSum(m, "tcpfsm_metadata_errors_total", "reason", tc.reason) >= 2 &&
+					metricSum(m, "tcpfsm_metadata_source_up", "runtime", "containerd") == 0
+			})
+			mfs, _ := a.scrape(t)
+			if all := metricSum(mfs, "tcpfsm_metadata_errors_total"); all != metricSum(mfs, "tcpfsm_metadata_errors_total", "reason", tc.reason) {
+				t.Errorf("errors of other reasons than %s: %v in all", tc.reason, all)
+			}
+			// It carries on: connections are logged and counted.
+			ln := ns.Listen(t, "tcp4", "127.0.0.1:0")
+			done := server(t, ln, 100)
+			graceful(t, ns, ln.Addr().String(), 100)
+			<-done
+			a.waitMetric(t, "both ends closed", func(m map[string]*dto.MetricFamily) bool {
+				return metricSum(m, "tcpfsm_connections_closed_total", "namespace", "", "container", "") >= 2
+			})
+			if code := a.stop(t); code != 0 {
+				t.Fatalf("exit %d\n%s", code, a.stderr)
+			}
+			if n := len(readRecords(t, logFile)); n != 2 {
+				t.Errorf("%d records logged, want both ends", n)
+			}
+			stderr := a.stderr.String()
+			if n := strings.Count(stderr, "container metadata unavailable"); n != 1 || !strings.Contains(stderr, `"reason":"`+tc.reason+`"`) {
+				t.Errorf("want one warning naming %s, got %d:\n%s", tc.reason, n, stderr)
+			}
+		})
 	}
 }

@@ -131,8 +131,10 @@ type metaStage struct {
 	keyOrder   fifo[metadata.Key]
 	ips        map[netip.Addr]*metadata.Meta
 
+	// queue[qhead:] waits, queue[qhead] first; queueSeq numbers it.
 	queue    []delayed
-	queueSeq uint64 // sequence number of queue[0]
+	qhead    int
+	queueSeq uint64
 	peerWait map[endKey]uint64
 	ends     map[endKey]endInfo
 	endOrder fifo[endAt]
@@ -194,7 +196,7 @@ func (s *metaStage) tick(now uint64) {
 	if now > s.now {
 		s.now = now
 	}
-	if len(s.queue) > 0 {
+	if s.qlen() > 0 {
 		s.release(false)
 	}
 }
@@ -225,7 +227,7 @@ func (s *metaStage) metaOf(cgroupID uint64) *metadata.Meta {
 
 // waiting reports whether a record waits for an answer of the runtime.
 func (s *metaStage) waiting() bool {
-	for i := range s.queue {
+	for i := s.qhead; i < len(s.queue); i++ {
 		d := &s.queue[i]
 		if d.hasKey && s.pending(d.key) || d.peerFound && d.peer.hasKey && s.pending(d.peer.key) {
 			return true
@@ -294,7 +296,7 @@ func (s *metaStage) Finished(r *lifecycle.Record) {
 	}
 	if a, ok := s.closed[r.ID]; ok {
 		// Closed went out (or waits): the same names, in order.
-		if a.done && len(s.queue) == 0 {
+		if a.done && s.qlen() == 0 {
 			delete(s.closed, r.ID)
 			r.Meta, r.Peer = a.meta, a.peer
 			s.h.Finished(r)
@@ -351,21 +353,21 @@ func (s *metaStage) handle(r *lifecycle.Record, closed bool) {
 		// The other end waits for this one.
 		if seq, ok := s.peerWait[end]; ok {
 			delete(s.peerWait, end)
-			if i := int(seq - s.queueSeq); i >= 0 && i < len(s.queue) {
-				o := &s.queue[i]
+			if i := int(seq - s.queueSeq); i >= 0 && i < s.qlen() {
+				o := &s.queue[s.qhead+i]
 				o.peer, o.peerFound = endInfo{key: d.key, hasKey: d.hasKey, at: s.now}, true
 				delete(s.ends, end.swap())
 			}
 		}
 	}
-	if !d.waits && len(s.queue) == 0 {
+	if !d.waits && s.qlen() == 0 {
 		s.out(r, &d)
 		return
 	}
 	if d.waits {
 		s.stats.Delayed++
 		if d.peerWait {
-			s.peerWait[end.swap()] = s.queueSeq + uint64(len(s.queue))
+			s.peerWait[end.swap()] = s.queueSeq + uint64(s.qlen())
 		}
 	}
 	d.rec = *r
@@ -374,16 +376,25 @@ func (s *metaStage) handle(r *lifecycle.Record, closed bool) {
 }
 
 func (s *metaStage) push(d delayed) {
-	if len(s.queue) >= maxDelayed {
+	if s.qlen() >= maxDelayed {
 		s.pop(true)
+	}
+	if s.qhead > 0 && s.qhead == len(s.queue) {
+		s.queue, s.qhead = s.queue[:0], 0 // empty: start over, in the same array
+	} else if s.qhead > 1024 && 2*s.qhead > len(s.queue) {
+		n := copy(s.queue, s.queue[s.qhead:])
+		clear(s.queue[n:])
+		s.queue, s.qhead = s.queue[:n], 0
 	}
 	s.queue = append(s.queue, d)
 }
 
+func (s *metaStage) qlen() int { return len(s.queue) - s.qhead }
+
 func (s *metaStage) addEnd(e endKey, info endInfo) {
 	for s.endOrder.len() > 0 {
 		old := s.endOrder.peek()
-		if len(s.ends) < maxEnds && old.at+endTTL > s.now {
+		if s.endOrder.len() < maxEnds && old.at+endTTL > s.now {
 			break
 		}
 		s.endOrder.pop()
@@ -412,8 +423,8 @@ func (s *metaStage) ready(d *delayed) bool {
 // release hands out the records at the head of the queue that have what
 // they wait for, or whose wait is over; force: all of them.
 func (s *metaStage) release(force bool) {
-	for len(s.queue) > 0 {
-		d := &s.queue[0]
+	for s.qlen() > 0 {
+		d := &s.queue[s.qhead]
 		if !force && !s.ready(d) && s.now < d.deadline {
 			return
 		}
@@ -423,7 +434,7 @@ func (s *metaStage) release(force bool) {
 
 // pop hands out the head of the queue; early: to make room.
 func (s *metaStage) pop(early bool) {
-	d := &s.queue[0]
+	d := &s.queue[s.qhead]
 	if d.waits {
 		switch {
 		case s.ready(d):
@@ -440,12 +451,12 @@ func (s *metaStage) pop(early bool) {
 			delete(s.peerWait, e)
 		}
 	}
-	r := d.rec
-	dd := *d
-	s.queue[0] = delayed{}
-	s.queue = s.queue[1:]
+	// Handed out from its slot (a copy would escape to the heap); the
+	// handlers downstream never come back into the stage.
+	s.out(&d.rec, d)
+	s.queue[s.qhead] = delayed{}
+	s.qhead++
 	s.queueSeq++
-	s.out(&r, &dd)
 }
 
 // out attaches what is known and hands the record on.

@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"reflect"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -278,5 +279,69 @@ func TestMetaStageQueueBound(t *testing.T) {
 	st.s.end()
 	if got := st.out.take(); len(got) != maxDelayed || got[0].id != 4 {
 		t.Errorf("end: %d records from %v, want %d from 4", len(got), got[:1], maxDelayed)
+	}
+}
+
+// With metadata on, records of named containers and their node-local
+// peers (both ends of loopback connections, reset after their handshake)
+// go through the stage without an allocation per event.
+func TestApplyWithMetadataDoesNotAllocate(t *testing.T) {
+	var h countClosed
+	in := newIngest(&h, lifecycle.Config{}, func(*probe.Event) {})
+	k := ctrKey("ab")
+	m := podMeta(k, "shop", "web-1", "web")
+	for _, x := range []recording.Input{
+		{Kind: recording.KindMeta, Meta: recording.Meta{Op: recording.MetaEnabled, Wait: time.Second, Peers: true}},
+		{Kind: recording.KindCgroup, Cgroup: recording.Cgroup{ID: 5, Path: "/kubepods/podu-1/" + k.ID}},
+		{Kind: recording.KindMeta, Meta: recording.Meta{Op: recording.MetaContainer, Known: true, Meta: m}},
+	} {
+		if err := in.apply(&x); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var x recording.Input
+	var id, ts uint64 = 0, 1_000_000_000
+	lo := [16]byte{127, 0, 0, 1}
+	ev := func(conn uint64, sport, dport uint16, old, new probe.State, err syscall.Errno) {
+		ts += 10_000
+		x = recording.Input{Kind: recording.KindEvent, Event: probe.Event{ConnId: conn, Family: probe.AFInet,
+			Type: uint8(probe.TypeState), Netns: 1, Sport: sport, Dport: dport, Saddr: lo, Daddr: lo,
+			Owner: uint8(probe.OwnerTask), Pid: 42, CgroupId: 5, TsNs: ts, Oldstate: uint8(old), Newstate: uint8(new), SkErr: uint16(err)}}
+		if e := in.apply(&x); e != nil {
+			t.Fatal(e)
+		}
+	}
+	pass := func() {
+		for i := 0; i < 500; i++ {
+			id += 2
+			c, s := (id<<12)|1, ((id+1)<<12)|1
+			port := uint16(30000 + i)
+			ev(c, port, 8080, probe.StateClose, probe.StateSynSent, 0)
+			ev(s, 8080, port, probe.StateListen, probe.StateSynRecv, 0)
+			ev(c, port, 8080, probe.StateSynSent, probe.StateEstablished, 0)
+			ev(s, 8080, port, probe.StateSynRecv, probe.StateEstablished, 0)
+			ev(c, port, 8080, probe.StateEstablished, probe.StateClose, syscall.ECONNRESET)
+			ev(s, 8080, port, probe.StateEstablished, probe.StateClose, syscall.ECONNRESET)
+			if i%50 == 49 {
+				x = recording.Input{Kind: recording.KindTick, Tick: ts}
+				if err := in.apply(&x); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	pass()
+	pass()
+	allocs := testing.AllocsPerRun(5, pass)
+	st := in.meta.statsNow()
+	t.Logf("%.1f allocations per pass, %d closed, stage %+v", allocs, h.n, st)
+	if h.n < 6000 {
+		t.Fatalf("%d connections closed, want every one of the passes'", h.n)
+	}
+	if st.Delayed == 0 || st.TimedOut != 0 || in.meta.qlen() != 0 {
+		t.Errorf("stage %+v, queue %d: want ends that waited for each other, none timed out", st, in.meta.qlen())
+	}
+	if perEvent := allocs / 3000; perEvent > 0.001 {
+		t.Errorf("%.4f allocations per event (%.0f per pass of 3000), want none", perEvent, allocs)
 	}
 }
