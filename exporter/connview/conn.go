@@ -34,8 +34,8 @@ type Conn struct {
 	StateSecondsAtLeast float64    `json:"state_seconds_at_least"`
 	// FirstSeen is when tcpfsm first knew of the connection.
 	FirstSeen              *time.Time `json:"first_seen"`
-	LifetimeSeconds        *float64  `json:"lifetime_seconds"`
-	LifetimeSecondsAtLeast float64   `json:"lifetime_seconds_at_least"`
+	LifetimeSeconds        *float64   `json:"lifetime_seconds"`
+	LifetimeSecondsAtLeast float64    `json:"lifetime_seconds_at_least"`
 	// Bytes, RTT and retransmits as of the connection's last event.
 	TxBytes     uint64   `json:"tx_bytes"`
 	RxBytes     uint64   `json:"rx_bytes"`

@@ -19,8 +19,12 @@ import (
 // listener, and one connection that closed.
 func scene(t *testing.T) *feeder {
 	f := newFeeder(t)
-	srv := func(id uint64, rport uint16) conn { return conn{id: id, lport: 80, rport: rport, pid: 200, comm: "server", cgroup: 11} }
-	cli := func(id uint64, lport uint16) conn { return conn{id: id, lport: lport, rport: 80, pid: 100, comm: "client"} }
+	srv := func(id uint64, rport uint16) conn {
+		return conn{id: id, lport: 80, rport: rport, pid: 200, comm: "server", cgroup: 11}
+	}
+	cli := func(id uint64, lport uint16) conn {
+		return conn{id: id, lport: lport, rport: 80, pid: 100, comm: "client"}
+	}
 	f.ev(conn{id: 1, lport: 80, pid: 200, comm: "server", cgroup: 11}, 1, probe.StateClose, probe.StateListen, 0, 0, 0)
 	for i, at := range []uint64{100, 200, 300} {
 		port := uint16(40001 + i)
