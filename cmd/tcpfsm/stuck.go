@@ -19,7 +19,7 @@ func stuckSettings(th *connview.Thresholds) []settings.Setting {
 		def := th[st]
 		out = append(out, &settings.Duration{Spec: settings.Spec{Key: "stuck." + name, Flag: "stuck." + strings.ReplaceAll(name, "_", "-"),
 			Help: "a connection in " + st.String() + " longer than this `DURATION` is stuck (0: never)",
-			Doc: "A connection in " + st.String() + " for longer than this is stuck; 0: " + st.String() + " is not watched."},
+			Doc:  "A connection in " + st.String() + " for longer than this is stuck; 0: " + st.String() + " is not watched."},
 			Default: def, Min: 100 * time.Millisecond, Max: connview.MaxThreshold, Zero: "off",
 			To: func(v time.Duration) error { th[st] = v; return nil }})
 	}
