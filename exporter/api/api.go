@@ -168,14 +168,24 @@ func badParam(w http.ResponseWriter, err error) {
 	writeJSON(w, http.StatusBadRequest, Error{Error: err.Error()})
 }
 
-func writeJSON(w http.ResponseWriter, code int, v any) {
+// Marshal is an answer's body: one JSON value and a newline. tcpfsm top
+// -o json writes its connections with it, so its output is the API's.
+func Marshal(v any) ([]byte, error) {
 	b, err := json.Marshal(v)
+	if err != nil {
+		return nil, err
+	}
+	return append(b, '\n'), nil
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	b, err := Marshal(v)
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusInternalServerError)
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Content-Length", strconv.Itoa(len(b)+1))
+	w.Header().Set("Content-Length", strconv.Itoa(len(b)))
 	w.WriteHeader(code)
-	w.Write(append(b, '\n'))
+	w.Write(b)
 }
