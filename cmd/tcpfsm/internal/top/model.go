@@ -8,6 +8,8 @@ import (
 	"time"
 
 	tea "github.com/charmbracelet/bubbletea"
+	"github.com/charmbracelet/lipgloss"
+	"github.com/muesli/termenv"
 
 	"github.com/tcpfsm/tcpfsm/exporter/connview"
 	"github.com/tcpfsm/tcpfsm/tracer/probe"
@@ -89,6 +91,10 @@ func New(src Source, o Options, first *Snapshot) *Model {
 // Run shows the view full screen on out, reading keys from in, until q or
 // Ctrl-C; the terminal is restored then (and on a panic).
 func Run(src Source, o Options, first *Snapshot, in io.Reader, out io.Writer) error {
+	// out is a terminal (the command checked): colors as TERM, COLORTERM
+	// and NO_COLOR say, whatever else the environment holds (termenv takes
+	// CI=true for no terminal).
+	lipgloss.SetColorProfile(termenv.NewOutput(out, termenv.WithTTY(true)).EnvColorProfile())
 	p := tea.NewProgram(New(src, o, first), tea.WithAltScreen(), tea.WithInput(in), tea.WithOutput(out))
 	_, err := p.Run()
 	return err
@@ -212,6 +218,16 @@ func (m *Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 		}
 		return m, nil
 	case tea.KeyMsg:
+		if msg.Type == tea.KeyRunes && len(msg.Runes) > 1 && !msg.Paste && m.mode != modeSearch {
+			// Keys typed faster than read come in one message: each is
+			// a key of its own.
+			var cmds []tea.Cmd
+			for _, r := range msg.Runes {
+				_, cmd := m.key(tea.KeyMsg{Type: tea.KeyRunes, Runes: []rune{r}})
+				cmds = append(cmds, cmd)
+			}
+			return m, tea.Sequence(cmds...)
+		}
 		return m.key(msg)
 	}
 	return m, nil
