@@ -326,7 +326,9 @@ func TestTopTerminal(t *testing.T) {
 
 	// q: the shell's screen is back, top exited 0.
 	term.keys("q")
-	term.wait("the shell", func(sc string) bool { return !strings.Contains(sc, "tcpfsm top ·") && strings.Contains(sc, shellPrompt) })
+	term.wait("the shell", func(sc string) bool {
+		return !strings.Contains(sc, "tcpfsm top ·") && strings.Contains(sc, shellPrompt)
+	})
 	if got := strings.TrimSpace(term.run("display-message", "-p", "-t", "top", "#{alternate_on}")); got != "0" {
 		t.Errorf("after q, alternate_on=%s: the alternate screen was not left", got)
 	}
