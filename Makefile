@@ -21,8 +21,16 @@ GENERATED := $(foreach arch,x86 arm64,tracer/probe/tcpfsm_$(arch)_bpfel.go trace
 
 all: build
 
+# The version and commit tcpfsm version and tcpfsm_build_info show; a
+# release's creation time is its commit's (reproducible builds).
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo unknown)
+REVISION ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 1)
+BUILDINFO := github.com/tcpfsm/tcpfsm/internal/buildinfo
+VERSION_LDFLAGS = -X $(BUILDINFO).version=$(VERSION) -X $(BUILDINFO).revision=$(REVISION)
+
 build:
-	$(GO) build -o $(BIN) ./cmd/tcpfsm
+	$(GO) build -ldflags "$(VERSION_LDFLAGS)" -o $(BIN) ./cmd/tcpfsm
 
 # Build and trace every TCP state transition on this host. Pass flags
 # with ARGS, e.g. make run ARGS="-L 443 -o json".
@@ -35,6 +43,7 @@ run: build
 # Each test's verdict is printed, so a log shows the privileged ones ran.
 test: vet
 	$(GO) test -count=1 -v ./... 2>&1 | grep -vE '^=== (RUN|PAUSE|CONT|NAME)|^ +--- PASS: Fuzz[A-Za-z]+/'
+	$(GO) -C tools/image test -count=1 -v ./... 2>&1 | grep -vE '^=== (RUN|PAUSE|CONT|NAME)'
 
 # The privileged suites again on Debian's 6.1 kernel under qemu (TCG).
 test-kernels:
@@ -56,6 +65,7 @@ vet:
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted"; exit 1; fi
 	$(GO) vet ./...
+	$(GO) -C tools/image vet ./...
 
 # Install the pinned BPF toolchain (Debian).
 deps:
@@ -99,6 +109,47 @@ fuzz:
 
 clean:
 	rm -rf bin
+
+# Static release binaries (the BPF object is embedded) and their sums:
+# bin/release/tcpfsm-linux-{amd64,arm64}, bin/release/SHA256SUMS.
+RELEASE_ARCHES := amd64 arm64
+.PHONY: release image image-reproducible test-image
+release:
+	rm -rf bin/release && mkdir -p bin/release
+	for arch in $(RELEASE_ARCHES); do \
+		CGO_ENABLED=0 GOOS=linux GOARCH=$$arch $(GO) build -trimpath -buildvcs=false \
+			-ldflags "-s -w $(VERSION_LDFLAGS)" -o bin/release/tcpfsm-linux-$$arch ./cmd/tcpfsm || exit 1; \
+	done
+	cd bin/release && sha256sum $(addprefix tcpfsm-linux-,$(RELEASE_ARCHES)) > SHA256SUMS
+
+# The OCI image, linux/amd64 and linux/arm64 in one index, as an archive
+# for podman load, ctr images import, docker load or skopeo copy (see
+# deploy/README.md). Built by tools/image (its own module) from the release
+# binaries, without a registry or a container daemon. The name is the one
+# deploy/kubernetes/daemonset.yaml runs; the version is in the image's
+# labels, `tcpfsm version` and tcpfsm_build_info. Push it under a version
+# tag (deploy/README.md) or name it otherwise: make image IMAGE=NAME:TAG.
+IMAGE ?= localhost/tcpfsm:latest
+IMAGE_ARCHIVE := bin/tcpfsm-image.tar
+image: release
+	$(GO) -C tools/image run . build -o $(CURDIR)/$(IMAGE_ARCHIVE) -name $(IMAGE) \
+		-version $(VERSION) -revision $(REVISION) -created $(SOURCE_DATE_EPOCH) \
+		$(foreach f,LICENSE $(wildcard bpf/LICENSE.*),-license-file $(CURDIR)/$(f)) \
+		$(foreach a,$(RELEASE_ARCHES),-binary linux/$(a)=$(CURDIR)/bin/release/tcpfsm-linux-$(a))
+
+# Build the image a second time from a copy of the sources in another
+# directory and fail unless both archives (and so the index digests) are
+# identical and no binary holds a build path.
+image-reproducible: image
+	tools/image/check-reproducible.sh $(IMAGE_ARCHIVE) "$(VERSION)" "$(REVISION)" "$(SOURCE_DATE_EPOCH)" "$(IMAGE)"
+
+# As root: the image's own tests, then load it into podman (runc,
+# cgroupfs) and a private containerd, run the agent with only CAP_BPF and
+# CAP_PERFMON, make loopback traffic and check /metrics counts it.
+test-image: image-reproducible
+	TCPFSM_IMAGE_ARCHIVE=$(CURDIR)/$(IMAGE_ARCHIVE) TCPFSM_IMAGE_NAME=$(IMAGE) \
+	TCPFSM_IMAGE_VERSION=$(VERSION) TCPFSM_IMAGE_REVISION=$(REVISION) \
+		$(GO) -C tools/image test -count=1 -v ./... 2>&1 | grep -vE '^=== (RUN|PAUSE|CONT|NAME)'
 
 # Benchmarks, as root: the BPF programs' cost per event against a bpftrace
 # tcpstates equivalent, Go ingest, the end-to-end overhead of tcpfsm agent,

@@ -10,8 +10,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"runtime"
-	"runtime/debug"
 	"syscall"
 	"time"
 
@@ -25,6 +23,7 @@ import (
 	"github.com/tcpfsm/tcpfsm/exporter/api"
 	"github.com/tcpfsm/tcpfsm/exporter/logs"
 	"github.com/tcpfsm/tcpfsm/exporter/metrics"
+	"github.com/tcpfsm/tcpfsm/internal/buildinfo"
 	"github.com/tcpfsm/tcpfsm/tracer/clock"
 	"github.com/tcpfsm/tcpfsm/tracer/lifecycle"
 	"github.com/tcpfsm/tcpfsm/tracer/probe"
@@ -99,7 +98,7 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 	lw = logs.New(logOut, sess.Clock(), cfg.logs)
 	mopts := cfg.metrics
 	mopts.ContainerOf = sess.Container
-	m = metrics.New(mopts, buildInfo(), func() metrics.Snapshot { return snapshot(sess) })
+	m = metrics.New(mopts, buildinfo.Get(), func() metrics.Snapshot { return snapshot(sess) })
 	h = lifecycle.Handlers{m, lw}
 
 	reg := prometheus.NewRegistry()
@@ -210,17 +209,4 @@ func snapshot(s *session.Session) metrics.Snapshot {
 	snap.Programs, _ = s.Probe().Stats()
 	snap.EphemeralPorts, _ = metrics.EphemeralPorts("/proc/sys")
 	return snap
-}
-
-func buildInfo() metrics.BuildInfo {
-	bi := metrics.BuildInfo{Version: "unknown", Revision: "unknown", GoVersion: runtime.Version()}
-	if info, ok := debug.ReadBuildInfo(); ok {
-		bi.Version = info.Main.Version
-		for _, s := range info.Settings {
-			if s.Key == "vcs.revision" {
-				bi.Revision = s.Value
-			}
-		}
-	}
-	return bi
 }

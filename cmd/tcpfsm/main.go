@@ -6,8 +6,9 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"runtime/debug"
 	"strings"
+
+	"github.com/tcpfsm/tcpfsm/internal/buildinfo"
 )
 
 // Exit codes.
@@ -89,23 +90,10 @@ func topUsage(w io.Writer) {
 	io.WriteString(w, b.String())
 }
 
-func version() string {
-	if bi, ok := debug.ReadBuildInfo(); ok {
-		v := bi.Main.Version
-		for _, s := range bi.Settings {
-			if s.Key == "vcs.revision" && len(s.Value) >= 12 {
-				v += " " + s.Value[:12]
-			}
-		}
-		return v
-	}
-	return "unknown"
-}
-
 func runVersion(args []string, stdout, _ io.Writer) error {
 	if len(args) > 0 {
 		return usagef("version takes no arguments")
 	}
-	fmt.Fprintf(stdout, "tcpfsm %s\n", version())
+	fmt.Fprintln(stdout, buildinfo.Get())
 	return nil
 }

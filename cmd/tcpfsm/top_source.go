@@ -18,6 +18,7 @@ import (
 	"github.com/tcpfsm/tcpfsm/exporter/api"
 	"github.com/tcpfsm/tcpfsm/exporter/connview"
 	"github.com/tcpfsm/tcpfsm/exporter/metrics"
+	"github.com/tcpfsm/tcpfsm/internal/buildinfo"
 	"github.com/tcpfsm/tcpfsm/tracer/clock"
 	"github.com/tcpfsm/tcpfsm/tracer/lifecycle"
 	"github.com/tcpfsm/tcpfsm/tracer/probe"
@@ -128,7 +129,7 @@ func openLocalSource(c *topConfig, stderr io.Writer) (*localSource, error) {
 			return nil
 		},
 	}
-	m = metrics.New(metrics.Options{}, buildInfo(), func() metrics.Snapshot { return metrics.Snapshot{} })
+	m = metrics.New(metrics.Options{}, buildinfo.Get(), func() metrics.Snapshot { return metrics.Snapshot{} })
 	opts.Handler = m
 	sess, err := session.Open(opts)
 	if err != nil {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/tcpfsm/tcpfsm/internal/buildinfo"
 	"github.com/tcpfsm/tcpfsm/tracer/lifecycle"
 	"github.com/tcpfsm/tcpfsm/tracer/probe"
 )
@@ -61,7 +62,7 @@ type Snapshot struct {
 }
 
 // BuildInfo labels tcpfsm_build_info.
-type BuildInfo struct{ Version, Revision, GoVersion string }
+type BuildInfo = buildinfo.Info
 
 // Metrics counts; it is a prometheus.Collector and a lifecycle.Handler.
 type Metrics struct {

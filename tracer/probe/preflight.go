@@ -59,9 +59,35 @@ func (c checks) run() error {
 		return fmt.Errorf("%w: %v", ErrNoBTF, err)
 	}
 	if err := c.ringBuf(); err != nil {
+		if errors.Is(err, unix.EPERM) || errors.Is(err, unix.EACCES) {
+			// The capabilities are there (checked above), so something
+			// else refuses bpf(): a seccomp filter, as container runtimes'
+			// default profiles apply, or lockdown.
+			return fmt.Errorf("%w: the bpf() system call was refused (%v) although the process has the capabilities; a seccomp filter (%s) or kernel lockdown blocks it: allow bpf and perf_event_open in the container's seccomp profile (deploy/README.md)",
+				ErrPrivileges, err, seccompMode())
+		}
 		return fmt.Errorf("%w: tcpfsm needs Linux 5.8 or newer (kernel %s): %v", ErrNoRingBuf, kernelRelease(), err)
 	}
 	return nil
+}
+
+// seccompMode says what /proc/self/status tells of this process's seccomp.
+func seccompMode() string {
+	data, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return "seccomp mode unknown"
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "Seccomp:"); ok {
+			switch strings.TrimSpace(v) {
+			case "0":
+				return "this process has none"
+			case "2":
+				return "this process runs under one"
+			}
+		}
+	}
+	return "seccomp mode unknown"
 }
 
 // effectiveCaps returns the process's effective capability set.

@@ -135,6 +135,9 @@ func TestPreflightNamesTheMissingPiece(t *testing.T) {
 		{"no BTF file", checks{root, no, ok, ok}, ErrNoBTF, []string{"CONFIG_DEBUG_INFO_BTF"}},
 		{"BTF unreadable", checks{root, ok, func() error { return errors.New("bad magic") }, ok}, ErrNoBTF, []string{"bad magic"}},
 		{"no ring buffer", checks{root, ok, ok, func() error { return errors.New("not supported") }}, ErrNoRingBuf, []string{"5.8"}},
+		// A container's default seccomp profile refuses bpf() with EPERM
+		// even with CAP_BPF: that is not an old kernel.
+		{"bpf refused", checks{root, ok, ok, func() error { return fmt.Errorf("map create: %w", unix.EPERM) }}, ErrPrivileges, []string{"seccomp", "bpf()"}},
 	}
 	for _, tc := range cases {
 		err := tc.c.run()
