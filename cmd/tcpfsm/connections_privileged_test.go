@@ -156,6 +156,9 @@ func remotePorts(cs []connview.Conn) []int {
 
 func TestConnectionsAPI(t *testing.T) {
 	nettest.RequireBPF(t)
+	// Ages to the second under software emulation would test the
+	// emulator; the view reads the builder, not the kernel.
+	notInKernelVM(t)
 	bin := buildBinary(t)
 	ns := nettest.NewNS(t)
 	a := startAgent(t, bin, agentOptions{args: append([]string{"--netns", ns.Path(), "--log.file",
