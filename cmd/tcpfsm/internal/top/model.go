@@ -54,10 +54,11 @@ type Model struct {
 
 	search string // being typed
 
-	detailID    uint64
-	detail      *connview.Detail
-	detailFound bool
-	detailErr   error
+	detailID       uint64
+	detailFetching bool
+	detail         *connview.Detail
+	detailFound    bool
+	detailErr      error
 }
 
 type rates struct{ opens, closes, resets, failures float64 }
@@ -125,6 +126,10 @@ func (m *Model) fetch() tea.Cmd {
 }
 
 func (m *Model) fetchDetail() tea.Cmd {
+	if m.detailFetching {
+		return nil
+	}
+	m.detailFetching = true
 	id, src := m.detailID, m.src
 	return func() tea.Msg {
 		d, found, err := src.Detail(id)
@@ -210,6 +215,7 @@ func (m *Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 		}
 		return m, nil
 	case detailMsg:
+		m.detailFetching = false
 		if msg.id == m.detailID {
 			m.detailErr = msg.err
 			if msg.err == nil {
