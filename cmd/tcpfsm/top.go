@@ -234,7 +234,11 @@ func runTop(args []string, stdout, stderr io.Writer) error {
 		stop()
 		return readErr(src, err)
 	}
-	err = top.Run(src, top.Options{Query: q, Interval: c.interval}, &first, os.Stdin, stdout)
+	var in io.Reader
+	if isTerminal(os.Stdin) {
+		in = os.Stdin
+	}
+	err = top.Run(src, top.Options{Query: q, Interval: c.interval}, &first, in, stdout)
 	if serr := stop(); err == nil {
 		err = serr
 	}
@@ -280,8 +284,8 @@ func readErr(src top.Source, err error) error {
 	return fmt.Errorf("%s: %w", src.Name(), err)
 }
 
-// isTerminal reports whether w is a terminal.
-func isTerminal(w io.Writer) bool {
-	f, ok := w.(*os.File)
-	return ok && term.IsTerminal(f.Fd())
+// isTerminal reports whether f is a terminal.
+func isTerminal(f any) bool {
+	file, ok := f.(*os.File)
+	return ok && term.IsTerminal(file.Fd())
 }

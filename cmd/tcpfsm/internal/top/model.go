@@ -89,14 +89,19 @@ func New(src Source, o Options, first *Snapshot) *Model {
 	return m
 }
 
-// Run shows the view full screen on out, reading keys from in, until q or
-// Ctrl-C; the terminal is restored then (and on a panic).
+// Run shows the view full screen on out, reading keys from in (nil: the
+// controlling terminal), until q or Ctrl-C; the terminal is restored then
+// (and on a panic).
 func Run(src Source, o Options, first *Snapshot, in io.Reader, out io.Writer) error {
 	// out is a terminal (the command checked): colors as TERM, COLORTERM
 	// and NO_COLOR say, whatever else the environment holds (termenv takes
 	// CI=true for no terminal).
 	lipgloss.SetColorProfile(termenv.NewOutput(out, termenv.WithTTY(true)).EnvColorProfile())
-	p := tea.NewProgram(New(src, o, first), tea.WithAltScreen(), tea.WithInput(in), tea.WithOutput(out))
+	input := tea.WithInput(in)
+	if in == nil {
+		input = tea.WithInputTTY()
+	}
+	p := tea.NewProgram(New(src, o, first), tea.WithAltScreen(), input, tea.WithOutput(out))
 	_, err := p.Run()
 	return err
 }

@@ -202,7 +202,8 @@ func containsState(states []probe.State, st probe.State) bool {
 func helpLines(w int) []string {
 	keys := [][2]string{
 		{"↑ ↓ j k", "move; PgUp PgDn, Home End (g G) jump"},
-		{"enter", "open the connection: its states with their dwell times, the ladder when both ends are here"},
+		{"enter", "open the connection: its states and their dwell times, and the"},
+		{"", "ladder when both ends are on this host"},
 		{"s", "pick the states shown: digits toggle one, a shows all"},
 		{"o > <", "sort by the next (previous) key: time in state, lifetime, bytes"},
 		{"/", "search: a process name (part of it), a pid or a port"},
@@ -210,9 +211,9 @@ func helpLines(w int) []string {
 		{"esc", "back from a connection"},
 		{"q ctrl+c", "quit"},
 		{"", ""},
-		{"!", "marks a connection stuck: in its state longer than the state's threshold"},
-		{"≥", "an age tcpfsm cannot know exactly (the connection is older than the tracer):"},
-		{"", "at least the time since it was first seen"},
+		{"!", "a stuck connection: in its state longer than the state's threshold"},
+		{"≥", "an age tcpfsm cannot know (the connection is older than the"},
+		{"", "tracer): at least the time since it was first seen"},
 	}
 	lines := []string{styleHeader.Render(fit(" keys", w))}
 	for _, k := range keys {
