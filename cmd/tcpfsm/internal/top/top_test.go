@@ -230,7 +230,7 @@ func TestKeys(t *testing.T) {
 		t.Error("esc did not go back")
 	}
 	keys(m, "?")
-	if s := screen(checkScreen(t, m)); !strings.Contains(s, "keys") || !strings.Contains(s, "≥") {
+	if s := screen(checkScreen(t, m)); !strings.Contains(s, "keys") || !strings.Contains(s, "≥") || strings.Contains(s, "…") {
 		t.Errorf("help:\n%s", s)
 	}
 	keys(m, "x")
