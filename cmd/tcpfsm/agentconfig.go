@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/exporter-toolkit/web"
 
 	"github.com/tcpfsm/tcpfsm/cmd/tcpfsm/internal/settings"
+	"github.com/tcpfsm/tcpfsm/exporter/connview"
 	"github.com/tcpfsm/tcpfsm/exporter/logs"
 	"github.com/tcpfsm/tcpfsm/exporter/metrics"
 	"github.com/tcpfsm/tcpfsm/tracer/probe"
@@ -24,6 +25,7 @@ type agentConfig struct {
 	bpfStats  bool
 	logFile   string
 	logs      logs.Options
+	stuck     connview.Thresholds
 	sel       selection
 	// session gets the filter and the namespace paths from sel.
 	session session.Options
@@ -41,8 +43,8 @@ const (
 func agentSettings(o *agentConfig) []settings.Setting {
 	set := []settings.Setting{
 		&settings.String{Spec: settings.Spec{Key: "web.listen_address", Flag: "web.listen-address",
-			Help: "serve /metrics, /healthz and /readyz on this `ADDRESS` (e.g. --web.listen-address 127.0.0.1:9465)",
-			Doc: `host:port to serve /metrics, /healthz and /readyz on. ":9465" listens on every address;
+			Help: "serve /metrics, the connections API (/api/v1/), /healthz and /readyz on this `ADDRESS` (e.g. --web.listen-address 127.0.0.1:9465)",
+			Doc: `host:port to serve /metrics, the connections API (/api/v1/), /healthz and /readyz on. ":9465" listens on every address;
 				keep it on 127.0.0.1 when only a local Prometheus scrapes.`},
 			Default: ":9465",
 			Check: func(v string) error {
@@ -56,8 +58,8 @@ func agentSettings(o *agentConfig) []settings.Setting {
 			Help: "exporter-toolkit web configuration `FILE` for TLS and basic auth",
 			Doc: `exporter-toolkit web configuration file: TLS (tls_server_config) and basic auth
 				(basic_auth_users, bcrypt hashes). Empty: plain HTTP, no auth. Checked at start; a missing
-				or invalid file is a configuration error. With basic auth on, /healthz and /readyz ask for
-				credentials too. Example: /etc/tcpfsm/web.yml`},
+				or invalid file is a configuration error. With basic auth on, the API, /healthz and /readyz
+				ask for credentials too. Example: /etc/tcpfsm/web.yml`},
 			Check: func(v string) error {
 				if v == "" {
 					return nil
@@ -132,6 +134,7 @@ func agentSettings(o *agentConfig) []settings.Setting {
 			Default: 1, Min: 0, MinOpen: true, Max: 1,
 			To: func(v float64) error { o.logs.Sample = v; return nil }},
 	}
+	set = append(set, stuckSettings(&o.stuck)...)
 	set = append(set, kernelFilters(&o.sel)...)
 	return append(set,
 		attachSetting(&o.session.Probe.Attach),
@@ -219,6 +222,7 @@ Written from the settings' descriptions (cmd/tcpfsm/agentconfig.go):
 go test ./cmd/tcpfsm -run TestExampleConfig -update`
 
 var exampleConfigSections = []settings.Section{
+	{Key: "stuck", Doc: stuckSectionDoc},
 	{Key: "filter", Doc: `Everything here is applied in the kernel, before the ring buffer. A
 		filter given must select something (pid: 0 is an error); leave it out, null or empty to select
 		everything.`},
