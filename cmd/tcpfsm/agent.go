@@ -20,9 +20,11 @@ import (
 	"github.com/prometheus/exporter-toolkit/web"
 	"golang.org/x/sys/unix"
 
+	"github.com/tcpfsm/tcpfsm/exporter/api"
 	"github.com/tcpfsm/tcpfsm/exporter/logs"
 	"github.com/tcpfsm/tcpfsm/exporter/metrics"
 	"github.com/tcpfsm/tcpfsm/internal/buildinfo"
+	"github.com/tcpfsm/tcpfsm/tracer/clock"
 	"github.com/tcpfsm/tcpfsm/tracer/lifecycle"
 	"github.com/tcpfsm/tcpfsm/tracer/metadata"
 	"github.com/tcpfsm/tcpfsm/tracer/probe"
@@ -32,8 +34,9 @@ import (
 const agentSynopsis = `Usage: tcpfsm agent [FLAGS]
 
 Run tcpfsm as a host agent: trace every TCP connection, serve Prometheus
-metrics on /metrics (with /healthz and /readyz), and log one JSON record per
-finished connection, the schema of 'tcpfsm life -o json'. Configuration
+metrics on /metrics, what is open now on /api/v1/connections (JSON; the
+source of 'tcpfsm top --agent'), /healthz and /readyz, and log one JSON
+record per finished connection, the schema of 'tcpfsm life -o json'. Configuration
 comes from flags and an optional YAML file (--config.file); a bad value
 exits with status 2 and names the key, its flag and its line. SIGTERM or
 SIGINT: stop reading, log every record still held, detach, exit 0.
@@ -125,10 +128,14 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 	lw = logs.New(logOut, sess.Clock(), cfg.logs)
 	mopts := cfg.metrics
 	mopts.ContainerOf = sess.Container
+	if names != nil {
+		mopts.Names = names.Lookup
+	}
 	m = metrics.New(mopts, buildinfo.Get(), func() metrics.Snapshot { return snapshot(sess, names) })
 	h = lifecycle.Handlers{m, lw}
 
 	reg := prometheus.NewRegistry()
+	reg.MustRegister(metrics.NewStuck(m, cfg.stuck, sess.With, clock.Monotonic))
 	reg.MustRegister(m, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	f := sess.Probe().Features()
@@ -148,6 +155,7 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{
 		Registry: reg, EnableOpenMetrics: true, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelError)}))
+	api.New(sess, api.Options{Thresholds: cfg.stuck, Totals: m.Totals}).Register(mux)
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
 		// Ready: attached, and the reader empties the ring buffer at least

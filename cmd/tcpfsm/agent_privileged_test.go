@@ -1222,6 +1222,8 @@ func TestAgentPrometheusEndToEnd(t *testing.T) {
 		{`instance:tcpfsm_time_wait_ephemeral_ports:ratio`, 1e-6, 0.5},
 		{`instance:tcpfsm_connect_failures:ratio_rate5m`, 0.01, 0.5},
 		{`instance:tcpfsm_connections_close_wait:sum`, 0, 0},
+		{`instance:tcpfsm_connections_close_wait_stuck:sum`, 0, 0},
+		{`count(instance_state:tcpfsm_connections_stuck:sum)`, 5, 5},
 		{`instance:tcpfsm_events_lost:rate5m`, 0, 0},
 		{`max(instance_role:tcpfsm_handshake_duration_seconds:p50_rate5m)`, 1e-7, 0.1},
 		{`sum(tcpfsm_connections_closed_total{kind="refused"})`, float64(n1.refused + n2.refused), float64(n1.refused + n2.refused)},

@@ -210,6 +210,13 @@ func TestAgentConfigBadValues(t *testing.T) {
 		{key: "tracer.time_wait_poll", value: "-1s", flag: true},
 		{key: "tracer.time_wait_poll", value: "soon", flag: true},
 		{key: "tracer.time_wait_poll", yaml: "5"},
+		{key: "stuck.syn_sent", value: "10ms", flag: true},
+		{key: "stuck.syn_recv", value: "-3s", flag: true},
+		{key: "stuck.fin_wait1", value: "25h", flag: true},
+		{key: "stuck.fin_wait2", value: "a minute", flag: true},
+		{key: "stuck.close_wait", value: "60", flag: true},
+		{key: "stuck.last_ack", value: "1ns", flag: true},
+		{key: "stuck.closing", yaml: "[1s]"},
 	}
 	covered := map[string]bool{}
 	for _, tc := range cases {

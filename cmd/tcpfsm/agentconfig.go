@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/exporter-toolkit/web"
 
 	"github.com/tcpfsm/tcpfsm/cmd/tcpfsm/internal/settings"
+	"github.com/tcpfsm/tcpfsm/exporter/connview"
 	"github.com/tcpfsm/tcpfsm/exporter/logs"
 	"github.com/tcpfsm/tcpfsm/exporter/metrics"
 	"github.com/tcpfsm/tcpfsm/tracer/probe"
@@ -24,6 +25,7 @@ type agentConfig struct {
 	bpfStats  bool
 	logFile   string
 	logs      logs.Options
+	stuck     connview.Thresholds
 	sel       selection
 	meta      metaConfig
 	// session gets the filter and the namespace paths from sel, and the
@@ -43,8 +45,8 @@ const (
 func agentSettings(o *agentConfig) []settings.Setting {
 	set := []settings.Setting{
 		&settings.String{Spec: settings.Spec{Key: "web.listen_address", Flag: "web.listen-address",
-			Help: "serve /metrics, /healthz and /readyz on this `ADDRESS` (e.g. --web.listen-address 127.0.0.1:9465)",
-			Doc: `host:port to serve /metrics, /healthz and /readyz on. ":9465" listens on every address;
+			Help: "serve /metrics, the connections API (/api/v1/), /healthz and /readyz on this `ADDRESS` (e.g. --web.listen-address 127.0.0.1:9465)",
+			Doc: `host:port to serve /metrics, the connections API (/api/v1/), /healthz and /readyz on. ":9465" listens on every address;
 				keep it on 127.0.0.1 when only a local Prometheus scrapes.`},
 			Default: ":9465",
 			Check: func(v string) error {
@@ -58,8 +60,8 @@ func agentSettings(o *agentConfig) []settings.Setting {
 			Help: "exporter-toolkit web configuration `FILE` for TLS and basic auth",
 			Doc: `exporter-toolkit web configuration file: TLS (tls_server_config) and basic auth
 				(basic_auth_users, bcrypt hashes). Empty: plain HTTP, no auth. Checked at start; a missing
-				or invalid file is a configuration error. With basic auth on, /healthz and /readyz ask for
-				credentials too. Example: /etc/tcpfsm/web.yml`},
+				or invalid file is a configuration error. With basic auth on, the API, /healthz and /readyz
+				ask for credentials too. Example: /etc/tcpfsm/web.yml`},
 			Check: func(v string) error {
 				if v == "" {
 					return nil
@@ -137,6 +139,7 @@ func agentSettings(o *agentConfig) []settings.Setting {
 			Default: 1, Min: 0, MinOpen: true, Max: 1,
 			To: func(v float64) error { o.logs.Sample = v; return nil }},
 	}
+	set = append(set, stuckSettings(&o.stuck)...)
 	set = append(set, kernelFilters(&o.sel)...)
 	set = append(set, metaFilters(&o.sel)...)
 	set = append(set, metaSettings(&o.meta, true)...)
@@ -227,6 +230,7 @@ Written from the settings' descriptions (cmd/tcpfsm/agentconfig.go):
 go test ./cmd/tcpfsm -run TestExampleConfig -update`
 
 var exampleConfigSections = []settings.Section{
+	{Key: "stuck", Doc: stuckSectionDoc},
 	{Key: "filter", Doc: `Everything here but namespace, workload and container_name is applied in the
 		kernel, before the ring buffer (pod through the pod's cgroup, found at start); those three select
 		records and events in user space, by the container runtime's names: events of containers not
@@ -235,8 +239,8 @@ var exampleConfigSections = []settings.Section{
 		everything.`},
 	{Key: "metadata", Doc: `Names of the containers that own connections, from the container runtime
 		(no Kubernetes API token needed): the k8s object of the log records, the container, namespace,
-		pod and workload labels, the filters above. With neither socket found, records carry container
-		ids only.`},
+		pod and workload labels, the filters above. With no socket found, records carry container ids
+		only.`},
 }
 
 // writeExampleConfig writes deploy/tcpfsm.yml's text.

@@ -191,6 +191,8 @@ func TestDeployRulesShape(t *testing.T) {
 	// The alerts the deployment promises.
 	want := map[string]string{
 		"TcpfsmCloseWaitPileUp":         `tcpfsm_connections{state="close_wait"}`,
+		"TcpfsmCloseWaitStuck":          `tcpfsm_connections_stuck{state="close_wait"}`,
+		"TcpfsmHandshakesStuck":         `tcpfsm_connections_stuck{state=~"syn_sent|syn_recv"}`,
 		"TcpfsmConnectFailureRatioHigh": "tcpfsm_connect_failures_total",
 		"TcpfsmEventsLost":              "tcpfsm_events_lost_total",
 		"TcpfsmTimeWaitPortExhaustion":  `tcpfsm_connections{state="time_wait"}`,
@@ -227,6 +229,15 @@ func TestDeployRulesShape(t *testing.T) {
 		}
 		if !found {
 			t.Errorf("no alert %s", name)
+		}
+	}
+	// The CLOSE_WAIT alerts send the user to what lists those connections.
+	for _, a := range alerts {
+		if strings.HasPrefix(a.Alert, "TcpfsmCloseWait") {
+			d := a.Annotations["description"]
+			if !strings.Contains(d, "tcpfsm top") || !strings.Contains(d, "/api/v1/connections?state=close_wait") {
+				t.Errorf("alert %s: the description does not point at tcpfsm top and the connections API: %q", a.Alert, d)
+			}
 		}
 	}
 	// The TIME_WAIT ratio documents and uses the default range's size.
@@ -411,6 +422,12 @@ func TestDeployDashboard(t *testing.T) {
 	})
 	has("events lost", func(p dashboardPanel, e string) bool { return strings.Contains(e, "tcpfsm_events_lost_total") })
 	has("TIME_WAIT", func(p dashboardPanel, e string) bool { return strings.Contains(e, `state="time_wait"`) })
+	has("stuck connections by state", func(p dashboardPanel, e string) bool {
+		return strings.Contains(e, "tcpfsm_connections_stuck{") && strings.Contains(e, "by (state)")
+	})
+	has("the oldest connection in each state", func(p dashboardPanel, e string) bool {
+		return strings.Contains(e, "tcpfsm_oldest_connection_age_seconds{") && strings.Contains(e, "by (state)")
+	})
 	has("connect failures", func(p dashboardPanel, e string) bool {
 		return strings.Contains(e, "tcpfsm_connect_failures_total") && strings.Contains(e, "by (reason)")
 	})
@@ -432,7 +449,8 @@ func TestDeployDashboard(t *testing.T) {
 	for _, p := range all {
 		for _, tg := range p.Targets {
 			for _, m := range []string{"tcpfsm_connections_opened_total", "tcpfsm_connections_closed_total",
-				"tcpfsm_connect_failures_total", "tcpfsm_handshake_duration_seconds_bucket", "tcpfsm_connection_duration_seconds_bucket"} {
+				"tcpfsm_connect_failures_total", "tcpfsm_handshake_duration_seconds_bucket", "tcpfsm_connection_duration_seconds_bucket",
+				"tcpfsm_connections_stuck", "tcpfsm_oldest_connection_age_seconds"} {
 				if strings.Contains(tg.Expr, m) && !strings.Contains(tg.Expr, m+`{instance=~"$instance",namespace=~"$namespace",workload=~"$workload"`) {
 					t.Errorf("panel %q: %s not selected by namespace and workload: %s", p.Title, m, tg.Expr)
 				}

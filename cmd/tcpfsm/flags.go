@@ -51,6 +51,7 @@ func printUsage(w io.Writer, fs *pflag.FlagSet, synopsis, examples string) {
 type selection struct {
 	kernel    probe.Filter
 	netnsPath string   // --netns as a file, so sock_diag can enter it
+	cgroup    string   // --cgroup as given, for filters applied elsewhere (top --agent)
 	comm      string   // owner comm, exact, as the kernel truncates it
 	states    [16]bool // wanted new states, when any is set
 	any       bool     // states has an entry
@@ -127,6 +128,7 @@ func kernelFilters(s *selection) []settings.Setting {
 				if v == "" {
 					return nil
 				}
+				s.cgroup = v
 				var err error
 				s.kernel.CgroupID, s.kernel.CgroupLevel, err = probe.CgroupFilter(v)
 				s.cgroupPath = cgroupRel(v)
@@ -139,35 +141,48 @@ func kernelFilters(s *selection) []settings.Setting {
 // eventFilters are applied in user space, by the commands that print:
 // the owner's command name and the states transitions go into.
 func eventFilters(s *selection) []settings.Setting {
-	return []settings.Setting{
-		&settings.String{Spec: settings.Spec{Flag: "comm",
-			Help: "only connections owned by a process with this command `NAME` (e.g. --comm nginx)"},
-			To: func(v string) error {
-				// The kernel keeps 15 bytes of a command name.
-				s.comm = v[:min(len(v), 15)]
-				return nil
-			}},
-		&settings.Strings{Spec: settings.Spec{Flag: "state",
-			Help: "only transitions into these `STATES` (e.g. --state CLOSE,CLOSE_WAIT)"},
-			Check: func(name string) error {
-				st, err := probe.ParseState(name)
-				if err != nil {
-					return fmt.Errorf("%v (want e.g. ESTABLISHED, CLOSE_WAIT, CLOSE)", err)
-				}
-				if st == probe.StateTimeWait || st == probe.StateNewSynRecv {
-					return fmt.Errorf("the kernel never reports a transition into %s", st)
-				}
-				return nil
-			},
-			To: func(v []string) error {
-				for _, name := range v {
-					st, _ := probe.ParseState(name)
-					s.states[st] = true
-					s.any = true
-				}
-				return nil
-			}},
+	return []settings.Setting{commFilter(s), stateFilter(s, false)}
+}
+
+func commFilter(s *selection) settings.Setting {
+	return &settings.String{Spec: settings.Spec{Flag: "comm",
+		Help: "only connections owned by a process with this command `NAME` (e.g. --comm nginx)"},
+		To: func(v string) error {
+			// The kernel keeps 15 bytes of a command name.
+			s.comm = v[:min(len(v), 15)]
+			return nil
+		}}
+}
+
+// stateFilter is --state: the states transitions go into, or for top
+// (current) the states connections are in now.
+func stateFilter(s *selection, current bool) settings.Setting {
+	help := "only transitions into these `STATES` (e.g. --state CLOSE,CLOSE_WAIT)"
+	if current {
+		help = "only connections now in these `STATES` (e.g. --state CLOSE_WAIT,FIN_WAIT2)"
 	}
+	return &settings.Strings{Spec: settings.Spec{Flag: "state", Help: help},
+		Check: func(name string) error {
+			st, err := probe.ParseState(name)
+			if err != nil {
+				return fmt.Errorf("%v (want e.g. ESTABLISHED, CLOSE_WAIT, CLOSE)", err)
+			}
+			switch {
+			case current && (st == probe.StateClose || st == probe.StateNewSynRecv || st == probe.StateBoundInactive):
+				return fmt.Errorf("no open connection is in %s (want e.g. ESTABLISHED, CLOSE_WAIT, TIME_WAIT)", st)
+			case !current && (st == probe.StateTimeWait || st == probe.StateNewSynRecv):
+				return fmt.Errorf("the kernel never reports a transition into %s", st)
+			}
+			return nil
+		},
+		To: func(v []string) error {
+			for _, name := range v {
+				st, _ := probe.ParseState(name)
+				s.states[st] = true
+				s.any = true
+			}
+			return nil
+		}}
 }
 
 // filters are every filter, for the commands that print.

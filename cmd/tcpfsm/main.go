@@ -28,6 +28,7 @@ func commands() []command {
 	return []command{
 		{"trace", "print every TCP state transition as it happens", runTrace},
 		{"life", "print one record per connection: handshake, states, who closed it and how, TIME_WAIT", runLife},
+		{"top", "show what is open now, live: every connection, its state and for how long", runTop},
 		{"agent", "serve Prometheus metrics and log connection records, as a host agent", runAgent},
 		{"record", "write raw transition events to a file", runRecord},
 		{"replay", "read a recording back, without privileges", runReplay},

@@ -31,10 +31,11 @@ type metaConfig struct {
 
 // Bounds of the metadata settings.
 const (
-	minMetaEntries = 16
-	maxMetaEntries = 1 << 20
-	defaultMetaTTL = 5 * time.Minute
-	minMetaWait    = 10 * time.Millisecond
+	minMetaEntries     = 16
+	maxMetaEntries     = 1 << 20
+	defaultMetaTTL     = 5 * time.Minute
+	defaultMetaEntries = session.DefaultMetadataEntries
+	minMetaWait        = 10 * time.Millisecond
 )
 
 func checkEndpoint(v string) error {

@@ -23,7 +23,7 @@ func commandsUnderTest() []settings.Command {
 	var a agentConfig
 	return []settings.Command{
 		traceCommand(&traceConfig{}), lifeCommand(&lifeConfig{}), recordCommand(&recordConfig{}),
-		replayCommand(&replayConfig{}), agentCommand(&a),
+		replayCommand(&replayConfig{}), agentCommand(&a), topCommand(&topConfig{}),
 	}
 }
 
@@ -202,7 +202,7 @@ func TestAgentConfigOneDocument(t *testing.T) {
 
 // The filters are the same for every command: one parser, one rule.
 func TestFiltersShared(t *testing.T) {
-	for _, cmd := range []string{"trace", "life", "record", "replay", "agent"} {
+	for _, cmd := range []string{"trace", "life", "record", "replay", "agent", "top"} {
 		for _, tc := range []struct {
 			args []string
 			want string

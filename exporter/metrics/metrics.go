@@ -66,6 +66,10 @@ type Options struct {
 	// the container label of connections opening when the events come
 	// without metadata (Event rather than EventMeta).
 	ContainerOf func(cgroupID uint64) string
+	// Names, when set, says what the container runtime told of a
+	// container, for the metadata labels of gauges of open connections
+	// (tcpfsm_connections_stuck); records and events carry theirs.
+	Names func(k metadata.Key) (metadata.Meta, bool)
 	// NoExemplars turns off the connection-id exemplars.
 	NoExemplars bool
 }

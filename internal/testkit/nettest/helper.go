@@ -55,8 +55,13 @@ func RunHelperIfAsked() {
 //	  connection, read until EOF, write SEND bytes, close, print "done RECEIVED".
 //	client NETWORK ADDR SEND: connect, write SEND bytes, shut down the
 //	  write side, read until EOF, close, print "done RECEIVED".
+//	holder NETWORK ADDR COUNT: listen, print "port N", accept COUNT
+//	  connections, print "accepted COUNT", then hold them all open, never
+//	  reading, until a line on stdin (Release), and print "done 0".
 //
-// Together they are a normal close, the client first, with payload both ways.
+// Together server and client are a normal close, the client first, with
+// payload both ways; a holder is a server that never closes, whose
+// sockets sit in CLOSE_WAIT once their clients close.
 func runHelper(args []string) error {
 	if len(args) != 4 {
 		return fmt.Errorf("want ROLE NETWORK ADDR SEND")
@@ -67,6 +72,8 @@ func runHelper(args []string) error {
 	}
 	var conn *net.TCPConn
 	switch args[0] {
+	case "holder":
+		return hold(args[1], args[2], send)
 	case "server":
 		ln, err := net.Listen(args[1], args[2])
 		if err != nil {
@@ -118,6 +125,31 @@ func runHelper(args []string) error {
 	return nil
 }
 
+func hold(network, addr string, count int) error {
+	ln, err := net.Listen(network, addr)
+	if err != nil {
+		return err
+	}
+	defer ln.Close()
+	fmt.Printf("port %d\n", ln.Addr().(*net.TCPAddr).Port)
+	ln.(*net.TCPListener).SetDeadline(time.Now().Add(60 * time.Second))
+	var held []net.Conn
+	for len(held) < count {
+		c, err := ln.Accept()
+		if err != nil {
+			return err
+		}
+		held = append(held, c)
+	}
+	fmt.Printf("accepted %d\n", len(held))
+	bufio.NewReader(os.Stdin).ReadString('\n')
+	for _, c := range held {
+		c.Close()
+	}
+	fmt.Println("done 0")
+	return nil
+}
+
 // Peer is a running helper process.
 type Peer struct {
 	Cmd    *exec.Cmd
@@ -131,10 +163,10 @@ type Peer struct {
 // Helper describes a helper process.
 type Helper struct {
 	Comm    string // its comm, at most 15 bytes
-	Role    string // "server" or "client"
+	Role    string // "server", "client" or "holder"
 	Network string // tcp4, tcp6
 	Addr    string // to listen on or connect to
-	Send    int    // bytes to send
+	Send    int    // bytes to send; for a holder, connections to accept
 	Cgroup  string // a cgroup v2 directory to join before anything else
 	Hold    bool   // wait for Release before doing anything
 }

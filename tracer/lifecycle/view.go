@@ -1,0 +1,119 @@
+package lifecycle
+
+import (
+	"iter"
+
+	"github.com/tcpfsm/tcpfsm/tracer/probe"
+)
+
+// The read-only view of what is open now: the records of connections not
+// yet closed and of those in TIME_WAIT, for readers that show them (the
+// agent's API, tcpfsm top, the stuck-connection gauges). Nothing here
+// changes the builder: readers hold the lock the builder's feeder holds
+// (session.With), copy what they need and let go.
+
+// Open iterates over the open records: every connection not closed yet,
+// the least recently active first (so a reader after the longest in their
+// states meets them early), then those in TIME_WAIT. A record's pointer
+// is valid only during its step; readers must not change it or keep it.
+func (b *Builder) Open() iter.Seq[*Record] {
+	return func(yield func(*Record) bool) {
+		for i := b.tail; i >= 0; i = b.slab[i].prev {
+			if !yield(&b.slab[i]) {
+				return
+			}
+		}
+		for _, i := range b.timeWait {
+			if !yield(&b.slab[i]) {
+				return
+			}
+		}
+	}
+}
+
+// OpenCount is how many records Open visits.
+func (b *Builder) OpenCount() int { return b.open + len(b.timeWait) }
+
+// Lookup returns the record with this connection id while the builder
+// holds it: open, in TIME_WAIT, or closed and waiting out its reset hold.
+// The pointer is valid only while the caller holds the builder.
+func (b *Builder) Lookup(id uint64) (*Record, bool) {
+	i, ok := b.byID[id]
+	if !ok {
+		return nil, false
+	}
+	return &b.slab[i], true
+}
+
+// Peer returns the open record of the connection's other end when it is
+// on this host too (its local endpoint is r's remote one), for ladders.
+// It looks at every open record: for one connection at a time.
+func (b *Builder) Peer(r *Record) (*Record, bool) {
+	for o := range b.Open() {
+		if o.ID != r.ID && o.Family == r.Family && o.Lport == r.Rport && o.Rport == r.Lport &&
+			o.Laddr == r.Raddr && o.Raddr == r.Laddr && o.Role != RoleListener {
+			return o, true
+		}
+	}
+	return nil, false
+}
+
+// CgroupOf is the cgroup path and container ("runtime:id", or "") the
+// builder was told for a cgroup id; open records carry only the id.
+func (b *Builder) CgroupOf(id uint64) (path, container string) {
+	c := b.cgroups[id]
+	return c.path, c.container
+}
+
+// Now is the builder's clock: the latest timestamp of its inputs.
+func (b *Builder) Now() uint64 { return b.now }
+
+// Current is the state a record is in now and when it entered it: the
+// last span's state (TIME_WAIT after a close into it), or CLOSE. since is
+// 0 when the entry is unknown: a connection first seen in that state
+// (found midway, or known from the snapshot at start) was in it for an
+// unknown time before.
+func (r *Record) Current() (state probe.State, since uint64) {
+	state = r.State
+	if r.End != 0 && r.TimeWait == TWPending {
+		state = probe.StateTimeWait
+	}
+	if n := r.NSpan; n > 0 && r.Spans[n-1].State == state {
+		return state, r.Spans[n-1].Enter
+	}
+	return state, 0
+}
+
+// FirstSeen is when tcpfsm first knew of the connection: its first event,
+// or the snapshot that found it. For a partial record, its start was
+// earlier.
+func (r *Record) FirstSeen() uint64 { return r.Start }
+
+// StateAge is how long the record has been in its current state at now
+// (ns), and whether that is exact. When the entry is unknown it is a
+// lower bound: the time since it was first seen.
+func (r *Record) StateAge(now uint64) (age uint64, exact bool) {
+	_, since := r.Current()
+	if since != 0 {
+		return sub(now, since), true
+	}
+	return sub(now, r.Start), false
+}
+
+// Age is the connection's lifetime so far at now (ns), and whether that
+// is exact; for a partial record it is a lower bound, the time since it
+// was first seen.
+func (r *Record) Age(now uint64) (age uint64, exact bool) {
+	end := now
+	if r.End != 0 {
+		end = r.End
+	}
+	return sub(end, r.Start), r.Anomalies&AnomalyPartial == 0 && !r.Seeded
+}
+
+func sub(a, b uint64) uint64 {
+	if b == 0 || a < b {
+		return 0
+	}
+	return a - b
+}
