@@ -305,6 +305,10 @@ func TestK8sPodsNamed(t *testing.T) {
 		"workload":       startLife(t, bin, "workload", append(lifeArgs, "--workload", "statefulset/db")...),
 		"container-name": startLife(t, bin, "container-name", append(lifeArgs, "--container-name", "web")...),
 	}
+	// record writes the runtime's answers into its recording: a replay
+	// names what life named.
+	recFile := filepath.Join(t.TempDir(), "pods.rec")
+	rec := startPrinter(t, bin, "record", "record", append([]string{"-w", recFile}, meta...)...)
 	// trace never waits: it prints what it knows, the containers listed
 	// at its start named.
 	trace := startPrinter(t, bin, "trace", "trace", append([]string{"-o", "json", "--container-name", "db"}, meta[:4]...)...)
@@ -377,6 +381,12 @@ func TestK8sPodsNamed(t *testing.T) {
 	for name, l := range lifes {
 		byLife[name] = l.stop(t)
 	}
+	rec.stop(t)
+	code, replayed, stderr := runCLI("replay", "--view", "life", "--at-close", "-o", "json", recFile)
+	if code != exitOK {
+		t.Fatalf("replay: exit %d: %s", code, stderr)
+	}
+	checkBothEnds("replay of record", jsonLines(t, replayed), 10)
 	events := trace.stop(t)
 	toWeb := 0
 	noLabels := dbWho
@@ -516,7 +526,7 @@ func TestK8sPodsNamed(t *testing.T) {
 	if byID < 2 || byName < 1 {
 		t.Errorf("late container: %d records by id, %d by name; want at least 2 and 1", byID, byName)
 	}
-	stderr := a.stderr.String()
+	stderr = a.stderr.String()
 	if n := strings.Count(stderr, "container metadata unavailable"); n == 0 || n > 2*outages {
 		t.Errorf("%d warnings about the runtime, want one per kind of failure:\n%s", n, stderr)
 	}
