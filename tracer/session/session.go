@@ -2,7 +2,10 @@
 // snapshots and TIME_WAIT polls, cgroup paths and clock ticks, fed in one
 // order to a lifecycle builder and, when asked, to a recording. Replay
 // feeds a recording's inputs through the same path, so a replay gives the
-// records the live run gave.
+// records the live run gave. Between the builder and the handlers, the
+// metadata stage (metadata.go) names the records' containers and peers
+// from what the container runtime said, itself an input (live.go), so
+// replays name them as the live run did.
 package session
 
 import (
