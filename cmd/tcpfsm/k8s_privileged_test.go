@@ -107,9 +107,14 @@ func runPeer(t *testing.T, ctrd *containerd.Containerd, sb *containerd.Sandbox, 
 // to be done; wantOK false expects the connects to fail.
 func (p *peerContainer) dial(t *testing.T, port, count, size int, wantOK bool) {
 	t.Helper()
+	p.dialAddr(t, fmt.Sprintf("127.0.0.1:%d", port), count, size, wantOK)
+}
+
+func (p *peerContainer) dialAddr(t *testing.T, addr string, count, size int, wantOK bool) {
+	t.Helper()
 	p.n++
 	job := filepath.Join(p.jobs, fmt.Sprintf("%d.job", p.n))
-	if err := os.WriteFile(job+".tmp", []byte(fmt.Sprintf("dial 127.0.0.1:%d %d %d\n", port, count, size)), 0o644); err != nil {
+	if err := os.WriteFile(job+".tmp", []byte(fmt.Sprintf("dial %s %d %d\n", addr, count, size)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.Rename(job+".tmp", job); err != nil {
@@ -123,7 +128,7 @@ func (p *peerContainer) dial(t *testing.T, port, count, size int, wantOK bool) {
 		return err == nil
 	})
 	if ok := strings.HasPrefix(string(res), "ok"); ok != wantOK {
-		t.Fatalf("%s: dial %d ×%d: %s", p.name, port, count, res)
+		t.Fatalf("%s: dial %s ×%d: %s", p.name, addr, count, res)
 	}
 }
 
@@ -285,6 +290,16 @@ func TestK8sPodsNamed(t *testing.T) {
 		Labels: map[string]string{"app": "web", "pod-template-hash": "7d4b9c8f6", "tier": "front"}})
 	dbPod := ctrd.RunPod(t, containerd.Pod{Name: "db-0", Namespace: "data",
 		Labels: map[string]string{"app": "db", "controller-revision-hash": "db-5f8d6c7b9", "statefulset.kubernetes.io/pod-name": "db-0"}})
+	// A pod in a network namespace of its own, with a sandbox IP: a peer
+	// named by its IP. (The stand-in CNI plugin gives it 127.0.0.42 and
+	// configures nothing; the test listens on that address itself.)
+	ctrd.RunPod(t, containerd.Pod{Name: "gateway-0", Namespace: "edge", IP: "127.0.0.42"})
+	edgeLn, err := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 42)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer edgeLn.Close()
+	server(t, edgeLn, 100)
 	web := runPeer(t, ctrd, webPod, "web", webPort)
 	db := runPeer(t, ctrd, dbPod, "db", dbPort)
 	webWho := who{"shop", "web-7d4b9c8f6-x2x4q", "web", "Deployment", "web", "web"}
@@ -322,10 +337,29 @@ func TestK8sPodsNamed(t *testing.T) {
 	db.dial(t, webPort, 3, 1000, true)
 	web.dial(t, dbPort, 2, 500, true)
 	db.dial(t, closedPort, 1, 0, false)
+	web.dialAddr(t, edgeLn.Addr().String(), 1, 100, true)
 	a.waitMetric(t, "round 1's closes", func(m map[string]*dto.MetricFamily) bool {
 		return metricSum(m, "tcpfsm_connections_closed_total", "namespace", "data") >= 6 &&
-			metricSum(m, "tcpfsm_connections_closed_total", "namespace", "shop") >= 5
+			metricSum(m, "tcpfsm_connections_closed_total", "namespace", "shop") >= 6
 	})
+	edgeWho := who{ns: "edge", pod: "gateway-0", kind: "Pod", workload: "gateway-0"}
+	checkEdge := func(what string, recs []map[string]any) {
+		t.Helper()
+		n := 0
+		for _, r := range recs {
+			if str(r, "raddr") == "127.0.0.42" && str(r, "owner", "container") == "containerd:"+web.id {
+				peer, _ := r["peer_k8s"].(map[string]any)
+				edgeWho.check(t, what+": web to the edge pod's IP", peer, false)
+				if peer != nil && peer["container"] != nil {
+					t.Errorf("%s: a peer by sandbox IP names no container: %v", what, peer)
+				}
+				n++
+			}
+		}
+		if n != 1 {
+			t.Errorf("%s: %d records of web to 127.0.0.42, want 1", what, n)
+		}
+	}
 
 	// life: both ends of every connection between the pods, each naming
 	// its pod, container and workload, and the other end's.
@@ -363,8 +397,9 @@ func TestK8sPodsNamed(t *testing.T) {
 				t.Errorf("%s: the other end's record is missing", desc)
 				continue
 			}
-			switch ow := byContainer[str(other, "owner", "container")]; ow {
-			case lateWho:
+			switch ow, known := byContainer[str(other, "owner", "container")]; {
+			case !known: // the test's own end (the edge pod's IP)
+			case ow == lateWho:
 				if peer != nil {
 					lateWho.check(t, desc+" peer", peer, false)
 				}
@@ -404,6 +439,7 @@ func TestK8sPodsNamed(t *testing.T) {
 		t.Errorf("trace --container-name db: %d connections of db to web established, want 3 (%d events)", toWeb, len(events))
 	}
 	checkBothEnds("life", byLife["all"], 10)
+	checkEdge("life", byLife["all"])
 	// Each filter passes exactly its pod's records: those the unfiltered
 	// life has for that container, no other record at all.
 	for name, container := range passes {
@@ -506,6 +542,7 @@ func TestK8sPodsNamed(t *testing.T) {
 	// was away and by name after, a warning per kind of failure.
 	recs := logLines(t, logFile)
 	checkBothEnds("agent", recs, 2*(5+12)) // round 1 and the Prometheus round
+	checkEdge("agent", recs)
 	var byID, byName int
 	for _, r := range recs {
 		if str(r, "owner", "container") != "containerd:"+late.id {
