@@ -61,6 +61,8 @@ type MetaStats struct {
 
 // keyState is what the stage knows of one container.
 type keyState struct {
+	key     metadata.Key
+	evicted bool           // no longer in keys: look it up again
 	meta    *metadata.Meta // once named; never changed after
 	bare    *metadata.Meta // the runtime and id alone, for events while not named
 	pending bool           // asked the first time, not answered: its records wait
@@ -85,12 +87,13 @@ func (e endKey) swap() endKey {
 
 // endInfo is the owner of a connection end that went out.
 type endInfo struct {
-	key    metadata.Key
-	hasKey bool
-	at     uint64
+	ks *keyState // its container's, nil for none
+	at uint64
 }
 
-// attachment is what a record that closed was given, for its Finished.
+// attachment is what a record whose Closed waited was given, for its
+// Finished (a Closed handed out at once attaches to the builder's record
+// itself, which its Finished then carries).
 type attachment struct {
 	meta, peer *metadata.Meta
 	done       bool // false while its Closed waits
@@ -100,11 +103,11 @@ type attachment struct {
 type delayed struct {
 	closed  bool // Closed, else Finished
 	follows bool // a Finished whose Closed went first: it takes its attachment
+	queued  bool // a Closed that waited: its Finished finds its names in closed
 	waits   bool // it waits itself (not only behind others)
 	rec     lifecycle.Record
 
-	key    metadata.Key
-	hasKey bool
+	ks *keyState // its container's, nil for none
 	// peerWait: node-local, its peer's record not seen yet.
 	peerWait  bool
 	peer      endInfo
@@ -126,7 +129,7 @@ type metaStage struct {
 	maxKeys int
 
 	now        uint64
-	cgroupKeys map[uint64]metadata.Key
+	cgroupKeys map[uint64]*keyState // a cgroup's container
 	keys       map[metadata.Key]*keyState
 	keyOrder   fifo[metadata.Key]
 	ips        map[netip.Addr]*metadata.Meta
@@ -151,17 +154,34 @@ type endAt struct {
 
 func newMetaStage(h lifecycle.Handler) *metaStage {
 	return &metaStage{h: h, maxKeys: DefaultMetadataEntries,
-		cgroupKeys: map[uint64]metadata.Key{}, keys: map[metadata.Key]*keyState{}, ips: map[netip.Addr]*metadata.Meta{},
+		cgroupKeys: map[uint64]*keyState{}, keys: map[metadata.Key]*keyState{}, ips: map[netip.Addr]*metadata.Meta{},
 		peerWait: map[endKey]uint64{}, ends: map[endKey]endInfo{}, closed: map[uint64]attachment{}}
 }
 
 // cgroup learns a cgroup's container; with metadata on, a container seen
 // the first time is asked about at once, before its records close.
 func (s *metaStage) cgroup(id uint64, k cgroups.Container) {
-	s.cgroupKeys[id] = k
 	if s.on {
-		s.state(k)
+		s.cgroupKeys[id] = s.state(k)
+		return
 	}
+	s.cgroupKeys[id] = &keyState{key: k, evicted: true} // looked up once on
+}
+
+// ofCgroup is the state of a cgroup's container, nil for none; a state
+// evicted since is looked up (and asked about) again.
+func (s *metaStage) ofCgroup(id uint64) *keyState {
+	ks := s.cgroupKeys[id]
+	if ks == nil {
+		return nil
+	}
+	if ks.evicted {
+		ks = s.state(ks.key)
+		s.cgroupKeys[id] = ks
+		return ks
+	}
+	s.retry(ks)
+	return ks
 }
 
 // input applies a KindMeta input.
@@ -208,19 +228,15 @@ func (s *metaStage) end() { s.release(true) }
 // events: its metadata once named, its runtime and id alone before; nil
 // for a cgroup of no container.
 func (s *metaStage) metaOf(cgroupID uint64) *metadata.Meta {
-	k, ok := s.cgroupKeys[cgroupID]
-	if !ok || !s.on {
+	ks := s.cgroupKeys[cgroupID]
+	if ks == nil || !s.on {
 		return nil
 	}
-	ks := s.keys[k]
-	if ks != nil && ks.meta != nil {
+	if ks.meta != nil {
 		return ks.meta
 	}
-	if ks == nil {
-		return &metadata.Meta{Runtime: k.Runtime, ID: k.ID} // evicted: rare
-	}
 	if ks.bare == nil {
-		ks.bare = &metadata.Meta{Runtime: k.Runtime, ID: k.ID}
+		ks.bare = &metadata.Meta{Runtime: ks.key.Runtime, ID: ks.key.ID}
 	}
 	return ks.bare
 }
@@ -229,17 +245,15 @@ func (s *metaStage) metaOf(cgroupID uint64) *metadata.Meta {
 func (s *metaStage) waiting() bool {
 	for i := s.qhead; i < len(s.queue); i++ {
 		d := &s.queue[i]
-		if d.hasKey && s.pending(d.key) || d.peerFound && d.peer.hasKey && s.pending(d.peer.key) {
+		if d.ks.waits() || d.peerFound && d.peer.ks.waits() {
 			return true
 		}
 	}
 	return false
 }
 
-func (s *metaStage) pending(k metadata.Key) bool {
-	ks := s.keys[k]
-	return ks != nil && ks.pending
-}
+// waits reports whether records of the container wait for its answer.
+func (ks *keyState) waits() bool { return ks != nil && ks.pending && !ks.evicted }
 
 // state is a container's state, asked about when new, asked again when
 // unnamed and due.
@@ -253,13 +267,18 @@ func (s *metaStage) state(k metadata.Key) *keyState {
 		}
 		return ks
 	}
+	s.retry(ks)
+	return ks
+}
+
+// retry asks again about a container not named, when due.
+func (s *metaStage) retry(ks *keyState) {
 	if ks.meta == nil && !ks.pending && s.now >= ks.retryAt {
 		ks.retryAt = s.now + metaRetry
 		if s.ask != nil {
-			s.ask(k, false)
+			s.ask(ks.key, false)
 		}
 	}
-	return ks
 }
 
 // add makes room and adds a container, oldest out first (never one
@@ -267,13 +286,17 @@ func (s *metaStage) state(k metadata.Key) *keyState {
 func (s *metaStage) add(k metadata.Key) *keyState {
 	for n := s.keyOrder.len(); len(s.keys) >= s.maxKeys && n > 0; n-- {
 		old := s.keyOrder.pop()
-		if ks := s.keys[old]; ks != nil && ks.pending {
+		ks := s.keys[old]
+		if ks != nil && ks.pending {
 			s.keyOrder.push(old)
 			continue
 		}
+		if ks != nil {
+			ks.evicted = true
+		}
 		delete(s.keys, old)
 	}
-	ks := &keyState{}
+	ks := &keyState{key: k}
 	s.keys[k] = ks
 	s.keyOrder.push(k)
 	return ks
@@ -285,7 +308,6 @@ func (s *metaStage) Closed(r *lifecycle.Record) {
 		s.h.Closed(r)
 		return
 	}
-	s.closed[r.ID] = attachment{}
 	s.handle(r, true)
 }
 
@@ -295,10 +317,20 @@ func (s *metaStage) Finished(r *lifecycle.Record) {
 		return
 	}
 	if a, ok := s.closed[r.ID]; ok {
-		// Closed went out (or waits): the same names, in order.
+		// Its Closed waited (or still waits): the same names, in order.
 		if a.done && s.qlen() == 0 {
 			delete(s.closed, r.ID)
 			r.Meta, r.Peer = a.meta, a.peer
+			s.h.Finished(r)
+			return
+		}
+		s.push(delayed{follows: true, rec: *r, deadline: s.now})
+		return
+	}
+	if r.End != 0 && r.Kind != lifecycle.KindEvicted {
+		// Its Closed went out at once, attaching to the builder's record
+		// itself: r carries its names.
+		if s.qlen() == 0 {
 			s.h.Finished(r)
 			return
 		}
@@ -329,9 +361,9 @@ func localPeer(r *lifecycle.Record) bool {
 func (s *metaStage) handle(r *lifecycle.Record, closed bool) {
 	d := delayed{closed: closed, deadline: s.now + s.wait}
 	if r.OwnerKnown() {
-		d.key, d.hasKey = s.cgroupKeys[r.CgroupID]
+		d.ks = s.ofCgroup(r.CgroupID)
 	}
-	if d.hasKey && s.state(d.key).pending && s.wait > 0 {
+	if d.ks.waits() && s.wait > 0 {
 		d.waits = true
 	}
 	var end endKey
@@ -341,11 +373,11 @@ func (s *metaStage) handle(r *lifecycle.Record, closed bool) {
 			// The other end went first.
 			d.peer, d.peerFound = p, true
 			delete(s.ends, end.swap())
-			if p.hasKey && s.pending(p.key) && s.wait > 0 {
+			if p.ks.waits() && s.wait > 0 {
 				d.waits = true
 			}
 		} else {
-			s.addEnd(end, endInfo{key: d.key, hasKey: d.hasKey, at: s.now})
+			s.addEnd(end, endInfo{ks: d.ks, at: s.now})
 			if s.peers && s.wait > 0 {
 				d.peerWait, d.waits = true, true
 			}
@@ -355,7 +387,7 @@ func (s *metaStage) handle(r *lifecycle.Record, closed bool) {
 			delete(s.peerWait, end)
 			if i := int(seq - s.queueSeq); i >= 0 && i < s.qlen() {
 				o := &s.queue[s.qhead+i]
-				o.peer, o.peerFound = endInfo{key: d.key, hasKey: d.hasKey, at: s.now}, true
+				o.peer, o.peerFound = endInfo{ks: d.ks, at: s.now}, true
 				delete(s.ends, end.swap())
 			}
 		}
@@ -371,6 +403,10 @@ func (s *metaStage) handle(r *lifecycle.Record, closed bool) {
 		}
 	}
 	d.rec = *r
+	d.queued = true
+	if closed {
+		s.closed[r.ID] = attachment{}
+	}
 	s.push(d)
 	s.release(false)
 }
@@ -411,13 +447,13 @@ func (s *metaStage) ready(d *delayed) bool {
 	if d.follows {
 		return true // its Closed, ahead of it, went out
 	}
-	if d.hasKey && s.pending(d.key) {
+	if d.ks.waits() {
 		return false
 	}
 	if d.peerWait && !d.peerFound {
 		return false
 	}
-	return !(d.peerFound && d.peer.hasKey && s.pending(d.peer.key))
+	return !(d.peerFound && d.peer.ks.waits())
 }
 
 // release hands out the records at the head of the queue that have what
@@ -462,29 +498,28 @@ func (s *metaStage) pop(early bool) {
 // out attaches what is known and hands the record on.
 func (s *metaStage) out(r *lifecycle.Record, d *delayed) {
 	if d.follows {
-		a := s.closed[r.ID]
-		delete(s.closed, r.ID)
-		r.Meta, r.Peer = a.meta, a.peer
+		if a, ok := s.closed[r.ID]; ok {
+			delete(s.closed, r.ID)
+			r.Meta, r.Peer = a.meta, a.peer
+		} // else its copy has the names its Closed attached
 		s.h.Finished(r)
 		return
 	}
 	r.Meta, r.Peer = nil, nil
-	if d.hasKey {
-		if ks := s.keys[d.key]; ks != nil {
-			r.Meta = ks.meta
-		}
+	if d.ks != nil {
+		r.Meta = d.ks.meta
 	}
-	if d.peerFound && d.peer.hasKey {
-		if ks := s.keys[d.peer.key]; ks != nil {
-			r.Peer = ks.meta
-		}
+	if d.peerFound && d.peer.ks != nil {
+		r.Peer = d.peer.ks.meta
 	}
 	if r.Peer == nil && len(s.ips) > 0 {
 		// A pod in its own network namespace: its sandbox's IP.
 		r.Peer = s.ips[r.RemoteAddr()]
 	}
 	if d.closed {
-		s.closed[r.ID] = attachment{meta: r.Meta, peer: r.Peer, done: true}
+		if d.queued {
+			s.closed[r.ID] = attachment{meta: r.Meta, peer: r.Peer, done: true}
+		}
 		s.h.Closed(r)
 		return
 	}

@@ -134,6 +134,9 @@ func TestMetaStageNamesBothEnds(t *testing.T) {
 	server := loopRecord(2, 12, 8080, 40000)
 	host := loopRecord(3, 0, 5000, 6000)
 	host.Raddr = [16]byte{10, 0, 0, 9} // not node-local: waits for nothing
+	for _, r := range []*lifecycle.Record{&client, &server, &host} {
+		r.End = 2 // closed: Closed, then Finished
+	}
 
 	st.s.Closed(&client)
 	st.s.Closed(&host)
@@ -282,66 +285,102 @@ func TestMetaStageQueueBound(t *testing.T) {
 	}
 }
 
+// loopbackChurn feeds n connections' events, both ends on loopback and
+// owned by cgroup 5, reset after their handshake, with a tick every 50.
+type loopbackChurn struct {
+	t      testing.TB
+	in     *ingest
+	x      recording.Input
+	id, ts uint64
+}
+
+func (c *loopbackChurn) ev(conn uint64, sport, dport uint16, old, new probe.State, err syscall.Errno) {
+	lo := [16]byte{127, 0, 0, 1}
+	c.ts += 10_000
+	c.x = recording.Input{Kind: recording.KindEvent, Event: probe.Event{ConnId: conn, Family: probe.AFInet,
+		Type: uint8(probe.TypeState), Netns: 1, Sport: sport, Dport: dport, Saddr: lo, Daddr: lo,
+		Owner: uint8(probe.OwnerTask), Pid: 42, CgroupId: 5, TsNs: c.ts, Oldstate: uint8(old), Newstate: uint8(new), SkErr: uint16(err)}}
+	if e := c.in.apply(&c.x); e != nil {
+		c.t.Fatal(e)
+	}
+}
+
+func (c *loopbackChurn) run(n int) {
+	for i := 0; i < n; i++ {
+		c.id += 2
+		cl, sv := (c.id<<12)|1, ((c.id+1)<<12)|1
+		port := uint16(30000 + i%30000)
+		c.ev(cl, port, 8080, probe.StateClose, probe.StateSynSent, 0)
+		c.ev(sv, 8080, port, probe.StateListen, probe.StateSynRecv, 0)
+		c.ev(cl, port, 8080, probe.StateSynSent, probe.StateEstablished, 0)
+		c.ev(sv, 8080, port, probe.StateSynRecv, probe.StateEstablished, 0)
+		c.ev(cl, port, 8080, probe.StateEstablished, probe.StateClose, syscall.ECONNRESET)
+		c.ev(sv, 8080, port, probe.StateEstablished, probe.StateClose, syscall.ECONNRESET)
+		if i%50 == 49 {
+			c.x = recording.Input{Kind: recording.KindTick, Tick: c.ts}
+			if err := c.in.apply(&c.x); err != nil {
+				c.t.Fatal(err)
+			}
+		}
+	}
+}
+
+// newChurn is an ingest with metadata on (the container of cgroup 5
+// named) or off.
+func newChurn(t testing.TB, h lifecycle.Handler, meta bool) *loopbackChurn {
+	in := newIngest(h, lifecycle.Config{}, func(*probe.Event) {})
+	k := ctrKey("ab")
+	m := podMeta(k, "shop", "web-1", "web")
+	inputs := []recording.Input{{Kind: recording.KindCgroup, Cgroup: recording.Cgroup{ID: 5, Path: "/kubepods/podu-1/" + k.ID}}}
+	if meta {
+		inputs = []recording.Input{
+			{Kind: recording.KindMeta, Meta: recording.Meta{Op: recording.MetaEnabled, Wait: time.Second, Peers: true}},
+			inputs[0],
+			{Kind: recording.KindMeta, Meta: recording.Meta{Op: recording.MetaContainer, Known: true, Meta: m}},
+		}
+	}
+	for _, x := range inputs {
+		if err := in.apply(&x); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return &loopbackChurn{t: t, in: in, ts: 1_000_000_000}
+}
+
 // With metadata on, records of named containers and their node-local
 // peers (both ends of loopback connections, reset after their handshake)
 // go through the stage without an allocation per event.
 func TestApplyWithMetadataDoesNotAllocate(t *testing.T) {
 	var h countClosed
-	in := newIngest(&h, lifecycle.Config{}, func(*probe.Event) {})
-	k := ctrKey("ab")
-	m := podMeta(k, "shop", "web-1", "web")
-	for _, x := range []recording.Input{
-		{Kind: recording.KindMeta, Meta: recording.Meta{Op: recording.MetaEnabled, Wait: time.Second, Peers: true}},
-		{Kind: recording.KindCgroup, Cgroup: recording.Cgroup{ID: 5, Path: "/kubepods/podu-1/" + k.ID}},
-		{Kind: recording.KindMeta, Meta: recording.Meta{Op: recording.MetaContainer, Known: true, Meta: m}},
-	} {
-		if err := in.apply(&x); err != nil {
-			t.Fatal(err)
-		}
-	}
-	var x recording.Input
-	var id, ts uint64 = 0, 1_000_000_000
-	lo := [16]byte{127, 0, 0, 1}
-	ev := func(conn uint64, sport, dport uint16, old, new probe.State, err syscall.Errno) {
-		ts += 10_000
-		x = recording.Input{Kind: recording.KindEvent, Event: probe.Event{ConnId: conn, Family: probe.AFInet,
-			Type: uint8(probe.TypeState), Netns: 1, Sport: sport, Dport: dport, Saddr: lo, Daddr: lo,
-			Owner: uint8(probe.OwnerTask), Pid: 42, CgroupId: 5, TsNs: ts, Oldstate: uint8(old), Newstate: uint8(new), SkErr: uint16(err)}}
-		if e := in.apply(&x); e != nil {
-			t.Fatal(e)
-		}
-	}
-	pass := func() {
-		for i := 0; i < 500; i++ {
-			id += 2
-			c, s := (id<<12)|1, ((id+1)<<12)|1
-			port := uint16(30000 + i)
-			ev(c, port, 8080, probe.StateClose, probe.StateSynSent, 0)
-			ev(s, 8080, port, probe.StateListen, probe.StateSynRecv, 0)
-			ev(c, port, 8080, probe.StateSynSent, probe.StateEstablished, 0)
-			ev(s, 8080, port, probe.StateSynRecv, probe.StateEstablished, 0)
-			ev(c, port, 8080, probe.StateEstablished, probe.StateClose, syscall.ECONNRESET)
-			ev(s, 8080, port, probe.StateEstablished, probe.StateClose, syscall.ECONNRESET)
-			if i%50 == 49 {
-				x = recording.Input{Kind: recording.KindTick, Tick: ts}
-				if err := in.apply(&x); err != nil {
-					t.Fatal(err)
-				}
-			}
-		}
-	}
+	c := newChurn(t, &h, true)
+	pass := func() { c.run(500) }
 	pass()
 	pass()
 	allocs := testing.AllocsPerRun(5, pass)
-	st := in.meta.statsNow()
+	st := c.in.meta.statsNow()
 	t.Logf("%.1f allocations per pass, %d closed, stage %+v", allocs, h.n, st)
 	if h.n < 6000 {
 		t.Fatalf("%d connections closed, want every one of the passes'", h.n)
 	}
-	if st.Delayed == 0 || st.TimedOut != 0 || in.meta.qlen() != 0 {
-		t.Errorf("stage %+v, queue %d: want ends that waited for each other, none timed out", st, in.meta.qlen())
+	if st.Delayed == 0 || st.TimedOut != 0 || c.in.meta.qlen() != 0 {
+		t.Errorf("stage %+v, queue %d: want ends that waited for each other, none timed out", st, c.in.meta.qlen())
 	}
 	if perEvent := allocs / 3000; perEvent > 0.001 {
 		t.Errorf("%.4f allocations per event (%.0f per pass of 3000), want none", perEvent, allocs)
 	}
+}
+
+// BenchmarkApplyLoopback and BenchmarkApplyLoopbackMetadata: one op is
+// one event of loopback churn (6 per connection), without and with the
+// metadata stage naming both ends and their peers: its cost per event.
+func BenchmarkApplyLoopback(b *testing.B)         { benchChurn(b, false) }
+func BenchmarkApplyLoopbackMetadata(b *testing.B) { benchChurn(b, true) }
+
+func benchChurn(b *testing.B, meta bool) {
+	var h countClosed
+	c := newChurn(b, &h, meta)
+	c.run(20000) // warm up: tables at their steady size
+	b.ReportAllocs()
+	b.ResetTimer()
+	c.run(b.N/6 + 1)
 }
