@@ -22,8 +22,9 @@ const recordSynopsis = `Usage: tcpfsm record -w FILE [FLAGS]
 Write every raw TCP state transition event to FILE, to be read back later
 with 'tcpfsm replay' on any machine and without privileges. The file starts
 with a header (format version, kernel release, boot time for wall clock
-conversion); lost-event counts are recorded too. It is flushed after every
-burst of events, so an interrupted recording keeps all it had.
+conversion); lost-event counts are recorded too, and what the container
+runtime said of the containers seen, so replays name them. It is flushed
+after every burst of events, so an interrupted recording keeps all it had.
 `
 
 const recordExamples = `  tcpfsm record -w /tmp/tcp.rec -d 60s
@@ -192,7 +193,8 @@ a live tcpfsm runs, with the recording's own wall clock: --view trace
 prints the transitions as 'tcpfsm trace' would have, --view life the
 connection records of 'tcpfsm life', --view ladder its ladder diagrams.
 Needs no privileges. All selection flags apply; --cgroup matches the
-exact cgroup only.
+exact cgroup only; --pod, --namespace, --workload and --container-name
+match the names the recording holds.
 `
 
 const replayExamples = `  tcpfsm replay /tmp/tcp.rec
