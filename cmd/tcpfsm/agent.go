@@ -26,6 +26,7 @@ import (
 	"github.com/tcpfsm/tcpfsm/internal/buildinfo"
 	"github.com/tcpfsm/tcpfsm/tracer/clock"
 	"github.com/tcpfsm/tcpfsm/tracer/lifecycle"
+	"github.com/tcpfsm/tcpfsm/tracer/metadata"
 	"github.com/tcpfsm/tcpfsm/tracer/probe"
 	"github.com/tcpfsm/tcpfsm/tracer/session"
 )
@@ -82,13 +83,42 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 		}
 	}
 
+	names, err := cfg.meta.open(log)
+	if err != nil {
+		return err
+	}
+	if names != nil {
+		defer names.Close()
+	}
+	if err := resolvePod(&cfg.sel, names); err != nil {
+		return err
+	}
+
 	var sess *session.Session
 	var m *metrics.Metrics
 	var lw *logs.Writer
 	var h lifecycle.Handlers
 	opts := cfg.session
-	opts.Handler = &h
+	opts.Probe.Filter = cfg.sel.kernel
+	var handler lifecycle.Handler = &h
+	if f := &cfg.sel.meta; f.userSpace() {
+		handler = &metaFiltered{h: &h, f: f}
+	}
+	opts.Handler = handler
 	opts.OnEvent = func(e *probe.Event) { m.Event(e); lw.Event(e) }
+	if names != nil {
+		opts.Metadata = names
+		if eventsNeedMeta(&cfg) {
+			f := &cfg.sel.meta
+			opts.OnEvent = nil
+			opts.OnEventMeta = func(e *probe.Event, md *metadata.Meta) {
+				if f.match(named(md)) {
+					m.EventMeta(e, md)
+					lw.EventMeta(e, md)
+				}
+			}
+		}
+	}
 	opts.OnDrained = func() error { return lw.Flush() }
 	sess, err = session.Open(opts)
 	if err != nil {
@@ -98,7 +128,10 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 	lw = logs.New(logOut, sess.Clock(), cfg.logs)
 	mopts := cfg.metrics
 	mopts.ContainerOf = sess.Container
-	m = metrics.New(mopts, buildinfo.Get(), func() metrics.Snapshot { return snapshot(sess) })
+	if names != nil {
+		mopts.Names = names.Lookup
+	}
+	m = metrics.New(mopts, buildinfo.Get(), func() metrics.Snapshot { return snapshot(sess, names) })
 	h = lifecycle.Handlers{m, lw}
 
 	reg := prometheus.NewRegistry()
@@ -112,6 +145,11 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 		log.Warn(w)
 	}
 	warnCapabilities(log, f.TimeWait)
+	if names != nil {
+		log.Info("naming containers", "sources", describeSources(names))
+	} else {
+		log.Info("no container runtime socket found: records carry container ids (metadata.cri_endpoint, metadata.engine_endpoints)")
+	}
 
 	// Serve.
 	mux := http.NewServeMux()
@@ -195,8 +233,38 @@ func warnCapabilities(log *slog.Logger, exactTimeWait bool) {
 	}
 }
 
+// eventsNeedMeta: the per-event path looks up the owner's container
+// only when something uses it: a metadata label, a metadata filter, or
+// transitions in the log.
+func eventsNeedMeta(cfg *agentConfig) bool {
+	for _, l := range cfg.metrics.Labels {
+		if l.NeedsMetadata() {
+			return true
+		}
+	}
+	return cfg.sel.meta.userSpace() || cfg.logs.Transitions
+}
+
+// metaFiltered hands on the records whose metadata passes the filter.
+type metaFiltered struct {
+	h lifecycle.Handler
+	f *metaFilter
+}
+
+func (m *metaFiltered) Closed(r *lifecycle.Record) {
+	if m.f.match(r.Meta) {
+		m.h.Closed(r)
+	}
+}
+
+func (m *metaFiltered) Finished(r *lifecycle.Record) {
+	if m.f.match(r.Meta) {
+		m.h.Finished(r)
+	}
+}
+
 // snapshot reads what the metrics show about the tracer itself.
-func snapshot(s *session.Session) metrics.Snapshot {
+func snapshot(s *session.Session, names *metadata.Resolver) metrics.Snapshot {
 	var snap metrics.Snapshot
 	s.With(func(b *lifecycle.Builder) {
 		for st := probe.StateEstablished; st <= probe.MaxState; st++ {
@@ -208,5 +276,11 @@ func snapshot(s *session.Session) metrics.Snapshot {
 	snap.Lost, _ = s.Probe().Lost()
 	snap.Programs, _ = s.Probe().Stats()
 	snap.EphemeralPorts, _ = metrics.EphemeralPorts("/proc/sys")
+	if names != nil {
+		st := names.Stats()
+		snap.Metadata = &st
+		w := s.MetaStats()
+		snap.RecordWaits = metrics.RecordWaits{Resolved: w.Resolved, TimedOut: w.TimedOut, Dropped: w.Dropped}
+	}
 	return snap
 }

@@ -27,7 +27,9 @@ type agentConfig struct {
 	logs      logs.Options
 	stuck     connview.Thresholds
 	sel       selection
-	// session gets the filter and the namespace paths from sel.
+	meta      metaConfig
+	// session gets the filter and the namespace paths from sel, and the
+	// metadata wait, bound and labels from meta.
 	session session.Options
 }
 
@@ -69,14 +71,17 @@ func agentSettings(o *agentConfig) []settings.Setting {
 			To: func(v string) error { o.webConfig = v; return nil }},
 
 		&settings.Strings{Spec: settings.Spec{Key: "metrics.labels", Flag: "metrics.labels",
-			Help: "optional `LABELS` on connection metrics: port, comm, container (e.g. --metrics.labels port,container)",
+			Help: "optional `LABELS` on connection metrics: port, comm, container, namespace, pod, workload (e.g. --metrics.labels namespace,workload)",
 			Doc: `Optional labels on tcpfsm_connections_opened_total, tcpfsm_connections_closed_total and the
 				handshake and connection duration histograms: any of port (the listening port of accepted
-				connections), comm (the owner's command name), container (runtime:id of the owner's
-				container). Never pids, addresses or ephemeral ports. Example: [port, container]`},
+				connections), comm (the owner's command name), container (the owner's container: its name
+				when the runtime names it, else runtime:id), namespace, pod and workload (kind/name, such as
+				deployment/web) of the owner's Kubernetes pod. pod churns: most pods end up "other"; namespace
+				and workload are the ones to turn on. Never pids, addresses or ephemeral ports. Example:
+				[namespace, workload]`},
 			Check: func(v string) error {
 				if _, ok := metrics.ParseLabel(v); !ok {
-					return fmt.Errorf("want port, comm or container (never pid, addresses or ephemeral ports)")
+					return fmt.Errorf("want port, comm, container, namespace, pod or workload (never pid, addresses or ephemeral ports)")
 				}
 				return nil
 			},
@@ -136,6 +141,8 @@ func agentSettings(o *agentConfig) []settings.Setting {
 	}
 	set = append(set, stuckSettings(&o.stuck)...)
 	set = append(set, kernelFilters(&o.sel)...)
+	set = append(set, metaFilters(&o.sel)...)
+	set = append(set, metaSettings(&o.meta, true)...)
 	return append(set,
 		attachSetting(&o.session.Probe.Attach),
 		maxTrackedSetting(&o.session.Lifecycle),
@@ -188,6 +195,7 @@ func parseAgentConfig(args []string, usage io.Writer) (agentConfig, bool, error)
 	}
 	o.session.Probe.Filter = o.sel.kernel
 	o.session.NetNSPaths = o.sel.netnsPaths()
+	o.meta.sessionOptions(&o.session)
 	// Every value was checked against its description; the packages'
 	// own checks must agree (a test holds this), so this never fires.
 	if err := o.session.Validate(); err != nil {
@@ -223,9 +231,16 @@ go test ./cmd/tcpfsm -run TestExampleConfig -update`
 
 var exampleConfigSections = []settings.Section{
 	{Key: "stuck", Doc: stuckSectionDoc},
-	{Key: "filter", Doc: `Everything here is applied in the kernel, before the ring buffer. A
-		filter given must select something (pid: 0 is an error); leave it out, null or empty to select
+	{Key: "filter", Doc: `Everything here but namespace, workload and container_name is applied in the
+		kernel, before the ring buffer (pod through the pod's cgroup, found at start); those three select
+		records and events in user space, by the container runtime's names: events of containers not
+		named yet, and records that are still not named after metadata.wait, do not pass them. A filter
+		given must select something (pid: 0 is an error); leave it out, null or empty to select
 		everything.`},
+	{Key: "metadata", Doc: `Names of the containers that own connections, from the container runtime
+		(no Kubernetes API token needed): the k8s object of the log records, the container, namespace,
+		pod and workload labels, the filters above. With no socket found, records carry container ids
+		only.`},
 }
 
 // writeExampleConfig writes deploy/tcpfsm.yml's text.

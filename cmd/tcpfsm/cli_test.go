@@ -27,7 +27,10 @@ func runCLI(args ...string) (code int, stdout, stderr string) {
 	return code, out.String(), errb.String()
 }
 
-const mixRecording = "../../tracer/testdata/loopback-mix.rec"
+const (
+	mixRecording = "../../tracer/testdata/loopback-mix.rec"
+	k8sRecording = "../../tracer/testdata/k8s-mix.rec"
+)
 
 func scenarioFile(name string) string { return "../../tracer/testdata/scenarios/" + name + ".rec" }
 

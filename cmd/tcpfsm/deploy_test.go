@@ -23,7 +23,9 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/tcpfsm/tcpfsm/exporter/metrics"
 	"github.com/tcpfsm/tcpfsm/internal/testkit/nettest"
+	"github.com/tcpfsm/tcpfsm/tracer/metadata/cri"
 )
 
 const deployDir = "../../deploy"
@@ -315,13 +317,28 @@ func dashboardExprs(d *dashboard) map[string][]string {
 // can query Prometheus with.
 // Like Grafana, a variable inside a regex matcher is regex-escaped, and the
 // escapes doubled for PromQL's double-quoted strings.
+// The namespace and workload variables are All (".*"), or what
+// grafanaVarsK8s is given.
 func grafanaVars(expr, instance, rateInterval string) string {
-	re := strings.ReplaceAll(regexp.QuoteMeta(instance), `\`, `\\`)
+	return grafanaVarsK8s(expr, instance, rateInterval, "", "")
+}
+
+func grafanaVarsK8s(expr, instance, rateInterval, namespace, workload string) string {
+	quote := func(v string) string {
+		if v == "" {
+			return ".*"
+		}
+		return strings.ReplaceAll(regexp.QuoteMeta(v), `\`, `\\`)
+	}
+	re := quote(instance)
+	ns, wl := quote(namespace), quote(workload)
 	r := strings.NewReplacer(
 		"$__rate_interval", rateInterval, "${__rate_interval}", rateInterval,
 		"$__interval", "15s", "${__interval}", "15s",
 		"$__range", "5m", "${__range}", "5m",
 		"${instance:regex}", re, "${instance}", re, "$instance", re,
+		"${namespace:regex}", ns, "${namespace}", ns, "$namespace", ns,
+		"${workload:regex}", wl, "${workload}", wl, "$workload", wl,
 	)
 	return r.Replace(expr)
 }
@@ -414,6 +431,32 @@ func TestDeployDashboard(t *testing.T) {
 	has("connect failures", func(p dashboardPanel, e string) bool {
 		return strings.Contains(e, "tcpfsm_connect_failures_total") && strings.Contains(e, "by (reason)")
 	})
+	has("connect failures by workload", func(p dashboardPanel, e string) bool {
+		return strings.Contains(e, "tcpfsm_connect_failures_total") && strings.Contains(e, "by (namespace, workload, reason)")
+	})
+	has("connections opened by workload", func(p dashboardPanel, e string) bool {
+		return strings.Contains(e, "tcpfsm_connections_opened_total") && strings.Contains(e, "by (namespace, workload)")
+	})
+	// Namespace and workload variables, and every query of a metric that
+	// has those labels selects by them.
+	vars := map[string]bool{}
+	for _, v := range d.Templating.List {
+		vars[v.Name] = true
+	}
+	if !vars["namespace"] || !vars["workload"] {
+		t.Errorf("no namespace and workload variables: %v", vars)
+	}
+	for _, p := range all {
+		for _, tg := range p.Targets {
+			for _, m := range []string{"tcpfsm_connections_opened_total", "tcpfsm_connections_closed_total",
+				"tcpfsm_connect_failures_total", "tcpfsm_handshake_duration_seconds_bucket", "tcpfsm_connection_duration_seconds_bucket",
+				"tcpfsm_connections_stuck", "tcpfsm_oldest_connection_age_seconds"} {
+				if strings.Contains(tg.Expr, m) && !strings.Contains(tg.Expr, m+`{instance=~"$instance",namespace=~"$namespace",workload=~"$workload"`) {
+					t.Errorf("panel %q: %s not selected by namespace and workload: %s", p.Title, m, tg.Expr)
+				}
+			}
+		}
+	}
 	for _, p := range all {
 		if p.Type == "heatmap" {
 			for _, tg := range p.Targets {
@@ -523,9 +566,25 @@ func TestDeployDaemonSet(t *testing.T) {
 		}
 		seen[fmt.Sprint(get(m, "mountPath"))] = true
 	}
-	for _, p := range []string{"/sys/kernel/btf", "/sys/fs/cgroup"} {
+	for _, p := range []string{"/sys/kernel/btf", "/sys/fs/cgroup", "/run/containerd"} {
 		if !seen[p] {
 			t.Errorf("no read-only mount of %s", p)
+		}
+	}
+	// The CRI socket's directory, where the agent looks for it: a mount of
+	// the socket itself would keep a restarted runtime's old one.
+	criDir := false
+	for _, e := range cri.DefaultEndpoints {
+		if seen[filepath.Dir(e.Path)] {
+			criDir = true
+		}
+	}
+	if !criDir {
+		t.Errorf("no mount of a default CRI socket's directory (%v)", cri.DefaultEndpoints)
+	}
+	for _, v := range get(pod, "volumes").([]any) {
+		if get(v, "name") == "cri" && get(v, "hostPath", "type") != "DirectoryOrCreate" {
+			t.Errorf("cri volume %v: want a DirectoryOrCreate hostPath (nodes without that runtime still start)", v)
 		}
 	}
 	// The agent's arguments are a valid configuration, and it listens on
@@ -537,6 +596,9 @@ func TestDeployDaemonSet(t *testing.T) {
 	r, _, err := parseAgentConfig(args[1:], nil)
 	if err != nil {
 		t.Fatalf("the DaemonSet's agent arguments: %v", err)
+	}
+	if !slices.Contains(r.metrics.Labels, metrics.LabelNamespace) || !slices.Contains(r.metrics.Labels, metrics.LabelWorkload) {
+		t.Errorf("metrics labels %v: the rules and the dashboard group by namespace and workload", r.metrics.Labels)
 	}
 	if !strings.HasSuffix(r.listen, ":"+fmt.Sprint(port)) {
 		t.Errorf("agent listens on %s, the container port is %v", r.listen, port)

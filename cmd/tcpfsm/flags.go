@@ -4,12 +4,15 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/spf13/pflag"
 
 	"github.com/tcpfsm/tcpfsm/cmd/tcpfsm/internal/settings"
+	"github.com/tcpfsm/tcpfsm/tracer/cgroups"
 	"github.com/tcpfsm/tcpfsm/tracer/lifecycle"
 	"github.com/tcpfsm/tcpfsm/tracer/probe"
 )
@@ -52,6 +55,12 @@ type selection struct {
 	comm      string   // owner comm, exact, as the kernel truncates it
 	states    [16]bool // wanted new states, when any is set
 	any       bool     // states has an entry
+	meta      metaFilter
+	// cgroupPath is the cgroup filter's directory relative to the cgroup2
+	// mount; live is set where the kernel applied the filter (to the
+	// subtree), replay matches it in user space (the exact cgroup).
+	cgroupPath string
+	live       bool
 }
 
 // kernelFilters are the filters the kernel applies, the same for every
@@ -122,8 +131,10 @@ func kernelFilters(s *selection) []settings.Setting {
 				s.cgroup = v
 				var err error
 				s.kernel.CgroupID, s.kernel.CgroupLevel, err = probe.CgroupFilter(v)
+				s.cgroupPath = cgroupRel(v)
 				return err
 			}},
+		podFilter(s),
 	}
 }
 
@@ -176,7 +187,7 @@ func stateFilter(s *selection, current bool) settings.Setting {
 
 // filters are every filter, for the commands that print.
 func filters(s *selection) []settings.Setting {
-	return append(kernelFilters(s), eventFilters(s)...)
+	return sliceOf(kernelFilters(s), eventFilters(s), metaFilters(s))
 }
 
 func checkPort(v string) error {
@@ -205,6 +216,32 @@ func (s *selection) match(e *probe.Event) bool {
 		return false
 	}
 	return true
+}
+
+// kernelMatch applies the kernel's part of the selection again in user
+// space: for replays, and for records the kernel did not filter (the
+// snapshot's). Live, the cgroup filter is the kernel's subtree match, so
+// a record's cgroup is checked against the subtree, an event not at all
+// (every event passed the kernel).
+func (s *selection) kernelMatch(e *probe.Event, recordCgroup string, isRecord bool) bool {
+	f := s.kernel
+	if s.live && f.CgroupID != 0 {
+		if isRecord && recordCgroup != s.cgroupPath && !strings.HasPrefix(recordCgroup, strings.TrimSuffix(s.cgroupPath, "/")+"/") {
+			return false
+		}
+		f.CgroupID = 0
+	}
+	return f.Match(e)
+}
+
+// cgroupRel is a --cgroup value as a path below the cgroup2 mount.
+func cgroupRel(v string) string {
+	if root, err := cgroups.Mount(); err == nil && filepath.IsAbs(v) {
+		if rel, err := filepath.Rel(root, v); err == nil && !strings.HasPrefix(rel, "..") {
+			v = rel
+		}
+	}
+	return filepath.Clean("/" + v)
 }
 
 // netnsPaths is the namespace --netns named, for the session's sock_diag.

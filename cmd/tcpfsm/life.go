@@ -11,6 +11,7 @@ import (
 	"github.com/tcpfsm/tcpfsm/exporter/text"
 	"github.com/tcpfsm/tcpfsm/tracer/clock"
 	"github.com/tcpfsm/tcpfsm/tracer/lifecycle"
+	"github.com/tcpfsm/tcpfsm/tracer/metadata"
 	"github.com/tcpfsm/tcpfsm/tracer/probe"
 	"github.com/tcpfsm/tcpfsm/tracer/session"
 )
@@ -43,6 +44,9 @@ type lifeOptions struct {
 	atClose bool
 	all     bool
 	count   int
+	// container: the table ends with the container column (containers
+	// are named: a runtime's socket, or a recording that had one).
+	container bool
 }
 
 // lifePrinter prints records as the builder hands them out.
@@ -56,6 +60,9 @@ type lifePrinter struct {
 	pending map[ladderKey]lifecycle.Record // one end, waiting for the other
 	order   []ladderKey
 	onLimit func()
+	// header is wanted and not written yet: it is written with the first
+	// row, or at the first flush, once the container column is decided.
+	header bool
 }
 
 // ladderKey is a connection's endpoints, the same for both ends.
@@ -80,11 +87,22 @@ func newLifePrinter(w io.Writer, opts *lifeOptions, c clock.Clock) *lifePrinter 
 		pending: map[ladderKey]lifecycle.Record{}}
 }
 
-func (p *lifePrinter) header() {
-	if p.opts.output == outputTable && !p.opts.ladder {
-		p.w.WriteString(text.LifeHeader())
-		p.w.WriteByte('\n')
+// wantHeader asks for the table's header.
+func (p *lifePrinter) wantHeader() {
+	p.header = p.opts.output == outputTable && !p.opts.ladder
+}
+
+func (p *lifePrinter) writeHeader() {
+	if !p.header {
+		return
 	}
+	p.header = false
+	if p.opts.container {
+		p.w.WriteString(text.LifeHeaderContainer())
+	} else {
+		p.w.WriteString(text.LifeHeader())
+	}
+	p.w.WriteByte('\n')
 }
 
 func (p *lifePrinter) Closed(r *lifecycle.Record) {
@@ -119,15 +137,18 @@ func (p *lifePrinter) wants(r *lifecycle.Record) bool {
 			return false
 		}
 	}
-	f := &s.kernel
+	if !s.meta.match(r.Meta) {
+		return false
+	}
 	e := probe.Event{Family: r.Family, Sport: r.Lport, Dport: r.Rport, Netns: r.NetNS, Pid: r.Pid, CgroupId: r.CgroupID, Owner: uint8(r.Owner)}
-	return f.Match(&e)
+	return s.kernelMatch(&e, r.Cgroup, true)
 }
 
 func (p *lifePrinter) print(r *lifecycle.Record) {
 	if p.err != nil || !p.wants(r) || (p.opts.count > 0 && p.shown >= p.opts.count) {
 		return
 	}
+	p.writeHeader()
 	if p.opts.ladder {
 		k := keyOf(r)
 		other, ok := p.pending[k]
@@ -145,6 +166,8 @@ func (p *lifePrinter) print(r *lifecycle.Record) {
 		p.buf = text.AppendLadder(p.buf[:0], &other, r)
 	} else if p.opts.output == outputJSON {
 		p.buf = jsonl.AppendRecord(p.buf[:0], r, p.clock)
+	} else if p.opts.container {
+		p.buf = text.AppendLifeRowContainer(p.buf[:0], r, p.clock)
 	} else {
 		p.buf = text.AppendLifeRow(p.buf[:0], r, p.clock)
 	}
@@ -162,6 +185,7 @@ func (p *lifePrinter) flush() error {
 	if p.err != nil {
 		return p.err
 	}
+	p.writeHeader()
 	return p.w.Flush()
 }
 
@@ -186,6 +210,7 @@ type lifeConfig struct {
 	duration  time.Duration
 	attach    probe.Attach
 	lifecycle lifecycle.Config
+	meta      metaConfig
 }
 
 func lifeCommand(c *lifeConfig) settings.Command {
@@ -196,7 +221,7 @@ func lifeCommand(c *lifeConfig) settings.Command {
 			countSetting(&c.count, "stop after printing `N` connections"),
 			attachSetting(&c.attach),
 			maxTrackedSetting(&c.lifecycle),
-		})}
+		}, metaSettings(&c.meta, true))}
 }
 
 func runLife(args []string, stdout, stderr io.Writer) error {
@@ -217,14 +242,31 @@ func runLife(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	names, err := c.meta.open(cliLogger(stderr))
+	if err != nil {
+		return err
+	}
+	if names != nil {
+		defer names.Close()
+	}
+	if err := resolvePod(&o.sel, names); err != nil {
+		return err
+	}
+	o.sel.live = true
+	o.container = names != nil
 	printer := newLifePrinter(stdout, o, clk)
-	s, err := session.Open(session.Options{
+	opts := session.Options{
 		Probe:      probe.Options{Filter: o.sel.kernel, Attach: attach},
 		Lifecycle:  lcfg,
 		NetNSPaths: o.sel.netnsPaths(),
 		Handler:    printer,
 		OnDrained:  printer.flush,
-	})
+	}
+	if names != nil {
+		opts.Metadata = names
+		c.meta.sessionOptions(&opts)
+	}
+	s, err := session.Open(opts)
 	if err != nil {
 		return err
 	}
@@ -233,10 +275,11 @@ func runLife(args []string, stdout, stderr io.Writer) error {
 	printer.onLimit = func() { s.Stop() }
 	fmt.Fprintf(stderr, "Tracing TCP connection lifecycles (%s). Ctrl-C to end.\n", s.Probe().Attached())
 	reportMissing(stderr, s.Probe().Features())
+	reportNames(stderr, names)
 	for _, w := range s.Warnings() {
 		fmt.Fprintf(stderr, "warning: %s\n", w)
 	}
-	printer.header()
+	printer.wantHeader()
 
 	stop := stopOn(s.Probe(), duration, nil)
 	runErr := s.Run()
@@ -251,6 +294,13 @@ func runLife(args []string, stdout, stderr io.Writer) error {
 		printer.shown, st.Events, lc.Total(), st.Evictions[lifecycle.EvictCap]+st.Evictions[lifecycle.EvictHandshakeTimeout],
 		sum(st.Anomalies[:]))
 	return runErr
+}
+
+// reportNames says where container names come from.
+func reportNames(w io.Writer, r *metadata.Resolver) {
+	if r != nil {
+		fmt.Fprintf(w, "Naming containers from %s.\n", describeSources(r))
+	}
 }
 
 // reportMissing says which optional kernel parts are unavailable and what

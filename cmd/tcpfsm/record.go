@@ -11,6 +11,7 @@ import (
 
 	"github.com/tcpfsm/tcpfsm/cmd/tcpfsm/internal/settings"
 	"github.com/tcpfsm/tcpfsm/tracer/clock"
+	"github.com/tcpfsm/tcpfsm/tracer/metadata"
 	"github.com/tcpfsm/tcpfsm/tracer/probe"
 	"github.com/tcpfsm/tcpfsm/tracer/recording"
 	"github.com/tcpfsm/tcpfsm/tracer/session"
@@ -21,8 +22,9 @@ const recordSynopsis = `Usage: tcpfsm record -w FILE [FLAGS]
 Write every raw TCP state transition event to FILE, to be read back later
 with 'tcpfsm replay' on any machine and without privileges. The file starts
 with a header (format version, kernel release, boot time for wall clock
-conversion); lost-event counts are recorded too. It is flushed after every
-burst of events, so an interrupted recording keeps all it had.
+conversion); lost-event counts are recorded too, and what the container
+runtime said of the containers seen, so replays name them. It is flushed
+after every burst of events, so an interrupted recording keeps all it had.
 `
 
 const recordExamples = `  tcpfsm record -w /tmp/tcp.rec -d 60s
@@ -36,6 +38,7 @@ type recordConfig struct {
 	duration time.Duration
 	count    int
 	attach   probe.Attach
+	meta     metaConfig
 }
 
 func recordCommand(c *recordConfig) settings.Command {
@@ -46,7 +49,7 @@ func recordCommand(c *recordConfig) settings.Command {
 		durationSetting(&c.duration, "60s"),
 		countSetting(&c.count, "stop after recording `N` events (e.g. -n 10000)"),
 		attachSetting(&c.attach),
-	})}
+	}, metaSettings(&c.meta, true))}
 }
 
 func runRecord(args []string, stdout, stderr io.Writer) error {
@@ -59,13 +62,23 @@ func runRecord(args []string, stdout, stderr io.Writer) error {
 	if err := noArguments(fs); err != nil {
 		return err
 	}
-	if sel.comm != "" || sel.any {
-		return usagef("--comm and --state select at replay time; record keeps every event the kernel filters pass")
+	if sel.comm != "" || sel.any || sel.meta.namespace != "" || sel.meta.workloadName != "" || sel.meta.containerName != "" {
+		return usagef("--comm, --state, --namespace, --workload and --container-name select at replay time; record keeps every event the kernel filters pass")
 	}
 	if path == "" {
 		return usagef("--write FILE is required")
 	}
 
+	names, err := rc.meta.open(cliLogger(stderr))
+	if err != nil {
+		return err
+	}
+	if names != nil {
+		defer names.Close()
+	}
+	if err := resolvePod(&sel, names); err != nil {
+		return err
+	}
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
 	if err != nil {
 		return err
@@ -88,7 +101,7 @@ func runRecord(args []string, stdout, stderr io.Writer) error {
 	}
 	var events uint64
 	var s *session.Session
-	s, err = session.Open(session.Options{
+	opts := session.Options{
 		Probe:      probe.Options{Filter: sel.kernel, Attach: mode},
 		Clock:      c,
 		NetNSPaths: sel.netnsPaths(),
@@ -99,12 +112,20 @@ func runRecord(args []string, stdout, stderr io.Writer) error {
 				s.Stop()
 			}
 		},
-	})
+	}
+	if names != nil {
+		// The runtime's answers go into the recording: replays name
+		// containers as this run did.
+		opts.Metadata = names
+		rc.meta.sessionOptions(&opts)
+	}
+	s, err = session.Open(opts)
 	if err != nil {
 		return err
 	}
 	defer s.Close()
 	fmt.Fprintf(stderr, "Recording TCP state transitions (%s) to %s. Ctrl-C to end.\n", s.Probe().Attached(), path)
+	reportNames(stderr, names)
 
 	stop := stopOn(s.Probe(), duration, nil)
 	runErr := s.Run()
@@ -172,7 +193,8 @@ a live tcpfsm runs, with the recording's own wall clock: --view trace
 prints the transitions as 'tcpfsm trace' would have, --view life the
 connection records of 'tcpfsm life', --view ladder its ladder diagrams.
 Needs no privileges. All selection flags apply; --cgroup matches the
-exact cgroup only.
+exact cgroup only; --pod, --namespace, --workload and --container-name
+match the names the recording holds.
 `
 
 const replayExamples = `  tcpfsm replay /tmp/tcp.rec
@@ -249,13 +271,14 @@ func runReplay(args []string, stdout, stderr io.Writer) error {
 	if view == "trace" {
 		printer := newEventPrinter(stdout, &sel, out, c, lo.count)
 		if !noHeader {
-			printer.header()
+			printer.wantHeader()
 		}
-		opts.OnEvent = func(e *probe.Event) {
+		opts.OnEventMeta = func(e *probe.Event, m *metadata.Meta) {
 			if printer.lastErr == nil {
-				printer.print(e)
+				printer.printMeta(e, m)
 			}
 		}
+		opts.OnMetaEnabled = func() { printer.container = true }
 		opts.Stop = func() bool { return lo.count > 0 && printer.shown >= uint64(lo.count) || printer.lastErr != nil }
 		flush, shown = printer.flush, func() int { return int(printer.shown) }
 		invalid = func() error { return printer.lastErr }
@@ -263,8 +286,9 @@ func runReplay(args []string, stdout, stderr io.Writer) error {
 		lo.sel, lo.output = sel, out
 		printer := newLifePrinter(stdout, &lo, c)
 		if !noHeader {
-			printer.header()
+			printer.wantHeader()
 		}
+		opts.OnMetaEnabled = func() { lo.container = true }
 		opts.Handler = printer
 		opts.Stop = func() bool { return lo.count > 0 && printer.shown >= lo.count || printer.err != nil }
 		flush, shown = printer.flush, func() int { return printer.shown }

@@ -203,6 +203,23 @@ func runTop(args []string, stdout, stderr io.Writer) error {
 	if err != nil || help {
 		return err
 	}
+	if c.sel.meta.pod != "" {
+		// --pod is found on this host and becomes the probe's cgroup filter.
+		if c.agent.url != "" {
+			return usagef("--pod is resolved on this host, for top's own probe: with --agent give the pod's cgroup (--cgroup)")
+		}
+		names, err := (&metaConfig{entries: defaultMetaEntries, ttl: defaultMetaTTL}).open(cliLogger(stderr))
+		if err != nil {
+			return err
+		}
+		err = resolvePod(&c.sel, names)
+		if names != nil {
+			names.Close()
+		}
+		if err != nil {
+			return err
+		}
+	}
 	var src top.Source
 	var stop func() error
 	if c.agent.url != "" {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -11,6 +12,7 @@ import (
 	"github.com/tcpfsm/tcpfsm/exporter/jsonl"
 	"github.com/tcpfsm/tcpfsm/exporter/text"
 	"github.com/tcpfsm/tcpfsm/tracer/clock"
+	"github.com/tcpfsm/tcpfsm/tracer/metadata"
 	"github.com/tcpfsm/tcpfsm/tracer/probe"
 )
 
@@ -38,6 +40,7 @@ type traceConfig struct {
 	count    int
 	attach   probe.Attach
 	noHeader bool
+	meta     metaConfig
 }
 
 func traceCommand(cfg *traceConfig) settings.Command {
@@ -47,7 +50,7 @@ func traceCommand(cfg *traceConfig) settings.Command {
 		countSetting(&cfg.count, "stop after printing `N` transitions (e.g. -n 100)"),
 		attachSetting(&cfg.attach),
 		noHeaderSetting(&cfg.noHeader),
-	})}
+	}, metaSettings(&cfg.meta, false))}
 }
 
 func parseTrace(args []string, usage io.Writer) (cfg traceConfig, help bool, err error) {
@@ -75,6 +78,11 @@ type eventPrinter struct {
 	shown   uint64 // events printed
 	invalid uint64 // records that did not decode
 	lastErr error
+	// container: the table ends with the container column; owners names
+	// the containers of a live trace (a replay hands the names in).
+	container bool
+	owners    *eventOwners
+	header    bool // wanted, not written yet
 }
 
 func newEventPrinter(w io.Writer, sel *selection, output outputFormat, c clock.Clock, limit int) *eventPrinter {
@@ -88,11 +96,21 @@ func newEventPrinter(w io.Writer, sel *selection, output outputFormat, c clock.C
 	}
 }
 
-func (p *eventPrinter) header() {
-	if p.output == outputTable {
-		p.w.WriteString(text.EventHeader())
-		p.w.WriteByte('\n')
+// wantHeader asks for the table's header: it is written with the first
+// line, or at the first flush, once the container column is decided.
+func (p *eventPrinter) wantHeader() { p.header = p.output == outputTable }
+
+func (p *eventPrinter) writeHeader() {
+	if !p.header {
+		return
 	}
+	p.header = false
+	if p.container {
+		p.w.WriteString(text.EventHeaderContainer())
+	} else {
+		p.w.WriteString(text.EventHeader())
+	}
+	p.w.WriteByte('\n')
 }
 
 // handle prints one raw event if the selection wants it.
@@ -106,15 +124,26 @@ func (p *eventPrinter) handle(raw []byte) error {
 	return p.print(&p.ev)
 }
 
-// print prints one decoded event if the selection wants it.
+// print prints one decoded event if the selection wants it, with what
+// the live trace knows of its owner's container.
 func (p *eventPrinter) print(e *probe.Event) error {
+	return p.printMeta(e, p.owners.of(e))
+}
+
+// printMeta prints one event with m, what is known of its owner's
+// container (nil: not in one, or nothing known).
+func (p *eventPrinter) printMeta(e *probe.Event, m *metadata.Meta) error {
 	p.seen++
-	if !p.sel.kernel.Match(e) || !p.sel.match(e) {
+	if !p.sel.kernelMatch(e, "", false) || !p.sel.match(e) || !p.sel.meta.match(named(m)) {
 		return nil
 	}
-	if p.output == outputJSON {
-		p.buf = jsonl.AppendEvent(p.buf[:0], e, p.clock)
-	} else {
+	p.writeHeader()
+	switch {
+	case p.output == outputJSON:
+		p.buf = jsonl.AppendEventMeta(p.buf[:0], e, p.clock, m)
+	case p.container:
+		p.buf = text.AppendEventRowContainer(p.buf[:0], e, p.clock, "", m)
+	default:
 		p.buf = text.AppendEventRow(p.buf[:0], e, p.clock)
 	}
 	if _, err := p.w.Write(p.buf); err != nil {
@@ -128,7 +157,10 @@ func (p *eventPrinter) print(e *probe.Event) error {
 	return nil
 }
 
-func (p *eventPrinter) flush() error { return p.w.Flush() }
+func (p *eventPrinter) flush() error {
+	p.writeHeader()
+	return p.w.Flush()
+}
 
 func runTrace(args []string, stdout, stderr io.Writer) error {
 	cfg, help, err := parseTrace(args, stdout)
@@ -139,16 +171,37 @@ func runTrace(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("read clocks: %w", err)
 	}
+	names, err := cfg.meta.open(cliLogger(stderr))
+	if err != nil {
+		return err
+	}
+	if names != nil {
+		defer names.Close()
+	}
+	if err := resolvePod(&cfg.sel, names); err != nil {
+		return err
+	}
+	cfg.sel.live = true
 	p, err := probe.Open(probe.Options{Filter: cfg.sel.kernel, Attach: cfg.attach})
 	if err != nil {
 		return err
 	}
 	defer p.Close()
 	fmt.Fprintf(stderr, "Tracing TCP state transitions (%s/inet_sock_set_state). Ctrl-C to end.\n", p.Attached())
+	reportNames(stderr, names)
 
 	printer := newEventPrinter(stdout, &cfg.sel, cfg.output, c, cfg.count)
+	if names != nil {
+		// trace never waits: it prints what the runtime told so far, so
+		// the first list is worth a moment.
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		names.WaitSynced(ctx)
+		cancel()
+		printer.container = true
+		printer.owners = newEventOwners(names, cfg.meta.labels)
+	}
 	if !cfg.noHeader {
-		printer.header()
+		printer.wantHeader()
 	}
 
 	// Stop on a signal or at the end of -d: detach, then drain what the

@@ -10,12 +10,20 @@ import (
 	"unicode/utf8"
 
 	"github.com/tcpfsm/tcpfsm/tracer/clock"
+	"github.com/tcpfsm/tcpfsm/tracer/metadata"
 	"github.com/tcpfsm/tcpfsm/tracer/probe"
 )
 
 // AppendEvent appends e as one JSON object with every field, and a
 // newline. Times are RFC 3339 in UTC; durations are nanoseconds.
 func AppendEvent(b []byte, e *probe.Event, c clock.Clock) []byte {
+	return AppendEventMeta(b, e, c, nil)
+}
+
+// AppendEventMeta is AppendEvent with what the container runtime said of
+// the owner's container, when m is not nil: "container" (runtime:id),
+// "container_name", "image" and "k8s" after "cgroup_id" (meta.go).
+func AppendEventMeta(b []byte, e *probe.Event, c clock.Clock, m *metadata.Meta) []byte {
 	b = append(b, `{"time":"`...)
 	b = c.Wall(e.TsNs).UTC().AppendFormat(b, time.RFC3339Nano)
 	b = append(b, `","ts_ns":`...)
@@ -56,6 +64,15 @@ func AppendEvent(b []byte, e *probe.Event, c clock.Clock) []byte {
 	b = AppendString(b, e.CommBytes())
 	b = append(b, `,"cgroup_id":`...)
 	b = strconv.AppendUint(b, e.CgroupId, 10)
+	if m != nil {
+		b = append(b, `,"container":"`...)
+		b = append(b, m.Runtime...)
+		b = append(b, ':')
+		b = append(b, m.ID...)
+		b = append(b, '"')
+		b = appendContainerFields(b, m)
+		b = appendK8s(b, "k8s", m)
+	}
 	b = append(b, `,"tx_bytes":`...)
 	b = strconv.AppendUint(b, e.TxBytes(), 10)
 	b = append(b, `,"rx_bytes":`...)
@@ -102,7 +119,7 @@ var flagNames = [...]struct {
 
 // AppendString appends s as a JSON string. Invalid UTF-8 becomes
 // U+FFFD, as encoding/json does.
-func AppendString(b, s []byte) []byte {
+func AppendString[S ~string | ~[]byte](b []byte, s S) []byte {
 	const hex = "0123456789abcdef"
 	b = append(b, '"')
 	for i := 0; i < len(s); {
@@ -119,7 +136,8 @@ func AppendString(b, s []byte) []byte {
 			i++
 			continue
 		}
-		r, size := utf8.DecodeRune(s[i:])
+		// At most UTFMax bytes: the conversion stays on the stack.
+		r, size := utf8.DecodeRuneInString(string(s[i:min(i+utf8.UTFMax, len(s))]))
 		if r == utf8.RuneError && size == 1 {
 			b = append(b, `\ufffd`...)
 		} else {

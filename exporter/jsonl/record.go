@@ -12,6 +12,8 @@ import (
 // AppendRecord appends a connection record as one JSON object and a newline: the
 // schema of `tcpfsm life -o json` and of the agent's lifecycle logs.
 // Durations are ns; state "at_ns" are offsets from the record's start.
+// The container runtime's names, when the record carries them, are as
+// meta.go says.
 func AppendRecord(b []byte, r *lifecycle.Record, c clock.Clock) []byte {
 	b = append(b, `{"id":`...)
 	b = strconv.AppendUint(b, r.ID, 10)
@@ -56,18 +58,23 @@ func AppendRecord(b []byte, r *lifecycle.Record, c clock.Clock) []byte {
 		b = strconv.AppendUint(b, r.CgroupID, 10)
 		if r.Cgroup != "" {
 			b = appendKey(b, "cgroup")
-			b = AppendString(b, []byte(r.Cgroup))
+			b = AppendString(b, r.Cgroup)
 		}
 		if r.Container != "" {
 			b = appendKey(b, "container")
-			b = AppendString(b, []byte(r.Container))
+			b = AppendString(b, r.Container)
+		}
+		if r.Meta != nil {
+			b = appendContainerFields(b, r.Meta)
 		}
 		b = appendKey(b, "source")
 		b = appendStr(b, r.Owner.String())
 		b = append(b, '}')
+		b = appendK8s(b, "k8s", r.Meta)
 	} else {
 		b = append(b, "null"...)
 	}
+	b = appendK8s(b, "peer_k8s", r.Peer)
 
 	b = appendKey(b, "handshake_ns")
 	b = strconv.AppendUint(b, r.HandshakeNs, 10)

@@ -12,6 +12,7 @@ import (
 	"github.com/tcpfsm/tcpfsm/exporter/jsonl"
 	"github.com/tcpfsm/tcpfsm/tracer/clock"
 	"github.com/tcpfsm/tcpfsm/tracer/lifecycle"
+	"github.com/tcpfsm/tcpfsm/tracer/metadata"
 	"github.com/tcpfsm/tcpfsm/tracer/probe"
 )
 
@@ -92,14 +93,18 @@ func (w *Writer) Finished(r *lifecycle.Record) {
 }
 
 // Event logs a transition when transitions are on.
-func (w *Writer) Event(e *probe.Event) {
+func (w *Writer) Event(e *probe.Event) { w.EventMeta(e, nil) }
+
+// EventMeta logs a transition when transitions are on, with what is
+// known of its owner's container (nil: nothing), as trace -o json.
+func (w *Writer) EventMeta(e *probe.Event, m *metadata.Meta) {
 	if !w.opts.Transitions {
 		return
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	n := w.prefix("transition")
-	w.buf = jsonl.AppendEvent(w.buf, e, w.clock)
+	w.buf = jsonl.AppendEventMeta(w.buf, e, w.clock, m)
 	w.write(n)
 }
 

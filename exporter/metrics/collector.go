@@ -4,6 +4,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tcpfsm/tcpfsm/tracer/lifecycle"
+	"github.com/tcpfsm/tcpfsm/tracer/metadata"
 	"github.com/tcpfsm/tcpfsm/tracer/probe"
 )
 
@@ -13,6 +14,9 @@ type descs struct {
 	events, lost, tracked, evictions, misses, anomalies   *prometheus.Desc
 	buildInfo, progRuns, progSeconds, twins, seededStarts *prometheus.Desc
 	ephemeralPorts                                        *prometheus.Desc
+	// the container runtime's metadata (metadata.go)
+	metaUp, metaErrors, metaLookups, metaEntries, metaEvictions *prometheus.Desc
+	metaExpirations, metaWaits, metaRecordWaits                 *prometheus.Desc
 }
 
 func newDescs(opt []string) descs {
@@ -25,7 +29,8 @@ func newDescs(opt []string) descs {
 			append([]string{"role"}, opt...)...),
 		closed: d("tcpfsm_connections_closed_total", "Connections closed, by who started the close and how it ended.",
 			append([]string{"role", "initiator", "kind"}, opt...)...),
-		failures: d("tcpfsm_connect_failures_total", "connect() calls that never reached ESTABLISHED, by reason.", "reason"),
+		failures: d("tcpfsm_connect_failures_total", "connect() calls that never reached ESTABLISHED, by reason.",
+			append([]string{"reason"}, opt...)...),
 		connections: d("tcpfsm_connections", "Tracked connections in each TCP state now; time_wait counts reconstructed ones too.",
 			"state"),
 		bytesSent: d("tcpfsm_bytes_sent_total", "Payload bytes the peers acknowledged, counted when connections close."),
@@ -50,6 +55,22 @@ func newDescs(opt []string) descs {
 		seededStarts: d("tcpfsm_snapshot_matches_total", "Connections first seen midway that the start snapshot knew."),
 		ephemeralPorts: d("tcpfsm_ephemeral_ports",
 			"Local ports connect() picks from in the agent's network namespace: net.ipv4.ip_local_port_range less ip_local_reserved_ports."),
+		metaUp: d("tcpfsm_metadata_source_up",
+			"1 while the container runtime's last list succeeded, by runtime.", "runtime"),
+		metaErrors: d("tcpfsm_metadata_errors_total",
+			"Failed lists of the container runtimes, by reason; records keep container ids meanwhile.", "reason"),
+		metaLookups: d("tcpfsm_metadata_lookups_total", "Container metadata looked up, by whether it was known.", "result"),
+		metaEntries: d("tcpfsm_metadata_cache_entries", "Containers (and ids the runtime did not know) in the metadata cache."),
+		metaEvictions: d("tcpfsm_metadata_cache_evictions_total",
+			"Containers dropped from the metadata cache because it was full (metadata.cache_size)."),
+		metaExpirations: d("tcpfsm_metadata_cache_expirations_total",
+			"Containers dropped from the metadata cache metadata.ttl after their runtime stopped listing them."),
+		metaWaits: d("tcpfsm_metadata_waits_total",
+			"Waits for a container's metadata, by outcome: resolved, timeout, unknown (the runtime does not know it), dropped (too many waits).",
+			"result"),
+		metaRecordWaits: d("tcpfsm_metadata_record_waits_total",
+			"Connection records held back for their container's metadata or their node-local peer's record, by outcome: "+
+				"resolved, timeout (logged with what was known), dropped (too many held).", "result"),
 	}
 }
 
@@ -58,7 +79,8 @@ func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 	d := &m.descs
 	for _, x := range []*prometheus.Desc{d.transitions, d.opened, d.closed, d.failures, d.connections, d.bytesSent,
 		d.bytesRecv, d.resets, d.synRetrans, d.events, d.lost, d.tracked, d.evictions, d.misses, d.anomalies,
-		d.buildInfo, d.progRuns, d.progSeconds, d.twins, d.seededStarts, d.ephemeralPorts} {
+		d.buildInfo, d.progRuns, d.progSeconds, d.twins, d.seededStarts, d.ephemeralPorts,
+		d.metaUp, d.metaErrors, d.metaLookups, d.metaEntries, d.metaEvictions, d.metaExpirations, d.metaWaits, d.metaRecordWaits} {
 		ch <- x
 	}
 	m.handshake.Describe(ch)
@@ -96,8 +118,8 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	for k, v := range m.closed {
 		counter(d.closed, float64(v), append([]string{k.role, k.initiator, k.kind}, k.opt[:n]...)...)
 	}
-	for i, v := range m.failures {
-		counter(d.failures, float64(v), failureNames[i])
+	for k, v := range m.failures {
+		counter(d.failures, float64(v), append([]string{failureNames[k.reason]}, k.opt[:n]...)...)
 	}
 	counter(d.bytesSent, float64(m.bytesSent))
 	counter(d.bytesRecv, float64(m.bytesRecv))
@@ -129,6 +151,35 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	gauge(d.buildInfo, 1, m.build.Version, m.build.Revision, m.build.GoVersion)
 	if s.EphemeralPorts > 0 {
 		gauge(d.ephemeralPorts, float64(s.EphemeralPorts))
+	}
+	if md := s.Metadata; md != nil {
+		up := map[string]float64{}
+		for _, src := range md.Sources {
+			if src.Up {
+				up[src.Runtime] = 1
+			} else if _, ok := up[src.Runtime]; !ok {
+				up[src.Runtime] = 0
+			}
+		}
+		for rt, v := range up {
+			gauge(d.metaUp, v, rt)
+		}
+		for r, n := range md.ErrorsTotal() {
+			counter(d.metaErrors, float64(n), metadata.Reason(r).String())
+		}
+		counter(d.metaLookups, float64(md.Hits), "hit")
+		counter(d.metaLookups, float64(md.Misses), "miss")
+		gauge(d.metaEntries, float64(md.Entries))
+		counter(d.metaEvictions, float64(md.Evictions))
+		counter(d.metaExpirations, float64(md.Expirations))
+		counter(d.metaWaits, float64(md.WaitsResolved), "resolved")
+		counter(d.metaWaits, float64(md.WaitsTimedOut), "timeout")
+		counter(d.metaWaits, float64(md.WaitsUnknown), "unknown")
+		counter(d.metaWaits, float64(md.WaitsDropped), "dropped")
+		w := &s.RecordWaits
+		counter(d.metaRecordWaits, float64(w.Resolved), "resolved")
+		counter(d.metaRecordWaits, float64(w.TimedOut), "timeout")
+		counter(d.metaRecordWaits, float64(w.Dropped), "dropped")
 	}
 
 	m.handshake.Collect(ch)

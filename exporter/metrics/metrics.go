@@ -16,6 +16,7 @@ import (
 
 	"github.com/tcpfsm/tcpfsm/internal/buildinfo"
 	"github.com/tcpfsm/tcpfsm/tracer/lifecycle"
+	"github.com/tcpfsm/tcpfsm/tracer/metadata"
 	"github.com/tcpfsm/tcpfsm/tracer/probe"
 )
 
@@ -23,18 +24,37 @@ import (
 type Label string
 
 const (
-	LabelPort      Label = "port"      // the local listening port of an accepted connection
-	LabelComm      Label = "comm"      // the owner's command name
-	LabelContainer Label = "container" // the owner's container (runtime:id)
+	LabelPort Label = "port" // the local listening port of an accepted connection
+	LabelComm Label = "comm" // the owner's command name
+	// LabelContainer is the owner's container: its name when the runtime
+	// named it (a pod's container name, a plain container's name), else
+	// runtime:id from its cgroup.
+	LabelContainer Label = "container"
+	LabelNamespace Label = "namespace" // the owner's pod's namespace
+	LabelPod       Label = "pod"       // the owner's pod (churns: most pods end up "other")
+	LabelWorkload  Label = "workload"  // the owner's pod's workload, kind/name as kubectl takes it: deployment/web
 )
+
+// Labels lists every optional label, in the order of their names.
+var Labels = []Label{LabelPort, LabelComm, LabelContainer, LabelNamespace, LabelPod, LabelWorkload}
+
+// maxOptional is how many optional labels a series can have.
+const maxOptional = 6
 
 // ParseLabel validates an optional label name.
 func ParseLabel(s string) (Label, bool) {
-	switch l := Label(s); l {
-	case LabelPort, LabelComm, LabelContainer:
-		return l, true
+	for _, l := range Labels {
+		if string(l) == s {
+			return l, true
+		}
 	}
 	return "", false
+}
+
+// NeedsMetadata reports whether a label comes from the container
+// runtime's metadata.
+func (l Label) NeedsMetadata() bool {
+	return l == LabelContainer || l == LabelNamespace || l == LabelPod || l == LabelWorkload
 }
 
 // Options choose the optional labels. Each has a budget of distinct
@@ -42,9 +62,14 @@ func ParseLabel(s string) (Label, bool) {
 type Options struct {
 	Labels     []Label
 	LabelLimit int // default DefaultLabelLimit
-	// ContainerOf names the container of a cgroup id ("" for none); needed
-	// for the container label on connections still open.
+	// ContainerOf names the container of a cgroup id ("" for none), for
+	// the container label of connections opening when the events come
+	// without metadata (Event rather than EventMeta).
 	ContainerOf func(cgroupID uint64) string
+	// Names, when set, says what the container runtime told of a
+	// container, for the metadata labels of gauges of open connections
+	// (tcpfsm_connections_stuck); records and events carry theirs.
+	Names func(k metadata.Key) (metadata.Meta, bool)
 	// NoExemplars turns off the connection-id exemplars.
 	NoExemplars bool
 }
@@ -59,6 +84,17 @@ type Snapshot struct {
 	// EphemeralPorts is how many local ports connect() may pick from
 	// (EphemeralPorts reads it); 0 leaves tcpfsm_ephemeral_ports out.
 	EphemeralPorts int
+	// Metadata is the container runtime resolver's, nil without one
+	// (then no tcpfsm_metadata_* series); RecordWaits are the records
+	// that waited for it.
+	Metadata    *metadata.Stats
+	RecordWaits RecordWaits
+}
+
+// RecordWaits count the records that waited for their container's
+// metadata or their peer's record, by outcome.
+type RecordWaits struct {
+	Resolved, TimedOut, Dropped uint64
 }
 
 // BuildInfo labels tcpfsm_build_info.
@@ -79,7 +115,7 @@ type Metrics struct {
 	mu                   sync.Mutex
 	opened               map[labelKey]uint64
 	closed               map[labelKey]uint64
-	failures             [failureReasons]uint64
+	failures             map[failureKey]uint64
 	bytesSent, bytesRecv uint64
 	attributionMisses    uint64
 	budgets              map[Label]*budget
@@ -90,10 +126,16 @@ type Metrics struct {
 	descs descs
 }
 
+// failureKey is a connect failure's reason and optional label values.
+type failureKey struct {
+	reason int
+	opt    [maxOptional]string
+}
+
 // labelKey is a counter's label values, fixed and optional.
 type labelKey struct {
 	role, initiator, kind string
-	opt                   [3]string
+	opt                   [maxOptional]string
 }
 
 // The histograms that carry exemplars, indexing lastExemplar.
@@ -140,9 +182,13 @@ func New(opts Options, build BuildInfo, snapshot func() Snapshot) *Metrics {
 		opts.LabelLimit = DefaultLabelLimit
 	}
 	m := &Metrics{opts: opts, snapshot: snapshot, build: build,
-		opened: map[labelKey]uint64{}, closed: map[labelKey]uint64{}, budgets: map[Label]*budget{}}
+		opened: map[labelKey]uint64{}, closed: map[labelKey]uint64{}, budgets: map[Label]*budget{},
+		failures: map[failureKey]uint64{}}
+	for r := range failureReasons {
+		m.failures[failureKey{reason: r}] = 0 // every reason, from the start
+	}
 	for _, l := range opts.Labels {
-		m.budgets[l] = &budget{limit: opts.LabelLimit, values: map[string]struct{}{}}
+		m.budgets[l] = &budget{limit: opts.LabelLimit, values: map[string]string{}}
 	}
 	opt := m.optionalNames()
 	hist := func(name, help string, labels ...string) *prometheus.HistogramVec {
@@ -175,7 +221,7 @@ func (m *Metrics) optionalNames() []string {
 // their own series, later ones share "other".
 type budget struct {
 	limit  int
-	values map[string]struct{}
+	values map[string]string // a value kept, to itself: looked up by bytes without allocating
 }
 
 func (b *budget) value(v string) string {
@@ -186,10 +232,39 @@ func (b *budget) value(v string) string {
 		return v
 	}
 	if len(b.values) < b.limit {
-		b.values[v] = struct{}{}
+		b.values[v] = v
 		return v
 	}
 	return "other"
+}
+
+// valueBytes is value for bytes: a value seen before costs no string.
+func (b *budget) valueBytes(v []byte) string {
+	if len(v) == 0 {
+		return ""
+	}
+	if s, ok := b.values[string(v)]; ok {
+		return s
+	}
+	if len(b.values) < b.limit {
+		s := string(v)
+		b.values[s] = s
+		return s
+	}
+	return "other"
+}
+
+// workload is the workload label's value, kubectl's kind/name:
+// deployment/web.
+func (b *budget) workload(w *metadata.Workload) string {
+	var buf [128]byte
+	v := append(append(append(buf[:0], w.Kind...), '/'), w.Name...)
+	for i := 0; i < len(w.Kind); i++ {
+		if c := v[i]; 'A' <= c && c <= 'Z' {
+			v[i] = c + 'a' - 'A'
+		}
+	}
+	return b.valueBytes(v)
 }
 
 // stateLabel is a state as a label value: lower case.
@@ -202,7 +277,14 @@ var stateLabel = func() [probe.MaxState + 1]string {
 }()
 
 // Event counts one kernel event. It does not allocate.
-func (m *Metrics) Event(e *probe.Event) {
+func (m *Metrics) Event(e *probe.Event) { m.event(e, nil, false) }
+
+// EventMeta counts one kernel event whose owner's container is md, as
+// far as it is known (nil: in none; a Meta without names: not named
+// yet). It does not allocate.
+func (m *Metrics) EventMeta(e *probe.Event, md *metadata.Meta) { m.event(e, md, true) }
+
+func (m *Metrics) event(e *probe.Event, md *metadata.Meta, withMeta bool) {
 	m.events.Add(1)
 	switch probe.EventType(e.Type) {
 	case probe.TypeState:
@@ -213,9 +295,9 @@ func (m *Metrics) Event(e *probe.Event) {
 		// listener's is no connection's).
 		switch lifecycle.OpeningRole(e.OldState(), e.NewState()) {
 		case lifecycle.RoleActive:
-			m.countOpened(e, "active")
+			m.countOpened(e, "active", md, withMeta)
 		case lifecycle.RolePassive:
-			m.countOpened(e, "passive")
+			m.countOpened(e, "passive", md, withMeta)
 		}
 	case probe.TypeResetSent:
 		m.resets[resetSent].Add(1)
@@ -226,60 +308,82 @@ func (m *Metrics) Event(e *probe.Event) {
 	}
 }
 
-func (m *Metrics) countOpened(e *probe.Event, role string) {
+func (m *Metrics) countOpened(e *probe.Event, role string, md *metadata.Meta, withMeta bool) {
 	m.mu.Lock()
 	k := labelKey{role: role}
 	if len(m.budgets) > 0 {
-		port := ""
+		var port uint16
 		if role == "passive" {
-			port = strconv.Itoa(int(e.Sport))
+			port = e.Sport
 		}
+		var comm []byte
 		container := ""
-		if m.opts.ContainerOf != nil && e.OwnerKnown() {
-			container = m.opts.ContainerOf(e.CgroupId)
-		}
-		comm := ""
 		if e.OwnerKnown() {
-			comm = string(e.CommBytes())
+			comm = e.CommBytes()
+			if !withMeta && m.opts.ContainerOf != nil {
+				container = m.opts.ContainerOf(e.CgroupId)
+			}
 		}
-		k.opt = m.optionalValues(port, comm, container)
+		k.opt = m.optionalValues(port, comm, container, md)
 	}
 	m.opened[k]++
 	m.mu.Unlock()
 }
 
-// optionalValues fills the optional labels in their configured order;
-// call with mu held.
-func (m *Metrics) optionalValues(port, comm, container string) [3]string {
-	var out [3]string
+// optionalValues fills the optional labels in their configured order:
+// port 0 is none, container the cgroup's runtime:id ("": md's), md what
+// the runtime said of it (nil: nothing); call with mu held.
+func (m *Metrics) optionalValues(port uint16, comm []byte, container string, md *metadata.Meta) [maxOptional]string {
+	var out [maxOptional]string
 	for i, l := range m.opts.Labels {
-		v := ""
+		b := m.budgets[l]
 		switch l {
 		case LabelPort:
-			v = port
+			if port != 0 {
+				out[i] = b.value(strconv.Itoa(int(port)))
+			}
 		case LabelComm:
-			v = comm
+			out[i] = b.valueBytes(comm)
 		case LabelContainer:
-			v = container
+			switch {
+			case md != nil && md.Name != "":
+				out[i] = b.value(md.Name)
+			case container == "" && md != nil:
+				var buf [96]byte
+				out[i] = b.valueBytes(append(append(append(buf[:0], md.Runtime...), ':'), md.ID...))
+			default:
+				out[i] = b.value(container)
+			}
+		case LabelNamespace:
+			if md != nil {
+				out[i] = b.value(md.Pod.Namespace)
+			}
+		case LabelPod:
+			if md != nil {
+				out[i] = b.value(md.Pod.Name)
+			}
+		case LabelWorkload:
+			if md != nil && md.Pod.Workload.Kind != "" {
+				out[i] = b.workload(&md.Pod.Workload)
+			}
 		}
-		out[i] = m.budgets[l].value(v)
 	}
 	return out
 }
 
-func (m *Metrics) recordLabels(r *lifecycle.Record) [3]string {
+func (m *Metrics) recordLabels(r *lifecycle.Record) [maxOptional]string {
 	if len(m.budgets) == 0 {
-		return [3]string{}
+		return [maxOptional]string{}
 	}
-	port := ""
+	var port uint16
 	if r.Role == lifecycle.RolePassive {
-		port = strconv.Itoa(int(r.Lport))
+		port = r.Lport
 	}
-	comm := ""
+	var comm []byte
 	if r.OwnerKnown() {
-		comm = string(r.CommBytes())
+		comm = r.CommBytes()
 	}
-	return m.optionalValues(port, comm, r.Container)
+	return m.optionalValues(port, comm, r.Container, r.Meta)
 }
 
 // Closed counts a connection's close.
@@ -294,14 +398,14 @@ func (m *Metrics) Closed(r *lifecycle.Record) {
 	if r.Role == lifecycle.RoleActive {
 		switch r.Kind {
 		case lifecycle.KindRefused:
-			m.failures[failRefused]++
+			m.failures[failureKey{failRefused, opt}]++
 		case lifecycle.KindConnectTimeout:
-			m.failures[failTimeout]++
+			m.failures[failureKey{failTimeout, opt}]++
 		case lifecycle.KindAbortedHandshake:
-			m.failures[failOther]++
+			m.failures[failureKey{failOther, opt}]++
 		case lifecycle.KindResetReceived:
 			if r.HandshakeNs == 0 {
-				m.failures[failReset]++
+				m.failures[failureKey{failReset, opt}]++
 			}
 		}
 	}

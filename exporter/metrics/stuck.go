@@ -1,12 +1,15 @@
 package metrics
 
 import (
+	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tcpfsm/tcpfsm/exporter/connview"
 	"github.com/tcpfsm/tcpfsm/tracer/lifecycle"
+	"github.com/tcpfsm/tcpfsm/tracer/metadata"
 	"github.com/tcpfsm/tcpfsm/tracer/probe"
 )
 
@@ -40,7 +43,8 @@ func NewStuck(m *Metrics, th connview.Thresholds, with func(func(*lifecycle.Buil
 			c.by.Port = true
 		case LabelComm:
 			c.by.Comm = true
-		case LabelContainer:
+		case LabelContainer, LabelNamespace, LabelPod, LabelWorkload:
+			// By container: its metadata names the pod.
 			c.by.Container = true
 		}
 	}
@@ -62,7 +66,7 @@ func (c *StuckCollector) Describe(ch chan<- *prometheus.Desc) {
 
 type stuckSeries struct {
 	state probe.State
-	opt   [3]string
+	opt   [maxOptional]string
 }
 
 type stuckValue struct {
@@ -85,7 +89,8 @@ func (c *StuckCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, g := range groups {
 		k := stuckSeries{state: g.State}
 		if len(m.budgets) > 0 {
-			k.opt = m.optionalValues(g.Port, g.Comm, g.Container)
+			port, _ := strconv.Atoi(g.Port)
+			k.opt = m.optionalValues(uint16(port), []byte(g.Comm), g.Container, m.containerMeta(g.Container))
 		}
 		v := series[k]
 		if v == nil {
@@ -105,4 +110,17 @@ func (c *StuckCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.descs.stuck, prometheus.GaugeValue, float64(v.stuck), labels...)
 		ch <- prometheus.MustNewConstMetric(c.descs.oldest, prometheus.GaugeValue, float64(v.oldestNs)/1e9, labels...)
 	}
+}
+
+// containerMeta is what Options.Names says of a container ("runtime:id"),
+// nil when nothing.
+func (m *Metrics) containerMeta(container string) *metadata.Meta {
+	if m.opts.Names == nil || container == "" {
+		return nil
+	}
+	rt, id, _ := strings.Cut(container, ":")
+	if md, ok := m.opts.Names(metadata.Key{Runtime: rt, ID: id}); ok {
+		return &md
+	}
+	return nil
 }

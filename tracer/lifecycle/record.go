@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"net/netip"
 
+	"github.com/tcpfsm/tcpfsm/tracer/metadata"
 	"github.com/tcpfsm/tcpfsm/tracer/probe"
 )
 
@@ -204,6 +205,14 @@ type Record struct {
 
 	Anomalies Anomaly
 	Seeded    bool // known from the sock_diag snapshot at start
+
+	// Meta names the owner's container, Peer the pod at the other end
+	// (tracer/metadata), when the container runtime told them. The
+	// builder never sets them: the session attaches them where a record
+	// is handed out (tracer/session's metadata stage), never on the
+	// per-event path. They point to values shared between records and
+	// never changed; nil when unknown.
+	Meta, Peer *metadata.Meta
 
 	// what the builder needs while the record is open
 	sawFinWait1, sawCloseWait, sawClosing, established bool

@@ -27,74 +27,70 @@
 // per kind and outage, and survived: the cache keeps serving, new ids stay
 // unknown, and names come back with the runtime.
 //
-// # Integration (phase 2, once the lifecycle/session/render refactors land)
+// # Integration
 //
-// Where records get it. The session owns a Resolver (started with the
-// tracer, closed with it) beside its cgroups.Resolver. The builder's
-// annotate step already turns a record's cgroup id into its path and
-// Container ("runtime:id"); the session keeps that Key (cgroups.Container)
-// rather than only the string. When a record closes, or when the agent
-// logs an open one, the finishing side calls Lookup(key): on a hit the
-// Meta is attached to lifecycle.Record (a pointer or a small value field
-// Meta, set once, never on the per-event path). On a miss the record is
-// handed to a bounded delay queue and Wait(key, --metadata.wait, default
-// 1s) re-queues it for output when the answer comes; records are emitted
-// in close order per output, so a waiting record holds back only those
-// behind it in its queue, never the event loop. Timed-out waits are logged
-// with the id alone and counted (Stats.WaitsTimedOut). Live views (trace)
-// never wait: they print what Lookup has.
+// Where records get it. The session owns the Resolver's use (the command
+// makes one from discover's sources and hands it in as
+// session.Options.Metadata): between the builder and the handlers, its
+// metadata stage (tracer/session/metadata.go) attaches to each record,
+// once, where it is handed out, the Meta of its owner's container
+// (lifecycle.Record.Meta: cgroup id, path, ParseContainer's Key) and of its
+// peer (Record.Peer), pointers to values shared and never changed.
 //
-// JSON (life -o json, trace -o json, agent logs): beside "container"
-// (runtime:id, unchanged) a "container_name" and "image", and for pods
+// It decides from its inputs alone, so replays attach what the live run
+// attached: the stage asks (Lookup, else Wait) when it first sees a
+// container's cgroup, and the answers, found or not, enter the input
+// stream as recording.KindMeta inputs right after the input that asked,
+// or at the next drain when they come later (so do pod sandbox IPs, from
+// PodIPs). A record whose container was asked about and not answered yet,
+// or whose node-local peer's record has not come, waits in a FIFO at most
+// the session's metadata wait (--metadata.wait, default 1s) in input time
+// (ticks), then goes out with what is known, counted; records keep their
+// order, so one that waits holds back those behind it, never the event
+// loop. A container the runtime did not name is asked about again at
+// most every 5s by its later records, so names come back after an outage.
+// trace, which reads the probe itself, never waits: it prints what Lookup
+// has.
+//
+// Peers: both ends of a connection on loopback or to its own address are
+// traced, each named by its owner's cgroup; the other end's record, found
+// by the swapped 4-tuple in the same network namespace, names the peer
+// (container included), the two ends waiting for each other where the
+// kernel filter passes both (no port, pid or cgroup filter). Else the
+// remote address is looked up among this node's pod sandbox IPs (LookupIP's
+// data, the pod without its container).
+//
+// JSON (life -o json, trace -o json, agent logs, exporter/jsonl/meta.go):
+// beside "container" (runtime:id, unchanged) a "container_name" and
+// "image", and for pods
 //
 //	"k8s": {"namespace": "shop", "pod": "web-7d4b9c8f6-x2x4q", "uid": "…",
 //	        "container": "nginx",
 //	        "workload": {"kind": "Deployment", "name": "web", "source": "pod-template-hash"},
 //	        "labels": {"app": "web"}}
 //
-// where "labels" holds only the keys --metrics.pod-labels lists (none by
-// default: label sets are large and may be sensitive), and a "peer_k8s"
-// object of the same shape (without container) when the remote address is
-// a pod sandbox IP on this node (LookupIP). Host-network pods share the
-// node's addresses and have no sandbox IP: their peer on this node is
-// the other end's own record (both ends of a loopback or node-local
-// connection are traced, each named by its owner's cgroup), found by the
-// swapped 4-tuple in the same network namespace. Absent when unknown;
-// never empty strings.
+// where "labels" holds only the keys --metrics.pod-labels lists, and
+// "peer_k8s" of the same shape. Absent when unknown; never empty strings.
 //
-// Tables (trace, life): the owner column shows namespace/pod/container,
-// or the plain container's name, when known, else the id as today; wide
-// output (-o wide) adds workload and image.
+// Tables (trace, life): a last CONTAINER column, namespace/pod/container,
+// the plain container's name, or runtime:<12 hex>, when a runtime's socket
+// was found (replays: when the recording's session had one).
 //
-// Metrics: new optional labels namespace, pod, workload (kind/name) and
-// container (by name) for exporter/metrics's label list, each inside the
-// existing per-label budget with its "other" bucket. Today's "container"
-// label is runtime:id: either it becomes the name when known (the id
-// otherwise), or the id moves to container_id; a choice for the lead, as
-// it changes existing series; the Options.ContainerOf callback becomes a MetaOf(cgroupID)
-// that does Lookup. pod is off by default (pods churn; the budget then
-// makes most of them "other"); namespace and workload are the ones to turn
-// on. Pod labels never become metric labels. Self-metrics from Stats:
-// tcpfsm_metadata_errors_total{reason} (ErrorsTotal), _source_up{runtime},
-// _lookups_total{result=hit|miss}, _cache_entries, _cache_evictions_total,
-// _cache_expirations_total, _waits_total{result=resolved|timeout|unknown|
-// dropped}.
+// Metrics: optional labels namespace, pod, workload (kind/name, kubectl's
+// "deployment/web") and container, which is the name when the runtime
+// named it and runtime:id otherwise (it was runtime:id alone before), each
+// inside the per-label budget with its "other" bucket; pod labels never
+// become metric labels. Self-metrics from Stats: tcpfsm_metadata_errors_total{reason},
+// _source_up{runtime}, _lookups_total{result}, _cache_entries,
+// _cache_evictions_total, _cache_expirations_total, _waits_total{result};
+// and the session's _record_waits_total{result}.
 //
-// Filters (--namespace, --pod, --workload, --container-name, for every
-// command): a single pod becomes the kernel's cgroup filter: a pod's
-// containers live below one cgroup (/kubepods[/<qos>]/pod<uid> with the
-// cgroupfs driver, kubepods-<qos>-pod<uid_>.slice with systemd), the
-// parent of any of its containers' cgroups, so --pod resolves the pod
-// (Known) and sets probe's filter_cgroup/filter_cgroup_level like --cgroup
-// does: exact, and nothing of other pods crosses the ring buffer. That
-// filter is one cgroup fixed at load time, so --namespace, --workload and
-// --container-name (sets that change as pods come and go) are applied in
-// user space on the Meta of each record, documented as such; a later
-// kernel version could keep a BPF hash of allowed pod cgroup ids updated
-// from Known. A filter needs the metadata, so records of unknown owners
-// wait (bounded) as above and are dropped by the filter if still unknown.
+// Filters (every command): --pod becomes the kernel's cgroup filter on
+// the pod's cgroup, the parent of its containers' (found at start from
+// Known and the cgroup tree); --namespace, --workload and --container-name
+// apply in user space to each record's (and event's) metadata.
 //
-// Deploy: the DaemonSet mounts /run/containerd/containerd.sock (or
-// /var/run/crio/crio.sock, /run/k3s/containerd/containerd.sock) read-only;
-// --cri.endpoint names another.
+// Deploy: the DaemonSet mounts /run/containerd (CRI-O: /var/run/crio;
+// k3s: /run/k3s/containerd) read-only, the directory so a restarted
+// runtime's new socket is seen.
 package metadata

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 )
@@ -100,6 +101,7 @@ type Resolver struct {
 	waiters map[Key][]*waiter
 	nwait   int
 	ips     map[*source]map[netip.Addr]Meta
+	ipGen   uint64 // changes when ips does
 	st      counters
 }
 
@@ -260,6 +262,38 @@ func (r *Resolver) LookupIP(ip netip.Addr) (Meta, bool) {
 	return Meta{}, false
 }
 
+// PodIPs returns the pod sandboxes on this node that have an IP, sorted
+// by IP, with a generation that changes whenever they do; when gen is
+// the generation already, it returns it and nil, without allocating: a
+// caller polls it cheaply and copies the set only when it changed.
+func (r *Resolver) PodIPs(gen uint64) (uint64, []Meta) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if gen == r.ipGen {
+		return gen, nil
+	}
+	out := []Meta{}
+	for _, m := range r.ips {
+		for _, p := range m {
+			out = append(out, p)
+		}
+	}
+	slices.SortFunc(out, func(a, b Meta) int { return a.Pod.IP.Compare(b.Pod.IP) })
+	return r.ipGen, out
+}
+
+func sameIPs(a, b map[netip.Addr]Meta) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for ip, m := range a {
+		if n, ok := b[ip]; !ok || n.ID != m.ID {
+			return false
+		}
+	}
+	return true
+}
+
 // Known returns every container the cache holds and its runtime still
 // listed at its last list, sandboxes included: for turning a namespace,
 // pod or workload filter into the set of pod cgroups.
@@ -363,6 +397,9 @@ func (r *Resolver) list(ctx context.Context, s *source) error {
 		if m.Sandbox && m.Pod.IP.IsValid() {
 			ips[m.Pod.IP.Unmap()] = m
 		}
+	}
+	if !sameIPs(r.ips[s], ips) {
+		r.ipGen++
 	}
 	r.ips[s] = ips
 	r.cache.listed(runtime, s.gen, now, r.cfg.AbsentTTL)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"log/slog"
+	"net/netip"
 	"strings"
 	"sync"
 	"syscall"
@@ -369,5 +370,34 @@ func BenchmarkLookupHit(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		r.Lookup(k)
+	}
+}
+
+// PodIPs hands out the sandboxes with IPs when they changed, and nothing
+// (no allocation) while they did not.
+func TestPodIPs(t *testing.T) {
+	sb := func(id, ip string) Meta {
+		return Meta{ID: id, Sandbox: true, Pod: Pod{Namespace: "ns", Name: "pod-" + id, IP: netip.MustParseAddr(ip)}}
+	}
+	f := newFake(sb("s2", "10.0.0.2"), sb("s1", "10.0.0.1"), ctr("c", "web"))
+	r := New(Config{ResyncInterval: 20 * time.Millisecond}, f)
+	defer r.Close()
+	synced(t, r)
+	gen, ips := r.PodIPs(0)
+	if gen == 0 || len(ips) != 2 || ips[0].ID != "s1" || ips[1].ID != "s2" {
+		t.Fatalf("PodIPs(0) = %d, %+v: want both sandboxes, by IP", gen, ips)
+	}
+	lists := f.count()
+	eventually(t, "a resync", func() bool { return f.count() > lists+1 })
+	if g, again := r.PodIPs(gen); g != gen || again != nil {
+		t.Errorf("unchanged: PodIPs = %d, %v", g, again)
+	}
+	if n := testing.AllocsPerRun(100, func() { r.PodIPs(gen) }); n != 0 {
+		t.Errorf("PodIPs unchanged allocates %.0f times", n)
+	}
+	f.set([]Meta{sb("s1", "10.0.0.1"), sb("s3", "10.0.0.2")}, nil)
+	eventually(t, "the new sandbox", func() bool { g, _ := r.PodIPs(gen); return g != gen })
+	if g, ips := r.PodIPs(gen); len(ips) != 2 || ips[1].ID != "s3" || g == gen {
+		t.Errorf("after the change: %d, %+v", g, ips)
 	}
 }

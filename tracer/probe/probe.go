@@ -14,6 +14,8 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
+
+	"github.com/tcpfsm/tcpfsm/tracer/cgroups"
 )
 
 // Attach chooses how the programs hook inet_sock_set_state.
@@ -49,6 +51,8 @@ type Probe struct {
 	attached Attach
 	features Features
 	flush    time.Duration
+	filter   Filter // its cgroup part, for seeded listeners
+	cgroups  *cgroups.Resolver
 }
 
 // Features says which optional parts of tcpfsm the kernel accepted.
@@ -110,7 +114,7 @@ func Open(opts Options) (_ *Probe, err error) {
 		return nil, fmt.Errorf("set wakeup_bytes: %w", err)
 	}
 
-	p := &Probe{flush: opts.FlushInterval}
+	p := &Probe{flush: opts.FlushInterval, filter: opts.Filter}
 	defer func() {
 		if err != nil {
 			p.Close()
@@ -387,6 +391,28 @@ func (p *Probe) Stats() ([]ProgramStats, error) {
 	return out, nil
 }
 
+// inFilterCgroup reports whether a cgroup is the filter's cgroup or
+// below it: its ancestor at the filter's level is the filter's cgroup.
+func (p *Probe) inFilterCgroup(id uint64) bool {
+	if id == 0 {
+		return false
+	}
+	if p.cgroups == nil {
+		p.cgroups = cgroups.NewResolver("")
+	}
+	path, ok := p.cgroups.Path(id)
+	if !ok {
+		return false
+	}
+	parts := strings.Split(strings.Trim(path, "/"), "/")
+	level := int(p.filter.CgroupLevel)
+	if path == "/" || len(parts) < level {
+		return false
+	}
+	anc, _, err := cgroups.Lookup(strings.Join(parts[:level], "/"))
+	return err == nil && anc == p.filter.CgroupID
+}
+
 // SeedListener tells the kernel side who owns a listener that existed
 // before tcpfsm started, so the connections it accepts get that owner.
 func (p *Probe) SeedListener(netns uint32, port uint16, pid uint32, comm string, cgroupID uint64) error {
@@ -395,6 +421,11 @@ func (p *Probe) SeedListener(netns uint32, port uint16, pid uint32, comm string,
 	val.Owner.Pid, val.Owner.Tid, val.Owner.CgroupId = pid, pid, cgroupID
 	copy(val.Owner.Comm[:15], comm)
 	val.Owner.Source = uint8(OwnerTask)
+	if p.filter.CgroupID != 0 && p.inFilterCgroup(cgroupID) {
+		// What listen() would have found: the connections it accepts pass
+		// the cgroup filter as the listener's own events would.
+		val.Owner.InCgroup = 1
+	}
 	// The socket pointer is unknown: the entry is replaced when a new
 	// listener on the port appears, and ages out of the LRU otherwise.
 	return p.coll.Maps[tcpfsmMapListeners].Update(&key, &val, ebpf.UpdateNoExist)

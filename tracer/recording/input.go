@@ -33,6 +33,8 @@ type Input struct {
 	// KindFeatures: what the kernel side could do. Only the booleans are
 	// recorded.
 	Features probe.Features
+	// KindMeta: what the container runtime told the session (meta.go).
+	Meta Meta
 }
 
 // DumpDone ends a sock_diag dump of one network namespace.
@@ -59,6 +61,7 @@ type Cgroup struct {
 //	dump_done  time u64, netns u32, purpose u8, reserved [3]
 //	cgroup     id u64, path (the rest, at most MaxPayload-8 bytes)
 //	features   bit set u64: time-wait 1, resets 2, SYN retransmits 4, accept owner 8
+//	meta       see meta.go (version 2)
 const (
 	lostSize     = 16
 	u64Size      = 8
@@ -106,6 +109,11 @@ func (w *Writer) WriteInput(in *Input) error {
 		b = append(b, path...)
 	case KindFeatures:
 		b = binary.LittleEndian.AppendUint64(b, featureBits(in.Features))
+	case KindMeta:
+		var err error
+		if b, err = appendMeta(b, &in.Meta); err != nil {
+			return err
+		}
 	default:
 		return fmt.Errorf("write input: unknown kind %s", in.Kind)
 	}
@@ -159,6 +167,8 @@ func decode(kind Kind, p []byte, in *Input) error {
 			return fmt.Errorf("%w features record: %d bytes", ErrBadInput, len(p))
 		}
 		in.Features = features(binary.LittleEndian.Uint64(p))
+	case KindMeta:
+		return decodeMeta(p, &in.Meta)
 	default:
 		return fmt.Errorf("%w record: unknown kind %s", ErrBadInput, kind)
 	}

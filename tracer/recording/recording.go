@@ -1,6 +1,7 @@
 // Package recording reads and writes tcpfsm recordings: every input of the
 // lifecycle builder (the raw events, sock_diag observations, cgroup paths,
-// clock ticks, lost-event counts, the kernel's features), framed and
+// clock ticks, lost-event counts, the kernel's features) and what the
+// container runtime told the session (KindMeta), framed and
 // checksummed, after a header that says how to read them (format version,
 // event size) and how to place them in time (the kernel release and the
 // wall clock time of the monotonic clock's zero).
@@ -37,9 +38,14 @@ import (
 // Magic opens every recording.
 const Magic = "TCPFSMRC"
 
-// Version is the format this package writes. Version 1 events are the
-// probe.Event layout of the same version.
-const Version = 1
+// Version is the format this package writes; it reads MinVersion to
+// Version. Version 1 events are the probe.Event layout of the same
+// version; version 2 adds KindMeta, and reads every version 1 recording
+// as it was.
+const (
+	Version    = 2
+	MinVersion = 1
+)
 
 // Kind says what a record holds.
 type Kind uint8
@@ -62,10 +68,14 @@ const (
 	// KindFeatures is what the kernel side could do (u64 bit set), so a
 	// replay reconstructs what the live tracer did.
 	KindFeatures Kind = 7
+	// KindMeta is what the container runtime told the session about a
+	// container or a pod's IP (version 2), so a replay names what the
+	// live run named.
+	KindMeta Kind = 8
 )
 
 var kindNames = [...]string{KindEvent: "event", KindLost: "lost", KindTick: "tick", KindSocket: "socket",
-	KindDumpDone: "dump_done", KindCgroup: "cgroup", KindFeatures: "features"}
+	KindDumpDone: "dump_done", KindCgroup: "cgroup", KindFeatures: "features", KindMeta: "meta"}
 
 func (k Kind) String() string {
 	if k >= KindEvent && int(k) < len(kindNames) {
@@ -89,8 +99,20 @@ func (r *Reader) wantSize(k Kind) int {
 		return dumpDoneSize
 	case KindCgroup:
 		return -1
+	case KindMeta:
+		if r.header.Version >= 2 {
+			return -1
+		}
 	}
 	return 0
+}
+
+// minSize is the least payload of a variable-size kind.
+func minSize(k Kind) int {
+	if k == KindMeta {
+		return metaMin
+	}
+	return cgroupMin
 }
 
 // MaxPayload bounds a record's payload.
@@ -223,8 +245,8 @@ func NewReader(r io.Reader, wantEventSize int) (*Reader, error) {
 	h.EventSize = binary.LittleEndian.Uint16(fixed[12:])
 	h.BootNs = int64(binary.LittleEndian.Uint64(fixed[16:]))
 	h.Created = time.Unix(0, int64(binary.LittleEndian.Uint64(fixed[24:])))
-	if h.Version != Version {
-		return nil, fmt.Errorf("%w: format version %d, this tcpfsm reads version %d", ErrUnsupported, h.Version, Version)
+	if h.Version < MinVersion || h.Version > Version {
+		return nil, fmt.Errorf("%w: format version %d, this tcpfsm reads versions %d to %d", ErrUnsupported, h.Version, MinVersion, Version)
 	}
 	if wantEventSize != 0 && int(h.EventSize) != wantEventSize {
 		return nil, fmt.Errorf("%w: events of %d bytes, this tcpfsm reads %d", ErrUnsupported, h.EventSize, wantEventSize)
@@ -292,8 +314,8 @@ func (r *Reader) Next() (Kind, []byte, error) {
 	case want == 0:
 		return 0, nil, &FormatError{start, fmt.Sprintf("unknown record kind %d", kind)}
 	case want < 0:
-		if size < cgroupMin {
-			return 0, nil, &FormatError{start, fmt.Sprintf("%s record of %d bytes, want at least %d", kind, size, cgroupMin)}
+		if least := minSize(kind); size < least {
+			return 0, nil, &FormatError{start, fmt.Sprintf("%s record of %d bytes, want at least %d", kind, size, least)}
 		}
 	case size != want:
 		return 0, nil, &FormatError{start, fmt.Sprintf("%s record of %d bytes, want %d", kind, size, want)}

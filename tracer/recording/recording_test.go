@@ -132,7 +132,8 @@ func TestCorruptRecordings(t *testing.T) {
 	}{
 		{"empty", nil, testEventSize, 0, "truncated header"},
 		{"bad magic", flip(0), testEventSize, 0, "bad magic"},
-		{"newer version", setU16(8, 2), testEventSize, -1, "format version 2"},
+		{"newer version", setU16(8, 3), testEventSize, -1, "format version 3"},
+		{"version 0", setU16(8, 0), testEventSize, -1, "format version 0"},
 		{"other event size", good, 144, -1, "events of 136 bytes"},
 		{"header cut", good[:20], testEventSize, 0, "truncated header"},
 		{"header length absurd", setU16(10, 3), testEventSize, 10, "bad header length"},

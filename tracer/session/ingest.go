@@ -5,6 +5,7 @@ import (
 
 	"github.com/tcpfsm/tcpfsm/tracer/cgroups"
 	"github.com/tcpfsm/tcpfsm/tracer/lifecycle"
+	"github.com/tcpfsm/tcpfsm/tracer/metadata"
 	"github.com/tcpfsm/tcpfsm/tracer/probe"
 	"github.com/tcpfsm/tcpfsm/tracer/recording"
 )
@@ -14,16 +15,19 @@ import (
 // live input is decoded once, where it arises, a replayed one by the
 // recording's reader, and both come here as the same recording.Input.
 type ingest struct {
-	b       *lifecycle.Builder
-	onEvent func(*probe.Event)
-	lost    probe.LostCounts
+	b           *lifecycle.Builder
+	meta        *metaStage // between the builder and the handler
+	onEvent     func(*probe.Event)
+	onEventMeta func(*probe.Event, *metadata.Meta)
+	lost        probe.LostCounts
 }
 
 func newIngest(h lifecycle.Handler, cfg lifecycle.Config, onEvent func(*probe.Event)) *ingest {
 	if h == nil {
 		h = lifecycle.Handlers(nil) // records dropped, for sessions that only want events
 	}
-	return &ingest{b: lifecycle.NewBuilder(cfg, h), onEvent: onEvent}
+	m := newMetaStage(h)
+	return &ingest{b: lifecycle.NewBuilder(cfg, m), meta: m, onEvent: onEvent}
 }
 
 func (in *ingest) knowsCgroup(id uint64) bool { return in.b.KnowsCgroup(id) }
@@ -35,8 +39,16 @@ func (in *ingest) apply(x *recording.Input) error {
 		if in.onEvent != nil {
 			in.onEvent(&x.Event)
 		}
+		if in.onEventMeta != nil {
+			var m *metadata.Meta
+			if x.Event.OwnerKnown() {
+				m = in.meta.metaOf(x.Event.CgroupId)
+			}
+			in.onEventMeta(&x.Event, m)
+		}
 		in.b.Event(&x.Event)
 	case recording.KindTick:
+		in.meta.tick(x.Tick)
 		in.b.Tick(x.Tick)
 	case recording.KindLost:
 		in.lost = x.Lost
@@ -49,10 +61,13 @@ func (in *ingest) apply(x *recording.Input) error {
 		container := ""
 		if c, ok := cgroups.ParseContainer(x.Cgroup.Path); ok {
 			container = c.String()
+			in.meta.cgroup(x.Cgroup.ID, c)
 		}
 		in.b.Cgroup(x.Cgroup.ID, x.Cgroup.Path, container)
 	case recording.KindFeatures:
 		in.b.SetExactTimeWait(x.Features.TimeWait)
+	case recording.KindMeta:
+		in.meta.input(&x.Meta)
 	default:
 		return fmt.Errorf("unknown input %s", x.Kind)
 	}

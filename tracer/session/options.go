@@ -6,6 +6,7 @@ import (
 
 	"github.com/tcpfsm/tcpfsm/tracer/clock"
 	"github.com/tcpfsm/tcpfsm/tracer/lifecycle"
+	"github.com/tcpfsm/tcpfsm/tracer/metadata"
 	"github.com/tcpfsm/tcpfsm/tracer/probe"
 	"github.com/tcpfsm/tcpfsm/tracer/recording"
 )
@@ -36,6 +37,25 @@ type Options struct {
 	// NetNSPaths names namespaces no process is in (a --netns path, or a
 	// test's), by inode, for the snapshot and the TIME_WAIT polls.
 	NetNSPaths map[uint32]string
+
+	// Metadata, when set, names the containers of the records' owners
+	// and their peers (Record.Meta, Record.Peer): a *metadata.Resolver.
+	// Its answers go into the recording, so replays name them too.
+	Metadata MetaResolver
+	// MetadataWait is how long a record whose container was not named
+	// yet, or whose node-local peer's record has not come, waits before
+	// it is handed out with what is known (counted, MetaStats): default
+	// DefaultMetadataWait, at most MaxMetadataWait, negative: never.
+	MetadataWait time.Duration
+	// MetadataEntries bounds the containers the session remembers:
+	// default DefaultMetadataEntries.
+	MetadataEntries int
+	// PodLabels are the pod labels records keep (Meta.Pod.Labels); none
+	// by default.
+	PodLabels []string
+	// OnEventMeta, when set, sees every event after OnEvent with what
+	// the session knows of its owner's container then (nil: nothing).
+	OnEventMeta func(e *probe.Event, m *metadata.Meta)
 }
 
 // Defaults and limits of Options, for commands to offer and show.
@@ -53,8 +73,31 @@ func (o Options) Validate() error {
 	if p := o.TimeWaitPoll; p > 0 && (p < MinTimeWaitPoll || p > MaxTimeWaitPoll) {
 		return fmt.Errorf("TIME_WAIT poll interval %s: want %s to %s, or negative (off)", p, MinTimeWaitPoll, MaxTimeWaitPoll)
 	}
+	if o.MetadataWait > MaxMetadataWait {
+		return fmt.Errorf("metadata wait %s: want at most %s", o.MetadataWait, MaxMetadataWait)
+	}
+	if o.MetadataEntries < 0 {
+		return fmt.Errorf("metadata entries %d: want a positive number", o.MetadataEntries)
+	}
 	if err := o.Probe.Validate(); err != nil {
 		return err
 	}
 	return o.Lifecycle.Validate()
+}
+
+func (o *Options) metadataWait() time.Duration {
+	switch {
+	case o.MetadataWait < 0:
+		return 0
+	case o.MetadataWait == 0:
+		return DefaultMetadataWait
+	}
+	return o.MetadataWait
+}
+
+func (o *Options) metadataEntries() int {
+	if o.MetadataEntries <= 0 {
+		return DefaultMetadataEntries
+	}
+	return o.MetadataEntries
 }

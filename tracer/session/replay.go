@@ -7,6 +7,7 @@ import (
 
 	"github.com/tcpfsm/tcpfsm/tracer/clock"
 	"github.com/tcpfsm/tcpfsm/tracer/lifecycle"
+	"github.com/tcpfsm/tcpfsm/tracer/metadata"
 	"github.com/tcpfsm/tcpfsm/tracer/probe"
 	"github.com/tcpfsm/tcpfsm/tracer/recording"
 )
@@ -19,6 +20,12 @@ type ReplayOptions struct {
 	// Stop, when it returns true after an input, ends the replay early
 	// (a count reached).
 	Stop func() bool
+	// OnEventMeta, when set, sees every event with what the recording
+	// had said of its owner's container by then (nil: nothing).
+	OnEventMeta func(*probe.Event, *metadata.Meta)
+	// OnMetaEnabled is called when the recording says its session named
+	// containers (before any record), for views that then show names.
+	OnMetaEnabled func()
 }
 
 // ReplayResult summarizes a replay.
@@ -37,6 +44,7 @@ func Replay(rd *recording.Reader, opts ReplayOptions) (ReplayResult, error) {
 	h := rd.Header()
 	res := ReplayResult{Header: h, Clock: clock.Clock{BootNs: h.BootNs}}
 	in := newIngest(opts.Handler, opts.Lifecycle, opts.OnEvent)
+	in.onEventMeta = opts.OnEventMeta
 	var x recording.Input
 	var err error
 	for {
@@ -51,12 +59,16 @@ func Replay(rd *recording.Reader, opts ReplayOptions) (ReplayResult, error) {
 			err = fmt.Errorf("offset %d: %s record: %w", off, x.Kind, err)
 			break
 		}
+		if x.Kind == recording.KindMeta && x.Meta.Op == recording.MetaEnabled && opts.OnMetaEnabled != nil {
+			opts.OnMetaEnabled()
+		}
 		res.Inputs++
 		if opts.Stop != nil && opts.Stop() {
 			break
 		}
 	}
 	in.b.Flush()
+	in.meta.end()
 	res.Lost = in.lost
 	res.Stats = in.b.Stats()
 	return res, err

@@ -2,7 +2,10 @@
 // snapshots and TIME_WAIT polls, cgroup paths and clock ticks, fed in one
 // order to a lifecycle builder and, when asked, to a recording. Replay
 // feeds a recording's inputs through the same path, so a replay gives the
-// records the live run gave.
+// records the live run gave. Between the builder and the handlers, the
+// metadata stage (metadata.go) names the records' containers and peers
+// from what the container runtime said, itself an input (live.go), so
+// replays name them as the live run did.
 package session
 
 import (
@@ -16,6 +19,7 @@ import (
 	"github.com/tcpfsm/tcpfsm/tracer/cgroups"
 	"github.com/tcpfsm/tcpfsm/tracer/clock"
 	"github.com/tcpfsm/tcpfsm/tracer/lifecycle"
+	"github.com/tcpfsm/tcpfsm/tracer/metadata"
 	"github.com/tcpfsm/tcpfsm/tracer/probe"
 	"github.com/tcpfsm/tcpfsm/tracer/recording"
 	"github.com/tcpfsm/tcpfsm/tracer/sockdiag"
@@ -39,8 +43,17 @@ type Session struct {
 
 	lastDrained atomic.Int64 // unix ns of the last time the ring was empty
 
-	cgroups  *cgroups.Resolver
-	poller   *poller
+	cgroups *cgroups.Resolver
+	poller  *poller
+
+	// meta asks the runtime and queues its answers (nil without
+	// Options.Metadata); metaIn and answerBuf hold answers being input,
+	// answering stops input from recursing into metaInputs.
+	meta      *liveMeta
+	metaIn    recording.Input
+	answerBuf []recording.Meta
+	answering bool
+
 	started  time.Time
 	warnings []string
 }
@@ -76,9 +89,14 @@ func Open(opts Options) (_ *Session, err error) {
 	s := &Session{opts: opts, probe: p, clock: c, cgroups: cgroups.NewResolver(""), started: time.Now()}
 	s.lastDrained.Store(time.Now().UnixNano())
 	s.in = newIngest(opts.Handler, opts.Lifecycle, opts.OnEvent)
+	s.in.onEventMeta = opts.OnEventMeta
 
 	f := p.Features()
 	if err := s.input(&recording.Input{Kind: recording.KindFeatures, Features: f}); err != nil {
+		return nil, err
+	}
+	// Before any cgroup: the stage asks about each container it sees.
+	if err := s.startMeta(); err != nil {
 		return nil, err
 	}
 	if !opts.NoSnapshot {
@@ -112,13 +130,17 @@ func (s *Session) With(f func(b *lifecycle.Builder)) {
 }
 
 // Run reads events until Stop, feeding every input to the builder (and
-// the recording), and flushes the builder at the end.
+// the recording), and flushes the builder at the end; records that wait
+// for their metadata then wait at most Options.MetadataWait more.
 func (s *Session) Run() error {
 	defer s.poller.close()
 	err := s.probe.Read(s.event, s.drained)
 	s.mu.Lock()
 	s.in.b.Flush()
 	s.mu.Unlock()
+	if merr := s.finishMeta(); err == nil {
+		err = merr
+	}
 	return err
 }
 
@@ -139,6 +161,9 @@ func (s *Session) input(x *recording.Input) error {
 	s.mu.Lock()
 	err := s.in.apply(x)
 	s.mu.Unlock()
+	if err == nil && s.meta != nil {
+		err = s.metaInputs()
+	}
 	return err
 }
 
@@ -181,6 +206,14 @@ func (s *Session) drained() error {
 	}
 	if s.poller != nil {
 		if err := s.pollTimeWait(); err != nil {
+			return err
+		}
+	}
+	if s.meta != nil {
+		if err := s.metaInputs(); err != nil {
+			return err
+		}
+		if err := s.syncPodIPs(); err != nil {
 			return err
 		}
 	}
@@ -327,3 +360,32 @@ func (s *Session) Container(cgroupID uint64) string {
 	}
 	return ""
 }
+
+// MetaOf is what the runtime told of the container of a cgroup id, for
+// views of connections still open (records carry theirs in Meta): the
+// resolver's answer now, without waiting; false when unknown or without
+// Options.Metadata. Pod labels are those Options.PodLabels keeps.
+func (s *Session) MetaOf(cgroupID uint64) (metadata.Meta, bool) {
+	if s.meta == nil {
+		return metadata.Meta{}, false
+	}
+	c, ok := s.cgroups.Container(cgroupID)
+	if !ok {
+		return metadata.Meta{}, false
+	}
+	m, ok := s.meta.r.Lookup(c)
+	if !ok {
+		return metadata.Meta{}, false
+	}
+	return s.meta.keep(m), true
+}
+
+// MetaStats are the metadata stage's counters.
+func (s *Session) MetaStats() MetaStats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.in.meta.statsNow()
+}
+
+// NamesContainers reports whether the session has a metadata resolver.
+func (s *Session) NamesContainers() bool { return s.meta != nil }
