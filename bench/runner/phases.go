@@ -126,7 +126,7 @@ func endToEnd(cfg *config) error {
 	if b, _ := os.ReadFile("/proc/sys/kernel/bpf_stats_enabled"); strings.TrimSpace(string(b)) != "0" {
 		fmt.Println("warning: kernel.bpf_stats_enabled is on: programs pay for their accounting")
 	}
-	fmt.Printf("== 3. end to end: %d rounds of %s churn per variant\n", cfg.rounds, cfg.e2eSecs)
+	fmt.Printf("== 3. end to end: %d rounds of %s churn per variant\n", cfg.rounds, cfg.e2eTime)
 	// agent-sampled logs 1% of the records (JSON rendering is much of the
 	// agent's CPU); agent-cpu1 runs on the server's CPU, which has room,
 	// so what it costs the client's CPU is the BPF programs only.
@@ -166,7 +166,7 @@ func endToEnd(cfg *config) error {
 			}
 			c0 := cpuSeconds(t.pid())
 			b0, t0 := cpuTimes()
-			res, err := churn(cfg, 100_000_000, cfg.e2eSecs, 0)
+			res, err := churn(cfg, 100_000_000, cfg.e2eTime, 0)
 			b1, t1 := cpuTimes()
 			c1 := cpuSeconds(t.pid())
 			t.stop()
@@ -215,7 +215,7 @@ func endToEnd(cfg *config) error {
 
 // loss: the agent at full churn for a while: events lost, wakeups, CPU.
 func loss(cfg *config) error {
-	fmt.Printf("== 4. loss and wakeups: the agent at full churn for %s\n", cfg.lossSecs)
+	fmt.Printf("== 4. loss and wakeups: the agent at full churn for %s\n", cfg.lossTime)
 	t, err := startAgent(cfg)
 	if err != nil {
 		return err
@@ -231,7 +231,7 @@ func loss(cfg *config) error {
 	}
 	c0 := cpuSeconds(t.pid())
 	rs := sampleRSS(t.pid(), 5*time.Second)
-	res, err := churn(cfg, 1_000_000_000, cfg.lossSecs, 0)
+	res, err := churn(cfg, 1_000_000_000, cfg.lossTime, 0)
 	samples := rs.stop()
 	c1 := cpuSeconds(t.pid())
 	time.Sleep(300 * time.Millisecond) // a flush interval and more
@@ -289,7 +289,7 @@ func latency(cfg *config) error {
 	go func() {
 		done <- p.Read(func(raw []byte) error {
 			if probe.Decode(raw, &ev) != nil {
-				return nil
+				return nil //nolint:nilerr // not an event of ours: skip it, read on
 			}
 			now := clock.Monotonic()
 			mu.Lock()
@@ -312,7 +312,7 @@ func latency(cfg *config) error {
 		mu.Lock()
 		delays, from = delays[:0], clock.Monotonic()
 		mu.Unlock()
-		res, err := churn(cfg, 1_000_000_000, cfg.latencySecs, run.rate)
+		res, err := churn(cfg, 1_000_000_000, cfg.latencyTime, run.rate)
 		time.Sleep(200 * time.Millisecond)
 		woken, deadline, werr := wc.stop()
 		if err != nil {
@@ -338,7 +338,7 @@ func latency(cfg *config) error {
 		out[run.name] = map[string]any{"conn_per_s": res.PerSecond, "events": len(s), "p50_ms": pct(0.5), "p90_ms": pct(0.9),
 			"p99_ms": pct(0.99), "max_ms": pct(1), "woken": woken, "deadline": deadline}
 	}
-	p.Stop()
+	_ = p.Stop() // Read returns its error below
 	if err := <-done; err != nil {
 		return err
 	}
