@@ -120,6 +120,7 @@ func (b *Builder) finish(i int32) {
 	if r.Kind == KindOpen && r.End == 0 {
 		b.annotate(r)
 	}
+	r.Emitted = b.now
 	b.h.Finished(r)
 	b.release(i)
 }
