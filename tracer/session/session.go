@@ -45,6 +45,7 @@ type Session struct {
 
 	cgroups *cgroups.Resolver
 	poller  *poller
+	recon   *reconciler // nil without Options.Reconcile
 
 	// meta asks the runtime and queues its answers (nil without
 	// Options.Metadata); metaIn and answerBuf hold answers being input,
@@ -113,6 +114,11 @@ func Open(opts Options) (_ *Session, err error) {
 	if opts.TimeWaitPoll > 0 && !f.TimeWait {
 		s.poller = newPoller(opts.TimeWaitPoll, opts.NetNSPaths)
 	}
+	// Owner filters select sockets by process, which a dump cannot tell
+	// for every socket: reconciling would count what the probe never reports.
+	if opts.Reconcile > 0 && f0(&opts.Probe.Filter) {
+		s.recon = newReconciler(opts.Reconcile, opts.NetNSPaths, opts.Probe.Filter)
+	}
 	return s, nil
 }
 
@@ -134,6 +140,7 @@ func (s *Session) With(f func(b *lifecycle.Builder)) {
 // for their metadata then wait at most Options.MetadataWait more.
 func (s *Session) Run() error {
 	defer s.poller.close()
+	defer s.recon.close()
 	err := s.probe.Read(s.event, s.drained)
 	s.mu.Lock()
 	s.in.b.Flush()
@@ -201,6 +208,14 @@ func (s *Session) drained() error {
 		s.lostRec = lc
 		s.aux = recording.Input{Kind: recording.KindLost, Lost: lc}
 		if err := s.input(&s.aux); err != nil {
+			return err
+		}
+		if s.recon != nil {
+			s.recon.soon()
+		}
+	}
+	if s.recon != nil {
+		if err := s.reconcile(); err != nil {
 			return err
 		}
 	}
@@ -320,10 +335,13 @@ func (s *Session) snapshot() error {
 				}
 			}
 		}
+		done[ls.NetNS] = true
+		if !ownerMatches(f, &ls) {
+			continue // the probe reports none of its events
+		}
 		if err := s.socketInput(&ls); err != nil {
 			return err
 		}
-		done[ls.NetNS] = true
 	}
 	now := clock.Monotonic()
 	for ns := range done {
@@ -342,6 +360,19 @@ func (s *Session) socketInput(sock *lifecycle.Socket) error {
 func (s *Session) dumpDoneInput(netns uint32, purpose lifecycle.Purpose, time uint64) error {
 	s.aux = recording.Input{Kind: recording.KindDumpDone, DumpDone: recording.DumpDone{NetNS: netns, Purpose: purpose, Time: time}}
 	return s.input(&s.aux)
+}
+
+// f0: the filter selects no owner.
+func f0(f *probe.Filter) bool { return f.PID == 0 && f.CgroupID == 0 }
+
+// ownerMatches applies the owner part of the kernel filter to a snapshot
+// socket: one whose owner /proc did not tell is left out under an owner
+// filter, its first event seeds its record if the probe passes it.
+func ownerMatches(f *probe.Filter, s *lifecycle.Socket) bool {
+	if f.PID != 0 && s.Pid != f.PID {
+		return false
+	}
+	return f.CgroupID == 0 || (s.CgroupID != 0 && s.CgroupID == f.CgroupID)
 }
 
 // tupleMatches applies the socket part of the kernel filter to a dumped
