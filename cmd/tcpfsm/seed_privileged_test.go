@@ -202,8 +202,14 @@ func TestAgentSeedsPreexistingSockets(t *testing.T) {
 	if d := time.Since(ready); d > 2*time.Second {
 		t.Errorf("compared %v after /readyz, want within 2 s", d)
 	}
-	t.Logf("%d sockets (%d pairs): /readyz %v after the agent started; kernel %v", 2*pairs, pairs,
-		ready.Sub(started).Round(time.Millisecond), k)
+	seedLog := ""
+	for _, l := range strings.Split(a.stderr.String(), "\n") {
+		if strings.Contains(l, "seeded existing connections") {
+			seedLog = l
+		}
+	}
+	t.Logf("%d sockets (%d pairs): /readyz %v after the agent started; kernel %v; %s", 2*pairs, pairs,
+		ready.Sub(started).Round(time.Millisecond), k, seedLog)
 	if k["established"] < pairs || k["close_wait"] != pairs/10 || k["fin_wait2"] != pairs/10 || k["listen"] < 2 {
 		t.Errorf("the scene: %v", k)
 	}

@@ -27,6 +27,7 @@ func BenchmarkSeed50k(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		bl := NewBuilder(Config{}, Handlers(nil))
+		bl.Reserve(len(socks))
 		for i := range socks {
 			bl.Observe(&socks[i])
 		}

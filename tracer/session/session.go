@@ -57,7 +57,15 @@ type Session struct {
 
 	started  time.Time
 	warnings []string
+	// seedTook and seeded: how long the snapshot at start took (dump,
+	// owners, seeding) and how many sockets it listed.
+	seedTook time.Duration
+	seeded   int
 }
+
+// Snapshot is how many sockets the snapshot at start listed and how long
+// dumping them, finding their owners and seeding the builder took.
+func (s *Session) Snapshot() (sockets int, took time.Duration) { return s.seeded, s.seedTook }
 
 // Warnings lists what the session could not do and works around.
 func (s *Session) Warnings() []string { return s.warnings }
@@ -101,7 +109,10 @@ func Open(opts Options) (_ *Session, err error) {
 		return nil, err
 	}
 	if !opts.NoSnapshot {
-		if err := s.snapshot(); err != nil {
+		t0 := time.Now()
+		err := s.snapshot()
+		s.seedTook = time.Since(t0)
+		if err != nil {
 			// Connections open before the start stay partial records
 			// without owners; everything else works.
 			hint := ""
@@ -303,6 +314,7 @@ func (s *Session) snapshot() error {
 				State: probe.State(ds.State), TimeWait: ds.TimeWait, Purpose: lifecycle.PurposeSnapshot,
 				Lport: ds.Sport, Rport: ds.Dport, Laddr: ds.Saddr, Raddr: ds.Daddr}
 			all = append(all, found{ls, ds.Inode})
+			s.seeded++
 			if ds.Inode != 0 {
 				wanted[ds.Inode] = struct{}{}
 			}
@@ -318,6 +330,9 @@ func (s *Session) snapshot() error {
 		return err
 	}
 	done := map[uint32]bool{}
+	s.mu.Lock()
+	s.in.b.Reserve(len(all))
+	s.mu.Unlock()
 	for _, x := range all {
 		ls := x.sock
 		if o, ok := owners[x.inode]; ok && x.inode != 0 {
@@ -329,7 +344,7 @@ func (s *Session) snapshot() error {
 				// connections they will accept.
 				s.probe.SeedListener(ls.NetNS, ls.Lport, ls.Pid, o.Comm, ls.CgroupID)
 			}
-			if ls.CgroupID != 0 {
+			if ls.CgroupID != 0 && !s.in.knowsCgroup(ls.CgroupID) {
 				if err := s.cgroupInput(ls.CgroupID, o.CgroupPath); err != nil {
 					return err
 				}
