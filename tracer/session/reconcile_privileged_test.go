@@ -2,6 +2,9 @@ package session_test
 
 import (
 	"bytes"
+	"os"
+	"strconv"
+	"syscall"
 	"reflect"
 	"testing"
 	"time"
@@ -182,3 +185,66 @@ func TestReconcileAfterLoss(t *testing.T) {
 	}
 }
 
+
+// cpuNow is the process's user+system CPU time.
+func cpuNow(t *testing.T) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		t.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// The cost of one reconciliation at scale, measured for BENCHMARKS.md:
+// TCPFSM_RECONCILE_PAIRS=50000 for 100,000 sockets, held by helper
+// processes; skipped without it.
+func TestReconcileCost(t *testing.T) {
+	pairs, _ := strconv.Atoi(os.Getenv("TCPFSM_RECONCILE_PAIRS"))
+	if pairs <= 0 {
+		t.Skip("a measurement: set TCPFSM_RECONCILE_PAIRS")
+	}
+	nettest.RequireBPF(t)
+	ns := nettest.NewNS(t)
+	const per = 5000
+	for left := pairs; left > 0; left -= per {
+		n := min(left, per)
+		h := ns.StartHelper(t, nettest.Helper{Comm: "rcsrv", Role: "holder", Network: "tcp4", Addr: "127.0.0.1:0", Send: n})
+		port := h.Port(t)
+		d := ns.StartHelper(t, nettest.Helper{Comm: "rccli", Role: "dialer", Network: "tcp4",
+			Addr: "127.0.0.1:" + strconv.Itoa(port), Send: n})
+		d.Line(t)
+		h.Line(t)
+	}
+	_, kn := kernelCounts(t, ns)
+
+	// sock_diag alone: one dump of every socket.
+	c0, w0 := cpuNow(t), time.Now()
+	kernelCounts(t, ns)
+	dumpWall, dumpCPU := time.Since(w0), cpuNow(t)-c0
+
+	// The session's whole reconciliation: dump on the reconciler's
+	// goroutine, chunks applied between drains; no traffic meanwhile.
+	l := startSession(t, ns, session.Options{Reconcile: session.MinReconcile, Lifecycle: lifecycle.Config{MaxTracked: 4 * pairs}})
+	var st lifecycle.Stats
+	for st.Reconciliations == 0 {
+		l.s.With(func(b *lifecycle.Builder) { st = b.Stats() })
+		time.Sleep(time.Millisecond)
+	}
+	c1, w1 := cpuNow(t), time.Now()
+	for st.Reconciliations < 2 {
+		l.s.With(func(b *lifecycle.Builder) { st = b.Stats() })
+		time.Sleep(time.Millisecond)
+	}
+	// From the first's end to the second's: one interval, then one
+	// reconciliation; the idle interval costs next to nothing.
+	wall, cpu := time.Since(w1)-session.MinReconcile, cpuNow(t)-c1
+	var g map[probe.State]int
+	var gn int
+	l.s.With(func(b *lifecycle.Builder) { g, gn = builderCounts(b) })
+	t.Logf("%d sockets: sock_diag dump %v wall, %v CPU; reconciliation about %v wall, %v CPU (the test's polling included); repairs %v; tracked %d %v",
+		kn, dumpWall.Round(time.Millisecond), dumpCPU.Round(time.Millisecond), wall.Round(time.Millisecond),
+		cpu.Round(time.Millisecond), st.Reconciled, gn, g)
+	if gn != kn {
+		t.Errorf("tracked %d, the kernel %d", gn, kn)
+	}
+}
