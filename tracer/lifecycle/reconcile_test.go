@@ -105,6 +105,15 @@ func TestSeedJoinReconcileRules(t *testing.T) {
 					t.Errorf("record %+v, %d handed out", r, len(s.finished))
 				}
 			}},
+		{name: "a seed's reset before its close joins it",
+			ins: []in{sockOf(1, EST, 10, snap), dumpDone(snap, 11),
+				evIn(ev(1, 20, probe.TypeResetReceived, EST, EST)), evIn(st(1, 20, EST, CLOSE, partial)), in{tick: 100}},
+			states: map[probe.State]int{}, seeded: 1, joined: 1,
+			check: func(t *testing.T, s *sink, b *Builder) {
+				if len(s.finished) != 1 || s.finished[0].Kind != KindResetReceived || s.finished[0].ID != 1 || !s.finished[0].Seeded {
+					t.Errorf("finished %+v", s.finished)
+				}
+			}},
 		{name: "listeners sharing a port each join one seed",
 			ins: []in{sockOf(2, LST, 10, snap), sockOf(2, LST, 10, snap), dumpDone(snap, 11),
 				evIn(st(2, 20, LST, CLOSE)), evIn(st(4, 21, LST, CLOSE, func(e *probe.Event) { e.Sport, e.Dport = 80, 40000 }))},

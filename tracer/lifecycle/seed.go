@@ -153,32 +153,53 @@ func (b *Builder) join(e *probe.Event) (int32, bool) {
 			break
 		}
 	}
-	r := &b.slab[i]
-	if r.unjoined {
-		// The record takes the kernel's id, as one opened by this event
-		// would have; its seed id still finds it.
-		r.alias, r.ID = r.ID, e.ConnId
-	} else {
-		if r.alias != 0 {
-			delete(b.byID, r.alias)
-		}
-		r.alias = e.ConnId
-	}
-	b.byID[e.ConnId] = i
-	if r.unjoined {
-		// The event says which state the socket was in until now: the
-		// dump may have listed it just before or after this change.
-		r.unjoined = false
-		b.stats.SeededStart++
-		if r.State != old && old != probe.StateClose && old <= probe.MaxState && r.NSpan == 1 {
-			b.uncount(i, r)
-			r.State, r.Spans[0].State = old, old
-			r.established = r.established || synchronized(old)
-			b.count(i, r)
-		}
-	} else {
+	if r := &b.slab[i]; !r.unjoined {
 		b.stats.Rejoined++
 	}
+	b.adopt(i, e.ConnId)
+	return i, true
+}
+
+// firstEvent: a seed's first state event says which state the socket
+// was in until now; the dump may have listed it just before or after
+// this change, so that is no mismatch.
+func (b *Builder) firstEvent(i int32, r *Record, old probe.State) {
+	r.unjoined = false
+	b.stats.SeededStart++
+	if r.State != old && old != probe.StateClose && old <= probe.MaxState && r.NSpan == 1 {
+		b.uncount(i, r)
+		r.State, r.Spans[0].State = old, old
+		r.established = r.established || synchronized(old)
+		b.count(i, r)
+	}
+}
+
+// adopt makes a kernel connection id find record i: a seed takes it as
+// its id, as if the event had opened it (its seed id still finds it);
+// another record keeps its id and gets this one as an alias.
+func (b *Builder) adopt(i int32, id uint64) {
+	r := &b.slab[i]
+	if r.unjoined && r.alias == 0 {
+		r.alias, r.ID = r.ID, id
+	} else if r.ID != id {
+		if r.alias != 0 && r.alias&SeedIDBit == 0 {
+			delete(b.byID, r.alias)
+		}
+		r.alias = id
+	}
+	b.byID[id] = i
+}
+
+// joinSide finds the open record of a reset or SYN retransmit whose
+// connection id the builder does not know, by its endpoints: a seeded
+// connection's reset comes before its CLOSE. Its state is the next
+// state event's to tell.
+func (b *Builder) joinSide(e *probe.Event) (int32, bool) {
+	i, ok := b.byTuple[eventKey(e)]
+	if !ok || b.slab[i].Role == RoleListener {
+		return -1, false
+	}
+	b.adopt(i, e.ConnId)
 	return i, true
 }
 

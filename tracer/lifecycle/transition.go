@@ -24,6 +24,9 @@ func (b *Builder) transition(e *probe.Event) {
 			b.stats.Unmatched++
 			return
 		}
+		if r.unjoined {
+			b.firstEvent(i, r, old)
+		}
 		if r.State != old {
 			b.flag(r, AnomalyStateMismatch)
 		}
@@ -191,6 +194,9 @@ func (b *Builder) flag(r *Record, a Anomaly) {
 // waiting out its reset hold.
 func (b *Builder) sideEvent(e *probe.Event) {
 	i, ok := b.byID[e.ConnId]
+	if !ok {
+		i, ok = b.joinSide(e)
+	}
 	if !ok {
 		b.stats.Unmatched++
 		return
