@@ -99,6 +99,7 @@ type Builder struct {
 
 	byTuple   map[tupleKey]int32 // open records by endpoints (seed.go)
 	seedSeq   uint64
+	unjoinedN int                  // seeded records no event joined yet
 	recon     map[uint32]*reconRun // reconciliation dumps under way (reconcile.go)
 	listening map[listenKey]bool   // ports the snapshot saw listeners on
 	preTW     map[tupleKey]uint64  // TIME_WAIT sockets from before the start: expected end

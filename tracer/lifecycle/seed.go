@@ -90,6 +90,7 @@ func (b *Builder) seedRecord(s *Socket) int32 {
 	r.lostAtStart = b.lost
 	r.prev, r.next, r.tupNext = -1, -1, -1
 	r.Seeded, r.unjoined = true, true
+	b.unjoinedN++
 	if s.Pid != 0 {
 		r.Pid, r.Comm, r.CgroupID, r.Owner = s.Pid, s.Comm, s.CgroupID, probe.OwnerTask
 	}
@@ -129,6 +130,9 @@ func synchronized(s probe.State) bool {
 // socket was born while the dump ran, and the events know it better).
 // It returns the record's index, or false.
 func (b *Builder) join(e *probe.Event) (int32, bool) {
+	if b.unjoinedN == 0 && OpeningRole(e.OldState(), e.NewState()) != RoleUnknown && !e.Partial() {
+		return -1, false // a new socket, and no seed it could replace: no lookup
+	}
 	k := eventKey(e)
 	head, ok := b.byTuple[k]
 	if !ok {
@@ -136,6 +140,9 @@ func (b *Builder) join(e *probe.Event) (int32, bool) {
 	}
 	old := e.OldState()
 	if OpeningRole(old, e.NewState()) != RoleUnknown && !e.Partial() {
+		if b.unjoinedN == 0 {
+			return -1, false
+		}
 		for i := head; i >= 0; i = b.slab[i].tupNext {
 			if r := &b.slab[i]; r.unjoined && r.Role != RoleListener {
 				b.dropSeed(i)
@@ -165,6 +172,7 @@ func (b *Builder) join(e *probe.Event) (int32, bool) {
 // this change, so that is no mismatch.
 func (b *Builder) firstEvent(i int32, r *Record, old probe.State) {
 	r.unjoined = false
+	b.unjoinedN--
 	b.stats.SeededStart++
 	if r.State != old && old != probe.StateClose && old <= probe.MaxState && r.NSpan == 1 {
 		b.uncount(i, r)

@@ -41,6 +41,10 @@ func (b *Builder) alloc() int32 {
 func (b *Builder) release(i int32) {
 	r := &b.slab[i]
 	delete(b.byID, r.ID)
+	if r.unjoined {
+		r.unjoined = false
+		b.unjoinedN--
+	}
 	if r.alias != 0 && b.byID[r.alias] == i {
 		delete(b.byID, r.alias)
 	}
