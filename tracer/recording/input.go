@@ -64,6 +64,7 @@ type Cgroup struct {
 // 3 reconciliation (sockets, and the end of a complete dump), 4 and 5 a
 // reconciliation's begin and abort (dump_done only). Recordings made
 // before reconciliation hold 1 and 2 only and replay as they did.
+//
 //	cgroup     id u64, path (the rest, at most MaxPayload-8 bytes)
 //	features   bit set u64: time-wait 1, resets 2, SYN retransmits 4, accept owner 8
 //	meta       see meta.go (version 2)
