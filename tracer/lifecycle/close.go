@@ -42,6 +42,9 @@ func (b *Builder) closeRecord(i int32) {
 			b.finishTimeWait(old, r.End, TWReused)
 		}
 		b.timeWait[recordKey(r)] = i
+		// A dump that listed its time-wait socket before this close was
+		// applied counted it as one without a record: now it has one.
+		delete(b.preTW, recordKey(r))
 	}
 	b.annotate(r)
 	b.h.Closed(r)
@@ -120,6 +123,7 @@ func (b *Builder) finish(i int32) {
 	if r.Kind == KindOpen && r.End == 0 {
 		b.annotate(r)
 	}
+	r.Emitted = b.now
 	b.h.Finished(r)
 	b.release(i)
 }
