@@ -106,6 +106,7 @@ type Builder struct {
 	twPolled  map[uint32]uint64    // netns -> time of its last complete TIME_WAIT dump
 	cgroups   map[uint64]cgroupInfo
 	lost      uint64
+	lostAt    uint64 // b.now when lost last grew
 	now       uint64
 	lastSweep uint64
 
@@ -176,7 +177,7 @@ func (b *Builder) KnowsCgroup(id uint64) bool {
 // Lost tells the builder the tracer's cumulative lost-event count.
 func (b *Builder) Lost(total uint64) {
 	if total > b.lost {
-		b.lost = total
+		b.lost, b.lostAt = total, b.now
 	}
 }
 
@@ -248,6 +249,7 @@ func (b *Builder) Flush() {
 		b.unindex(i)
 		b.uncount(i, r)
 		b.annotate(r)
+		b.unverified(r)
 		b.finish(i)
 	}
 }

@@ -148,6 +148,7 @@ func (b *Builder) evict(i int32, reason int) {
 	b.uncount(i, r)
 	r.Kind = KindEvicted
 	b.annotate(r)
+	b.unverified(r)
 	b.finish(i)
 }
 

@@ -29,6 +29,10 @@ func (b *Builder) transition(e *probe.Event) {
 		}
 		if r.State != old {
 			b.flag(r, AnomalyStateMismatch)
+			if b.lost > r.lostAtStart {
+				// The transitions between the two were among the lost.
+				b.flag(r, AnomalyEventsLost)
+			}
 		}
 		b.touch(i)
 	}
@@ -128,6 +132,10 @@ func (b *Builder) start(e *probe.Event) int32 {
 	}
 	// Midway: the state it was in began before anything was seen.
 	b.flag(r, AnomalyPartial)
+	if b.lost > 0 {
+		// No snapshot knew it: its birth may be among the lost events.
+		b.flag(r, AnomalyEventsLost)
+	}
 	r.State = old
 	r.Spans[0] = Span{State: old}
 	r.NSpan = 1

@@ -3,9 +3,9 @@ package session_test
 import (
 	"bytes"
 	"os"
+	"reflect"
 	"strconv"
 	"syscall"
-	"reflect"
 	"testing"
 	"time"
 
@@ -184,7 +184,6 @@ func TestReconcileAfterLoss(t *testing.T) {
 		t.Errorf("replay repairs %v, live %v", res.Stats.Reconciled, st.Reconciled)
 	}
 }
-
 
 // cpuNow is the process's user+system CPU time.
 func cpuNow(t *testing.T) time.Duration {
