@@ -120,7 +120,9 @@ const (
 	// AnomalyStateMismatch: an event's old state was not the state the
 	// record was in: events were missed.
 	AnomalyStateMismatch
-	// AnomalyEventsLost: the tracer lost events while this connection lived.
+	// AnomalyEventsLost: this record missed some of the events the tracer
+	// lost (a gap, a midway start after a loss, a repair by
+	// reconciliation, or open at the end through an unchecked loss).
 	AnomalyEventsLost
 )
 
