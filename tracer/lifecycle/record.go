@@ -69,10 +69,18 @@ const (
 	KindAbortedHandshake             // closed before ESTABLISHED for another reason
 	KindEvicted                      // dropped by the tracker (cap or stuck handshake)
 	KindListenerClosed               // a listener stopped listening
+	// KindFinWait2Timeout: closed by its owner, the peer never sent its
+	// FIN; the kernel gave up after tcp_fin_timeout in FIN_WAIT2.
+	KindFinWait2Timeout
+	// KindFinWait2Aborted: likewise without the peer's FIN, but gone
+	// before tcp_fin_timeout: a RST one way or the other, most often the
+	// answer to data the peer sent after our close.
+	KindFinWait2Aborted
 )
 
 var kindNames = [...]string{"open", "graceful", "simultaneous", "reset_sent", "reset_received", "refused",
-	"connect_timeout", "timeout", "aborted_before_established", "evicted", "listener_closed"}
+	"connect_timeout", "timeout", "aborted_before_established", "evicted", "listener_closed",
+	"fin_wait2_timeout", "fin_wait2_aborted"}
 
 func (k Kind) String() string {
 	if int(k) < len(kindNames) {
@@ -223,6 +231,12 @@ type Record struct {
 	twFinWait2                                         bool
 	counted                                            bool   // in the per-state gauge
 	twSeen, twExpected                                 uint64 // sock_diag: last dump that listed it, its timer's end
+	// orphans in FIN_WAIT2 (orphan.go): orphanAt the full socket's CLOSE
+	// (0: none), orphan once past its reset hold, finAt the peer's FIN
+	// learnt during the hold, endKind the close an orphan ended with.
+	orphanAt, finAt uint64
+	orphan          bool
+	endKind         Kind
 }
 
 // LocalAddr and RemoteAddr return the endpoints' addresses.

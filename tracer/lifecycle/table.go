@@ -41,6 +41,7 @@ func (b *Builder) alloc() int32 {
 func (b *Builder) release(i int32) {
 	r := &b.slab[i]
 	delete(b.byID, r.ID)
+	b.dropOrphan(i)
 	if k := recordKey(r); r.Role == RolePassive && b.passive[k] == i {
 		delete(b.passive, k)
 	}
