@@ -297,34 +297,6 @@ func TestAgentFinWait2Timeout(t *testing.T) {
 	}
 }
 
-// veth joins two namespaces: a at 10.251.0.1, b at 10.251.0.2.
-func veth(t testing.TB, a, b *nettest.NS) {
-	t.Helper()
-	// ip takes a namespace by pid: a process born in b names it.
-	sleeper := exec.Command("sleep", "60")
-	if err := b.Do(sleeper.Start); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { sleeper.Process.Kill(); sleeper.Wait() }()
-	run := func(ns *nettest.NS, args ...string) {
-		t.Helper()
-		var out []byte
-		err := ns.Do(func() error {
-			var err error
-			out, err = exec.Command("ip", args...).CombinedOutput()
-			return err
-		})
-		if err != nil {
-			t.Fatalf("ip %v: %v: %s", args, err, out)
-		}
-	}
-	run(a, "link", "add", "fw2a", "type", "veth", "peer", "name", "fw2b", "netns", strconv.Itoa(sleeper.Process.Pid))
-	run(a, "addr", "add", "10.251.0.1/30", "dev", "fw2a")
-	run(a, "link", "set", "fw2a", "up")
-	run(b, "addr", "add", "10.251.0.2/30", "dev", "fw2b")
-	run(b, "link", "set", "fw2b", "up")
-}
-
 // Clients in one namespace, their server in another the agent does not
 // trace: only sock_diag tells the orphans' FIN_WAIT2 from TIME_WAIT,
 // from the time-wait sockets' substate and timer.
@@ -332,7 +304,7 @@ func TestAgentFinWait2PeerUntraced(t *testing.T) {
 	nettest.RequireBPF(t)
 	bin := buildBinary(t)
 	clientNS, serverNS := nettest.NewNS(t), nettest.NewNS(t)
-	veth(t, clientNS, serverNS)
+	clientNS.Veth(t, serverNS, "fw2a", "10.251.0.1/30", "fw2b", "10.251.0.2/30")
 	const n = 50
 	a := startAgent(t, bin, agentOptions{args: append([]string{"--netns", clientNS.Path()}, small...)})
 	s := newOrphanScene(t, clientNS, serverNS, "10.251.0.2", n)
