@@ -311,11 +311,10 @@ func (b *Builder) observeOrphan(i int32, s *Socket) {
 // orphanDumpDone ends the orphans of a namespace a complete time-wait
 // dump no longer lists.
 func (b *Builder) orphanDumpDone(netns uint32, time uint64) {
-	for _, i := range b.inOrder(b.orphanList()) {
-		r := &b.slab[i]
-		if !r.orphan || r.NetNS != netns || r.twSeen == time || r.orphanAt+dumpMargin > time {
-			continue
-		}
+	gone := b.pick(b.orphans, func(r *Record) bool {
+		return r.orphan && r.NetNS == netns && r.twSeen != time && r.orphanAt+dumpMargin <= time
+	})
+	for _, i := range gone {
 		b.orphanDied(i, time)
 	}
 }
@@ -339,32 +338,27 @@ func (b *Builder) assumeOrphanEnds(now uint64) {
 	if len(b.orphans) == 0 {
 		return
 	}
-	for _, i := range b.inOrder(b.orphanList()) {
-		r := &b.slab[i]
-		if !r.orphan {
-			continue
+	due := b.pick(b.orphans, func(r *Record) bool {
+		if !r.orphan || now < b.orphanDeath(r)+orphanGrace {
+			return false
 		}
-		death := r.twExpected
-		if death == 0 {
-			death = r.orphanAt + b.orphanLeft(r.NetNS)
-		}
-		if now < death+orphanGrace {
-			continue
-		}
-		if polled, ok := b.twPolled[r.NetNS]; ok && polled > r.orphanAt && now < polled+orphanDumpStale {
-			continue // sock_diag sees this netns; its dumps decide
-		}
-		b.orphanEnded(i, death, KindFinWait2Timeout)
+		// Where sock_diag sees the netns (lately), its dumps decide.
+		polled, ok := b.twPolled[r.NetNS]
+		return !ok || polled <= r.orphanAt || now >= polled+orphanDumpStale
+	})
+	for _, i := range due {
+		b.orphanEnded(i, b.orphanDeath(&b.slab[i]), KindFinWait2Timeout)
 	}
+}
+
+// orphanDeath is when an orphan's time-wait socket is to die: its timer
+// as a dump read it, else tcp_fin_timeout after its CLOSE.
+func (b *Builder) orphanDeath(r *Record) uint64 {
+	if r.twExpected != 0 {
+		return r.twExpected
+	}
+	return r.orphanAt + b.orphanLeft(r.NetNS)
 }
 
 // OrphanCount is how many records are orphans in FIN_WAIT2 now.
 func (b *Builder) OrphanCount() int { return len(b.orphans) }
-
-func (b *Builder) orphanList() []int32 {
-	b.scratch = b.scratch[:0]
-	for _, i := range b.orphans {
-		b.scratch = append(b.scratch, i)
-	}
-	return b.scratch
-}

@@ -276,3 +276,67 @@ func TestOrphanNamespacesPolled(t *testing.T) {
 		t.Errorf("TIME_WAIT %d FIN_WAIT2 %d namespaces %v", b.StateCount(TW), b.StateCount(FW2), b.TimeWaitNetNS(nil))
 	}
 }
+
+// orphanTemplate is one connection of orphan churn: its client is
+// orphaned, then its server closes; ids, times and ports are set per
+// connection by orphanChurn.
+var orphanTemplate = [...]probe.Event{
+	st(1, 0, CLOSE, SS), st(2, 0, LST, SR), st(1, 1, SS, EST), st(2, 1, SR, EST),
+	st(1, 2, EST, FW1), st(2, 2, EST, CW), st(1, 3, FW1, FW2), st(1, 3, FW2, CLOSE),
+	st(2, 5, CW, LA), st(2, 6, LA, CLOSE, withFlags(probe.FlagFinAcked)),
+}
+
+// orphanChurn feeds n connections of orphan churn, 1 ms apart: the
+// graceful close of a client that closes first against a server that
+// closes when it has read everything.
+func orphanChurn(b *Builder, from, n int) {
+	var evs [len(orphanTemplate)]probe.Event
+	for i := from; i < from+n; i++ {
+		evs = orphanTemplate
+		at := uint64(i) * ms
+		port := uint16(1024 + i%60000)
+		for j := range evs {
+			e := &evs[j]
+			e.TsNs += at
+			if e.ConnId == 1 {
+				e.Sport = port
+			} else {
+				e.Dport = port
+			}
+			e.ConnId += uint64(2 * i)
+			b.Event(e)
+		}
+		b.Tick(at)
+	}
+}
+
+// The orphan's path allocates nothing per connection once the tables
+// have their size.
+func TestOrphanChurnDoesNotAllocate(t *testing.T) {
+	b := NewBuilder(Config{MaxTracked: 1 << 17}, Handlers(nil))
+	orphanChurn(b, 0, 70000)
+	next := 70000
+	allocs := testing.AllocsPerRun(10, func() {
+		orphanChurn(b, next, 1000)
+		next += 1000
+	})
+	// As TestApplyWithMetadataDoesNotAllocate: the maps' amortized
+	// growth, at most one per thousand events.
+	if allocs > 10 {
+		t.Errorf("%.1f allocations per 1000 connections (10000 events)", allocs)
+	}
+	b.Tick(uint64(next+20) * ms)
+	if b.StateCount(TW) == 0 || b.StateCount(FW2) != 0 || b.OrphanCount() != 0 {
+		t.Errorf("TIME_WAIT %d FIN_WAIT2 %d orphans %d", b.StateCount(TW), b.StateCount(FW2), b.OrphanCount())
+	}
+}
+
+// BenchmarkOrphanChurn: one op is one event of orphan churn (10 per
+// connection, 1000 connections a second, so 60000 in TIME_WAIT).
+func BenchmarkOrphanChurn(bb *testing.B) {
+	b := NewBuilder(Config{MaxTracked: 1 << 17}, Handlers(nil))
+	orphanChurn(b, 0, 70000)
+	bb.ReportAllocs()
+	bb.ResetTimer()
+	orphanChurn(b, 70000, bb.N/10+1)
+}

@@ -121,11 +121,11 @@ func (b *Builder) timeWaitDumpDone(netns uint32, time uint64) {
 	if b.cfg.ExactTimeWait {
 		return
 	}
-	for _, i := range b.inOrder(b.timeWaitList()) {
+	gone := b.pick(b.timeWait, func(r *Record) bool {
+		return r.NetNS == netns && r.twSeen != time && r.TimeWaitEnter+dumpMargin <= time
+	})
+	for _, i := range gone {
 		r := &b.slab[i]
-		if r.NetNS != netns || r.twSeen == time || r.TimeWaitEnter+dumpMargin > time {
-			continue
-		}
 		// Gone: at its timer's end if that has passed, else killed early
 		// (reused by a new connection, or reset) before this dump.
 		end := time
@@ -145,16 +145,17 @@ func (b *Builder) timeWaitDumpDone(netns uint32, time uint64) {
 // observation ended by now: none can come (fentry missed it, or no dump
 // sees the namespace).
 func (b *Builder) assumeTimeWaitEnds(now uint64) {
-	for _, i := range b.inOrder(b.timeWaitList()) {
-		r := &b.slab[i]
-		k := recordKey(r)
+	due := b.pick(b.timeWait, func(r *Record) bool {
 		if now < r.TimeWaitEnter+TimeWaitLen+timeWaitGrace {
-			continue
+			return false
 		}
-		if polled, ok := b.twPolled[k.netns]; ok && polled > r.TimeWaitEnter && !b.cfg.ExactTimeWait {
-			continue // sock_diag sees this netns; its dumps decide
-		}
-		b.timeWaitEnded(k, r.TimeWaitEnter+TimeWaitLen, TWAssumed)
+		// Where sock_diag sees the netns, its dumps decide.
+		polled, ok := b.twPolled[r.NetNS]
+		return !ok || polled <= r.TimeWaitEnter || b.cfg.ExactTimeWait
+	})
+	for _, i := range due {
+		r := &b.slab[i]
+		b.timeWaitEnded(recordKey(r), r.TimeWaitEnter+TimeWaitLen, TWAssumed)
 	}
 	for k, p := range b.preTW {
 		if now > p.end+timeWaitGrace {
