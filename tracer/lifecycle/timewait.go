@@ -114,7 +114,10 @@ func (b *Builder) observeTimeWait(s *Socket) {
 
 // timeWaitDumpDone ends the TIME_WAIT of the namespace's records that a
 // complete time-wait dump no longer lists, and the orphans it no longer
-// lists. With fentry, TIME_WAIT's ends are its to report.
+// lists. With fentry, TIME_WAIT's ends are its to report. Any complete
+// dump that asked for the states FIN_WAIT2 and TIME_WAIT (a
+// reconciliation of every state too) may end here, its time-wait sockets
+// fed to Observe before.
 func (b *Builder) timeWaitDumpDone(netns uint32, time uint64) {
 	b.twPolled[netns] = time
 	b.orphanDumpDone(netns, time)
