@@ -162,10 +162,13 @@ func agentSettings(o *agentConfig) []settings.Setting {
 			Check:  func(v int64) error { return probe.CheckRingBufferSize(int(v)) },
 			To:     func(v int64) error { o.session.Probe.RingBufferSize = int(v); return nil }},
 		&settings.Duration{Spec: settings.Spec{Key: "tracer.time_wait_poll", Flag: "time-wait-poll",
-			Help: "every `DURATION`, sock_diag looks for ended TIME_WAITs",
-			Doc: `How often sock_diag looks for the end of TIME_WAITs on kernels without BPF trampolines.
-				Watching a network namespace needs CAP_SYS_ADMIN (see deploy/README.md); out of reach, a
-				TIME_WAIT is assumed to last 60 s.`},
+			Help: "every `DURATION`, sock_diag looks for ended TIME_WAITs and orphans leaving FIN_WAIT2",
+			Doc: `How often sock_diag dumps the time-wait sockets of the namespaces that have some: to see
+				the end of TIME_WAITs on kernels without BPF trampolines, and, on every kernel, when an
+				orphan (closed by its owner before the peer's FIN) leaves FIN_WAIT2, into TIME_WAIT at the
+				peer's FIN or dead after tcp_fin_timeout. Watching a network namespace needs CAP_SYS_ADMIN
+				(see deploy/README.md); out of reach, a TIME_WAIT is assumed to last 60 s and an orphan
+				tcp_fin_timeout (60 s unless read), unless its peer's end is traced.`},
 			Default: session.DefaultTimeWaitPoll, Min: session.MinTimeWaitPoll, Max: session.MaxTimeWaitPoll, Zero: "off",
 			To: func(v time.Duration) error {
 				if v == 0 {

@@ -31,7 +31,7 @@ func newDescs(opt []string) descs {
 			append([]string{"role", "initiator", "kind"}, opt...)...),
 		failures: d("tcpfsm_connect_failures_total", "connect() calls that never reached ESTABLISHED, by reason.",
 			append([]string{"reason"}, opt...)...),
-		connections: d("tcpfsm_connections", "Tracked connections in each TCP state now; time_wait counts reconstructed ones too.",
+		connections: d("tcpfsm_connections", "Tracked connections in each TCP state now, as ss counts them: time-wait sockets by their substate, so an orphan waiting for its peer's FIN is fin_wait2; time_wait counts reconstructed ones too.",
 			"state"),
 		bytesSent: d("tcpfsm_bytes_sent_total", "Payload bytes the peers acknowledged, counted when connections close."),
 		bytesRecv: d("tcpfsm_bytes_received_total", "Payload bytes received in order, counted when connections close."),

@@ -157,9 +157,6 @@ func TestClassification(t *testing.T) {
 			st(2, 10, LST, SR), st(2, 11, SR, EST), st(2, 20, EST, FW1), st(2, 21, FW1, FW2),
 			st(2, 22, FW2, CLOSE, withFlags(probe.FlagFinReceived)),
 		}, RolePassive, InitiatorLocal, KindGraceful, true},
-		{"orphaned FIN_WAIT2 handed to a time-wait socket", []probe.Event{
-			st(1, 10, CLOSE, SS), st(1, 11, SS, EST), st(1, 20, EST, FW1), st(1, 21, FW1, FW2), st(1, 21, FW2, CLOSE),
-		}, RoleActive, InitiatorLocal, KindGraceful, true},
 		{"reset sent after close (SO_LINGER 0)", []probe.Event{
 			st(1, 10, CLOSE, SS), st(1, 11, SS, EST), st(1, 20, EST, CLOSE),
 			ev(1, 20, probe.TypeResetSent, CLOSE, CLOSE),
@@ -248,7 +245,7 @@ func TestOwner(t *testing.T) {
 		st(2, 11, SR, EST, withOwner(probe.OwnerListener, 1, "master")),
 		st(2, 20, EST, FW1, withOwner(probe.OwnerTask, 7, "worker")),
 		st(2, 21, FW1, FW2, withOwner(probe.OwnerCarried, 7, "worker")),
-		st(2, 22, FW2, CLOSE, withOwner(probe.OwnerCarried, 7, "worker")),
+		st(2, 22, FW2, CLOSE, withOwner(probe.OwnerCarried, 7, "worker"), withFlags(probe.FlagFinReceived)),
 	)
 	b.Flush()
 	r := one(t, s.closed)

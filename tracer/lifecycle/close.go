@@ -14,6 +14,15 @@ import (
 func (b *Builder) closeRecord(i int32) {
 	r := &b.slab[i]
 	r.heldUntil = 0
+	if r.orphanAt != 0 && !r.orphan {
+		if !r.resetSent && !r.resetReceived {
+			b.becomeOrphan(i)
+			return
+		}
+		// A reset after the CLOSE: no time-wait socket took it.
+		r.finAt = 0
+		b.leaveFinWait2(i, r.orphanAt)
+	}
 	k := recordKey(r)
 	if r.Role == RolePassive {
 		if j, ok := b.passive[k]; ok && j == i {
@@ -26,7 +35,17 @@ func (b *Builder) closeRecord(i int32) {
 			return
 		}
 	}
+	b.conclude(i)
+}
+
+// conclude classifies a closed record, hands it out as closed, and holds
+// it in TIME_WAIT or lets it go.
+func (b *Builder) conclude(i int32) {
+	r := &b.slab[i]
 	b.classify(r)
+	if r.endKind != KindOpen {
+		r.Kind = r.endKind // an orphan's end, which the states do not tell
+	}
 	if r.TimeWait == TWNone && b.reconstructTimeWait(r) {
 		r.TimeWait = TWPending
 	}
@@ -44,10 +63,11 @@ func (b *Builder) closeRecord(i int32) {
 		b.timeWait[recordKey(r)] = i
 		// A dump that listed its time-wait socket before this close was
 		// applied counted it as one without a record: now it has one.
-		delete(b.preTW, recordKey(r))
+		b.deletePreTW(recordKey(r))
 	}
 	b.annotate(r)
 	b.h.Closed(r)
+	b.peerClosed(r)
 	if r.TimeWait != TWPending {
 		b.finish(i)
 	}

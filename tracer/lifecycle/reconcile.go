@@ -102,7 +102,15 @@ func (b *Builder) observeReconcile(s *Socket) {
 // in the records gets its timer; one unknown is counted, as at start.
 func (b *Builder) reconcileTimeWait(run *reconRun, s *Socket, k tupleKey) {
 	run.tw[k] = struct{}{}
+	if i, ok := b.orphans[k]; ok {
+		// An orphan's time-wait socket (orphan.go): still in FIN_WAIT2 or
+		// past the peer's FIN; the record is there and accounted for.
+		b.slab[i].reconSeen = run.start
+		b.observeOrphan(i, s)
+		return
+	}
 	end := s.Time + uint64(s.ExpiresMs)*1_000_000
+	p := preTW{end: end, fw2: s.State == probe.StateFinWait2}
 	if i, ok := b.timeWait[k]; ok {
 		r := &b.slab[i]
 		r.twSeen, r.twExpected = s.Time, end
@@ -110,7 +118,7 @@ func (b *Builder) reconcileTimeWait(run *reconRun, s *Socket, k tupleKey) {
 		return
 	}
 	if _, ok := b.preTW[k]; ok {
-		b.preTW[k] = end
+		b.setPreTW(k, p)
 		return
 	}
 	if _, ok := run.closed[k]; ok {
@@ -119,7 +127,7 @@ func (b *Builder) reconcileTimeWait(run *reconRun, s *Socket, k tupleKey) {
 	if _, ok := b.byTuple[k]; ok {
 		return // an open record: it closed before the dump, its event is due
 	}
-	b.preTW[k] = end
+	b.setPreTW(k, p)
 	b.stats.Reconciled[ReconcileSeeded]++
 }
 
@@ -158,7 +166,9 @@ func (b *Builder) reconcileDone(netns uint32) {
 	b.scratch = b.scratch[:0]
 	for i := b.tail; i >= 0; i = b.slab[i].prev {
 		r := &b.slab[i]
-		if r.NetNS == netns && r.reconSeen != run.start && r.lastEv < run.start && r.Start < run.start {
+		// Orphans have no full socket to list: the time-wait dump ends them
+		// (timeWaitDumpDone, below) with their own kinds.
+		if r.NetNS == netns && r.reconSeen != run.start && r.lastEv < run.start && r.Start < run.start && r.orphanAt == 0 {
 			b.scratch = append(b.scratch, i)
 		}
 	}
@@ -169,7 +179,7 @@ func (b *Builder) reconcileDone(netns uint32) {
 	}
 	for k := range b.preTW {
 		if _, ok := run.tw[k]; !ok && k.netns == netns {
-			delete(b.preTW, k)
+			b.deletePreTW(k)
 			b.stats.Reconciled[ReconcileEnded]++
 		}
 	}

@@ -73,10 +73,18 @@ const (
 	// kernel without its close having been seen (events were lost): it
 	// ended between its last event and that dump (End: the dump's time).
 	KindUnobserved
+	// KindFinWait2Timeout: closed by its owner, the peer never sent its
+	// FIN; the kernel gave up after tcp_fin_timeout in FIN_WAIT2.
+	KindFinWait2Timeout
+	// KindFinWait2Aborted: likewise without the peer's FIN, but gone
+	// before tcp_fin_timeout: a RST one way or the other, most often the
+	// answer to data the peer sent after our close.
+	KindFinWait2Aborted
 )
 
 var kindNames = [...]string{"open", "graceful", "simultaneous", "reset_sent", "reset_received", "refused",
-	"connect_timeout", "timeout", "aborted_before_established", "evicted", "listener_closed", "unobserved"}
+	"connect_timeout", "timeout", "aborted_before_established", "evicted", "listener_closed", "unobserved",
+	"fin_wait2_timeout", "fin_wait2_aborted"}
 
 func (k Kind) String() string {
 	if int(k) < len(kindNames) {
@@ -243,6 +251,12 @@ type Record struct {
 	lastEv                                             uint64 // time of its last event
 	reconSeen                                          uint64 // start of the last reconciliation dump that listed it
 	foundAt                                            uint64 // when a dump found it in its state (entry unknown)
+	// orphans in FIN_WAIT2 (orphan.go): orphanAt the full socket's CLOSE
+	// (0: none), orphan once past its reset hold, finAt the peer's FIN
+	// learnt during the hold, endKind the close an orphan ended with.
+	orphanAt, finAt uint64
+	orphan          bool
+	endKind         Kind
 }
 
 // LocalAddr and RemoteAddr return the endpoints' addresses.

@@ -14,7 +14,8 @@ const (
 	// for connections that already existed.
 	PurposeSnapshot Purpose = 1
 	// PurposeTimeWait: the time-wait sockets of a namespace, to see when
-	// reconstructed TIME_WAITs end.
+	// reconstructed TIME_WAITs end, and when orphans in FIN_WAIT2 get
+	// their peer's FIN (the substate TIME_WAIT) or die (orphan.go).
 	PurposeTimeWait Purpose = 2
 	// PurposeReconcile: every TCP socket of a namespace, to repair the
 	// records from the kernel's truth (reconcile.go); its DumpDone ends a

@@ -41,7 +41,11 @@ func (b *Builder) transition(e *probe.Event) {
 	}
 
 	r.lastEv = e.TsNs
-	b.setState(i, r, nw, e.TsNs)
+	// An orphan handed to a time-wait socket stays in FIN_WAIT2 for now.
+	candidate := nw == probe.StateClose && b.orphanClose(r, e)
+	if !candidate {
+		b.setState(i, r, nw, e.TsNs)
+	}
 	b.updateOwner(r, e)
 	r.TxBytes, r.RxBytes = e.TxBytes(), e.RxBytes()
 	if r.Role == RoleActive && r.Anomalies&AnomalyPartial != 0 && e.Flags&probe.FlagSynAcked == 0 && r.TxBytes > 0 {
@@ -94,9 +98,15 @@ func (b *Builder) transition(e *probe.Event) {
 	case probe.StateClosing:
 		r.sawClosing = true
 	case probe.StateClose:
-		r.End = e.TsNs
+		if candidate {
+			// Its reset hold tells whether a time-wait socket took it
+			// (closeRecord); till then it is still in FIN_WAIT2.
+			b.addOrphan(i, e.TsNs)
+		} else {
+			r.End = e.TsNs
+		}
 		r.SkErr = e.SkErr
-		if e.Flags&probe.FlagTimeWait != 0 {
+		if e.Flags&probe.FlagTimeWait != 0 && !candidate {
 			r.TimeWait = TWPending
 			r.twFinWait2 = e.Flags&probe.FlagTWFinWait2 != 0
 		}

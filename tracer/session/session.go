@@ -122,7 +122,8 @@ func Open(opts Options) (_ *Session, err error) {
 			s.warnings = append(s.warnings, fmt.Sprintf("no snapshot of existing connections: %v%s", err, hint))
 		}
 	}
-	if opts.TimeWaitPoll > 0 && !f.TimeWait {
+	// With fentry too: it reports no peer's FIN to an orphan in FIN_WAIT2.
+	if opts.TimeWaitPoll > 0 {
 		s.poller = newPoller(opts.TimeWaitPoll, opts.NetNSPaths)
 	}
 	// Owner filters select sockets by process, which a dump cannot tell
@@ -266,8 +267,10 @@ func (s *Session) pollTimeWait() error {
 				return err
 			}
 		}
-		for _, ns := range res.done {
-			if err := s.dumpDoneInput(ns, lifecycle.PurposeTimeWait, res.time); err != nil {
+		for j, ns := range res.done {
+			s.aux = recording.Input{Kind: recording.KindDumpDone, DumpDone: recording.DumpDone{NetNS: ns,
+				Purpose: lifecycle.PurposeTimeWait, Time: res.time, FinTimeout: res.fin[j]}}
+			if err := s.input(&s.aux); err != nil {
 				return err
 			}
 		}
