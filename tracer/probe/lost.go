@@ -1,0 +1,194 @@
+package probe
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+)
+
+// LostCounts are transitions the tracer did not see, by reason.
+type LostCounts struct {
+	RingFull  uint64 // the ring buffer had no room
+	Recursion uint64 // the program was busy on that CPU, and nothing ran in its place
+}
+
+// Total is the sum over reasons.
+func (l LostCounts) Total() uint64 { return l.RingFull + l.Recursion }
+
+// ProgramStats is the kernel's accounting for one program. Run time is
+// only counted while BPF stats are enabled (kernel.bpf_stats_enabled, or
+// ebpf.EnableStats); recursion misses always are.
+type ProgramStats struct {
+	Name     string
+	RunCount uint64
+	RunTime  time.Duration
+	// RecursionMisses are the runs the kernel skipped because the program
+	// was already running on that CPU. The state program's are mostly
+	// caught by its nested instance (NestStats); what is lost is in
+	// LostCounts.Recursion.
+	RecursionMisses uint64
+	// NestedRuns, for the state program's nested instance only, are its
+	// runs that did the work: the main program was busy on that CPU.
+	// Counted whether BPF stats are enabled or not.
+	NestedRuns uint64
+}
+
+// NestStats is how the state program's nested instance did: each of the
+// main program's recursion misses was either handled by it or lost.
+type NestStats struct {
+	// Attached: the nested instance runs (raw tracepoint mode only).
+	Attached bool
+	// Handled are the transitions it handled while the main program was
+	// busy on the same CPU.
+	Handled uint64
+	// MainMisses are the main program's recursion misses, Handled included.
+	MainMisses uint64
+}
+
+// lostState keeps the reported recursion count monotonic and free of the
+// moment between a miss and its nested run (see recursionLost).
+type lostState struct {
+	mu        sync.Mutex
+	recursion uint64
+}
+
+// How long a rise of the recursion count waits to be confirmed: the
+// nested instance's run, which a reading may fall inside, takes a few
+// microseconds.
+const (
+	confirmReads = 3
+	confirmPause = 100 * time.Microsecond
+)
+
+// Lost returns the transitions tcpfsm did not see: events that did not
+// fit in the ring buffer, summed over CPUs, and program runs the kernel
+// skipped because the program was already running on that CPU, less the
+// state program's that its nested instance handled instead.
+func (p *Probe) Lost() (LostCounts, error) {
+	var lc LostCounts
+	if p.coll == nil {
+		return lc, errors.New("probe closed")
+	}
+	var perCPU []uint64
+	if err := p.coll.Maps[tcpfsmMapLost].Lookup(uint32(0), &perCPU); err != nil {
+		return lc, fmt.Errorf("read lost counter: %w", err)
+	}
+	for _, n := range perCPU {
+		lc.RingFull += n
+	}
+	rec, err := p.recursionLost()
+	lc.Recursion = rec
+	return lc, err
+}
+
+// recursionLost is the programs' recursion misses that nothing caught.
+// The kernel counts the main program's miss before the nested instance
+// runs, so a reading taken in between sees a miss not yet handled: a
+// rise is read again after a pause, the smallest reading kept, and the
+// count never goes down (a Prometheus counter).
+func (p *Probe) recursionLost() (uint64, error) {
+	p.lost.mu.Lock()
+	defer p.lost.mu.Unlock()
+	v, err := p.recursionReading()
+	if err != nil {
+		return p.lost.recursion, err
+	}
+	live := len(p.links) > 0 // detached: nothing is in flight
+	for i := 1; live && v > p.lost.recursion && i < confirmReads; i++ {
+		time.Sleep(confirmPause)
+		w, err := p.recursionReading()
+		if err != nil {
+			return p.lost.recursion, err
+		}
+		v = min(v, w)
+	}
+	p.lost.recursion = max(p.lost.recursion, v)
+	return p.lost.recursion, nil
+}
+
+// recursionReading is one reading: handled first, then the misses, so
+// every handled run's miss is in it.
+func (p *Probe) recursionReading() (uint64, error) {
+	nest, err := p.nestHandled()
+	if err != nil {
+		return 0, err
+	}
+	var misses uint64
+	for name, prog := range p.progs {
+		st, err := prog.Stats()
+		if err != nil {
+			return 0, fmt.Errorf("read program stats: %w", err)
+		}
+		switch name {
+		case tcpfsmProgRawInetSockSetStateNested:
+			// Its misses are not losses: the main program, not busy
+			// then, ran; while it is busy, its miss counts instead.
+		case tcpfsmProgRawInetSockSetState:
+			misses += st.RecursionMisses - min(st.RecursionMisses, nest)
+		default:
+			misses += st.RecursionMisses
+		}
+	}
+	return misses, nil
+}
+
+// nestHandled sums the nested instance's handled runs over CPUs.
+func (p *Probe) nestHandled() (uint64, error) {
+	if _, ok := p.progs[tcpfsmProgRawInetSockSetStateNested]; !ok {
+		return 0, nil
+	}
+	var perCPU []tcpfsmNest
+	if err := p.coll.Maps[tcpfsmMapNest].Lookup(uint32(0), &perCPU); err != nil {
+		return 0, fmt.Errorf("read nested runs: %w", err)
+	}
+	var n uint64
+	for _, c := range perCPU {
+		n += c.Handled
+	}
+	return n, nil
+}
+
+// Nest returns how the state program's nested instance did.
+func (p *Probe) Nest() (NestStats, error) {
+	var ns NestStats
+	if p.coll == nil {
+		return ns, errors.New("probe closed")
+	}
+	_, ns.Attached = p.progs[tcpfsmProgRawInetSockSetStateNested]
+	var err error
+	if ns.Handled, err = p.nestHandled(); err != nil {
+		return ns, err
+	}
+	if main, ok := p.progs[tcpfsmProgRawInetSockSetState]; ok {
+		st, err := main.Stats()
+		if err != nil {
+			return ns, fmt.Errorf("read program stats: %w", err)
+		}
+		ns.MainMisses = st.RecursionMisses
+	}
+	return ns, nil
+}
+
+// Stats returns every loaded program's run count, run time and recursion
+// misses, by name.
+func (p *Probe) Stats() ([]ProgramStats, error) {
+	var out []ProgramStats
+	for name, prog := range p.progs {
+		st, err := prog.Stats()
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
+		ps := ProgramStats{Name: name, RunCount: st.RunCount, RunTime: st.Runtime, RecursionMisses: st.RecursionMisses}
+		if name == tcpfsmProgRawInetSockSetStateNested {
+			if ps.NestedRuns, err = p.nestHandled(); err != nil {
+				return nil, err
+			}
+		}
+		out = append(out, ps)
+	}
+	slices.SortFunc(out, func(a, b ProgramStats) int { return strings.Compare(a.Name, b.Name) })
+	return out, nil
+}
