@@ -59,6 +59,8 @@ func RunHelperIfAsked() {
 //	  connections, print "accepted COUNT", then hold them all open, never
 //	  reading, until a line on stdin (Release), and print "done 0".
 //
+//	dialer, closer NETWORK ADDR COUNT: mass.go.
+//
 // Together server and client are a normal close, the client first, with
 // payload both ways; a holder is a server that never closes, whose
 // sockets sit in CLOSE_WAIT once their clients close.
@@ -120,6 +122,9 @@ func runHelper(args []string) error {
 		}
 		fmt.Printf("done %d\n", n)
 	default:
+		if role, ok := massRoles[args[0]]; ok {
+			return role(args[1], args[2], send)
+		}
 		return fmt.Errorf("unknown role %q", args[0])
 	}
 	return nil
