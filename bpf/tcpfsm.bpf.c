@@ -270,7 +270,7 @@ int raw_inet_sock_set_state(struct bpf_raw_tracepoint_args *ctx)
 /* Attached after raw_inet_sock_set_state: the same transition, done only
  * when the kernel skipped that one because it was busy on this CPU. */
 SEC("raw_tracepoint/inet_sock_set_state")
-int raw_inet_sock_set_state_nested(struct bpf_raw_tracepoint_args *ctx)
+int raw_nested_inet_sock_set_state(struct bpf_raw_tracepoint_args *ctx)
 {
 	if (!nest_caught())
 		return 0;

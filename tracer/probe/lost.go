@@ -123,7 +123,7 @@ func (p *Probe) recursionReading() (uint64, error) {
 			return 0, fmt.Errorf("read program stats: %w", err)
 		}
 		switch name {
-		case tcpfsmProgRawInetSockSetStateNested:
+		case tcpfsmProgRawNestedInetSockSetState:
 			// Its misses are not losses: the main program, not busy
 			// then, ran; while it is busy, its miss counts instead.
 		case tcpfsmProgRawInetSockSetState:
@@ -137,7 +137,7 @@ func (p *Probe) recursionReading() (uint64, error) {
 
 // nestHandled sums the nested instance's handled runs over CPUs.
 func (p *Probe) nestHandled() (uint64, error) {
-	if _, ok := p.progs[tcpfsmProgRawInetSockSetStateNested]; !ok {
+	if _, ok := p.progs[tcpfsmProgRawNestedInetSockSetState]; !ok {
 		return 0, nil
 	}
 	var perCPU []tcpfsmNest
@@ -157,7 +157,7 @@ func (p *Probe) Nest() (NestStats, error) {
 	if p.coll == nil {
 		return ns, errors.New("probe closed")
 	}
-	_, ns.Attached = p.progs[tcpfsmProgRawInetSockSetStateNested]
+	_, ns.Attached = p.progs[tcpfsmProgRawNestedInetSockSetState]
 	var err error
 	if ns.Handled, err = p.nestHandled(); err != nil {
 		return ns, err
@@ -182,7 +182,7 @@ func (p *Probe) Stats() ([]ProgramStats, error) {
 			return nil, fmt.Errorf("%s: %w", name, err)
 		}
 		ps := ProgramStats{Name: name, RunCount: st.RunCount, RunTime: st.Runtime, RecursionMisses: st.RecursionMisses}
-		if name == tcpfsmProgRawInetSockSetStateNested {
+		if name == tcpfsmProgRawNestedInetSockSetState {
 			if ps.NestedRuns, err = p.nestHandled(); err != nil {
 				return nil, err
 			}

@@ -158,7 +158,7 @@ func (p *Probe) loadAndAttach(spec *ebpf.CollectionSpec, mode Attach) error {
 	delete(s.Programs, other)
 	if mode != AttachRaw {
 		// Only raw tracepoint programs have a guard of their own.
-		delete(s.Programs, tcpfsmProgRawInetSockSetStateNested)
+		delete(s.Programs, tcpfsmProgRawNestedInetSockSetState)
 	}
 	for _, name := range tracingPrograms {
 		delete(s.Programs, name)
@@ -196,7 +196,7 @@ func (p *Probe) loadAndAttach(spec *ebpf.CollectionSpec, mode Attach) error {
 		// acts when the main one, already busy on the CPU, was skipped.
 		l, err = link.AttachRawTracepoint(link.RawTracepointOptions{
 			Name:    "inet_sock_set_state",
-			Program: p.progs[tcpfsmProgRawInetSockSetStateNested],
+			Program: p.progs[tcpfsmProgRawNestedInetSockSetState],
 		})
 		if err != nil {
 			return fmt.Errorf("attach the nested instance: %w", err)

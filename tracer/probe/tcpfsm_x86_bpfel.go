@@ -172,7 +172,7 @@ const (
 	tcpfsmProgFentryTcpTimeWait         = "fentry_tcp_time_wait"
 	tcpfsmProgFexitInetCskAccept        = "fexit_inet_csk_accept"
 	tcpfsmProgRawInetSockSetState       = "raw_inet_sock_set_state"
-	tcpfsmProgRawInetSockSetStateNested = "raw_inet_sock_set_state_nested"
+	tcpfsmProgRawNestedInetSockSetState = "raw_nested_inet_sock_set_state"
 	tcpfsmProgRawTcpReceiveReset        = "raw_tcp_receive_reset"
 	tcpfsmProgRawTcpRetransmitSkb       = "raw_tcp_retransmit_skb"
 	tcpfsmProgRawTcpSendReset           = "raw_tcp_send_reset"
@@ -240,7 +240,7 @@ type tcpfsmProgramSpecs struct {
 	FentryTcpTimeWait         *ebpf.ProgramSpec `ebpf:"fentry_tcp_time_wait"`
 	FexitInetCskAccept        *ebpf.ProgramSpec `ebpf:"fexit_inet_csk_accept"`
 	RawInetSockSetState       *ebpf.ProgramSpec `ebpf:"raw_inet_sock_set_state"`
-	RawInetSockSetStateNested *ebpf.ProgramSpec `ebpf:"raw_inet_sock_set_state_nested"`
+	RawNestedInetSockSetState *ebpf.ProgramSpec `ebpf:"raw_nested_inet_sock_set_state"`
 	RawTcpReceiveReset        *ebpf.ProgramSpec `ebpf:"raw_tcp_receive_reset"`
 	RawTcpRetransmitSkb       *ebpf.ProgramSpec `ebpf:"raw_tcp_retransmit_skb"`
 	RawTcpSendReset           *ebpf.ProgramSpec `ebpf:"raw_tcp_send_reset"`
@@ -354,7 +354,7 @@ type tcpfsmPrograms struct {
 	FentryTcpTimeWait         *ebpf.Program `ebpf:"fentry_tcp_time_wait"`
 	FexitInetCskAccept        *ebpf.Program `ebpf:"fexit_inet_csk_accept"`
 	RawInetSockSetState       *ebpf.Program `ebpf:"raw_inet_sock_set_state"`
-	RawInetSockSetStateNested *ebpf.Program `ebpf:"raw_inet_sock_set_state_nested"`
+	RawNestedInetSockSetState *ebpf.Program `ebpf:"raw_nested_inet_sock_set_state"`
 	RawTcpReceiveReset        *ebpf.Program `ebpf:"raw_tcp_receive_reset"`
 	RawTcpRetransmitSkb       *ebpf.Program `ebpf:"raw_tcp_retransmit_skb"`
 	RawTcpSendReset           *ebpf.Program `ebpf:"raw_tcp_send_reset"`
@@ -367,7 +367,7 @@ func (p *tcpfsmPrograms) Close() error {
 		p.FentryTcpTimeWait,
 		p.FexitInetCskAccept,
 		p.RawInetSockSetState,
-		p.RawInetSockSetStateNested,
+		p.RawNestedInetSockSetState,
 		p.RawTcpReceiveReset,
 		p.RawTcpRetransmitSkb,
 		p.RawTcpSendReset,

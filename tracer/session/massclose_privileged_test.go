@@ -202,7 +202,7 @@ func TestMassGracefulClose(t *testing.T) {
 func othersMisses(progs []probe.ProgramStats) uint64 {
 	var n uint64
 	for _, p := range progs {
-		if p.Name != "raw_inet_sock_set_state" && p.Name != "raw_inet_sock_set_state_nested" {
+		if p.Name != "raw_inet_sock_set_state" && p.Name != "raw_nested_inet_sock_set_state" {
 			n += p.RecursionMisses
 		}
 	}
