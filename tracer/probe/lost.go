@@ -92,47 +92,66 @@ func (p *Probe) Lost() (LostCounts, error) {
 func (p *Probe) recursionLost() (uint64, error) {
 	p.lost.mu.Lock()
 	defer p.lost.mu.Unlock()
-	v, err := p.recursionReading()
-	if err != nil {
-		return p.lost.recursion, err
-	}
 	live := len(p.links) > 0 // detached: nothing is in flight
-	for i := 1; live && v > p.lost.recursion && i < confirmReads; i++ {
-		time.Sleep(confirmPause)
-		w, err := p.recursionReading()
+	v, err := confirmRise(p.lost.recursion, live, p.recursionReading, func() { time.Sleep(confirmPause) })
+	p.lost.recursion = v
+	return v, err
+}
+
+// confirmRise is the count to report after prev: a reading above it is
+// read again (up to confirmReads in all, pausing between) when runs may
+// be in flight, and the smallest reading kept; never less than prev.
+func confirmRise(prev uint64, live bool, read func() (uint64, error), pause func()) (uint64, error) {
+	v, err := read()
+	if err != nil {
+		return prev, err
+	}
+	for i := 1; live && v > prev && i < confirmReads; i++ {
+		pause()
+		w, err := read()
 		if err != nil {
-			return p.lost.recursion, err
+			return prev, err
 		}
 		v = min(v, w)
 	}
-	p.lost.recursion = max(p.lost.recursion, v)
-	return p.lost.recursion, nil
+	return max(prev, v), nil
 }
 
 // recursionReading is one reading: handled first, then the misses, so
 // every handled run's miss is in it.
 func (p *Probe) recursionReading() (uint64, error) {
-	nest, err := p.nestHandled()
+	handled, err := p.nestHandled()
 	if err != nil {
 		return 0, err
 	}
-	var misses uint64
+	misses := map[string]uint64{}
 	for name, prog := range p.progs {
 		st, err := prog.Stats()
 		if err != nil {
 			return 0, fmt.Errorf("read program stats: %w", err)
 		}
+		misses[name] = st.RecursionMisses
+	}
+	return uncaught(misses, handled), nil
+}
+
+// uncaught is the recursion misses nothing ran in place of, from each
+// program's misses and the nested instance's handled runs. The nested
+// instance's own misses are not losses: it is only busy while the main
+// program is not (the main one then runs), or while it is handling one of
+// the main one's misses, and then the main one misses too and counts.
+func uncaught(misses map[string]uint64, handled uint64) uint64 {
+	var n uint64
+	for name, m := range misses {
 		switch name {
 		case tcpfsmProgRawNestedInetSockSetState:
-			// Its misses are not losses: the main program, not busy
-			// then, ran; while it is busy, its miss counts instead.
 		case tcpfsmProgRawInetSockSetState:
-			misses += st.RecursionMisses - min(st.RecursionMisses, nest)
+			n += m - min(m, handled)
 		default:
-			misses += st.RecursionMisses
+			n += m
 		}
 	}
-	return misses, nil
+	return n
 }
 
 // nestHandled sums the nested instance's handled runs over CPUs.
