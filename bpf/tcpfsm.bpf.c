@@ -258,21 +258,18 @@ int fexit_inet_csk_accept(__u64 *ctx)
 SEC("raw_tracepoint/inet_sock_set_state")
 int raw_inet_sock_set_state(struct bpf_raw_tracepoint_args *ctx)
 {
-	struct nest *n = nest_this_cpu();
-
-	nest_mark(n, 1);
 	/* TP_PROTO(const struct sock *sk, const int oldstate, const int newstate) */
-	handle((struct sock *)ctx->args[0], (int)ctx->args[1], (int)ctx->args[2], STATE_MAIN);
-	nest_mark(n, 0);
-	return 0;
+	nest_note(ctx->args[0], (int)ctx->args[1], (int)ctx->args[2]);
+	return handle((struct sock *)ctx->args[0], (int)ctx->args[1], (int)ctx->args[2],
+		      STATE_MAIN);
 }
 
 /* Attached after raw_inet_sock_set_state: the same transition, done only
- * when the kernel skipped that one because it was busy on this CPU. */
+ * when the kernel skipped that one because it was running on this CPU. */
 SEC("raw_tracepoint/inet_sock_set_state")
 int raw_nested_inet_sock_set_state(struct bpf_raw_tracepoint_args *ctx)
 {
-	if (!nest_caught())
+	if (!nest_caught(ctx->args[0], (int)ctx->args[1], (int)ctx->args[2]))
 		return 0;
 	return handle((struct sock *)ctx->args[0], (int)ctx->args[1], (int)ctx->args[2],
 		      STATE_NESTED);

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/cilium/ebpf"
 )
 
 // LostCounts are transitions the tracer did not see, by reason.
@@ -168,6 +170,18 @@ func (p *Probe) nestHandled() (uint64, error) {
 		n += c.Handled
 	}
 	return n, nil
+}
+
+// clearNest empties every CPU's notes of pending calls (bpf/nest.bpf.h).
+func (p *Probe) clearNest() error {
+	n, err := ebpf.PossibleCPU()
+	if err != nil {
+		return fmt.Errorf("count CPUs: %w", err)
+	}
+	if err := p.coll.Maps[tcpfsmMapNest].Update(uint32(0), make([]tcpfsmNest, n), ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("clear the nested instance's notes: %w", err)
+	}
+	return nil
 }
 
 // Nest returns how the state program's nested instance did.

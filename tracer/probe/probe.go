@@ -202,6 +202,13 @@ func (p *Probe) loadAndAttach(spec *ebpf.CollectionSpec, mode Attach) error {
 			return fmt.Errorf("attach the nested instance: %w", err)
 		}
 		p.links = append(p.links, l)
+		// The calls the main program noted before the nested instance
+		// was there are never dropped: clear them, lest a later call
+		// with the same socket address and states matches one. (A call
+		// noted this very moment is then handled twice, once.)
+		if err := p.clearNest(); err != nil {
+			return err
+		}
 	}
 	return nil
 }

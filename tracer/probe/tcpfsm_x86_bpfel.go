@@ -119,9 +119,15 @@ type tcpfsmListenerKey struct {
 
 type tcpfsmNest struct {
 	_       structs.HostLayout
-	Busy    uint32
+	Top     uint32
 	Pad     uint32
 	Handled uint64
+	Call    [8]struct {
+		_        structs.HostLayout
+		Sk       uint64
+		Oldstate uint32
+		Newstate uint32
+	}
 }
 
 type tcpfsmOwnerSource uint32

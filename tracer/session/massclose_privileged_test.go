@@ -78,7 +78,8 @@ func TestMassGracefulClose(t *testing.T) {
 	t.Logf("%d pairs closed in %v", pairs, time.Since(start).Round(time.Millisecond))
 
 	// Every end closed, and the listeners too once their servers exit.
-	closed := l.waitClosedN(t, 2*pairs, 60*time.Second)
+	// On a timeout, go on: what follows says what is missing.
+	closed := l.waitClosedN(t, 2*pairs, 30*time.Second)
 	for _, s := range m.Servers {
 		s.Cmd.Wait()
 	}
@@ -109,6 +110,18 @@ func TestMassGracefulClose(t *testing.T) {
 			t.Logf("program %s: %d recursion misses", p.Name, p.RecursionMisses)
 		}
 	}
+	// Each pair makes 10 state events, each listener 2: what was not
+	// received must be what was counted lost.
+	states := 0
+	for i := range ev {
+		if ev[i].Type == uint8(probe.TypeState) {
+			states++
+		}
+	}
+	if made := 10*pairs + 2*procs; uint64(states)+lost.Total() != uint64(made) {
+		t.Errorf("received %d state events + lost %d = %d, want the %d made (%d missing without a count)",
+			states, lost.Total(), uint64(states)+lost.Total(), made, int64(made)-int64(states)-int64(lost.Total()))
+	}
 	if lost.Total() != 0 {
 		t.Errorf("lost %+v, want nothing lost", lost)
 	}
@@ -121,6 +134,15 @@ func TestMassGracefulClose(t *testing.T) {
 	clientLife := []string{"CLOSE->SYN_SENT", "SYN_SENT->ESTABLISHED", "ESTABLISHED->FIN_WAIT1", "FIN_WAIT1->FIN_WAIT2", "FIN_WAIT2->CLOSE"}
 	serverLife := []string{"LISTEN->SYN_RECV", "SYN_RECV->ESTABLISHED", "ESTABLISHED->CLOSE_WAIT", "CLOSE_WAIT->LAST_ACK", "LAST_ACK->CLOSE"}
 	listenerLife := []string{"CLOSE->LISTEN", "LISTEN->CLOSE"}
+	partial := 0
+	for i := range ev {
+		if ev[i].Partial() {
+			partial++
+		}
+	}
+	if partial != 0 {
+		t.Errorf("%d events flagged partial: the kernel's per-socket table lost their connections' entries", partial)
+	}
 	var clients, servers, listeners, wrong int
 	ids := map[uint64]bool{}
 	for _, c := range nettest.Conns(ev) {
@@ -134,7 +156,7 @@ func TestMassGracefulClose(t *testing.T) {
 		case slices.Equal(got, listenerLife):
 			listeners++
 		default:
-			if wrong++; wrong <= 5 {
+			if wrong++; wrong <= 3 {
 				t.Errorf("connection %d: %v\n%s", c.ID, got, nettest.Dump(c.Events))
 			}
 		}
@@ -161,7 +183,7 @@ func TestMassGracefulClose(t *testing.T) {
 	// The gauges and the tracked count equal ss's, within a few TIME_WAIT
 	// polls (sock_diag tells the reconstructed TIME_WAITs' ends).
 	var ss map[string]int
-	var states [probe.MaxState + 1]int
+	var gauges [probe.MaxState + 1]int
 	var tracked, total int
 	equal := func() bool {
 		ss = ns.SSStates(t)
@@ -171,12 +193,12 @@ func TestMassGracefulClose(t *testing.T) {
 		}
 		l.s.With(func(b *lifecycle.Builder) {
 			for st := range ssState {
-				states[st] = b.StateCount(st)
+				gauges[st] = b.StateCount(st)
 			}
 			tracked = b.Tracked()
 		})
 		for st, name := range ssState {
-			if states[st] != ss[name] {
+			if gauges[st] != ss[name] {
 				return false
 			}
 		}
@@ -187,8 +209,8 @@ func TestMassGracefulClose(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	for st, name := range ssState {
-		if states[st] != ss[name] {
-			t.Errorf("tcpfsm counts %d %s, ss %d", states[st], st, ss[name])
+		if gauges[st] != ss[name] {
+			t.Errorf("tcpfsm counts %d %s, ss %d", gauges[st], st, ss[name])
 		}
 	}
 	if tracked != total {
@@ -213,21 +235,30 @@ func othersMisses(progs []probe.ProgramStats) uint64 {
 func (l *live) waitClosedN(t *testing.T, n int, within time.Duration) []lifecycle.Record {
 	t.Helper()
 	var closed []lifecycle.Record
-	waitUntil(t, within, strconv.Itoa(n)+" connections closed", func() bool {
+	if !eventually(within, func() bool {
 		closed, _ = l.col.get()
 		closed = connections(closed)
 		return len(closed) >= n
-	})
+	}) {
+		t.Errorf("%d connections closed within %v, want %d", len(closed), within, n)
+	}
 	return closed
 }
 
 func waitUntil(t *testing.T, within time.Duration, what string, cond func() bool) {
 	t.Helper()
+	if !eventually(within, cond) {
+		t.Fatalf("%s: not within %v", what, within)
+	}
+}
+
+func eventually(within time.Duration, cond func() bool) bool {
 	deadline := time.Now().Add(within)
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v", what, within)
+			return false
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+	return true
 }
