@@ -14,7 +14,7 @@
  * the main program (or skips it), then the nested one. The main program
  * notes the call it runs for (socket, old and new state) in this CPU's
  * ring of pending calls; the nested one finds its call there and drops it
- * (the common path: one per-CPU lookup, one compare, one store), or does
+ * (the common path: one per-CPU lookup, one compare, two stores), or does
  * not, and then the main one was skipped for it and it does the work.
  *
  * A mark the main program set on entry and cleared on exit would leave the
