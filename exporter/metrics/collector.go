@@ -14,6 +14,7 @@ type descs struct {
 	events, lost, tracked, evictions, misses, anomalies   *prometheus.Desc
 	buildInfo, progRuns, progSeconds, twins, seededStarts *prometheus.Desc
 	ephemeralPorts, seeded, reconciliations, reconciled   *prometheus.Desc
+	progMisses, nestedRuns                                *prometheus.Desc
 	// the container runtime's metadata (metadata.go)
 	metaUp, metaErrors, metaLookups, metaEntries, metaEvictions *prometheus.Desc
 	metaExpirations, metaWaits, metaRecordWaits                 *prometheus.Desc
@@ -51,6 +52,12 @@ func newDescs(opt []string) descs {
 		progRuns: d("tcpfsm_bpf_program_runs_total",
 			"Runs of each BPF program, as the kernel counts them: only while kernel.bpf_stats_enabled is 1.", "program"),
 		progSeconds: d("tcpfsm_bpf_program_run_seconds_total", "Time spent in each BPF program; counted only while kernel.bpf_stats_enabled is 1.", "program"),
+		progMisses: d("tcpfsm_bpf_program_recursion_misses_total",
+			"Runs of each BPF program the kernel skipped because it was already running on that CPU. The state program's are "+
+				"handled by its nested instance (tcpfsm_bpf_nested_runs_total); the rest are tcpfsm_events_lost_total{reason=\"program_busy\"}.",
+			"program"),
+		nestedRuns: d("tcpfsm_bpf_nested_runs_total",
+			"Transitions the state program's nested instance handled because the main program was already running on that CPU: not lost."),
 		twins: d("tcpfsm_twin_sockets_total",
 			"Accepted sockets the kernel created and destroyed at once, having lost a race to a twin for the same connection."),
 		seededStarts: d("tcpfsm_snapshot_matches_total", "Seeded records (connections older than the agent) that an event joined."),
@@ -87,7 +94,8 @@ func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 	d := &m.descs
 	for _, x := range []*prometheus.Desc{d.transitions, d.opened, d.closed, d.failures, d.connections, d.bytesSent,
 		d.bytesRecv, d.resets, d.synRetrans, d.events, d.lost, d.tracked, d.evictions, d.misses, d.anomalies,
-		d.buildInfo, d.progRuns, d.progSeconds, d.twins, d.seededStarts, d.ephemeralPorts, d.seeded, d.reconciliations, d.reconciled,
+		d.buildInfo, d.progRuns, d.progSeconds, d.progMisses, d.nestedRuns, d.twins, d.seededStarts, d.ephemeralPorts,
+		d.seeded, d.reconciliations, d.reconciled,
 		d.metaUp, d.metaErrors, d.metaLookups, d.metaEntries, d.metaEvictions, d.metaExpirations, d.metaWaits, d.metaRecordWaits} {
 		ch <- x
 	}
@@ -157,10 +165,14 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	for i := 0; i < lifecycle.ReconcileActions; i++ {
 		counter(d.reconciled, float64(s.Builder.Reconciled[i]), lifecycle.ReconcileActionName(i))
 	}
+	var nested uint64
 	for _, p := range s.Programs {
 		counter(d.progRuns, float64(p.RunCount), p.Name)
 		counter(d.progSeconds, p.RunTime.Seconds(), p.Name)
+		counter(d.progMisses, float64(p.RecursionMisses), p.Name)
+		nested += p.NestedRuns
 	}
+	counter(d.nestedRuns, float64(nested))
 	gauge(d.buildInfo, 1, m.build.Version, m.build.Revision, m.build.GoVersion)
 	if s.EphemeralPorts > 0 {
 		gauge(d.ephemeralPorts, float64(s.EphemeralPorts))

@@ -63,6 +63,8 @@ func RunHelperIfAsked() {
 //	  in CLOSE_WAIT), print "connected COUNT", hold them all until a line
 //	  on stdin, close them and print "done 0".
 //
+//	dialer, closer NETWORK ADDR COUNT: mass.go.
+//
 // Together server and client are a normal close, the client first, with
 // payload both ways; a holder is a server that never closes, whose
 // sockets sit in CLOSE_WAIT once their clients close.
@@ -126,6 +128,9 @@ func runHelper(args []string) error {
 		}
 		fmt.Printf("done %d\n", n)
 	default:
+		if role, ok := massRoles[args[0]]; ok {
+			return role(args[1], args[2], send)
+		}
 		return fmt.Errorf("unknown role %q", args[0])
 	}
 	return nil
