@@ -165,10 +165,10 @@ func TestAgentLogDiskFull(t *testing.T) {
 	if float64(len(recs)) != after.written {
 		t.Errorf("the file holds %d records, the agent says %v", len(recs), after.written)
 	}
-	// The last connections are all in the file, both ends.
+	// The last connections are the file's last records, both ends.
 	sport := ln.Addr().(*net.TCPAddr).Port
 	ends := map[int]int{}
-	for _, r := range recs {
+	for _, r := range recs[max(len(recs)-2*len(more), 0):] {
 		if r.Role == "active" && r.Rport == sport {
 			ends[r.Lport]++
 		}
@@ -177,8 +177,11 @@ func TestAgentLogDiskFull(t *testing.T) {
 		}
 	}
 	for _, p := range more {
-		if ends[p] != 2 {
-			t.Errorf("connection from port %d after the space was freed: %d records, want 2", p, ends[p])
+		ends[p] -= 2
+	}
+	for p, n := range ends {
+		if n != 0 {
+			t.Errorf("connections from port %d after the space was freed: %+d records", p, n)
 		}
 	}
 	stderr := a.stderr.String()
@@ -232,8 +235,10 @@ func TestAgentLogStalledFIFO(t *testing.T) {
 		}
 		checkServing(t, a)
 	}
-	if st.queueFull == 0 || st.written != 0 {
-		t.Errorf("stalled pipe: %+v, want drops for a full queue and nothing written", st)
+	// Written: what the pipe's 64 KiB took before it stalled (records
+	// are over 500 bytes).
+	if st.queueFull == 0 || st.written > 64<<10/500 {
+		t.Errorf("stalled pipe: %+v, want drops for a full queue and no more written than the pipe holds", st)
 	}
 	// Nothing more than fits in the pipe and the queue got out of the drops.
 	if kept := float64(2*conns) - st.queueFull; kept*400 > 3*queue+64<<10 {
@@ -332,14 +337,18 @@ func TestAgentSIGHUPReopensUnderChurn(t *testing.T) {
 			t.Errorf("record %d in the logs %d times", id, n)
 		}
 	}
-	missing := 0
+	// Ports come back (no TIME_WAIT after a reset): two records per use.
 	for _, p := range made {
-		if ends[p] != 2 {
+		ends[p] -= 2
+	}
+	missing := 0
+	for _, n := range ends {
+		if n != 0 {
 			missing++
 		}
 	}
 	if missing > 0 || total != 2*len(made) || float64(total) != st.written || st.writeError+st.queueFull != 0 {
-		t.Errorf("%d connections: %d records in %d files, %d connections without both, agent: %+v", len(made), total, len(files), missing, st)
+		t.Errorf("%d connections: %d records in %d files, %d ports with records not two per use, agent: %+v", len(made), total, len(files), missing, st)
 	}
 	if st.reopens != rotations {
 		t.Errorf("reopens %v, want %d", st.reopens, rotations)
