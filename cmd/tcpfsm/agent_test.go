@@ -269,6 +269,11 @@ func TestAgentConfigFileErrors(t *testing.T) {
 		checkUsage(t, "YAML "+tc.content, []string{"--config.file", file}, tc.want...)
 	}
 	checkUsage(t, "missing file", []string{"--config.file", filepath.Join(dir, "nope.yml")}, "--config.file", "nope.yml")
+	checkUsage(t, "a directory", []string{"--config.file", dir}, "--config.file", "is a directory")
+	// Not read without end: /dev/zero, or a file past any configuration's size.
+	checkUsage(t, "/dev/zero", []string{"--config.file", "/dev/zero"}, "--config.file", "larger than 1048576 bytes")
+	big := writeFile(t, dir, "big.yml", "# "+strings.Repeat("x", 1<<20)+"\n")
+	checkUsage(t, "a huge file", []string{"--config.file", big}, "--config.file", "larger than 1048576 bytes")
 	checkUsage(t, "unknown flag", []string{"--metrics.lables", "port"}, "--metrics.lables")
 	checkUsage(t, "argument", []string{"extra"}, `unexpected argument "extra"`)
 }
