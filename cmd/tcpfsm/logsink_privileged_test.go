@@ -10,9 +10,11 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -373,5 +375,59 @@ func TestAgentLogUnwritable(t *testing.T) {
 		if s := a.stderr.String(); strings.Count(s, "\n") != 1 || !strings.Contains(s, "--log.file") || !strings.Contains(s, path) {
 			t.Errorf("%s: stderr %q", path, s)
 		}
+	}
+}
+
+// Records on stdout, and the reader of stdout goes away (a log shipper
+// restarted): a broken pipe is a write error like any other, counted; the
+// agent does not die of SIGPIPE, and still stops cleanly.
+func TestAgentLogStdoutClosed(t *testing.T) {
+	nettest.RequireBPF(t)
+	bin := buildBinary(t)
+	ns := nettest.NewNS(t)
+	addr := freeAddr(t)
+	cmd := exec.Command(bin, append([]string{"agent", "--web.listen-address", addr, "--netns", ns.Path()}, small...)...)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr lockedBuffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	a := &agentRun{cmd: cmd, addr: addr, stderr: &stderr, exited: make(chan struct{}), client: &http.Client{Timeout: 5 * time.Second}, scheme: "http"}
+	go func() { a.waitErr = cmd.Wait(); close(a.exited) }()
+	t.Cleanup(func() {
+		select {
+		case <-a.exited:
+		default:
+			cmd.Process.Kill()
+			<-a.exited
+		}
+	})
+	var got lockedBuffer
+	go io.Copy(&got, stdout)
+	a.waitServing(t)
+	ln := ns.Listen(t, "tcp4", "127.0.0.1:0")
+	churn(t, ns, ln, 50)
+	if st := waitLogged(t, a, 100); st.written != 100 {
+		t.Fatalf("before: %+v", st)
+	}
+	stdout.Close() // the reader is gone
+	if n := len(records(t, []byte(got.String()))); n != 100 {
+		t.Errorf("read %d records from stdout, want 100", n)
+	}
+	made := 50 + len(churn(t, ns, ln, 200))
+	st := waitLogged(t, a, float64(2*made))
+	if st.writeError == 0 || st.written < 100 || st.handled() != float64(2*made) {
+		t.Errorf("after stdout's reader left: %+v, want write errors and %d records handled", st, 2*made)
+	}
+	checkServing(t, a)
+	if code := a.stop(t); code != 0 {
+		t.Fatalf("exit %d\nstderr:\n%s", code, &stderr)
+	}
+	if !strings.Contains(stderr.String(), "broken pipe") {
+		t.Errorf("stderr does not name the broken pipe:\n%s", &stderr)
 	}
 }
