@@ -154,6 +154,7 @@ func exactlyOnce(t *testing.T, files map[string][]logRecord, made []int, sport i
 
 func TestDeployLogrotate(t *testing.T) {
 	nettest.RequireBPF(t)
+	notInKernelVM(t)
 	logrotate := needTool(t, "logrotate", "logrotate")
 	bin := buildBinary(t)
 

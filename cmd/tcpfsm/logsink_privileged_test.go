@@ -113,6 +113,7 @@ func checkServing(t *testing.T, a *agentRun) {
 // are said once on stderr; space freed, records are written again.
 func TestAgentLogDiskFull(t *testing.T) {
 	nettest.RequireBPF(t)
+	notInKernelVM(t)
 	bin := buildBinary(t)
 	ns := nettest.NewNS(t)
 	disk := tmpfs(t, 1<<20)
@@ -204,6 +205,7 @@ func TestAgentLogDiskFull(t *testing.T) {
 // dropped and counted; SIGTERM still ends the agent in bounded time.
 func TestAgentLogStalledFIFO(t *testing.T) {
 	nettest.RequireBPF(t)
+	notInKernelVM(t)
 	bin := buildBinary(t)
 	ns := nettest.NewNS(t)
 	fifo := filepath.Join(t.TempDir(), "records.fifo")
@@ -277,6 +279,7 @@ func TestAgentLogStalledFIFO(t *testing.T) {
 // counters agree.
 func TestAgentSIGHUPReopensUnderChurn(t *testing.T) {
 	nettest.RequireBPF(t)
+	notInKernelVM(t)
 	bin := buildBinary(t)
 	ns := nettest.NewNS(t)
 	a, log := agentIn(t, bin, ns)
@@ -365,6 +368,7 @@ func TestAgentSIGHUPReopensUnderChurn(t *testing.T) {
 // exit 2, one line naming --log.file; nothing is traced.
 func TestAgentLogUnwritable(t *testing.T) {
 	nettest.RequireBPF(t)
+	notInKernelVM(t)
 	bin := buildBinary(t)
 	ro := tmpfs(t, 1<<20, "ro")
 	for _, path := range []string{filepath.Join(ro, "records.jsonl"), "/proc/version", t.TempDir(), "/dev/full"} {
@@ -383,6 +387,7 @@ func TestAgentLogUnwritable(t *testing.T) {
 // agent does not die of SIGPIPE, and still stops cleanly.
 func TestAgentLogStdoutClosed(t *testing.T) {
 	nettest.RequireBPF(t)
+	notInKernelVM(t)
 	bin := buildBinary(t)
 	ns := nettest.NewNS(t)
 	addr := freeAddr(t)

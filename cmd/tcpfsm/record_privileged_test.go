@@ -42,6 +42,7 @@ func replayEvents(t *testing.T, bin, file string) int {
 // that says so and what the file keeps; the file replays to its end.
 func TestRecordFullDisk(t *testing.T) {
 	nettest.RequireBPF(t)
+	notInKernelVM(t)
 	bin := buildBinary(t)
 	ns := nettest.NewNS(t)
 	disk := tmpfs(t, 1<<20)
@@ -96,6 +97,7 @@ churn:
 // --force it is replaced by a new recording.
 func TestRecordExistingFile(t *testing.T) {
 	nettest.RequireBPF(t)
+	notInKernelVM(t)
 	bin := buildBinary(t)
 	file := filepath.Join(t.TempDir(), "old.rec")
 	old := []byte("an earlier recording")
@@ -128,6 +130,7 @@ func TestRecordExistingFile(t *testing.T) {
 // SIGINT does: exit 0, output flushed; the recording replays.
 func TestStopSignalsEndCleanly(t *testing.T) {
 	nettest.RequireBPF(t)
+	notInKernelVM(t)
 	bin := buildBinary(t)
 	ns := nettest.NewNS(t)
 	ln := ns.Listen(t, "tcp4", "127.0.0.1:0")
