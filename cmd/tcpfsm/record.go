@@ -144,24 +144,23 @@ func runRecord(args []string, stdout, stderr io.Writer) error {
 	stop := stopOn(s.Probe(), duration, nil)
 	runErr := s.Run()
 	stop()
-	// Whatever happened, keep what was recorded.
-	ferr := w.Flush()
-	if ferr == nil {
-		ferr = f.Sync()
-	}
-	if runErr == nil && ferr != nil {
-		runErr = fmt.Errorf("write %s: %w", path, ferr)
-	}
+	// Whatever happened, keep what was recorded: after a failed write
+	// too, what the file holds is synced.
+	werr := w.Flush()
+	serr := f.Sync()
 	lc, _ := s.Probe().Lost()
 	kept := w.Written()
 	fmt.Fprintf(stderr, "\n%d events recorded, %d lost (ring buffer full: %d, program busy: %d)\n",
 		kept.Events, lc.Total(), lc.RingFull, lc.Recursion)
-	if werr := w.Flush(); werr != nil {
+	if werr != nil {
 		// A full disk: the file ends at the last whole record, replay
 		// reads it to its end; say so rather than leave the user to
 		// guess whether the file is damaged.
 		return fmt.Errorf("write %s: %w: recording stopped; the file keeps the %d events (%d bytes) written before, a valid recording",
 			path, werr, kept.Events, kept.Bytes)
+	}
+	if runErr == nil && serr != nil {
+		runErr = fmt.Errorf("write %s: %w", path, serr)
 	}
 	return runErr
 }
