@@ -143,6 +143,9 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 	f := sess.Probe().Features()
 	log.Info("tracing", "hook", string(sess.Probe().Attached()), "time_wait_exact", f.TimeWait, "resets", f.Resets,
 		"syn_retransmits", f.SynRetransmits, "accept_owner", f.AcceptOwner)
+	if n, took := sess.Snapshot(); !cfg.session.NoSnapshot {
+		log.Info("seeded existing connections", "sockets", n, "took", took.Round(time.Millisecond).String())
+	}
 	for _, w := range sess.Warnings() {
 		log.Warn(w)
 	}

@@ -188,6 +188,15 @@ func agentSettings(o *agentConfig) []settings.Setting {
 				o.session.TimeWaitPoll = v
 				return nil
 			}},
+		&settings.Duration{Spec: settings.Spec{Key: "reconcile.interval", Flag: "reconcile.interval",
+			Help: "every `DURATION`, compare the records with every socket sock_diag lists and repair them",
+			Doc: `How often the agent dumps every TCP socket of every network namespace it can enter and
+				repairs its records from them: a socket no record holds is seeded, a record whose socket is
+				gone ends with close kind "unobserved", a wrong state is corrected (counted in
+				tcpfsm_reconciled_total{action}). One also runs a second after events were lost. A
+				namespace that cannot be dumped is never repaired. Off with an owner filter (--pid, --cgroup).`},
+			Default: session.DefaultReconcile, Min: session.MinReconcile, Max: session.MaxReconcile, Zero: "off",
+			To: func(v time.Duration) error { o.session.Reconcile = v; return nil }},
 	)
 }
 

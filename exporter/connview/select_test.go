@@ -2,6 +2,7 @@ package connview
 
 import (
 	"cmp"
+	"errors"
 	"math/rand/v2"
 	"net/url"
 	"slices"
@@ -212,8 +213,8 @@ func TestParseQuery(t *testing.T) {
 			}
 			continue
 		}
-		pe, ok := err.(*ParamError)
-		if !ok || pe.Param != c.param {
+		var pe *ParamError
+		if !errors.As(err, &pe) || pe.Param != c.param {
 			t.Errorf("%q: %v, want an error naming %s", c.query, err, c.param)
 		}
 	}

@@ -13,7 +13,7 @@ type descs struct {
 	bytesSent, bytesRecv, resets, synRetrans              *prometheus.Desc
 	events, lost, tracked, evictions, misses, anomalies   *prometheus.Desc
 	buildInfo, progRuns, progSeconds, twins, seededStarts *prometheus.Desc
-	ephemeralPorts                                        *prometheus.Desc
+	ephemeralPorts, seeded, reconciliations, reconciled   *prometheus.Desc
 	// the container runtime's metadata (metadata.go)
 	metaUp, metaErrors, metaLookups, metaEntries, metaEvictions *prometheus.Desc
 	metaExpirations, metaWaits, metaRecordWaits                 *prometheus.Desc
@@ -41,7 +41,8 @@ func newDescs(opt []string) descs {
 		events: d("tcpfsm_events_total", "Events read from the kernel."),
 		lost: d("tcpfsm_events_lost_total",
 			"Events the kernel could not deliver: the ring buffer was full, or the program was already running on that CPU.", "reason"),
-		tracked:   d("tcpfsm_tracked_connections", "Connection records held in memory, TIME_WAIT included."),
+		tracked: d("tcpfsm_tracked_connections",
+			"Connections tracked now: records held in memory (TIME_WAIT included, listeners and those older than the agent too) and time-wait sockets seen at start."),
 		evictions: d("tcpfsm_evictions_total", "Records dropped to bound memory, by reason.", "reason"),
 		misses:    d("tcpfsm_attribution_misses_total", "Closed connections whose owning process was never seen."),
 		anomalies: d("tcpfsm_anomalies_total",
@@ -52,7 +53,14 @@ func newDescs(opt []string) descs {
 		progSeconds: d("tcpfsm_bpf_program_run_seconds_total", "Time spent in each BPF program; counted only while kernel.bpf_stats_enabled is 1.", "program"),
 		twins: d("tcpfsm_twin_sockets_total",
 			"Accepted sockets the kernel created and destroyed at once, having lost a race to a twin for the same connection."),
-		seededStarts: d("tcpfsm_snapshot_matches_total", "Connections first seen midway that the start snapshot knew."),
+		seededStarts: d("tcpfsm_snapshot_matches_total", "Seeded records (connections older than the agent) that an event joined."),
+		seeded: d("tcpfsm_seeded_connections_total",
+			"Connection records opened from a sock_diag dump (the snapshot at start, a reconciliation) rather than by an event."),
+		reconciliations: d("tcpfsm_reconciliations_total",
+			"Complete sock_diag dumps of a network namespace the records were reconciled with (reconcile.interval, and after lost events)."),
+		reconciled: d("tcpfsm_reconciled_total",
+			"Records a reconciliation repaired, by action: seeded (a socket no record held), ended (a socket gone unseen: close kind unobserved), "+
+				"corrected (another state than the kernel's).", "action"),
 		ephemeralPorts: d("tcpfsm_ephemeral_ports",
 			"Local ports connect() picks from in the agent's network namespace: net.ipv4.ip_local_port_range less ip_local_reserved_ports."),
 		metaUp: d("tcpfsm_metadata_source_up",
@@ -79,7 +87,7 @@ func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 	d := &m.descs
 	for _, x := range []*prometheus.Desc{d.transitions, d.opened, d.closed, d.failures, d.connections, d.bytesSent,
 		d.bytesRecv, d.resets, d.synRetrans, d.events, d.lost, d.tracked, d.evictions, d.misses, d.anomalies,
-		d.buildInfo, d.progRuns, d.progSeconds, d.twins, d.seededStarts, d.ephemeralPorts,
+		d.buildInfo, d.progRuns, d.progSeconds, d.twins, d.seededStarts, d.ephemeralPorts, d.seeded, d.reconciliations, d.reconciled,
 		d.metaUp, d.metaErrors, d.metaLookups, d.metaEntries, d.metaEvictions, d.metaExpirations, d.metaWaits, d.metaRecordWaits} {
 		ch <- x
 	}
@@ -144,6 +152,11 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	}
 	counter(d.twins, float64(s.Builder.TwinChildren))
 	counter(d.seededStarts, float64(s.Builder.SeededStart))
+	counter(d.seeded, float64(s.Builder.Seeded))
+	counter(d.reconciliations, float64(s.Builder.Reconciliations))
+	for i := 0; i < lifecycle.ReconcileActions; i++ {
+		counter(d.reconciled, float64(s.Builder.Reconciled[i]), lifecycle.ReconcileActionName(i))
+	}
 	for _, p := range s.Programs {
 		counter(d.progRuns, float64(p.RunCount), p.Name)
 		counter(d.progSeconds, p.RunTime.Seconds(), p.Name)

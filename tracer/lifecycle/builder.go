@@ -45,7 +45,18 @@ type Stats struct {
 	Anomalies   [anomalyKinds]uint64
 	LateResets  uint64 // resets for a record already classified
 	Unmatched   uint64 // non-state events for unknown connections
-	SeededStart uint64 // partial records matched to the start snapshot
+	SeededStart uint64 // seeded records their first event joined
+	// Seeded: records opened from a sock_diag dump (seed.go); less those a
+	// socket born during the dump replaced (SeedsReplaced).
+	Seeded        uint64
+	SeedsReplaced uint64
+	// Rejoined: events with a new connection id that joined an open
+	// record by its endpoints (the BPF program's map had evicted it).
+	Rejoined uint64
+	// Reconciliations: complete reconciliation dumps of a namespace;
+	// Reconciled counts their repairs by ReconcileAction.
+	Reconciliations uint64
+	Reconciled      [ReconcileActions]uint64
 	// TwinChildren: accepted sockets the kernel created and destroyed at
 	// once because another CPU created the same connection's socket first
 	// (two segments completing one handshake in parallel). Not records.
@@ -86,12 +97,16 @@ type Builder struct {
 	passive   map[tupleKey]int32 // open accepted connections, to tell a twin
 	handshake map[int32]struct{} // records in SYN_SENT or SYN_RECV
 
-	seeds     map[tupleKey]seed
-	listening map[listenKey]bool  // ports the snapshot saw listeners on
-	preTW     map[tupleKey]uint64 // TIME_WAIT sockets from before the start: expected end
-	twPolled  map[uint32]uint64   // netns -> time of its last complete TIME_WAIT dump
+	byTuple   map[tupleKey]int32 // open records by endpoints (seed.go)
+	seedSeq   uint64
+	unjoinedN int                  // seeded records no event joined yet
+	recon     map[uint32]*reconRun // reconciliation dumps under way (reconcile.go)
+	listening map[listenKey]bool   // ports the snapshot saw listeners on
+	preTW     map[tupleKey]uint64  // TIME_WAIT sockets from before the start: expected end
+	twPolled  map[uint32]uint64    // netns -> time of its last complete TIME_WAIT dump
 	cgroups   map[uint64]cgroupInfo
 	lost      uint64
+	lostAt    uint64 // b.now when lost last grew
 	now       uint64
 	lastSweep uint64
 
@@ -112,7 +127,8 @@ func NewBuilder(cfg Config, h Handler) *Builder {
 		timeWait:  map[tupleKey]int32{},
 		passive:   map[tupleKey]int32{},
 		handshake: map[int32]struct{}{},
-		seeds:     map[tupleKey]seed{},
+		byTuple:   map[tupleKey]int32{},
+		recon:     map[uint32]*reconRun{},
 		listening: map[listenKey]bool{},
 		preTW:     map[tupleKey]uint64{},
 		twPolled:  map[uint32]uint64{},
@@ -123,8 +139,12 @@ func NewBuilder(cfg Config, h Handler) *Builder {
 // Stats returns the builder's counters.
 func (b *Builder) Stats() Stats { return b.stats }
 
-// Tracked is how many records the builder holds.
-func (b *Builder) Tracked() int { return len(b.slab) - len(b.free) }
+// Tracked is how many connections the builder knows now: the records it
+// holds and the time-wait sockets seen at start without one.
+func (b *Builder) Tracked() int { return len(b.slab) - len(b.free) + len(b.preTW) }
+
+// records is how many records the builder holds.
+func (b *Builder) records() int { return len(b.slab) - len(b.free) }
 
 // StateCount is how many tracked connections are in a state now.
 // TIME_WAIT counts reconstructed ones and those seen at start.
@@ -157,7 +177,7 @@ func (b *Builder) KnowsCgroup(id uint64) bool {
 // Lost tells the builder the tracer's cumulative lost-event count.
 func (b *Builder) Lost(total uint64) {
 	if total > b.lost {
-		b.lost = total
+		b.lost, b.lostAt = total, b.now
 	}
 }
 
@@ -226,8 +246,10 @@ func (b *Builder) Flush() {
 		i := b.head
 		r := &b.slab[i]
 		b.lruRemove(i)
+		b.unindex(i)
 		b.uncount(i, r)
 		b.annotate(r)
+		b.unverified(r)
 		b.finish(i)
 	}
 }

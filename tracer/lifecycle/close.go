@@ -42,6 +42,9 @@ func (b *Builder) closeRecord(i int32) {
 			b.finishTimeWait(old, r.End, TWReused)
 		}
 		b.timeWait[recordKey(r)] = i
+		// A dump that listed its time-wait socket before this close was
+		// applied counted it as one without a record: now it has one.
+		delete(b.preTW, recordKey(r))
 	}
 	b.annotate(r)
 	b.h.Closed(r)
@@ -105,13 +108,21 @@ func (b *Builder) classify(r *Record) {
 	}
 }
 
-// annotate fills what the builder knows from other inputs.
+// annotate fills what the builder knows from other inputs. Lost events
+// flag only the records that show they missed one (noteGap), not every
+// record alive when the loss happened.
 func (b *Builder) annotate(r *Record) {
-	if b.lost > r.lostAtStart {
-		b.flag(r, AnomalyEventsLost)
-	}
 	if c, ok := b.cgroups[r.CgroupID]; ok && r.Cgroup == "" {
 		r.Cgroup, r.Container = c.path, c.container
+	}
+}
+
+// unverified flags a record handed out open (at the end, or evicted)
+// that lived through a loss no reconciliation has checked since: its
+// close may be among the lost events, and nothing says otherwise.
+func (b *Builder) unverified(r *Record) {
+	if b.lost > r.lostAtStart && r.reconSeen <= b.lostAt {
+		b.flag(r, AnomalyEventsLost)
 	}
 }
 
@@ -120,6 +131,7 @@ func (b *Builder) finish(i int32) {
 	if r.Kind == KindOpen && r.End == 0 {
 		b.annotate(r)
 	}
+	r.Emitted = b.now
 	b.h.Finished(r)
 	b.release(i)
 }

@@ -41,6 +41,14 @@ func (b *Builder) alloc() int32 {
 func (b *Builder) release(i int32) {
 	r := &b.slab[i]
 	delete(b.byID, r.ID)
+	if r.unjoined {
+		r.unjoined = false
+		b.unjoinedN--
+	}
+	if r.alias != 0 && b.byID[r.alias] == i {
+		delete(b.byID, r.alias)
+	}
+	b.unindex(i)
 	if k := recordKey(r); r.Role == RolePassive && b.passive[k] == i {
 		delete(b.passive, k)
 	}
@@ -136,9 +144,11 @@ func (b *Builder) evict(i int32, reason int) {
 	b.stats.Evictions[reason]++
 	r := &b.slab[i]
 	b.lruRemove(i)
+	b.unindex(i)
 	b.uncount(i, r)
 	r.Kind = KindEvicted
 	b.annotate(r)
+	b.unverified(r)
 	b.finish(i)
 }
 
