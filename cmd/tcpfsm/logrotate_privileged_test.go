@@ -172,9 +172,11 @@ func TestDeployLogrotate(t *testing.T) {
 		ln := ns.Listen(t, "tcp4", "127.0.0.1:0")
 		stop := make(chan struct{})
 		ports := make(chan []int, 1)
+		churnErr := make(chan error, 1)
 		go func() {
 			var ps []int
-			ns.Churn(ln, 30000, stop, func(p int) { ps = append(ps, p) })
+			_, err := ns.Churn(ln, 30000, stop, func(p int) { ps = append(ps, p) })
+			churnErr <- err
 			ports <- ps
 		}()
 		for i := 1; i <= 3; i++ {
@@ -186,6 +188,9 @@ func TestDeployLogrotate(t *testing.T) {
 		}
 		time.Sleep(300 * time.Millisecond)
 		close(stop)
+		if err := <-churnErr; err != nil {
+			t.Fatalf("churn: %v", err)
+		}
 		made := <-ports
 		st := waitLogged(t, a, float64(2*len(made)))
 		if code := a.stop(t); code != 0 {

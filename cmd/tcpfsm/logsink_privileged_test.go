@@ -39,7 +39,11 @@ func tmpfs(t *testing.T, size int, opts ...string) string {
 	if err := unix.Mount("tmpfs", dir, "tmpfs", 0, data); err != nil {
 		t.Fatalf("mount tmpfs: %v", err)
 	}
-	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
+	t.Cleanup(func() {
+		if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil {
+			t.Errorf("unmount %s: %v", dir, err)
+		}
+	})
 	return dir
 }
 
@@ -288,9 +292,11 @@ func TestAgentSIGHUPReopensUnderChurn(t *testing.T) {
 
 	stop := make(chan struct{})
 	ports := make(chan []int, 1)
+	churnErr := make(chan error, 1)
 	go func() {
 		var ps []int
-		ns.Churn(ln, 30000, stop, func(p int) { ps = append(ps, p) })
+		_, err := ns.Churn(ln, 30000, stop, func(p int) { ps = append(ps, p) })
+		churnErr <- err
 		ports <- ps
 	}()
 	const rotations = 8
@@ -302,13 +308,18 @@ func TestAgentSIGHUPReopensUnderChurn(t *testing.T) {
 			t.Fatal(err)
 		}
 		files = append(files, old)
-		a.cmd.Process.Signal(syscall.SIGHUP)
+		if err := a.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
 		a.waitMetric(t, fmt.Sprintf("reopen %d", i), func(mfs map[string]*dto.MetricFamily) bool {
 			return readLogStats(mfs).reopens >= float64(i)
 		})
 	}
 	time.Sleep(150 * time.Millisecond)
 	close(stop)
+	if err := <-churnErr; err != nil {
+		t.Fatalf("churn: %v", err)
+	}
 	made := <-ports
 	st := waitLogged(t, a, float64(2*len(made)))
 	if code := a.stop(t); code != 0 {
@@ -407,12 +418,12 @@ func TestAgentLogStdoutClosed(t *testing.T) {
 		select {
 		case <-a.exited:
 		default:
-			cmd.Process.Kill()
+			_ = cmd.Process.Kill()
 			<-a.exited
 		}
 	})
 	var got lockedBuffer
-	go io.Copy(&got, stdout)
+	go func() { _, _ = io.Copy(&got, stdout) }() // ends when the test closes stdout
 	a.waitServing(t)
 	ln := ns.Listen(t, "tcp4", "127.0.0.1:0")
 	churn(t, ns, ln, 50)

@@ -144,12 +144,14 @@ func TestStopSignalsEndCleanly(t *testing.T) {
 			cmd, stdout, stderr := startTracer(t, bin, args...)
 			var out bytes.Buffer
 			copied := make(chan struct{})
-			go func() { out.ReadFrom(stdout); close(copied) }()
+			go func() { _, _ = out.ReadFrom(stdout); close(copied) }() // to EOF: the command's exit
 			if _, err := ns.Churn(ln, 20, nil, nil); err != nil {
 				t.Fatal(err)
 			}
 			time.Sleep(300 * time.Millisecond) // past a flush interval: the events are read
-			cmd.Process.Signal(sig)
+			if err := cmd.Process.Signal(sig); err != nil {
+				t.Fatal(err)
+			}
 			<-copied
 			waitExit(t, cmd)
 			if ws := cmd.ProcessState.Sys().(syscall.WaitStatus); ws.Signaled() {

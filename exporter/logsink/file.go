@@ -30,8 +30,12 @@ func checkWritable(f *os.File) error {
 	// its writes then could not be given up at Close.
 	var st unix.Statfs_t
 	var serr error
-	if rc, err := f.SyscallConn(); err == nil {
-		rc.Control(func(fd uintptr) { serr = unix.Fstatfs(int(fd), &st) })
+	rc, err := f.SyscallConn()
+	if err == nil {
+		err = rc.Control(func(fd uintptr) { serr = unix.Fstatfs(int(fd), &st) })
+	}
+	if err != nil {
+		return err
 	}
 	if serr == nil {
 		switch st.Type {

@@ -93,6 +93,9 @@ func (f *fakeFile) set(do func(f *fakeFile)) { f.mu.Lock(); do(f); f.mu.Unlock()
 
 func (f *fakeFile) text() string { f.mu.Lock(); defer f.mu.Unlock(); return string(f.data) }
 
+// put queues a line; Write never fails (failures are in Stats).
+func put(s *Sink, p []byte) { _, _ = s.Write(p) }
+
 // line i: a JSON-ish line whose length varies, so writes end mid-line.
 func line(i int) []byte {
 	return fmt.Appendf(nil, "{\"id\":%d,\"pad\":%q}\n", i, strings.Repeat("x", 20+i%37))
@@ -160,7 +163,7 @@ func TestSinkWriteFaults(t *testing.T) {
 			n := 0
 			batch := func(k int) {
 				for range k {
-					s.Write(line(n))
+					put(s, line(n))
 					n++
 				}
 				s.Flush()
@@ -238,7 +241,7 @@ func TestSinkQueueBound(t *testing.T) {
 	const n = 5000
 	start := time.Now()
 	for i := range n {
-		s.Write(line(i))
+		put(s, line(i))
 		if i%100 == 0 {
 			s.Flush()
 		}
@@ -287,7 +290,7 @@ func TestSinkReopen(t *testing.T) {
 	n := 0
 	for round := range 5 {
 		for range 100 + round {
-			s.Write(line(n))
+			put(s, line(n))
 			n++
 		}
 		if round%2 == 0 {
@@ -321,7 +324,7 @@ func TestSinkReopen(t *testing.T) {
 	var got []Report
 	s = New(f, Options{Open: func() (File, error) { return nil, syscall.EROFS }, Report: func(r Report) { got = append(got, r) }})
 	s.Reopen()
-	s.Write(line(1))
+	put(s, line(1))
 	s.Close(time.Second)
 	if st := s.Stats(); st.ReopenErrors != 1 || st.Written != 1 || f.text() != string(line(1)) {
 		t.Errorf("failed reopen: %+v, file %q", st, f.text())
@@ -334,7 +337,7 @@ func TestSinkReopen(t *testing.T) {
 // Write errors are reported at most once per ReportEvery, with what was
 // dropped meanwhile.
 func TestSinkReportRate(t *testing.T) {
-	var now time.Time = time.Unix(1e9, 0)
+	now := time.Unix(1e9, 0)
 	var mu sync.Mutex
 	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
 	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
@@ -343,15 +346,14 @@ func TestSinkReportRate(t *testing.T) {
 	s := New(f, Options{Report: func(r Report) { reports = append(reports, r) }, now: clock})
 	n := 0
 	for range 120 { // two minutes of a write a second
-		s.Write(line(n))
+		put(s, line(n))
 		n++
 		s.Flush()
 		waitHandled(t, s, uint64(n))
 		advance(time.Second)
 	}
 	f.set(func(f *fakeFile) { f.failErr = nil })
-	s.Write(line(n))
-	n++
+	put(s, line(n))
 	s.Close(time.Second)
 	if len(reports) != 3 {
 		t.Fatalf("reports %+v: want failures at 0s and 60s, then the recovery", reports)
@@ -376,7 +378,7 @@ func TestSinkCloseStalledPipe(t *testing.T) {
 	s := New(w, Options{QueueBytes: 1 << 20})
 	n := 0
 	for range 3000 { // more than the pipe's 64 KiB
-		s.Write(line(n))
+		put(s, line(n))
 		n++
 	}
 	s.Flush()
@@ -395,7 +397,7 @@ func TestWriteDoesNotAllocate(t *testing.T) {
 	s := New(&fakeFile{}, Options{})
 	defer s.Close(time.Second)
 	l := line(7)
-	if a := testing.AllocsPerRun(1000, func() { s.Write(l) }); a != 0 {
+	if a := testing.AllocsPerRun(1000, func() { put(s, l) }); a != 0 {
 		t.Errorf("Write allocates %v times", a)
 	}
 }
@@ -423,13 +425,13 @@ func TestOpenFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := New(f, Options{})
-	s.Write(line(1))
+	put(s, line(1))
 	s.Flush()
 	waitHandled(t, s, 1)
 	if err := os.Truncate(path, 0); err != nil {
 		t.Fatal(err)
 	}
-	s.Write(line(2))
+	put(s, line(2))
 	s.Close(time.Second)
 	if b, _ := os.ReadFile(path); !bytes.Equal(b, line(2)) {
 		t.Errorf("after truncation the file is %q", b)
@@ -452,6 +454,6 @@ func BenchmarkWrite(b *testing.B) {
 	l[699] = '\n'
 	b.SetBytes(int64(len(l)))
 	for b.Loop() {
-		s.Write(l)
+		put(s, l)
 	}
 }

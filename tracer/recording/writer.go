@@ -136,7 +136,8 @@ func (w *Writer) keepWhole(n int) {
 
 func (w *Writer) truncate(size int64) {
 	if t, ok := w.out.(interface{ Truncate(int64) error }); ok {
-		t.Truncate(size)
+		// If it fails the cut record stays, and a reader names its offset.
+		_ = t.Truncate(size)
 	}
 }
 

@@ -97,7 +97,7 @@ func TestWriterFullDisk(t *testing.T) {
 			var events uint64
 			for {
 				k, _, err := r.Next()
-				if err == io.EOF {
+				if errors.Is(err, io.EOF) {
 					break
 				}
 				if err != nil {
@@ -120,8 +120,11 @@ func TestWriterFullDisk(t *testing.T) {
 	// says where.
 	d := &disk{cap: hdrLen + frame + 10}
 	w, _ := NewWriter(noTruncDisk{d}, hdr)
-	w.Write(KindEvent, make([]byte, testEventSize))
-	w.Write(KindEvent, make([]byte, testEventSize))
+	for range 2 {
+		if err := w.Write(KindEvent, make([]byte, testEventSize)); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if err := w.Flush(); !errors.Is(err, syscall.ENOSPC) || w.Written().Events != 1 {
 		t.Errorf("untruncatable: %v, %+v", err, w.Written())
 	}
