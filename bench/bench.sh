@@ -40,7 +40,7 @@ echo "== 2. Go ingest (one core: GOMAXPROCS=1, pinned to CPU 1)"
 echo "-- synthetic loopback RST churn (8 events per connection):"
 taskset -c 1 $GO test -run '^$' -bench 'Ingest' -benchmem -benchtime 2000000x -count 5 -cpu 1 ./bench/ | grep -E '^Benchmark'
 echo "-- events recorded from a real churn (tcpfsm record, 20000 connections):"
-bin/tcpfsm record -w "$OUT/churn.rec" -d 8s -4 >/dev/null 2>"$OUT/record.stderr" &
+bin/tcpfsm record --force -w "$OUT/churn.rec" -d 8s -4 >/dev/null 2>"$OUT/record.stderr" &
 rec=$!
 sleep 3
 bin/churn -n 20000 -d 4s >/dev/null

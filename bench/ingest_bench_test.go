@@ -11,9 +11,11 @@ import (
 	"runtime"
 	"syscall"
 	"testing"
+	"time"
 	"unsafe"
 
 	"github.com/tcpfsm/tcpfsm/exporter/logs"
+	"github.com/tcpfsm/tcpfsm/exporter/logsink"
 	"github.com/tcpfsm/tcpfsm/exporter/metrics"
 	"github.com/tcpfsm/tcpfsm/tracer/clock"
 	"github.com/tcpfsm/tcpfsm/tracer/lifecycle"
@@ -126,6 +128,12 @@ func recordedEvents(tb testing.TB) [][]byte {
 	return out
 }
 
+// discard is a log file that takes everything at once.
+type discard struct{}
+
+func (discard) Write(p []byte) (int, error) { return len(p), nil }
+func (discard) Close() error                { return nil }
+
 // pipeline is what `tcpfsm agent` does with each event, without the ring
 // buffer: decode, count in the metrics, feed the lifecycle builder, whose
 // records go to the metrics (and, with logs, to JSON lines).
@@ -133,6 +141,7 @@ type pipeline struct {
 	b    *lifecycle.Builder
 	m    *metrics.Metrics
 	lw   *logs.Writer
+	sink *logsink.Sink
 	ev   probe.Event
 	off  uint64 // added to timestamps: each pass over the events is later
 	fed  int    // events fed so far
@@ -144,7 +153,12 @@ func newPipeline(withLogs bool) *pipeline {
 	p.m = metrics.New(metrics.Options{}, metrics.BuildInfo{}, func() metrics.Snapshot { return metrics.Snapshot{} })
 	h := lifecycle.Handlers{p.m}
 	if withLogs {
-		p.lw = logs.New(io.Discard, clock.Clock{BootNs: 1_700_000_000e9}, logs.Options{})
+		// As the agent: lines queued to the sink, written by its goroutine.
+		// A queue larger than the default: the bench feeds events several
+		// times faster than a live ring buffer does, and on a loaded machine
+		// the writer goroutine may wait for a CPU longer than 4 MiB last.
+		p.sink = logsink.New(discard{}, logsink.Options{QueueBytes: 32 << 20})
+		p.lw = logs.New(p.sink, clock.Clock{BootNs: 1_700_000_000e9}, logs.Options{})
 		h = append(h, p.lw)
 	}
 	p.b = lifecycle.NewBuilder(lifecycle.Config{}, h)
@@ -188,6 +202,9 @@ func (p *pipeline) run(evs [][]byte, n int) error {
 		if p.ev.TsNs > p.tick+50_000_000 {
 			p.tick = p.ev.TsNs
 			p.b.Tick(p.tick)
+			if p.lw != nil {
+				p.lw.Flush() // the agent flushes each time the ring buffer is empty
+			}
 		}
 	}
 	return nil
@@ -211,6 +228,13 @@ func benchIngest(b *testing.B, withLogs bool) {
 	}
 	b.StopTimer()
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "events/s")
+	if p.sink != nil {
+		// Every line written: a bench that dropped lines would flatter.
+		p.sink.Close(time.Second)
+		if st := p.sink.Stats(); st.DroppedQueueFull+st.DroppedWriteError != 0 {
+			b.Fatalf("the log sink dropped lines: %+v", st)
+		}
+	}
 	if !synthetic {
 		return // a recording's edges (connections cut by its start and end) are anomalies
 	}

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 	"time"
 
@@ -39,7 +40,10 @@ source of 'tcpfsm top --agent'), /healthz and /readyz, and log one JSON
 record per finished connection, the schema of 'tcpfsm life -o json'. Configuration
 comes from flags and an optional YAML file (--config.file); a bad value
 exits with status 2 and names the key, its flag and its line. SIGTERM or
-SIGINT: stop reading, log every record still held, detach, exit 0.
+SIGINT: stop reading, log every record still held, detach, exit 0. SIGHUP:
+reopen the log file (after logrotate renamed it). The agent never waits for
+its log: records a slow or failing log file cannot take are dropped and
+counted (tcpfsm_log_records_dropped_total), and it carries on.
 
 Needs CAP_BPF and CAP_PERFMON. CAP_SYS_ADMIN lets it enter network
 namespaces for sock_diag (its own included): the snapshot of connections
@@ -62,16 +66,13 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 	}
 	log := slog.New(slog.NewJSONHandler(stderr, nil))
 
-	var logOut io.Writer = stdout
-	if cfg.logFile != "-" {
-		f, err := os.OpenFile(cfg.logFile, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640)
-		if err != nil {
-			// A path that cannot be opened is a bad value like any other.
-			return usagef("invalid %s: %v", agentName("logs.file"), err)
-		}
-		defer f.Close()
-		logOut = f
+	sink, err := openLog(&cfg, stdout, log)
+	if err != nil {
+		return err
 	}
+	// Closed last: every record the builder still holds is logged first.
+	closeLog := sync.OnceValue(func() error { return sink.Close(logCloseTimeout) })
+	defer closeLog()
 
 	if cfg.bpfStats {
 		// Program run time is only counted while someone holds this.
@@ -125,7 +126,7 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer sess.Close()
-	lw = logs.New(logOut, sess.Clock(), cfg.logs)
+	lw = logs.New(sink, sess.Clock(), cfg.logs)
 	mopts := cfg.metrics
 	mopts.ContainerOf = sess.Container
 	if names != nil {
@@ -136,6 +137,7 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(metrics.NewStuck(m, cfg.stuck, sess.With, clock.Monotonic))
+	reg.MustRegister(metrics.NewLogSink(sink.Stats))
 	reg.MustRegister(m, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	f := sess.Probe().Features()
@@ -183,26 +185,40 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 	}()
 
 	// Stop on SIGTERM/SIGINT: detach, drain, flush the builder (every
-	// record still held is logged), then shut the server down.
+	// record still held is logged), then shut the server down. SIGHUP
+	// reopens the log file (rotation). A broken pipe is a write error
+	// of the log, counted, not the end of the agent.
+	signal.Ignore(syscall.SIGPIPE)
 	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(sig)
 	runErr := make(chan error, 1)
 	go func() { runErr <- sess.Run() }()
 	var rerr error
-	select {
-	case s := <-sig:
-		log.Info("stopping", "signal", s.String())
-		sess.Stop()
-		rerr = <-runErr
-	case rerr = <-runErr:
-	case err := <-served:
-		sess.Stop()
-		<-runErr
-		return fmt.Errorf("web server: %w", err)
+wait:
+	for {
+		select {
+		case s := <-sig:
+			if s == syscall.SIGHUP {
+				sink.Reopen()
+				continue
+			}
+			log.Info("stopping", "signal", s.String())
+			sess.Stop()
+			rerr = <-runErr
+		case rerr = <-runErr:
+		case err := <-served:
+			sess.Stop()
+			<-runErr
+			return fmt.Errorf("web server: %w", err)
+		}
+		break wait
 	}
 	if err := lw.Flush(); err != nil && rerr == nil {
 		rerr = fmt.Errorf("log: %w", err)
+	}
+	if err := closeLog(); err != nil {
+		log.Warn("log file", "file", cfg.logFile, "err", err.Error())
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -211,7 +227,8 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 		rerr = nil
 	}
 	lc, _ := sess.Probe().Lost()
-	log.Info("stopped", "records_logged", lw.Written, "events_lost", lc.Total())
+	st := sink.Stats()
+	log.Info("stopped", "records_logged", st.Written, "records_dropped", st.DroppedQueueFull+st.DroppedWriteError, "events_lost", lc.Total())
 	return rerr
 }
 

@@ -155,6 +155,12 @@ func TestAgentConfigBadValues(t *testing.T) {
 		{key: "logs.file", value: filepath.Join(dir, "no", "such", "dir", "log.jsonl"), flag: true},
 		{key: "logs.file", value: filepath.Join(notDir, "log.jsonl"), flag: true},
 		{key: "logs.file", value: dir, flag: true},
+		{key: "logs.file", value: "/proc/version", flag: true},
+		{key: "logs.file", value: "/proc/sys/net/ipv4/tcp_fin_timeout", flag: true},
+		{key: "logs.file", value: "/dev/full", flag: true},
+		{key: "logs.queue_bytes", value: "1000", flag: true},
+		{key: "logs.queue_bytes", value: "1099511627776", flag: true},
+		{key: "logs.queue_bytes", value: "4MiB", flag: true},
 		{key: "logs.transitions", value: "sometimes", flag: true},
 		{key: "logs.sample", value: "0", flag: true},
 		{key: "logs.sample", value: "1.5", flag: true},
@@ -266,6 +272,11 @@ func TestAgentConfigFileErrors(t *testing.T) {
 		checkUsage(t, "YAML "+tc.content, []string{"--config.file", file}, tc.want...)
 	}
 	checkUsage(t, "missing file", []string{"--config.file", filepath.Join(dir, "nope.yml")}, "--config.file", "nope.yml")
+	checkUsage(t, "a directory", []string{"--config.file", dir}, "--config.file", "is a directory")
+	// Not read without end: /dev/zero, or a file past any configuration's size.
+	checkUsage(t, "/dev/zero", []string{"--config.file", "/dev/zero"}, "--config.file", "larger than 1048576 bytes")
+	big := writeFile(t, dir, "big.yml", "# "+strings.Repeat("x", 1<<20)+"\n")
+	checkUsage(t, "a huge file", []string{"--config.file", big}, "--config.file", "larger than 1048576 bytes")
 	checkUsage(t, "unknown flag", []string{"--metrics.lables", "port"}, "--metrics.lables")
 	checkUsage(t, "argument", []string{"extra"}, `unexpected argument "extra"`)
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/tcpfsm/tcpfsm/cmd/tcpfsm/internal/settings"
 	"github.com/tcpfsm/tcpfsm/exporter/connview"
 	"github.com/tcpfsm/tcpfsm/exporter/logs"
+	"github.com/tcpfsm/tcpfsm/exporter/logsink"
 	"github.com/tcpfsm/tcpfsm/exporter/metrics"
 	"github.com/tcpfsm/tcpfsm/tracer/probe"
 	"github.com/tcpfsm/tcpfsm/tracer/session"
@@ -25,6 +26,7 @@ type agentConfig struct {
 	bpfStats  bool
 	logFile   string
 	logs      logs.Options
+	logQueue  int
 	stuck     connview.Thresholds
 	sel       selection
 	meta      metaConfig
@@ -119,7 +121,11 @@ func agentSettings(o *agentConfig) []settings.Setting {
 		&settings.String{Spec: settings.Spec{Key: "logs.file", Flag: "log.file",
 			Help: "write connection records to `FILE` (- for stdout)",
 			Doc: `Where the JSON connection records go, one line each: a path (opened for append, created
-				0640), or - for stdout.`},
+				0640), or - for stdout. A path that cannot be written at start (a directory, a read-only
+				file system, a /proc file) is a configuration error. Later write errors (a full disk) drop
+				the records that could not be written, whole: they are counted
+				(tcpfsm_log_records_dropped_total), reported on stderr at most once a minute, and logging
+				resumes by itself when the file takes writes again. SIGHUP reopens the path (log rotation).`},
 			Default: "-",
 			Check: func(v string) error {
 				if v == "" {
@@ -138,6 +144,14 @@ func agentSettings(o *agentConfig) []settings.Setting {
 			Doc:  `Fraction of connection records logged, chosen by connection id. Metrics always count every connection.`},
 			Default: 1, Min: 0, MinOpen: true, Max: 1,
 			To: func(v float64) error { o.logs.Sample = v; return nil }},
+		&settings.Int{Spec: settings.Spec{Key: "logs.queue_bytes", Flag: "log.queue-bytes",
+			Help: "`BYTES` of records that may wait for a slow log file; more are dropped and counted",
+			Doc: `Records waiting for the log file, in bytes (a record is about 700): the agent never waits
+				for the file, so when it is slower than the records (a stalled pipe or NFS mount) the records
+				beyond this are dropped and counted (tcpfsm_log_records_dropped_total{reason="queue_full"}).
+				Twice this is allocated at start.`},
+			Default: logsink.DefaultQueueBytes, Min: logsink.MinQueueBytes, Max: logsink.MaxQueueBytes,
+			To: func(v int64) error { o.logQueue = int(v); return nil }},
 	}
 	set = append(set, stuckSettings(&o.stuck)...)
 	set = append(set, kernelFilters(&o.sel)...)

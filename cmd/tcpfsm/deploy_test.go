@@ -195,6 +195,7 @@ func TestDeployRulesShape(t *testing.T) {
 		"TcpfsmHandshakesStuck":         `tcpfsm_connections_stuck{state=~"syn_sent|syn_recv"}`,
 		"TcpfsmConnectFailureRatioHigh": "tcpfsm_connect_failures_total",
 		"TcpfsmEventsLost":              "tcpfsm_events_lost_total",
+		"TcpfsmLogRecordsDropped":       "tcpfsm_log_records_dropped_total",
 		"TcpfsmTimeWaitPortExhaustion":  `tcpfsm_connections{state="time_wait"}`,
 	}
 	byRecord := map[string]string{}

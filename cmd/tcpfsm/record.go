@@ -1,12 +1,10 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
-	"sync"
-	"syscall"
 	"time"
 
 	"github.com/tcpfsm/tcpfsm/cmd/tcpfsm/internal/settings"
@@ -25,6 +23,10 @@ with a header (format version, kernel release, boot time for wall clock
 conversion); lost-event counts are recorded too, and what the container
 runtime said of the containers seen, so replays name them. It is flushed
 after every burst of events, so an interrupted recording keeps all it had.
+An existing FILE is refused unless --force. SIGINT, SIGTERM and SIGHUP end
+the recording cleanly (flushed, synced). A full disk stops it with exit
+status 1: the file then ends at its last whole record and replays without
+an error.
 `
 
 const recordExamples = `  tcpfsm record -w /tmp/tcp.rec -d 60s
@@ -35,6 +37,7 @@ const recordExamples = `  tcpfsm record -w /tmp/tcp.rec -d 60s
 type recordConfig struct {
 	sel      selection
 	path     string
+	force    bool
 	duration time.Duration
 	count    int
 	attach   probe.Attach
@@ -46,6 +49,9 @@ func recordCommand(c *recordConfig) settings.Command {
 		&settings.String{Spec: settings.Spec{Flag: "write", Short: "w",
 			Help: "write the recording to `FILE` (required; e.g. -w /tmp/tcp.rec)"},
 			To: func(v string) error { c.path = v; return nil }},
+		&settings.Bool{Spec: settings.Spec{Flag: "force",
+			Help: "replace the file given to --write if it exists (without it, an existing file is refused)"},
+			To: func(v bool) error { c.force = v; return nil }},
 		durationSetting(&c.duration, "60s"),
 		countSetting(&c.count, "stop after recording `N` events (e.g. -n 10000)"),
 		attachSetting(&c.attach),
@@ -79,7 +85,15 @@ func runRecord(args []string, stdout, stderr io.Writer) error {
 	if err := resolvePod(&sel, names); err != nil {
 		return err
 	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	// A recording is hours of evidence: never replaced unasked.
+	flags := os.O_WRONLY | os.O_CREATE | os.O_EXCL
+	if rc.force {
+		flags = os.O_WRONLY | os.O_CREATE | os.O_TRUNC
+	}
+	f, err := os.OpenFile(path, flags, 0o644)
+	if errors.Is(err, os.ErrExist) {
+		return usagef("--write %s: the file exists; give --force to replace it", path)
+	}
 	if err != nil {
 		return err
 	}
@@ -130,60 +144,25 @@ func runRecord(args []string, stdout, stderr io.Writer) error {
 	stop := stopOn(s.Probe(), duration, nil)
 	runErr := s.Run()
 	stop()
-	// Whatever happened, keep what was recorded.
-	ferr := w.Flush()
-	if ferr == nil {
-		ferr = f.Sync()
-	}
-	if runErr == nil && ferr != nil {
-		runErr = fmt.Errorf("write %s: %w", path, ferr)
-	}
+	// Whatever happened, keep what was recorded: after a failed write
+	// too, what the file holds is synced.
+	werr := w.Flush()
+	serr := f.Sync()
 	lc, _ := s.Probe().Lost()
+	kept := w.Written()
 	fmt.Fprintf(stderr, "\n%d events recorded, %d lost (ring buffer full: %d, program busy: %d)\n",
-		events, lc.Total(), lc.RingFull, lc.Recursion)
-	return runErr
-}
-
-// stopOn stops the probe on SIGINT, SIGTERM or after d (when not zero),
-// and calls tick (when not nil) every second meanwhile. The returned
-// function ends the watch.
-func stopOn(p *probe.Probe, d time.Duration, tick func()) func() {
-	done := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		sig := make(chan os.Signal, 1)
-		signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
-		defer signal.Stop(sig)
-		var timeout <-chan time.Time
-		if d > 0 {
-			t := time.NewTimer(d)
-			defer t.Stop()
-			timeout = t.C
-		}
-		ticker := time.NewTicker(time.Second)
-		defer ticker.Stop()
-		for {
-			select {
-			case <-sig:
-			case <-timeout:
-			case <-done:
-				return
-			case <-ticker.C:
-				if tick != nil {
-					tick()
-				}
-				continue
-			}
-			p.Stop()
-			return
-		}
-	}()
-	return func() {
-		close(done)
-		wg.Wait()
+		kept.Events, lc.Total(), lc.RingFull, lc.Recursion)
+	if werr != nil {
+		// A full disk: the file ends at the last whole record, replay
+		// reads it to its end; say so rather than leave the user to
+		// guess whether the file is damaged.
+		return fmt.Errorf("write %s: %w: recording stopped; the file keeps the %d events (%d bytes) written before, a valid recording",
+			path, werr, kept.Events, kept.Bytes)
 	}
+	if runErr == nil && serr != nil {
+		runErr = fmt.Errorf("write %s: %w", path, serr)
+	}
+	return runErr
 }
 
 const replaySynopsis = `Usage: tcpfsm replay [FLAGS] FILE

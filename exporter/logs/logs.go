@@ -4,7 +4,6 @@
 package logs
 
 import (
-	"bufio"
 	"io"
 	"sync"
 	"time"
@@ -32,15 +31,21 @@ type Writer struct {
 	opts  Options
 	clock clock.Clock
 	mu    sync.Mutex
-	w     *bufio.Writer
+	w     io.Writer
 	buf   []byte
 	err   error
 	keep  uint64 // ids hashing below this are logged
 
+	// Written counts the lines handed to w, Sampled the records left out
+	// by Options.Sample.
 	Written, Sampled uint64
 }
 
-// New returns a writer to w.
+// New returns a writer to w, which gets one whole line per Write: give it
+// a logsink.Sink, which queues lines and never waits for the file, so
+// that logging never holds up the caller (the event path). A w that
+// implements Flush() error is flushed by Flush. An error from w stops the
+// writer (Flush returns it); a Sink never returns one.
 func New(w io.Writer, c clock.Clock, opts Options) *Writer {
 	if opts.Sample <= 0 || opts.Sample > 1 {
 		opts.Sample = 1
@@ -49,7 +54,7 @@ func New(w io.Writer, c clock.Clock, opts Options) *Writer {
 	if opts.Sample < 1 {
 		keep = uint64(opts.Sample * float64(^uint64(0)))
 	}
-	return &Writer{opts: opts, clock: c, w: bufio.NewWriterSize(w, 256<<10), buf: make([]byte, 0, 4096), keep: keep}
+	return &Writer{opts: opts, clock: c, w: w, buf: make([]byte, 0, 4096), keep: keep}
 }
 
 // mix spreads connection ids (a per-CPU counter in the high bits) over
@@ -122,13 +127,15 @@ func (w *Writer) write(n int) {
 	w.Written++
 }
 
-// Flush writes buffered lines out.
+// Flush asks w to write out what it buffers.
 func (w *Writer) Flush() error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.err != nil {
 		return w.err
 	}
-	w.err = w.w.Flush()
+	if f, ok := w.w.(interface{ Flush() error }); ok {
+		w.err = f.Flush()
+	}
 	return w.err
 }

@@ -17,7 +17,7 @@ import (
 // keeps a default; a null value is a key not given. The values are only
 // kept here, and checked with the flags'.
 func (p *Parser) load(path string) error {
-	data, err := os.ReadFile(path)
+	data, err := readConfig(path)
 	if err != nil {
 		return errorf("--%s: %v", p.cmd.ConfigFlag, err)
 	}
@@ -43,6 +43,27 @@ func (p *Parser) load(path string) error {
 		return nil
 	}
 	return p.walk(doc.Content[0], "")
+}
+
+// MaxConfigBytes bounds a configuration file: every key with a comment
+// is a few KiB, and /dev/zero or a runaway generator must not be read
+// until memory runs out.
+const MaxConfigBytes = 1 << 20
+
+func readConfig(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, MaxConfigBytes+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > MaxConfigBytes {
+		return nil, fmt.Errorf("%s: larger than %d bytes, not a configuration file", path, MaxConfigBytes)
+	}
+	return data, nil
 }
 
 // walk takes one mapping's keys: settings, sections, or errors.
