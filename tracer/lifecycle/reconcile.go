@@ -173,7 +173,9 @@ func (b *Builder) reconcileDone(netns uint32) {
 		}
 	}
 	// Oldest activity first, as the LRU gave them: an order of the inputs.
-	gone := append(b.order[:0], b.scratch...)
+	// A copy, in the buffer kept for it (order keeps its grown capacity).
+	b.order = append(b.order[:0], b.scratch...)
+	gone := b.order
 	for _, i := range gone {
 		b.endUnobserved(i, run.start)
 	}
