@@ -213,10 +213,10 @@ wait:
 			rerr = <-runErr
 		case rerr = <-runErr:
 		case err := <-served:
-			// The web server's error is the one to report.
+			// The web server's error first; the reader's too when it
+			// had one (nil, the usual end after Stop, adds nothing).
 			_ = sess.Stop()
-			<-runErr
-			return fmt.Errorf("web server: %w", err)
+			return errors.Join(fmt.Errorf("web server: %w", err), <-runErr)
 		}
 		break wait
 	}
