@@ -6,11 +6,14 @@
 # writes to a file on the host), then powers off. Progress goes to the
 # console (ttyS0).
 #
-# /etc/tcpfsm/tests:   one line per run, "KIND NAME DIR COMMAND...": cd DIR
-#   and run COMMAND. KIND "test" is a go test binary: it gets -test.v
-#   -test.count=1 -test.timeout=(/etc/tcpfsm/test-timeout) and then the
-#   extra flags; KIND "run" is any other command.
+# /etc/tcpfsm/tests:   one line per run, "KIND NAME DIR TIMEOUT RUN COMMAND...":
+#   cd DIR and run COMMAND. KIND "test" is a go test binary: it gets
+#   -test.v -test.count=1 -test.timeout=TIMEOUT (its budget), -test.run=RUN
+#   unless RUN is "-", and then the extra flags; KIND "run" is any other
+#   command (TIMEOUT and RUN are "-").
 # /etc/tcpfsm/args:    extra go test flags, one a line.
+# /etc/tcpfsm/results: the device the results go to (/dev/ttyS1 on x86-64,
+#   the virtio console /dev/hvc0 on arm64's virt machine).
 
 export PATH=/usr/local/bin:/bin:/sbin
 export HOME=/root TMPDIR=/tmp CI=true
@@ -37,7 +40,7 @@ hostname tcpfsm-vm
 # (sock_diag for TCP), veth. Their file names give the load order.
 for ko in /lib/modules/*.ko; do [ -f "$ko" ] && insmod "$ko"; done
 
-out=/dev/ttyS1
+out=$(cat /etc/tcpfsm/results 2>/dev/null || echo /dev/ttyS1)
 [ -c "$out" ] || out=/dev/console
 log() { echo "tcpfsm-init: $*" >/dev/console; }
 
@@ -61,21 +64,23 @@ log() { echo "tcpfsm-init: $*" >/dev/console; }
 	echo "$M end facts rc=0"
 } >"$out" 2>&1
 
-# A hung test panics with every goroutine's stack before the host's
-# timeout kills the VM.
-test_timeout=$(cat /etc/tcpfsm/test-timeout 2>/dev/null || echo 240s)
+# A suite that runs past its budget panics naming the tests it was
+# running, with every goroutine's stack, before the host's timeout kills
+# the VM.
 set --
 if [ -f /etc/tcpfsm/args ]; then
 	while IFS= read -r a; do set -- "$@" "$a"; done </etc/tcpfsm/args
 fi
 
-while read -r kind name dir cmd; do
+while read -r kind name dir budget run cmd; do
 	[ -n "$name" ] || continue
 	log "running $name"
 	start=$(date +%s)
 	echo "$M begin $name" >"$out"
 	if [ "$kind" = test ]; then
-		(cd "$dir" && exec $cmd -test.v -test.count=1 -test.timeout="$test_timeout" "$@") </dev/null >"$out" 2>&1
+		runflag=
+		[ "$run" = - ] || runflag=-test.run=$run
+		(cd "$dir" && exec $cmd -test.v -test.count=1 -test.timeout="$budget" $runflag "$@") </dev/null >"$out" 2>&1
 	else
 		(cd "$dir" && exec $cmd) </dev/null >"$out" 2>&1
 	fi
