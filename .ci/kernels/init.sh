@@ -9,7 +9,8 @@
 # /etc/tcpfsm/tests:   one line per run, "KIND NAME DIR TIMEOUT RUN COMMAND...":
 #   cd DIR and run COMMAND. KIND "test" is a go test binary: it gets
 #   -test.v -test.count=1 -test.timeout=TIMEOUT (its budget), -test.run=RUN
-#   unless RUN is "-", and then the extra flags; KIND "run" is any other
+#   (-test.skip=PATTERN for "skip:PATTERN"; nothing for "-"), and then the
+#   extra flags; KIND "run" is any other
 #   command (TIMEOUT and RUN are "-").
 # /etc/tcpfsm/args:    extra go test flags, one a line.
 # /etc/tcpfsm/results: the device the results go to (/dev/ttyS1 on x86-64,
@@ -41,6 +42,8 @@ hostname tcpfsm-vm
 for ko in /lib/modules/*.ko; do [ -f "$ko" ] && insmod "$ko"; done
 
 out=$(cat /etc/tcpfsm/results 2>/dev/null || echo /dev/ttyS1)
+# A virtio console appears once its module has probed the device.
+for _ in 1 2 3 4 5 6 7 8 9 10; do [ -c "$out" ] && break; sleep 0.5; done
 [ -c "$out" ] || out=/dev/console
 log() { echo "tcpfsm-init: $*" >/dev/console; }
 
@@ -78,8 +81,11 @@ while read -r kind name dir budget run cmd; do
 	start=$(date +%s)
 	echo "$M begin $name" >"$out"
 	if [ "$kind" = test ]; then
-		runflag=
-		[ "$run" = - ] || runflag=-test.run=$run
+		case $run in
+		-) runflag= ;;
+		skip:*) runflag=-test.skip=${run#skip:} ;;
+		*) runflag=-test.run=$run ;;
+		esac
 		(cd "$dir" && exec $cmd -test.v -test.count=1 -test.timeout="$budget" $runflag "$@") </dev/null >"$out" 2>&1
 	else
 		(cd "$dir" && exec $cmd) </dev/null >"$out" 2>&1

@@ -203,12 +203,20 @@ arm64_busybox() {
 }
 
 # Modules the tests need that Debian builds as modules: sock_diag for TCP
-# (tcpfsm's snapshot and TIME_WAIT polls), veth. Loaded in this order.
-modules="inet_diag tcp_diag veth"
+# (tcpfsm's snapshot and TIME_WAIT polls), veth; on arm64 also the virtio
+# console the results go out on, with what it depends on. Loaded in this
+# order.
+modules_for() {
+	case $1 in
+	arm64) echo "virtio_ring virtio virtio_mmio virtio_console inet_diag tcp_diag veth" ;;
+	*) echo "inet_diag tcp_diag veth" ;;
+	esac
+}
 
 # kernel NAME ARCH SPEC: sets kdir to the cached, unpacked kernel.
 kernel() {
-	local name=$1 arch=$2 spec=$3 pkg version=
+	local name=$1 arch=$2 spec=$3 pkg version= modules
+	modules=$(modules_for "$arch")
 	pkg=$kernel_pkg
 	if $apt_online; then
 		[ -n "$pkg" ] || pkg=$(resolve "$spec" "$arch")
@@ -379,7 +387,7 @@ run_kernel() {
 	local limit=$vm_timeout
 	[ -n "$limit" ] || case $arch in amd64) limit=$((vmsum + 60)) ;; arm64) limit=$((vmsum + 120)) ;; esac
 	local console=$kw/console.log results=$kw/results.log
-	echo "$tag booting $krelease ($arch) under qemu (TCG, 2 CPUs, 1 GiB), limit ${limit}s; console: $console"
+	echo "$tag booting $krelease ($arch) under qemu (TCG, 2 CPUs, 1 GiB), limit ${limit}s, host load average $(cut -d' ' -f1-3 /proc/loadavg); console: $console"
 	local start=$SECONDS qrc
 	set +e
 	case $arch in
@@ -433,7 +441,7 @@ run_kernel() {
 		{ for (; blank > 0; blank--) print tag; print tag " " $0 }
 	' "$results"
 
-	echo "$tag == summary: $krelease ($(cut -d' ' -f1-3 "$kdir/package")), VM ${elapsed}s of ${limit}s"
+	echo "$tag == summary: $krelease ($(cut -d' ' -f1-3 "$kdir/package")), VM ${elapsed}s of ${limit}s, host load average $(cut -d' ' -f1-3 /proc/loadavg)"
 	printf '%s %-24s %-6s %8s %8s  %s\n' "$tag" suite result seconds budget "slowest tests / failures"
 	local s status end rc took failed slow line
 	for s in "${suites[@]}"; do
@@ -473,7 +481,11 @@ run_kernel() {
 			$1 == M { on = 0; next }
 			on && /^--- (PASS|FAIL): / { d = $4; gsub(/[()s]/, "", d); print d, $3 }' "$results" |
 			sort -rn | head -n 3 | awk '{ printf "%s %ss, ", $2, $1 }' | sed 's/, $//')
-		[ "$subset" = - ] || failed="subset -test.run '$subset'; $failed"
+		case $subset in
+		-) ;;
+		skip:*) failed="subset: -test.skip '${subset#skip:}'; $failed" ;;
+		*) failed="subset: -test.run '$subset'; $failed" ;;
+		esac
 		printf '%s %-24s %-6s %8s %8s  %s\n' "$tag" "$sname" "$status" "$took" "$secs" "${failed:+$failed }${slow:+[$slow]}"
 		printf '%-10s %-24s %-6s %8s %8s\n' "$name" "$sname" "$status" "$took" "$secs" >>"$summary"
 	done
