@@ -470,16 +470,17 @@ run_kernel() {
 				$1 == M { on = 0; next }
 				on && /^ *--- FAIL: / { print $3 }
 				on && /^panic: / && !p { print "(" $0 ")"; p = 1; next }
-				on && p == 1 && /^running tests:/ { r = 1; next }
-				on && r && /^\t/ { sub(/^\t/, ""); print "[running: " $0 "]"; next }
-				on && r { r = 0 }' "$results" | tr '\n' ' ')
+				on && p == 1 && /^\t*running tests:/ { r = 1; next }
+				on && r && /^\t\t/ { sub(/^\t+/, ""); print "[running: " $0 "]"; next }
+				on && r { r = 0; p = 2 }' "$results" | tr '\n' ' ')
 			if [ "$rc" = 0 ]; then status=ok; else status=FAIL; fail=1; fi
 		fi
-		# The three slowest top-level tests, to watch the headroom.
+		# The three slowest tests, to watch the headroom (subtests too: a
+		# parent of parallel subtests reports only its own run).
 		slow=$(awk -v M="$M" -v n="$sname" '
 			$1 == M && $2 == "begin" { on = ($3 == n); next }
 			$1 == M { on = 0; next }
-			on && /^--- (PASS|FAIL): / { d = $4; gsub(/[()s]/, "", d); print d, $3 }' "$results" |
+			on && /^ *--- (PASS|FAIL): / { d = $4; gsub(/[()s]/, "", d); print d, $3 }' "$results" |
 			sort -rn | head -n 3 | awk '{ printf "%s %ss, ", $2, $1 }' | sed 's/, $//')
 		case $subset in
 		-) ;;
