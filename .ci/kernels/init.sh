@@ -18,8 +18,11 @@
 
 export PATH=/usr/local/bin:/bin:/sbin
 export HOME=/root TMPDIR=/tmp CI=true
-# Debian's 6.1 has BPF trampolines: the fentry programs must run there.
-export TCPFSM_EXPECT_FENTRY=1
+# Whether the fentry programs must run here (BPF trampolines: Debian's
+# x86-64 6.1 and 6.12) or must be refused (its arm64 6.1), from the kernel
+# list.
+TCPFSM_EXPECT_FENTRY=$(cat /etc/tcpfsm/expect-fentry 2>/dev/null || echo 1)
+export TCPFSM_EXPECT_FENTRY
 # cmd/tcpfsm's privileged tests build the binary under test; the VM has no
 # Go toolchain. The harness built it on the host; the tests use it.
 export TCPFSM_BINARY=/opt/tcpfsm/tcpfsm

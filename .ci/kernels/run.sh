@@ -72,16 +72,17 @@ if [ -n "$vm_timeout" ]; then
 fi
 
 # ---- the kernel list -------------------------------------------------------
-kernels=() # "NAME ARCH PACKAGE-SPEC"
-while read -r name arch spec rest; do
+kernels=() # "NAME ARCH PACKAGE-SPEC FENTRY"
+while read -r name arch spec fentry rest; do
 	case $name in '' | '#'*) continue ;; esac
-	[ -n "$spec" ] && [ -z "$rest" ] || { echo "run.sh: bad line in $here/kernels: $name $arch $spec $rest" >&2; exit 2; }
+	case $fentry in 0 | 1) ;; *) fentry=bad ;; esac
+	[ "$fentry" != bad ] && [ -z "$rest" ] || { echo "run.sh: bad line in $here/kernels: $name $arch $spec $fentry $rest" >&2; exit 2; }
 	if [ ${#only[@]} -gt 0 ]; then
 		keep=false
 		for o in "${only[@]}"; do [ "$o" = "$name" ] && keep=true; done
 		$keep || continue
 	fi
-	kernels+=("$name $arch $spec")
+	kernels+=("$name $arch $spec $fentry")
 done <"$here/kernels"
 if [ ${#only[@]} -gt 0 ] && [ ${#kernels[@]} -ne ${#only[@]} ]; then
 	echo "run.sh: --kernel ${only[*]}: the kernels are $(awk '$1 !~ /^#/ && NF { printf "%s ", $1 }' "$here/kernels")" >&2
@@ -291,10 +292,10 @@ summary=$work/summary # one line per suite and kernel, for the table at the end
 : >"$summary"
 overall=0
 
-# run_kernel NAME ARCH SPEC: boots one kernel, runs the suites, reports.
+# run_kernel NAME ARCH SPEC FENTRY: boots one kernel, runs the suites, reports.
 # Returns 0 passed, 1 a test failed, 2 the harness or the VM failed.
 run_kernel() {
-	local name=$1 arch=$2 spec=$3 tag="[$1]" kstart=$SECONDS
+	local name=$1 arch=$2 spec=$3 fentry=$4 tag="[$1]" kstart=$SECONDS
 	local kw=$work/$name kdir krelease busybox
 	kernel "$name" "$arch" "$spec" || return 2
 	krelease=$(cat "$kdir/release")
@@ -377,6 +378,7 @@ run_kernel() {
 	arm64) console_dev=ttyAMA0 results_dev=/dev/hvc0 ;;
 	esac
 	echo "$results_dev" >"$root/etc/tcpfsm/results"
+	echo "$fentry" >"$root/etc/tcpfsm/expect-fentry"
 	local initrd=$kw/initrd.gz
 	(cd "$root" && find . | /bin/busybox cpio -o -H newc 2>/dev/null) | gzip -1 >"$initrd"
 	echo "$tag initramfs $(du -h "$initrd" | cut -f1) ($(du -sh "$root" | cut -f1) unpacked)"
@@ -507,9 +509,9 @@ run_kernel() {
 }
 
 for k in "${kernels[@]}"; do
-	read -r name arch spec <<<"$k"
+	read -r name arch spec fentry <<<"$k"
 	set +e
-	(set -e; run_kernel "$name" "$arch" "$spec")
+	(set -e; run_kernel "$name" "$arch" "$spec" "$fentry")
 	rc=$?
 	set -e
 	if [ "$rc" != 0 ] && [ "$rc" != 1 ]; then
