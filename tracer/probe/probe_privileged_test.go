@@ -210,8 +210,6 @@ func TestNormalCloseClientFirst(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			// Independent cases (own namespace): their probe loads overlap.
-			t.Parallel()
 			nettest.RequireBPF(t)
 			ns := nettest.NewNS(t)
 			col := openProbe(t, probe.Options{Attach: tc.attach, Filter: probe.Filter{NetNS: ns.Inode}})
@@ -514,11 +512,6 @@ func TestKernelFilters(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			// Each case loads two probes, which dominates its time under
-			// software emulation (seconds per load in the qemu VMs); the
-			// cases share nothing (own namespace, cgroup and helpers), so
-			// they load side by side.
-			t.Parallel()
 			ns := nettest.NewNS(t)
 			env := &filterEnv{ns: ns}
 			env.cgroup, env.cgroupID, env.cgroupLevel = makeCgroup(t)
