@@ -17,7 +17,7 @@ BPF_SOURCES := $(wildcard bpf/*.c bpf/*.h)
 # -target amd64,arm64).
 GENERATED := $(foreach arch,x86 arm64,tracer/probe/tcpfsm_$(arch)_bpfel.go tracer/probe/tcpfsm_$(arch)_bpfel.o)
 
-.PHONY: all build run test test-kernels soak soak-ci recordings generate check-generated fmt-bpf check-bpf-format deps fuzz vet clean
+.PHONY: all build run test test-kernels soak soak-ci recordings generate check-generated fmt-bpf check-bpf-format deps fuzz vet lint lint-install clean
 
 all: build
 
@@ -66,6 +66,22 @@ vet:
 	if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) -C tools/image vet ./...
+
+# golangci-lint, pinned: installed by version from the Go module proxy
+# into bin/lint/VERSION (make lint-install), so every machine runs the
+# same linters; .golangci.yml says which and why. Both modules are linted
+# (tools/image finds the same configuration in its parent directory).
+GOLANGCI_LINT_VERSION := v2.15.0
+GOLANGCI_LINT_DIR := $(CURDIR)/bin/lint/$(GOLANGCI_LINT_VERSION)
+GOLANGCI_LINT ?= $(GOLANGCI_LINT_DIR)/golangci-lint
+
+lint-install: $(GOLANGCI_LINT)
+$(GOLANGCI_LINT_DIR)/golangci-lint:
+	GOBIN=$(GOLANGCI_LINT_DIR) $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
+
+lint: $(GOLANGCI_LINT)
+	$(GOLANGCI_LINT) run ./...
+	cd tools/image && $(GOLANGCI_LINT) run ./...
 
 # Install the pinned BPF toolchain (Debian).
 deps:

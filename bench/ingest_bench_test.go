@@ -168,9 +168,13 @@ func (p *pipeline) event(raw []byte) error {
 // event time as the live reader gives.
 func (p *pipeline) run(evs [][]byte, n int) error {
 	span := probe.Event{}
-	probe.Decode(evs[len(evs)-1], &span)
+	if err := probe.Decode(evs[len(evs)-1], &span); err != nil {
+		return err
+	}
 	first := probe.Event{}
-	probe.Decode(evs[0], &first)
+	if err := probe.Decode(evs[0], &first); err != nil {
+		return err
+	}
 	period := span.TsNs - first.TsNs + 1_000_000
 	for i := 0; i < n; i++ {
 		j := p.fed % len(evs)

@@ -29,7 +29,7 @@ static __always_inline void count_lost(void)
 	__u32 zero = 0;
 	__u64 *n = bpf_map_lookup_elem(&lost, &zero);
 	if (n)
-		*n += 1;
+		__sync_fetch_and_add(n, 1); /* the nested instance may interrupt */
 }
 
 /* Room for one event, or NULL when the ring buffer is full: then the event
@@ -136,13 +136,13 @@ static __always_inline __u8 control_flags(struct sock *sk, const struct tuple *t
 /* A state transition, as it happens. */
 static __always_inline void emit_state(struct sock *sk, const struct tuple *t, const struct conn *c,
 				       __u8 owner_source, __u64 ts, __u64 delta, int oldstate,
-				       int newstate)
+				       int newstate, __u32 slot)
 {
 	struct counters k;
 	struct event *e = event_reserve();
 	if (!e)
 		return;
-	read_counters(sk, &k, (1 << oldstate) & STATES_AFTER_OUR_FIN, SLOT_STATE);
+	read_counters(sk, &k, (1 << oldstate) & STATES_AFTER_OUR_FIN, slot);
 	fill_event(e, EVENT_STATE, t, c, owner_source);
 	fill_counters(e, &k);
 	e->flags |= control_flags(sk, t, c, &k, oldstate, newstate);

@@ -39,6 +39,17 @@ enum conn_marks {
 	CONN_TW_FIN_WAIT2 = 1 << 3, /* ... in the FIN_WAIT2 substate */
 };
 
+/*
+ * The state program runs twice per transition on a raw tracepoint: the main
+ * instance, then a nested one that acts only while the main one is busy on
+ * this CPU (nest.bpf.h). What they write per CPU is kept apart by instance.
+ */
+enum state_instance {
+	STATE_MAIN = 0,
+	STATE_NESTED = 1,
+	STATE_INSTANCES, /* a power of two: indexes are masked */
+};
+
 struct listener_key {
 	__u32 netns;
 	__u16 port;
@@ -69,7 +80,8 @@ struct {
 	__uint(max_entries, 1 << 22); /* the loader sets the real size */
 } events SEC(".maps");
 
-/* Index 0: records that did not fit in the ring buffer. */
+/* Index 0: records that did not fit in the ring buffer. Added to atomically:
+ * a program that runs nested in another (nest.bpf.h) may count too. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
@@ -77,11 +89,12 @@ struct {
 	__type(value, __u64);
 } lost SEC(".maps");
 
-/* Per-CPU sequence for connection ids: no atomics needed, because a
- * program never nests inside itself on one CPU. */
+/* Per-CPU sequences for connection ids, one per state program instance
+ * (enum state_instance): no atomics needed, because a program never nests
+ * inside itself on one CPU, and the nested instance has its own. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, STATE_INSTANCES);
 	__type(key, __u32);
 	__type(value, __u64);
 } id_seq SEC(".maps");
@@ -99,10 +112,12 @@ struct closed {
 	struct conn c;
 };
 
+/* Each state program instance writes its own half (enum state_instance),
+ * so the nested one never takes a slot the main one is filling; resets
+ * search both. */
 struct closed_ring {
-	__u32 next;
-	__u32 _pad;
-	struct closed slot[CLOSED_SLOTS];
+	__u32 next[STATE_INSTANCES];
+	struct closed slot[STATE_INSTANCES * CLOSED_SLOTS];
 };
 
 struct {
@@ -125,40 +140,45 @@ struct scratch {
  */
 enum scratch_slot {
 	SLOT_STATE = 0,
-	/* handle_other(): the event type minus one */
+	/* handle_other(): the event type minus one (1 to 3) */
+	SLOT_STATE_NESTED = 4, /* the state program's nested instance */
+	SCRATCH_SLOTS,
 };
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 4);
+	__uint(max_entries, SCRATCH_SLOTS);
 	__type(key, __u32);
 	__type(value, struct scratch);
 } scratch SEC(".maps");
 
 #define CPU_BITS 12 /* ids stay unique for up to 4096 CPUs */
 
-static __always_inline __u64 new_conn_id(void)
+/* The instance's own sequence, interleaved with the other's in the low
+ * bit: ids stay unique without atomics. */
+static __always_inline __u64 new_conn_id(__u32 inst)
 {
-	__u32 zero = 0;
-	__u64 *seq = bpf_map_lookup_elem(&id_seq, &zero);
+	__u64 *seq = bpf_map_lookup_elem(&id_seq, &inst);
 	if (!seq)
 		return 0;
 	*seq += 1;
-	return (*seq << CPU_BITS) | (bpf_get_smp_processor_id() & ((1 << CPU_BITS) - 1));
+	return (((*seq << 1) | (inst & 1)) << CPU_BITS) |
+	       (bpf_get_smp_processor_id() & ((1 << CPU_BITS) - 1));
 }
 
-/* A closed connection into this CPU's ring, when its events pass the
- * filters (pass). */
-static __always_inline void remember_closed(__u64 skp, const struct conn *c, bool pass)
+/* A closed connection into this CPU's ring, the instance's half, when its
+ * events pass the filters (pass). */
+static __always_inline void remember_closed(__u64 skp, const struct conn *c, bool pass, __u32 inst)
 {
 	__u32 zero = 0;
 	struct closed_ring *ring = bpf_map_lookup_elem(&last_closed, &zero);
 
-	if (ring && pass) {
-		struct closed *slot = &ring->slot[ring->next & (CLOSED_SLOTS - 1)];
+	if (ring && pass && inst < STATE_INSTANCES) {
+		__u32 i = inst * CLOSED_SLOTS + (ring->next[inst] & (CLOSED_SLOTS - 1));
+		struct closed *slot = &ring->slot[i & (STATE_INSTANCES * CLOSED_SLOTS - 1)];
 		slot->sk = skp;
 		slot->c = *c;
-		ring->next++;
+		ring->next[inst]++;
 	}
 }
 
@@ -171,7 +191,7 @@ static __always_inline struct conn *take_closed(__u64 skp)
 	struct conn *c = NULL;
 
 	if (ring) {
-		for (int i = 0; i < CLOSED_SLOTS; i++) {
+		for (int i = 0; i < STATE_INSTANCES * CLOSED_SLOTS; i++) {
 			if (ring->slot[i].sk == skp) {
 				c = &ring->slot[i].c;
 				ring->slot[i].sk = 0;

@@ -7,7 +7,8 @@
  * The programs and the per-transition logic are here; the headers hold
  * the kernel's TCP states (tcp_state.bpf.h), the maps (maps.bpf.h),
  * reading the socket (span.bpf.h), the filters (filter.bpf.h), owners and
- * listeners (owner.bpf.h) and the events (emit.bpf.h). Nothing is
+ * listeners (owner.bpf.h), the events (emit.bpf.h) and the state
+ * program's nested instance (nest.bpf.h). Nothing is
  * arch-specific: context arguments are read as u64 arrays and kernel
  * structs by CO-RE, so each arch's object (bpf2go -target) compiles from
  * the same code.
@@ -22,6 +23,7 @@
 #include "filter.bpf.h"
 #include "owner.bpf.h"
 #include "emit.bpf.h"
+#include "nest.bpf.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -51,8 +53,11 @@ static __always_inline bool incomplete(const struct tuple *t, int oldstate, int 
 	       (oldstate == TCP_LISTEN && newstate == TCP_SYN_RECV && t->dport == 0);
 }
 
-static __always_inline int handle(struct sock *sk, int oldstate, int newstate)
+/* One transition; inst says which instance of the state program runs it
+ * (enum state_instance), for what each keeps per CPU. */
+static __always_inline int handle(struct sock *sk, int oldstate, int newstate, __u32 inst)
 {
+	__u32 slot = inst == STATE_NESTED ? SLOT_STATE_NESTED : SLOT_STATE;
 	__u64 now = bpf_ktime_get_ns();
 	__u64 skp = (__u64)sk;
 	struct tuple t = {};
@@ -60,7 +65,7 @@ static __always_inline int handle(struct sock *sk, int oldstate, int newstate)
 	bool by_owner = made_by_owner(oldstate, newstate);
 	__u16 proto;
 
-	read_proto_sport(sk, &proto, &t.sport, SLOT_STATE);
+	read_proto_sport(sk, &proto, &t.sport, slot);
 	if (proto != IPPROTO_TCP)
 		return 0; /* SCTP and MPTCP sockets use the same tracepoint */
 	if (!read_common_unmapped(sk, &t))
@@ -84,7 +89,7 @@ static __always_inline int handle(struct sock *sk, int oldstate, int newstate)
 	struct conn *c = bpf_map_lookup_elem(&conns, &skp);
 	struct conn fresh = {};
 	if (!c) {
-		fresh.id = new_conn_id();
+		fresh.id = new_conn_id(inst);
 		fresh.since_ns = now;
 		if (!starts_life(oldstate, newstate))
 			fresh.flags = FLAG_PARTIAL;
@@ -121,11 +126,11 @@ static __always_inline int handle(struct sock *sk, int oldstate, int newstate)
 		/* Later events carry what an earlier syscall recorded. */
 		if (source == OWNER_TASK && !by_owner)
 			source = OWNER_CARRIED;
-		emit_state(sk, &t, c, source, now, delta, oldstate, newstate);
+		emit_state(sk, &t, c, source, now, delta, oldstate, newstate, slot);
 	}
 
 	if (newstate == TCP_CLOSE) {
-		remember_closed(skp, c, pass);
+		remember_closed(skp, c, pass, inst);
 		if (c != &fresh)
 			bpf_map_delete_elem(&conns, &skp);
 		return 0;
@@ -254,11 +259,26 @@ SEC("raw_tracepoint/inet_sock_set_state")
 int raw_inet_sock_set_state(struct bpf_raw_tracepoint_args *ctx)
 {
 	/* TP_PROTO(const struct sock *sk, const int oldstate, const int newstate) */
-	return handle((struct sock *)ctx->args[0], (int)ctx->args[1], (int)ctx->args[2]);
+	nest_note(ctx->args[0], (int)ctx->args[1], (int)ctx->args[2]);
+	return handle((struct sock *)ctx->args[0], (int)ctx->args[1], (int)ctx->args[2],
+		      STATE_MAIN);
 }
 
+/* Attached after raw_inet_sock_set_state: the same transition, done only
+ * when the kernel skipped that one because it was running on this CPU. */
+SEC("raw_tracepoint/inet_sock_set_state")
+int raw_nested_inet_sock_set_state(struct bpf_raw_tracepoint_args *ctx)
+{
+	if (!nest_caught(ctx->args[0], (int)ctx->args[1], (int)ctx->args[2]))
+		return 0;
+	return handle((struct sock *)ctx->args[0], (int)ctx->args[1], (int)ctx->args[2],
+		      STATE_NESTED);
+}
+
+/* A classic tracepoint's programs share one per-CPU guard (bpf_prog_active),
+ * so a nested instance would be skipped as well: none here. */
 SEC("tracepoint/sock/inet_sock_set_state")
 int tp_inet_sock_set_state(struct trace_event_raw_inet_sock_set_state *ctx)
 {
-	return handle((struct sock *)ctx->skaddr, ctx->oldstate, ctx->newstate);
+	return handle((struct sock *)ctx->skaddr, ctx->oldstate, ctx->newstate, STATE_MAIN);
 }

@@ -58,7 +58,10 @@ func main() {
 	if err != nil {
 		fatal(err)
 	}
-	json.NewEncoder(os.Stdout).Encode(res)
+	if err := json.NewEncoder(os.Stdout).Encode(res); err != nil {
+		fmt.Fprintln(os.Stderr, "churn:", err)
+		os.Exit(1)
+	}
 }
 
 func fatal(err error) {
@@ -91,7 +94,7 @@ func run(ip netip.Addr, n uint64, d time.Duration, clientCPU, serverCPU int, rat
 		return result{}, err
 	}
 	defer unix.Close(lfd)
-	unix.SetsockoptInt(lfd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
+	_ = unix.SetsockoptInt(lfd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1) // a bind that needs it fails next, checked
 	if err := unix.Bind(lfd, sa); err != nil {
 		return result{}, fmt.Errorf("bind: %w", err)
 	}
@@ -179,14 +182,14 @@ func run(ip netip.Addr, n uint64, d time.Duration, clientCPU, serverCPU int, rat
 					cliDone <- errors.New("server stopped accepting")
 					return
 				}
-				unix.Nanosleep(&unix.Timespec{Nsec: 20000}, nil)
+				_ = unix.Nanosleep(&unix.Timespec{Nsec: 20000}, nil) // EINTR: a shorter pause
 			}
 			fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 			if err != nil {
 				cliDone <- fmt.Errorf("socket: %w", err)
 				return
 			}
-			unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &linger)
+			_ = unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &linger) // a graceful close instead: still a close
 			if err := unix.Connect(fd, dst); err != nil {
 				errs.Add(1)
 				unix.Close(fd)
@@ -210,7 +213,7 @@ func run(ip netip.Addr, n uint64, d time.Duration, clientCPU, serverCPU int, rat
 		time.Sleep(time.Millisecond)
 	}
 	done.Store(true)
-	unix.Shutdown(lfd, unix.SHUT_RDWR)
+	_ = unix.Shutdown(lfd, unix.SHUT_RDWR) // wakes the acceptors; the close below is what counts
 	wg.Wait()
 	if cerr != nil {
 		return result{}, cerr

@@ -26,10 +26,10 @@ type config struct {
 	clientCPU, serverCPU      int
 	rounds                    int
 	kernelConns               uint64
-	e2eSecs                   time.Duration
-	lossSecs                  time.Duration
-	rssSecs                   time.Duration
-	latencySecs               time.Duration
+	e2eTime                   time.Duration
+	lossTime                  time.Duration
+	rssTime                   time.Duration
+	latencyTime               time.Duration
 	latencyRate               float64
 	kernelVariants            string
 	e2eVariants               string
@@ -50,10 +50,10 @@ func main() {
 	flag.IntVar(&cfg.serverCPU, "server-cpu", 1, "CPU of the churn server")
 	flag.IntVar(&cfg.rounds, "rounds", 5, "interleaved rounds for kernel and e2e")
 	flag.Uint64Var(&cfg.kernelConns, "kernel-conns", 20000, "connections per kernel-cost round")
-	flag.DurationVar(&cfg.e2eSecs, "e2e-time", 5*time.Second, "churn time per e2e round and variant")
-	flag.DurationVar(&cfg.lossSecs, "loss-time", 60*time.Second, "churn time of the loss run")
-	flag.DurationVar(&cfg.rssSecs, "rss-time", 10*time.Minute, "churn time of the rss phase")
-	flag.DurationVar(&cfg.latencySecs, "latency-time", 10*time.Second, "time of each latency run")
+	flag.DurationVar(&cfg.e2eTime, "e2e-time", 5*time.Second, "churn time per e2e round and variant")
+	flag.DurationVar(&cfg.lossTime, "loss-time", 60*time.Second, "churn time of the loss run")
+	flag.DurationVar(&cfg.rssTime, "rss-time", 10*time.Minute, "churn time of the rss phase")
+	flag.DurationVar(&cfg.latencyTime, "latency-time", 10*time.Second, "time of each latency run")
 	flag.Float64Var(&cfg.latencyRate, "latency-rate", 100, "connections/s of the light-traffic latency run")
 	flag.StringVar(&cfg.kernelVariants, "kernel-variants", "", "comma-separated variants of the kernel phase (agent, agent-tracepoint, bpftrace, agent=PATH); default the first three")
 	flag.StringVar(&cfg.e2eVariants, "e2e-variants", "", "comma-separated tracers of the e2e phase besides none (agent, agent-sampled, agent-cpu1, bpftrace, agent=PATH); default all but agent=PATH")
@@ -85,7 +85,7 @@ func main() {
 		case "bpfmem":
 			err = bpfMemory(&cfg)
 		case "rss":
-			err = rssFlat(&cfg, cfg.rssSecs)
+			err = rssFlat(&cfg, cfg.rssTime)
 		case "":
 			continue
 		default:

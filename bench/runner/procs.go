@@ -90,13 +90,13 @@ func (t *tracer) stop() {
 	if t == nil || t.cmd == nil {
 		return
 	}
-	t.cmd.Process.Signal(syscall.SIGINT)
+	_ = t.cmd.Process.Signal(syscall.SIGINT) // exited already: done closes
 	done := make(chan struct{})
-	go func() { t.cmd.Wait(); close(done) }()
+	go func() { _ = t.cmd.Wait(); close(done) }()
 	select {
 	case <-done:
 	case <-time.After(15 * time.Second):
-		t.cmd.Process.Kill()
+		_ = t.cmd.Process.Kill()
 		<-done
 	}
 }
@@ -233,7 +233,7 @@ func churn(cfg *config, n uint64, d time.Duration, rate float64) (churnResult, e
 	cmd := exec.Command(cfg.churn, args...)
 	cmd.Stdout, cmd.Stderr = &out, &serr
 	if err := cmd.Run(); err != nil {
-		return churnResult{}, fmt.Errorf("churn: %v: %s", err, serr.String())
+		return churnResult{}, fmt.Errorf("churn: %w: %s", err, serr.String())
 	}
 	var r churnResult
 	if err := json.Unmarshal(out.Bytes(), &r); err != nil {

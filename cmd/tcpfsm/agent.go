@@ -43,8 +43,8 @@ SIGINT: stop reading, log every record still held, detach, exit 0.
 
 Needs CAP_BPF and CAP_PERFMON. CAP_SYS_ADMIN lets it enter network
 namespaces for sock_diag (its own included): the snapshot of connections
-older than itself, and the end of TIME_WAITs where the kernel has no BPF
-trampolines; it also turns on BPF run-time statistics. CAP_SYS_PTRACE (and,
+older than itself, the end of TIME_WAITs where the kernel has no BPF
+trampolines, and when orphans leave FIN_WAIT2; it also turns on BPF run-time statistics. CAP_SYS_PTRACE (and,
 not as root, CAP_DAC_READ_SEARCH) lets it name the owners of connections
 older than itself. Without them it warns and works around it
 (deploy/README.md).
@@ -141,6 +141,9 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 	f := sess.Probe().Features()
 	log.Info("tracing", "hook", string(sess.Probe().Attached()), "time_wait_exact", f.TimeWait, "resets", f.Resets,
 		"syn_retransmits", f.SynRetransmits, "accept_owner", f.AcceptOwner)
+	if n, took := sess.Snapshot(); !cfg.session.NoSnapshot {
+		log.Info("seeded existing connections", "sockets", n, "took", took.Round(time.Millisecond).String())
+	}
 	for _, w := range sess.Warnings() {
 		log.Warn(w)
 	}

@@ -162,10 +162,13 @@ func agentSettings(o *agentConfig) []settings.Setting {
 			Check:  func(v int64) error { return probe.CheckRingBufferSize(int(v)) },
 			To:     func(v int64) error { o.session.Probe.RingBufferSize = int(v); return nil }},
 		&settings.Duration{Spec: settings.Spec{Key: "tracer.time_wait_poll", Flag: "time-wait-poll",
-			Help: "every `DURATION`, sock_diag looks for ended TIME_WAITs",
-			Doc: `How often sock_diag looks for the end of TIME_WAITs on kernels without BPF trampolines.
-				Watching a network namespace needs CAP_SYS_ADMIN (see deploy/README.md); out of reach, a
-				TIME_WAIT is assumed to last 60 s.`},
+			Help: "every `DURATION`, sock_diag looks for ended TIME_WAITs and orphans leaving FIN_WAIT2",
+			Doc: `How often sock_diag dumps the time-wait sockets of the namespaces that have some: to see
+				the end of TIME_WAITs on kernels without BPF trampolines, and, on every kernel, when an
+				orphan (closed by its owner before the peer's FIN) leaves FIN_WAIT2, into TIME_WAIT at the
+				peer's FIN or dead after tcp_fin_timeout. Watching a network namespace needs CAP_SYS_ADMIN
+				(see deploy/README.md); out of reach, a TIME_WAIT is assumed to last 60 s and an orphan
+				tcp_fin_timeout (60 s unless read), unless its peer's end is traced.`},
 			Default: session.DefaultTimeWaitPoll, Min: session.MinTimeWaitPoll, Max: session.MaxTimeWaitPoll, Zero: "off",
 			To: func(v time.Duration) error {
 				if v == 0 {
@@ -174,6 +177,15 @@ func agentSettings(o *agentConfig) []settings.Setting {
 				o.session.TimeWaitPoll = v
 				return nil
 			}},
+		&settings.Duration{Spec: settings.Spec{Key: "reconcile.interval", Flag: "reconcile.interval",
+			Help: "every `DURATION`, compare the records with every socket sock_diag lists and repair them",
+			Doc: `How often the agent dumps every TCP socket of every network namespace it can enter and
+				repairs its records from them: a socket no record holds is seeded, a record whose socket is
+				gone ends with close kind "unobserved", a wrong state is corrected (counted in
+				tcpfsm_reconciled_total{action}). One also runs a second after events were lost. A
+				namespace that cannot be dumped is never repaired. Off with an owner filter (--pid, --cgroup).`},
+			Default: session.DefaultReconcile, Min: session.MinReconcile, Max: session.MaxReconcile, Zero: "off",
+			To: func(v time.Duration) error { o.session.Reconcile = v; return nil }},
 	)
 }
 

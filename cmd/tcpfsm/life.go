@@ -22,7 +22,9 @@ Print one line per finished TCP connection: owner, endpoints, role,
 handshake and lifetime in ms, payload bytes each way, who closed it
 (local, remote, both) and how (graceful, reset_sent, reset_received,
 refused, connect_timeout, timeout, aborted_before_established,
-simultaneous), and its TIME_WAIT in ms. A connection that went through
+simultaneous, fin_wait2_timeout and fin_wait2_aborted: the peer's FIN never
+came), and its TIME_WAIT in ms. A connection closed by its owner before the
+peer's FIN is in FIN_WAIT2 until that FIN comes. A connection that went through
 TIME_WAIT is printed when TIME_WAIT ends, up to 60 s after its close
 (--at-close prints it at once). "~" marks a TIME_WAIT whose end could
 only be assumed; -o json gives the whole record with every state's

@@ -132,8 +132,12 @@ func TestBadParameters(t *testing.T) {
 		t.Errorf("client, unknown id: %v %v", found, err)
 	}
 	resp, err := srv.Client().Post(srv.URL+"/api/v1/connections", "text/plain", nil)
-	if err != nil || resp.StatusCode != http.StatusMethodNotAllowed {
-		t.Errorf("POST: %v %v", err, resp.StatusCode)
+	if err != nil {
+		t.Fatalf("POST: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusMethodNotAllowed {
+		t.Errorf("POST: %v", resp.StatusCode)
 	}
 }
 
@@ -172,7 +176,7 @@ func TestClientUnauthorized(t *testing.T) {
 			w.WriteHeader(http.StatusUnauthorized)
 			return
 		}
-		w.Write([]byte("[]"))
+		_, _ = w.Write([]byte("[]"))
 	}))
 	defer srv.Close()
 	u, _ := url.Parse(srv.URL)

@@ -90,7 +90,7 @@ func TestDetail(t *testing.T) {
 			t.Errorf("state %d: %v, want %v", i, got[i], want[i])
 		}
 	}
-	if d.Peer == nil || d.Peer.ID != 11 || d.Peer.State != "TIME_WAIT" || d.Peer.Peer != nil {
+	if d.Peer == nil || d.Peer.ID != 11 || d.Peer.State != "FIN_WAIT2" || d.Peer.Peer != nil {
 		t.Fatalf("peer %+v", d.Peer)
 	}
 	r, _ := f.b.Lookup(10)
@@ -114,16 +114,23 @@ func TestStuckGroups(t *testing.T) {
 	th[probe.StateCloseWait] = 750 * 1_000_000
 	var s Stuck
 	s.Count(f.b, &th, GroupBy{}, 1000*ms)
-	var cw StuckGroup
+	var cw, fw2 StuckGroup
 	for _, g := range s.Groups() {
-		if g.State == probe.StateCloseWait {
+		switch {
+		case g.State == probe.StateCloseWait:
 			cw = g
-		} else if g.Count != 0 {
+		case g.State == probe.StateFinWait2:
+			fw2 = g
+		case g.Count != 0:
 			t.Errorf("%+v", g)
 		}
 	}
 	if cw.Count != 3 || cw.Stuck != 2 || cw.OldestNs != 900*ms {
 		t.Errorf("close_wait %+v, want 3, 2 stuck, oldest 900 ms", cw)
+	}
+	// The clients' orphans, in FIN_WAIT2 since 101 ms: under its 60 s.
+	if fw2.Count != 3 || fw2.Stuck != 0 || fw2.OldestNs != 899*ms {
+		t.Errorf("fin_wait2 %+v, want 3, none stuck, oldest 899 ms", fw2)
 	}
 	s.Count(f.b, &th, GroupBy{Port: true, Comm: true, Container: true}, 1000*ms)
 	var labelled []StuckGroup
@@ -132,14 +139,15 @@ func TestStuckGroups(t *testing.T) {
 			labelled = append(labelled, g)
 		}
 	}
-	if len(labelled) != 1 || labelled[0] != (StuckGroup{State: probe.StateCloseWait, Port: "80", Comm: "server",
-		Container: "docker:0123456789ab", Count: 3, Stuck: 2, OldestNs: 900 * ms}) {
+	if len(labelled) != 2 || labelled[0] != (StuckGroup{State: probe.StateFinWait2, Comm: "client", Count: 3, OldestNs: 899 * ms}) ||
+		labelled[1] != (StuckGroup{State: probe.StateCloseWait, Port: "80", Comm: "server",
+			Container: "docker:0123456789ab", Count: 3, Stuck: 2, OldestNs: 900 * ms}) {
 		t.Errorf("groups %+v", labelled)
 	}
 	var c Counts
 	c.Read(f.b, &th, 1000*ms)
 	sum := c.Summary(clk, &th, Totals{Opened: 9})
-	if sum.States["CLOSE_WAIT"] != 3 || sum.States["TIME_WAIT"] != 3 || sum.States["ESTABLISHED"] != 1 ||
+	if sum.States["CLOSE_WAIT"] != 3 || sum.States["FIN_WAIT2"] != 3 || sum.States["TIME_WAIT"] != 0 || sum.States["ESTABLISHED"] != 1 ||
 		sum.States["LISTEN"] != 1 || sum.Open != 8 || sum.Totals.Opened != 9 {
 		t.Errorf("summary %+v", sum)
 	}

@@ -2,6 +2,7 @@ package connview
 
 import (
 	"cmp"
+	"errors"
 	"math/rand/v2"
 	"net/url"
 	"slices"
@@ -14,7 +15,8 @@ import (
 
 // scene is a small host: a server (pid 200, "server", port 80) holding
 // three connections its clients closed (CLOSE_WAIT since 100, 200 and
-// 300 ms), the clients' ends of those in TIME_WAIT, an established client
+// 300 ms), the clients' ends of those orphaned in FIN_WAIT2 (closed, their
+// FIN acknowledged, no FIN back: as ss shows them), an established client
 // (pid 100, "client", port 40009 -> 5432) that moved 5000 bytes, a
 // listener, and one connection that closed.
 func scene(t *testing.T) *feeder {
@@ -73,10 +75,11 @@ func TestSelect(t *testing.T) {
 	}{
 		// Default: longest in its state first, listeners out. The
 		// established one has been so since 51 ms; CLOSE_WAITs since
-		// 100, 200, 300; TIME_WAITs since 101, 201, 301.
+		// 100, 200, 300; FIN_WAIT2s since 101, 201, 301.
 		{"", []uint64{30, 10, 11, 12, 13, 14, 15}, 7},
 		{"state=close_wait", []uint64{10, 12, 14}, 3},
-		{"state=CLOSE-WAIT,time_wait", []uint64{10, 11, 12, 13, 14, 15}, 6},
+		{"state=CLOSE-WAIT,fin_wait2", []uint64{10, 11, 12, 13, 14, 15}, 6},
+		{"state=time_wait", nil, 0},
 		{"state=listen", []uint64{1}, 1},
 		{"state=close_wait&min_age=750ms", []uint64{10, 12}, 2},
 		{"state=close_wait&limit=1", []uint64{10}, 3},
@@ -212,8 +215,8 @@ func TestParseQuery(t *testing.T) {
 			}
 			continue
 		}
-		pe, ok := err.(*ParamError)
-		if !ok || pe.Param != c.param {
+		var pe *ParamError
+		if !errors.As(err, &pe) || pe.Param != c.param {
 			t.Errorf("%q: %v, want an error naming %s", c.query, err, c.param)
 		}
 	}

@@ -76,16 +76,19 @@ func AppendRecord(b []byte, r *lifecycle.Record, c clock.Clock) []byte {
 	}
 	b = appendK8s(b, "peer_k8s", r.Peer)
 
+	// What a record first seen midway cannot know is null: its
+	// handshake, its whole lifetime, its time in ESTABLISHED when it was
+	// found there.
 	b = appendKey(b, "handshake_ns")
-	b = strconv.AppendUint(b, r.HandshakeNs, 10)
+	b = appendKnown(b, r.HandshakeNs, r.LifetimeKnown() || r.HandshakeNs != 0)
 	b = appendKey(b, "handshake_rtt_us")
 	b = strconv.AppendUint(b, uint64(r.HandshakeRTTUs), 10)
 	b = appendKey(b, "syn_retransmits")
 	b = strconv.AppendUint(b, uint64(r.SynRetransmits), 10)
 	b = appendKey(b, "established_ns")
-	b = strconv.AppendUint(b, r.EstablishedNs(), 10)
+	b = appendKnown(b, r.EstablishedNs(), r.EstablishedKnown())
 	b = appendKey(b, "lifetime_ns")
-	b = strconv.AppendUint(b, r.LifetimeNs(), 10)
+	b = appendKnown(b, r.LifetimeNs(), r.LifetimeKnown())
 
 	b = appendKey(b, "states")
 	b = append(b, '[')
@@ -163,6 +166,14 @@ func AppendRecord(b []byte, r *lifecycle.Record, c clock.Clock) []byte {
 	b = appendKey(b, "seeded")
 	b = strconv.AppendBool(b, r.Seeded)
 	return append(b, "}\n"...)
+}
+
+// appendKnown appends v, or null when it is not known.
+func appendKnown(b []byte, v uint64, known bool) []byte {
+	if !known {
+		return append(b, "null"...)
+	}
+	return strconv.AppendUint(b, v, 10)
 }
 
 func appendKey(b []byte, k string) []byte {

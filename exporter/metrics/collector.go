@@ -13,7 +13,8 @@ type descs struct {
 	bytesSent, bytesRecv, resets, synRetrans              *prometheus.Desc
 	events, lost, tracked, evictions, misses, anomalies   *prometheus.Desc
 	buildInfo, progRuns, progSeconds, twins, seededStarts *prometheus.Desc
-	ephemeralPorts                                        *prometheus.Desc
+	ephemeralPorts, seeded, reconciliations, reconciled   *prometheus.Desc
+	progMisses, nestedRuns                                *prometheus.Desc
 	// the container runtime's metadata (metadata.go)
 	metaUp, metaErrors, metaLookups, metaEntries, metaEvictions *prometheus.Desc
 	metaExpirations, metaWaits, metaRecordWaits                 *prometheus.Desc
@@ -31,7 +32,7 @@ func newDescs(opt []string) descs {
 			append([]string{"role", "initiator", "kind"}, opt...)...),
 		failures: d("tcpfsm_connect_failures_total", "connect() calls that never reached ESTABLISHED, by reason.",
 			append([]string{"reason"}, opt...)...),
-		connections: d("tcpfsm_connections", "Tracked connections in each TCP state now; time_wait counts reconstructed ones too.",
+		connections: d("tcpfsm_connections", "Tracked connections in each TCP state now, as ss counts them: time-wait sockets by their substate, so an orphan waiting for its peer's FIN is fin_wait2; time_wait counts reconstructed ones too.",
 			"state"),
 		bytesSent: d("tcpfsm_bytes_sent_total", "Payload bytes the peers acknowledged, counted when connections close."),
 		bytesRecv: d("tcpfsm_bytes_received_total", "Payload bytes received in order, counted when connections close."),
@@ -41,7 +42,8 @@ func newDescs(opt []string) descs {
 		events: d("tcpfsm_events_total", "Events read from the kernel."),
 		lost: d("tcpfsm_events_lost_total",
 			"Events the kernel could not deliver: the ring buffer was full, or the program was already running on that CPU.", "reason"),
-		tracked:   d("tcpfsm_tracked_connections", "Connection records held in memory, TIME_WAIT included."),
+		tracked: d("tcpfsm_tracked_connections",
+			"Connections tracked now: records held in memory (TIME_WAIT included, listeners and those older than the agent too) and time-wait sockets seen at start."),
 		evictions: d("tcpfsm_evictions_total", "Records dropped to bound memory, by reason.", "reason"),
 		misses:    d("tcpfsm_attribution_misses_total", "Closed connections whose owning process was never seen."),
 		anomalies: d("tcpfsm_anomalies_total",
@@ -50,9 +52,22 @@ func newDescs(opt []string) descs {
 		progRuns: d("tcpfsm_bpf_program_runs_total",
 			"Runs of each BPF program, as the kernel counts them: only while kernel.bpf_stats_enabled is 1.", "program"),
 		progSeconds: d("tcpfsm_bpf_program_run_seconds_total", "Time spent in each BPF program; counted only while kernel.bpf_stats_enabled is 1.", "program"),
+		progMisses: d("tcpfsm_bpf_program_recursion_misses_total",
+			"Runs of each BPF program the kernel skipped because it was already running on that CPU. The state program's are "+
+				"handled by its nested instance (tcpfsm_bpf_nested_runs_total); the rest are tcpfsm_events_lost_total{reason=\"program_busy\"}.",
+			"program"),
+		nestedRuns: d("tcpfsm_bpf_nested_runs_total",
+			"Transitions the state program's nested instance handled because the main program was already running on that CPU: not lost."),
 		twins: d("tcpfsm_twin_sockets_total",
 			"Accepted sockets the kernel created and destroyed at once, having lost a race to a twin for the same connection."),
-		seededStarts: d("tcpfsm_snapshot_matches_total", "Connections first seen midway that the start snapshot knew."),
+		seededStarts: d("tcpfsm_snapshot_matches_total", "Seeded records (connections older than the agent) that an event joined."),
+		seeded: d("tcpfsm_seeded_connections_total",
+			"Connection records opened from a sock_diag dump (the snapshot at start, a reconciliation) rather than by an event."),
+		reconciliations: d("tcpfsm_reconciliations_total",
+			"Complete sock_diag dumps of a network namespace the records were reconciled with (reconcile.interval, and after lost events)."),
+		reconciled: d("tcpfsm_reconciled_total",
+			"Records a reconciliation repaired, by action: seeded (a socket no record held), ended (a socket gone unseen: close kind unobserved), "+
+				"corrected (another state than the kernel's).", "action"),
 		ephemeralPorts: d("tcpfsm_ephemeral_ports",
 			"Local ports connect() picks from in the agent's network namespace: net.ipv4.ip_local_port_range less ip_local_reserved_ports."),
 		metaUp: d("tcpfsm_metadata_source_up",
@@ -79,7 +94,8 @@ func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 	d := &m.descs
 	for _, x := range []*prometheus.Desc{d.transitions, d.opened, d.closed, d.failures, d.connections, d.bytesSent,
 		d.bytesRecv, d.resets, d.synRetrans, d.events, d.lost, d.tracked, d.evictions, d.misses, d.anomalies,
-		d.buildInfo, d.progRuns, d.progSeconds, d.twins, d.seededStarts, d.ephemeralPorts,
+		d.buildInfo, d.progRuns, d.progSeconds, d.progMisses, d.nestedRuns, d.twins, d.seededStarts, d.ephemeralPorts,
+		d.seeded, d.reconciliations, d.reconciled,
 		d.metaUp, d.metaErrors, d.metaLookups, d.metaEntries, d.metaEvictions, d.metaExpirations, d.metaWaits, d.metaRecordWaits} {
 		ch <- x
 	}
@@ -144,10 +160,19 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	}
 	counter(d.twins, float64(s.Builder.TwinChildren))
 	counter(d.seededStarts, float64(s.Builder.SeededStart))
+	counter(d.seeded, float64(s.Builder.Seeded))
+	counter(d.reconciliations, float64(s.Builder.Reconciliations))
+	for i := 0; i < lifecycle.ReconcileActions; i++ {
+		counter(d.reconciled, float64(s.Builder.Reconciled[i]), lifecycle.ReconcileActionName(i))
+	}
+	var nested uint64
 	for _, p := range s.Programs {
 		counter(d.progRuns, float64(p.RunCount), p.Name)
 		counter(d.progSeconds, p.RunTime.Seconds(), p.Name)
+		counter(d.progMisses, float64(p.RecursionMisses), p.Name)
+		nested += p.NestedRuns
 	}
+	counter(d.nestedRuns, float64(nested))
 	gauge(d.buildInfo, 1, m.build.Version, m.build.Revision, m.build.GoVersion)
 	if s.EphemeralPorts > 0 {
 		gauge(d.ephemeralPorts, float64(s.EphemeralPorts))

@@ -424,7 +424,7 @@ func (m *Metrics) Closed(r *lifecycle.Record) {
 	if r.HandshakeNs > 0 {
 		m.observe(exemplarHandshake, m.handshake.WithLabelValues(values...), float64(r.HandshakeNs)/1e9, r.ID)
 	}
-	if d := r.LifetimeNs(); d > 0 {
+	if d := r.LifetimeNs(); d > 0 && r.LifetimeKnown() { // a partial record's is a lower bound
 		m.observe(exemplarLifetime, m.lifetime.WithLabelValues(values...), float64(d)/1e9, r.ID)
 	}
 }

@@ -94,7 +94,7 @@ tcpfsm_bytes_received_total 4000
 # TYPE tcpfsm_events_lost_total counter
 tcpfsm_events_lost_total{reason="program_busy"} 1
 tcpfsm_events_lost_total{reason="ring_buffer_full"} 4
-# HELP tcpfsm_connections Tracked connections in each TCP state now; time_wait counts reconstructed ones too.
+# HELP tcpfsm_connections Tracked connections in each TCP state now, as ss counts them: time-wait sockets by their substate, so an orphan waiting for its peer's FIN is fin_wait2; time_wait counts reconstructed ones too.
 # TYPE tcpfsm_connections gauge
 tcpfsm_connections{state="close_wait"} 0
 tcpfsm_connections{state="closing"} 0

@@ -1,6 +1,7 @@
 package text
 
 import (
+	"cmp"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -26,6 +27,13 @@ type ladderRow struct {
 	right bool
 	state string
 	wires []wire
+}
+
+func tieRank(r ladderRow) int {
+	if r.state == "TIME_WAIT" {
+		return 1
+	}
+	return 0
 }
 
 type wire struct {
@@ -56,7 +64,9 @@ func AppendLadder(b []byte, x, y *lifecycle.Record) []byte {
 		case p.at > q.at:
 			return 1
 		}
-		return 0
+		// An orphan enters TIME_WAIT as its peer sends the FIN (the
+		// builder knows no later time): the FIN is drawn first.
+		return cmp.Compare(tieRank(p), tieRank(q))
 	})
 	var t0 uint64
 	if len(rows) > 0 {

@@ -58,7 +58,12 @@ func AppendLifeRow(b []byte, r *lifecycle.Record, c clock.Clock) []byte {
 	}
 	b = append(b, ' ')
 	if r.End != 0 {
-		b = padLeft(b, strconv.AppendFloat(num[:0], float64(r.LifetimeNs())/1e6, 'f', 3, 64), wDur+2)
+		life := num[:0]
+		if !r.LifetimeKnown() {
+			life = append(life, ">="...) // first seen midway: a lower bound
+		}
+		life = strconv.AppendFloat(life, float64(r.LifetimeNs())/1e6, 'f', 3, 64)
+		b = padLeft(b, life, wDur+2)
 	} else {
 		b = padLeft(b, "open", wDur+2)
 	}
@@ -72,8 +77,12 @@ func AppendLifeRow(b []byte, r *lifecycle.Record, c clock.Clock) []byte {
 		by = "-"
 	}
 	b = pad(append(b, by...), len(by), wBy)
-	how := r.Kind.String()
-	b = pad(append(b, how...), len(how), wHow)
+	if r.End == 0 && r.Kind == lifecycle.KindOpen {
+		b = appendOpenState(b, r)
+	} else {
+		how := r.Kind.String()
+		b = pad(append(b, how...), len(how), wHow)
+	}
 	switch r.TimeWait {
 	case lifecycle.TWNone:
 		b = padLeft(b, "-", wDur)
@@ -87,4 +96,26 @@ func AppendLifeRow(b []byte, r *lifecycle.Record, c clock.Clock) []byte {
 		b = padLeft(b, strconv.AppendFloat(num[:0], float64(r.TimeWaitNs())/1e6, 'f', 1, 64), wDur)
 	}
 	return append(b, '\n')
+}
+
+// appendOpenState is the HOW column of a connection still open when the
+// record was handed out: "open", its state and the time it had been in
+// it, in seconds: exact, or ">=" a lower bound when the state's entry is
+// unknown (a connection found in it by sock_diag: since it was found,
+// at the latest the agent's start).
+func appendOpenState(b []byte, r *lifecycle.Record) []byte {
+	start := len(b)
+	st, _ := r.Current()
+	b = append(b, "open "...)
+	b = append(b, st.String()...)
+	if r.Emitted != 0 {
+		age, exact := r.StateAge(r.Emitted)
+		b = append(b, ' ')
+		if !exact {
+			b = append(b, ">="...)
+		}
+		b = strconv.AppendFloat(b, float64(age)/1e9, 'f', 1, 64)
+		b = append(b, 's')
+	}
+	return pad(b, len(b)-start, wHow)
 }

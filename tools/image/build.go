@@ -31,7 +31,7 @@ const (
 // distroless "nonroot" id) names someone; nothing in the image is writable
 // but /tmp, and nothing needs to be: the agent writes its log to stdout.
 const (
-	passwd = "root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n"
+	passwd = "root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n" //nolint:gosec // G101: an /etc/passwd without passwords, not a credential
 	group  = "root:x:0:\nnonroot:x:65532:\n"
 )
 

@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -38,8 +39,15 @@ func TestMain(m *testing.M) {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
-		os.WriteFile(filepath.Join(src, "go.mod"), []byte("module hello\n\ngo 1.22\n"), 0o644)
-		os.WriteFile(filepath.Join(src, "main.go"), []byte("package main\n\nfunc main() { println(\"hello\") }\n"), 0o644)
+		for name, text := range map[string]string{
+			"go.mod":  "module hello\n\ngo 1.22\n",
+			"main.go": "package main\n\nfunc main() { println(\"hello\") }\n",
+		} {
+			if err := os.WriteFile(filepath.Join(src, name), []byte(text), 0o644); err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				return 1
+			}
+		}
 		testBinaries = map[string]string{}
 		for _, arch := range []string{"amd64", "arm64"} {
 			out := filepath.Join(dir, "hello-"+arch)
@@ -93,7 +101,7 @@ func readTar(t *testing.T, b []byte) ([]string, map[string]entry) {
 	tr := tar.NewReader(bytes.NewReader(b))
 	for {
 		hdr, err := tr.Next()
-		if err == io.EOF {
+		if errors.Is(err, io.EOF) {
 			return names, m
 		}
 		if err != nil {
@@ -121,11 +129,7 @@ func sha(b []byte) string { s := sha256.Sum256(b); return "sha256:" + hex.Encode
 // working directories, are the same bytes.
 func TestReproducible(t *testing.T) {
 	a := buildArchive(t, testSpec(), "localhost/tcpfsm:v1")
-	wd, _ := os.Getwd()
-	if err := os.Chdir(t.TempDir()); err != nil {
-		t.Fatal(err)
-	}
-	defer os.Chdir(wd)
+	t.Chdir(t.TempDir())
 	time.Sleep(1100 * time.Millisecond) // a time stamp taken from the clock would differ
 	b := buildArchive(t, testSpec(), "localhost/tcpfsm:v1")
 	if !bytes.Equal(a, b) {

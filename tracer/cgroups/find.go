@@ -16,7 +16,7 @@ func FindContainers(root string, want func(Container) bool) []string {
 	var out []string
 	_ = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
 		if err != nil || !d.IsDir() {
-			return nil // cgroups come and go during the walk
+			return nil //nolint:nilerr // cgroups come and go during the walk: skip, go on
 		}
 		rel := "/" + strings.TrimPrefix(strings.TrimPrefix(p, root), "/")
 		if c, ok := ParseContainer(rel); ok && want(c) {

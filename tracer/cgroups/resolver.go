@@ -125,11 +125,11 @@ func (r *Resolver) walk(want uint64) (string, bool) {
 	_ = filepath.WalkDir(r.root, func(p string, d fs.DirEntry, err error) error {
 		// Cgroups come and go during the walk: skip what cannot be read.
 		if err != nil || !d.IsDir() {
-			return nil
+			return nil //nolint:nilerr // skip it, walk on
 		}
 		info, err := d.Info()
 		if err != nil {
-			return nil
+			return nil //nolint:nilerr // removed since it was listed
 		}
 		id := idOf(info)
 		if id == 0 {

@@ -1,6 +1,10 @@
 package lifecycle
 
-import "github.com/tcpfsm/tcpfsm/tracer/probe"
+import (
+	"time"
+
+	"github.com/tcpfsm/tcpfsm/tracer/probe"
+)
 
 // The Builder and its inputs. The work is split by concern: the table of
 // records (table.go), the transition state machine (transition.go),
@@ -45,7 +49,18 @@ type Stats struct {
 	Anomalies   [anomalyKinds]uint64
 	LateResets  uint64 // resets for a record already classified
 	Unmatched   uint64 // non-state events for unknown connections
-	SeededStart uint64 // partial records matched to the start snapshot
+	SeededStart uint64 // seeded records their first event joined
+	// Seeded: records opened from a sock_diag dump (seed.go); less those a
+	// socket born during the dump replaced (SeedsReplaced).
+	Seeded        uint64
+	SeedsReplaced uint64
+	// Rejoined: events with a new connection id that joined an open
+	// record by its endpoints (the BPF program's map had evicted it).
+	Rejoined uint64
+	// Reconciliations: complete reconciliation dumps of a namespace;
+	// Reconciled counts their repairs by ReconcileAction.
+	Reconciliations uint64
+	Reconciled      [ReconcileActions]uint64
 	// TwinChildren: accepted sockets the kernel created and destroyed at
 	// once because another CPU created the same connection's socket first
 	// (two segments completing one handshake in parallel). Not records.
@@ -86,14 +101,24 @@ type Builder struct {
 	passive   map[tupleKey]int32 // open accepted connections, to tell a twin
 	handshake map[int32]struct{} // records in SYN_SENT or SYN_RECV
 
-	seeds     map[tupleKey]seed
-	listening map[listenKey]bool  // ports the snapshot saw listeners on
-	preTW     map[tupleKey]uint64 // TIME_WAIT sockets from before the start: expected end
-	twPolled  map[uint32]uint64   // netns -> time of its last complete TIME_WAIT dump
-	cgroups   map[uint64]cgroupInfo
-	lost      uint64
-	now       uint64
-	lastSweep uint64
+	byTuple   map[tupleKey]int32 // open records by endpoints (seed.go)
+	seedSeq   uint64
+	unjoinedN int                  // seeded records no event joined yet
+	recon     map[uint32]*reconRun // reconciliation dumps under way (reconcile.go)
+	listening map[listenKey]bool   // ports the snapshot saw listeners on
+	preTW     map[tupleKey]preTW   // time-wait sockets from before the start
+	preFW2    int                  // ... of them in FIN_WAIT2
+	// orphans in FIN_WAIT2 (orphan.go), by tuple and by flow across
+	// namespaces (-1: in more than one); namespaces' tcp_fin_timeout
+	orphans     map[tupleKey]int32
+	orphanFlows map[flowKey]int32
+	finTimeout  map[uint32]time.Duration
+	twPolled    map[uint32]uint64 // netns -> time of its last complete TIME_WAIT dump
+	cgroups     map[uint64]cgroupInfo
+	lost        uint64
+	lostAt      uint64 // b.now when lost last grew
+	now         uint64
+	lastSweep   uint64
 
 	states [probe.MaxState + 1]int
 	stats  Stats
@@ -106,33 +131,45 @@ func NewBuilder(cfg Config, h Handler) *Builder {
 	cfg.setDefaults()
 	return &Builder{
 		cfg: cfg, h: h,
-		byID:      map[uint64]int32{},
-		head:      -1,
-		tail:      -1,
-		timeWait:  map[tupleKey]int32{},
-		passive:   map[tupleKey]int32{},
-		handshake: map[int32]struct{}{},
-		seeds:     map[tupleKey]seed{},
-		listening: map[listenKey]bool{},
-		preTW:     map[tupleKey]uint64{},
-		twPolled:  map[uint32]uint64{},
-		cgroups:   map[uint64]cgroupInfo{},
+		byID:        map[uint64]int32{},
+		head:        -1,
+		tail:        -1,
+		timeWait:    map[tupleKey]int32{},
+		passive:     map[tupleKey]int32{},
+		handshake:   map[int32]struct{}{},
+		byTuple:     map[tupleKey]int32{},
+		recon:       map[uint32]*reconRun{},
+		listening:   map[listenKey]bool{},
+		preTW:       map[tupleKey]preTW{},
+		orphans:     map[tupleKey]int32{},
+		orphanFlows: map[flowKey]int32{},
+		finTimeout:  map[uint32]time.Duration{},
+		twPolled:    map[uint32]uint64{},
+		cgroups:     map[uint64]cgroupInfo{},
 	}
 }
 
 // Stats returns the builder's counters.
 func (b *Builder) Stats() Stats { return b.stats }
 
-// Tracked is how many records the builder holds.
-func (b *Builder) Tracked() int { return len(b.slab) - len(b.free) }
+// Tracked is how many connections the builder knows now: the records it
+// holds and the time-wait sockets seen at start without one.
+func (b *Builder) Tracked() int { return len(b.slab) - len(b.free) + len(b.preTW) }
 
-// StateCount is how many tracked connections are in a state now.
-// TIME_WAIT counts reconstructed ones and those seen at start.
+// records is how many records the builder holds.
+func (b *Builder) records() int { return len(b.slab) - len(b.free) }
+
+// StateCount is how many tracked connections are in a state now, as ss
+// counts them: time-wait sockets by their substate. TIME_WAIT counts
+// reconstructed ones and those seen at start; FIN_WAIT2 the orphans
+// handed to time-wait sockets, and those seen at start.
 func (b *Builder) StateCount(s probe.State) int {
-	if s == probe.StateTimeWait {
-		return len(b.timeWait) + len(b.preTW)
-	}
-	if s > probe.MaxState {
+	switch {
+	case s == probe.StateTimeWait:
+		return len(b.timeWait) + len(b.preTW) - b.preFW2
+	case s == probe.StateFinWait2:
+		return b.states[s] + b.preFW2
+	case s > probe.MaxState:
 		return 0
 	}
 	return b.states[s]
@@ -157,7 +194,7 @@ func (b *Builder) KnowsCgroup(id uint64) bool {
 // Lost tells the builder the tracer's cumulative lost-event count.
 func (b *Builder) Lost(total uint64) {
 	if total > b.lost {
-		b.lost = total
+		b.lost, b.lostAt = total, b.now
 	}
 }
 
@@ -171,7 +208,7 @@ func (b *Builder) Event(e *probe.Event) {
 	case probe.TypeResetSent, probe.TypeResetReceived, probe.TypeSynRetransmit:
 		b.sideEvent(e)
 	case probe.TypeTimeWaitEnd:
-		b.timeWaitEnded(eventKey(e), e.TsNs, TWExact)
+		b.twSockEnded(e)
 	}
 }
 
@@ -206,6 +243,7 @@ func (b *Builder) Tick(now uint64) {
 	}
 	b.lastSweep = now
 	b.evictStuckHandshakes(now)
+	b.assumeOrphanEnds(now)
 	b.assumeTimeWaitEnds(now)
 }
 
@@ -226,8 +264,10 @@ func (b *Builder) Flush() {
 		i := b.head
 		r := &b.slab[i]
 		b.lruRemove(i)
+		b.unindex(i)
 		b.uncount(i, r)
 		b.annotate(r)
+		b.unverified(r)
 		b.finish(i)
 	}
 }

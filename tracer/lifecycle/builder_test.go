@@ -157,9 +157,6 @@ func TestClassification(t *testing.T) {
 			st(2, 10, LST, SR), st(2, 11, SR, EST), st(2, 20, EST, FW1), st(2, 21, FW1, FW2),
 			st(2, 22, FW2, CLOSE, withFlags(probe.FlagFinReceived)),
 		}, RolePassive, InitiatorLocal, KindGraceful, true},
-		{"orphaned FIN_WAIT2 handed to a time-wait socket", []probe.Event{
-			st(1, 10, CLOSE, SS), st(1, 11, SS, EST), st(1, 20, EST, FW1), st(1, 21, FW1, FW2), st(1, 21, FW2, CLOSE),
-		}, RoleActive, InitiatorLocal, KindGraceful, true},
 		{"reset sent after close (SO_LINGER 0)", []probe.Event{
 			st(1, 10, CLOSE, SS), st(1, 11, SS, EST), st(1, 20, EST, CLOSE),
 			ev(1, 20, probe.TypeResetSent, CLOSE, CLOSE),
@@ -248,7 +245,7 @@ func TestOwner(t *testing.T) {
 		st(2, 11, SR, EST, withOwner(probe.OwnerListener, 1, "master")),
 		st(2, 20, EST, FW1, withOwner(probe.OwnerTask, 7, "worker")),
 		st(2, 21, FW1, FW2, withOwner(probe.OwnerCarried, 7, "worker")),
-		st(2, 22, FW2, CLOSE, withOwner(probe.OwnerCarried, 7, "worker")),
+		st(2, 22, FW2, CLOSE, withOwner(probe.OwnerCarried, 7, "worker"), withFlags(probe.FlagFinReceived)),
 	)
 	b.Flush()
 	r := one(t, s.closed)
@@ -433,11 +430,19 @@ func TestStateGaugeAndLoss(t *testing.T) {
 		t.Errorf("gauge EST %d LISTEN %d SYN_SENT %d", b.StateCount(EST), b.StateCount(LST), b.StateCount(SS))
 	}
 	b.Lost(3)
-	feed(b, st(7, 3, CLOSE, SS), st(7, 4, SS, CLOSE), st(1, 5, EST, CLOSE))
+	// After the loss: 7 is whole, 1 closes from the state it was in, 5
+	// shows a gap (SYN_SENT, then an event from ESTABLISHED) and 11 starts
+	// midway with no snapshot behind it: they missed events. 1 was merely
+	// alive when they were lost; 3 is still open at the end and no
+	// reconciliation has checked it since, so it may have missed its close.
+	feed(b, st(7, 3, CLOSE, SS), st(7, 4, SS, CLOSE), st(1, 5, EST, CLOSE), st(5, 6, EST, CLOSE), st(11, 7, EST, FW1, func(e *probe.Event) { e.Sport = 40011 }))
 	b.Flush()
+	if len(s.finished) != 5 {
+		t.Fatalf("finished %d records, want 5", len(s.finished))
+	}
 	for _, r := range s.finished {
 		lost := r.Anomalies&AnomalyEventsLost != 0
-		if want := r.ID != 7; lost != want {
+		if want := r.ID == 5 || r.ID == 11 || r.ID == 3; lost != want {
 			t.Errorf("record %d: events_lost %v, want %v", r.ID, lost, want)
 		}
 	}

@@ -14,6 +14,15 @@ import (
 func (b *Builder) closeRecord(i int32) {
 	r := &b.slab[i]
 	r.heldUntil = 0
+	if r.orphanAt != 0 && !r.orphan {
+		if !r.resetSent && !r.resetReceived {
+			b.becomeOrphan(i)
+			return
+		}
+		// A reset after the CLOSE: no time-wait socket took it.
+		r.finAt = 0
+		b.leaveFinWait2(i, r.orphanAt)
+	}
 	k := recordKey(r)
 	if r.Role == RolePassive {
 		if j, ok := b.passive[k]; ok && j == i {
@@ -26,7 +35,17 @@ func (b *Builder) closeRecord(i int32) {
 			return
 		}
 	}
+	b.conclude(i)
+}
+
+// conclude classifies a closed record, hands it out as closed, and holds
+// it in TIME_WAIT or lets it go.
+func (b *Builder) conclude(i int32) {
+	r := &b.slab[i]
 	b.classify(r)
+	if r.endKind != KindOpen {
+		r.Kind = r.endKind // an orphan's end, which the states do not tell
+	}
 	if r.TimeWait == TWNone && b.reconstructTimeWait(r) {
 		r.TimeWait = TWPending
 	}
@@ -42,9 +61,13 @@ func (b *Builder) closeRecord(i int32) {
 			b.finishTimeWait(old, r.End, TWReused)
 		}
 		b.timeWait[recordKey(r)] = i
+		// A dump that listed its time-wait socket before this close was
+		// applied counted it as one without a record: now it has one.
+		b.deletePreTW(recordKey(r))
 	}
 	b.annotate(r)
 	b.h.Closed(r)
+	b.peerClosed(r)
 	if r.TimeWait != TWPending {
 		b.finish(i)
 	}
@@ -105,13 +128,21 @@ func (b *Builder) classify(r *Record) {
 	}
 }
 
-// annotate fills what the builder knows from other inputs.
+// annotate fills what the builder knows from other inputs. Lost events
+// flag only the records that show they missed one (noteGap), not every
+// record alive when the loss happened.
 func (b *Builder) annotate(r *Record) {
-	if b.lost > r.lostAtStart {
-		b.flag(r, AnomalyEventsLost)
-	}
 	if c, ok := b.cgroups[r.CgroupID]; ok && r.Cgroup == "" {
 		r.Cgroup, r.Container = c.path, c.container
+	}
+}
+
+// unverified flags a record handed out open (at the end, or evicted)
+// that lived through a loss no reconciliation has checked since: its
+// close may be among the lost events, and nothing says otherwise.
+func (b *Builder) unverified(r *Record) {
+	if b.lost > r.lostAtStart && r.reconSeen <= b.lostAt {
+		b.flag(r, AnomalyEventsLost)
 	}
 }
 
@@ -120,6 +151,7 @@ func (b *Builder) finish(i int32) {
 	if r.Kind == KindOpen && r.End == 0 {
 		b.annotate(r)
 	}
+	r.Emitted = b.now
 	b.h.Finished(r)
 	b.release(i)
 }

@@ -69,10 +69,22 @@ const (
 	KindAbortedHandshake             // closed before ESTABLISHED for another reason
 	KindEvicted                      // dropped by the tracker (cap or stuck handshake)
 	KindListenerClosed               // a listener stopped listening
+	// KindUnobserved: a reconciliation found the socket gone from the
+	// kernel without its close having been seen (events were lost): it
+	// ended between its last event and that dump (End: the dump's time).
+	KindUnobserved
+	// KindFinWait2Timeout: closed by its owner, the peer never sent its
+	// FIN; the kernel gave up after tcp_fin_timeout in FIN_WAIT2.
+	KindFinWait2Timeout
+	// KindFinWait2Aborted: likewise without the peer's FIN, but gone
+	// before tcp_fin_timeout: a RST one way or the other, most often the
+	// answer to data the peer sent after our close.
+	KindFinWait2Aborted
 )
 
 var kindNames = [...]string{"open", "graceful", "simultaneous", "reset_sent", "reset_received", "refused",
-	"connect_timeout", "timeout", "aborted_before_established", "evicted", "listener_closed"}
+	"connect_timeout", "timeout", "aborted_before_established", "evicted", "listener_closed", "unobserved",
+	"fin_wait2_timeout", "fin_wait2_aborted"}
 
 func (k Kind) String() string {
 	if int(k) < len(kindNames) {
@@ -116,7 +128,9 @@ const (
 	// AnomalyStateMismatch: an event's old state was not the state the
 	// record was in: events were missed.
 	AnomalyStateMismatch
-	// AnomalyEventsLost: the tracer lost events while this connection lived.
+	// AnomalyEventsLost: this record missed some of the events the tracer
+	// lost (a gap, a midway start after a loss, a repair by
+	// reconciliation, or open at the end through an unchecked loss).
 	AnomalyEventsLost
 )
 
@@ -154,9 +168,10 @@ type Span struct {
 	Enter, Exit uint64
 }
 
-// Dwell is the span's length in ns, 0 while open.
+// Dwell is the span's length in ns, 0 while open or when its entry is
+// unknown (Enter 0: a state the connection was found in).
 func (s *Span) Dwell() uint64 {
-	if s.Exit == 0 || s.Exit < s.Enter {
+	if s.Enter == 0 || s.Exit == 0 || s.Exit < s.Enter {
 		return 0
 	}
 	return s.Exit - s.Enter
@@ -204,7 +219,14 @@ type Record struct {
 	TimeWaitExit  uint64
 
 	Anomalies Anomaly
-	Seeded    bool // known from the sock_diag snapshot at start
+	// Seeded: the record was opened from a sock_diag dump (the snapshot
+	// at start, or a reconciliation), not by an event: its Start is when
+	// the dump found it, its first state's entry is unknown.
+	Seeded bool
+	// Emitted is the builder's clock when the record was handed out, so
+	// readers of a record still open can tell how long it has been in
+	// its state (0 until then).
+	Emitted uint64
 
 	// Meta names the owner's container, Peer the pod at the other end
 	// (tracer/metadata), when the container runtime told them. The
@@ -223,6 +245,18 @@ type Record struct {
 	twFinWait2                                         bool
 	counted                                            bool   // in the per-state gauge
 	twSeen, twExpected                                 uint64 // sock_diag: last dump that listed it, its timer's end
+	alias                                              uint64 // a seeded record's kernel connection id, once joined
+	tupNext                                            int32  // next open record with the same endpoints
+	indexed, unjoined                                  bool   // in byTuple; seeded and no event yet
+	lastEv                                             uint64 // time of its last event
+	reconSeen                                          uint64 // start of the last reconciliation dump that listed it
+	foundAt                                            uint64 // when a dump found it in its state (entry unknown)
+	// orphans in FIN_WAIT2 (orphan.go): orphanAt the full socket's CLOSE
+	// (0: none), orphan once past its reset hold, finAt the peer's FIN
+	// learnt during the hold, endKind the close an orphan ended with.
+	orphanAt, finAt uint64
+	orphan          bool
+	endKind         Kind
 }
 
 // LocalAddr and RemoteAddr return the endpoints' addresses.
@@ -235,12 +269,28 @@ func (r *Record) CommBytes() []byte { return probe.TrimComm(&r.Comm) }
 // OwnerKnown reports whether Pid and Comm name the owner.
 func (r *Record) OwnerKnown() bool { return r.Owner != probe.OwnerUnknown }
 
-// LifetimeNs is first event to CLOSE (TIME_WAIT not included).
+// LifetimeNs is first event to CLOSE (TIME_WAIT not included); for a
+// partial record, a lower bound (LifetimeKnown says which).
 func (r *Record) LifetimeNs() uint64 {
 	if r.End == 0 || r.End < r.Start {
 		return 0
 	}
 	return r.End - r.Start
+}
+
+// LifetimeKnown reports whether LifetimeNs is the whole lifetime: the
+// record saw the connection start.
+func (r *Record) LifetimeKnown() bool { return r.Anomalies&AnomalyPartial == 0 && !r.Seeded }
+
+// EstablishedKnown reports whether EstablishedNs is the whole time in
+// ESTABLISHED: no ESTABLISHED span began at an unknown time.
+func (r *Record) EstablishedKnown() bool {
+	for i := 0; i < int(r.NSpan); i++ {
+		if r.Spans[i].State == probe.StateEstablished && r.Spans[i].Enter == 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // TimeWaitNs is the TIME_WAIT duration when its end is known.

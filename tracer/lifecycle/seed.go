@@ -1,18 +1,45 @@
 package lifecycle
 
-import "github.com/tcpfsm/tcpfsm/tracer/probe"
+import (
+	"slices"
 
-// Seeding: the sock_diag snapshot at start lists connections older than
-// the tracer. Their first event shows them midway; the snapshot gives such
-// a record its owner and, with the listeners it saw, its role.
+	"github.com/tcpfsm/tcpfsm/tracer/probe"
+)
 
-// seed is what the start snapshot knew of a socket.
-type seed struct {
-	state    probe.State
-	pid      uint32
-	comm     [16]byte
-	cgroupID uint64
-	hasOwner bool
+// Seeding: a sock_diag dump lists connections tcpfsm has no record of
+// (older than the tracer at start, or whose events were lost). Each
+// becomes a record at once, partial and seeded, so gauges, views and the
+// API count it; its first event joins that record by its endpoints
+// instead of opening a new one.
+//
+// A seeded record's id is its own until an event joins it: SeedIDBit
+// set, never a kernel connection id (those count up from the BPF
+// program's sequence and would need 2^51 connections to reach the bit).
+// Its first event's kernel id then becomes its id, as if that event had
+// opened it, and the seed id stays an alias (Lookup finds both). A later
+// new kernel id for the same live socket (after the BPF map evicted it)
+// is an alias; the record keeps its id.
+// What a seed cannot know stays unknown: its first span's Enter is 0
+// (entry unknown), and its Start is when the dump found it.
+
+// SeedIDBit marks the ids of seeded records.
+const SeedIDBit = 1 << 63
+
+// Reserve makes room for n more records at once, before a snapshot seeds
+// them: growing the table and its indexes one record at a time costs
+// several times the seeding itself. It changes nothing else.
+func (b *Builder) Reserve(n int) {
+	n = min(n, b.cfg.MaxTracked-b.records())
+	if n <= 0 {
+		return
+	}
+	b.slab = slices.Grow(b.slab, n)
+	if len(b.byID) == 0 {
+		b.byID = make(map[uint64]int32, n)
+	}
+	if len(b.byTuple) == 0 {
+		b.byTuple = make(map[tupleKey]int32, n)
+	}
 }
 
 type listenKey struct {
@@ -20,40 +47,235 @@ type listenKey struct {
 	port  uint16
 }
 
-// observeSnapshot keeps what a snapshot dump says of a socket not in
-// TIME_WAIT, for the record its first event will open.
+// observeSnapshot seeds a record for a socket of the start snapshot that
+// is not a time-wait socket (those count in preTW, timewait.go).
 func (b *Builder) observeSnapshot(s *Socket) {
 	if s.State == probe.StateListen {
 		b.listening[listenKey{s.NetNS, s.Lport}] = true
 	}
-	if len(b.seeds) < b.cfg.MaxTracked {
-		b.seeds[s.key()] = seed{state: s.State, pid: s.Pid, comm: s.Comm, cgroupID: s.CgroupID, hasOwner: s.Pid != 0}
+	if b.trackedFor(s) {
+		return
+	}
+	b.seedRecord(s)
+}
+
+// trackedFor reports whether an open record already holds the socket's
+// endpoints, other than a seed of the same dump (listeners sharing a
+// port with SO_REUSEPORT list the same endpoints more than once).
+func (b *Builder) trackedFor(s *Socket) bool {
+	for i := b.tupleHead(s.key()); i >= 0; i = b.slab[i].tupNext {
+		r := &b.slab[i]
+		if !(r.unjoined && r.Start == s.Time) {
+			return true
+		}
+	}
+	return false
+}
+
+// seedRecord opens a record for a socket a dump listed, in the state the
+// dump saw, counted in the gauges at once.
+func (b *Builder) seedRecord(s *Socket) int32 {
+	if s.State == probe.StateClose || s.State > probe.MaxState {
+		return -1
+	}
+	if b.open >= b.cfg.MaxTracked || b.Tracked() >= b.cfg.MaxTracked {
+		b.evictOldest()
+	}
+	i := b.alloc()
+	r := &b.slab[i]
+	b.seedSeq++
+	r.ID = SeedIDBit | b.seedSeq
+	r.NetNS, r.Family, r.Laddr, r.Raddr, r.Lport, r.Rport = s.NetNS, s.Family, s.Laddr, s.Raddr, s.Lport, s.Rport
+	r.Start, r.foundAt = s.Time, s.Time
+	r.lostAtStart = b.lost
+	r.prev, r.next, r.tupNext = -1, -1, -1
+	r.Seeded, r.unjoined = true, true
+	b.unjoinedN++
+	if s.Pid != 0 {
+		r.Pid, r.Comm, r.CgroupID, r.Owner = s.Pid, s.Comm, s.CgroupID, probe.OwnerTask
+	}
+	b.flag(r, AnomalyPartial)
+	r.State = s.State
+	r.Spans[0] = Span{State: s.State} // entered at an unknown time
+	r.NSpan = 1
+	r.established = synchronized(s.State)
+	if s.State == probe.StateListen {
+		r.Role = RoleListener
+	}
+	b.byID[r.ID] = i
+	b.lruPush(i)
+	b.index(i)
+	b.count(i, r)
+	b.guessRole(r)
+	b.stats.Seeded++
+	return i
+}
+
+// synchronized reports whether a connection in state s went through
+// ESTABLISHED.
+func synchronized(s probe.State) bool {
+	switch s {
+	case probe.StateEstablished, probe.StateFinWait1, probe.StateFinWait2, probe.StateCloseWait,
+		probe.StateLastAck, probe.StateClosing:
+		return true
+	}
+	return false
+}
+
+// join finds the open record an event with a connection id the builder
+// does not know belongs to, by its endpoints: a seeded record's first
+// event, or a live socket whose kernel-side state the BPF program's LRU
+// map evicted (it then gets a new id). An event that opens a socket's
+// life joins nothing; it replaces a seed that has had no event yet (the
+// socket was born while the dump ran, and the events know it better).
+// It returns the record's index, or false.
+func (b *Builder) join(e *probe.Event) (int32, bool) {
+	if b.unjoinedN == 0 && OpeningRole(e.OldState(), e.NewState()) != RoleUnknown && !e.Partial() {
+		return -1, false // a new socket, and no seed it could replace: no lookup
+	}
+	k := eventKey(e)
+	head, ok := b.byTuple[k]
+	if !ok {
+		return -1, false
+	}
+	old := e.OldState()
+	if OpeningRole(old, e.NewState()) != RoleUnknown && !e.Partial() {
+		if b.unjoinedN == 0 {
+			return -1, false
+		}
+		for i := head; i >= 0; i = b.slab[i].tupNext {
+			if r := &b.slab[i]; r.unjoined && r.Role != RoleListener {
+				b.dropSeed(i)
+				b.stats.SeedsReplaced++
+				break
+			}
+		}
+		return -1, false
+	}
+	// Listeners may share endpoints: take one no event has joined yet.
+	i := head
+	for j := head; j >= 0; j = b.slab[j].tupNext {
+		if b.slab[j].unjoined {
+			i = j
+			break
+		}
+	}
+	if r := &b.slab[i]; !r.unjoined {
+		b.stats.Rejoined++
+	}
+	b.adopt(i, e.ConnId)
+	return i, true
+}
+
+// firstEvent: a seed's first state event says which state the socket
+// was in until now; the dump may have listed it just before or after
+// this change, so that is no mismatch.
+func (b *Builder) firstEvent(i int32, r *Record, old probe.State) {
+	r.unjoined = false
+	b.unjoinedN--
+	b.stats.SeededStart++
+	if r.State != old && old != probe.StateClose && old <= probe.MaxState && r.NSpan == 1 {
+		b.uncount(i, r)
+		r.State, r.Spans[0].State = old, old
+		r.established = r.established || synchronized(old)
+		b.count(i, r)
 	}
 }
 
-// seedMidway completes a record first seen midway from the snapshot: its
-// owner and role when the snapshot listed the socket, else a role guessed
-// from the listeners it saw.
-func (b *Builder) seedMidway(r *Record, k tupleKey) {
-	if s, ok := b.seeds[k]; ok {
-		r.Seeded = true
-		b.stats.SeededStart++
-		if s.hasOwner {
-			r.Pid, r.Comm, r.CgroupID, r.Owner = s.pid, s.comm, s.cgroupID, probe.OwnerTask
+// adopt makes a kernel connection id find record i: a seed takes it as
+// its id, as if the event had opened it (its seed id still finds it);
+// another record keeps its id and gets this one as an alias.
+func (b *Builder) adopt(i int32, id uint64) {
+	r := &b.slab[i]
+	if r.unjoined && r.alias == 0 {
+		r.alias, r.ID = r.ID, id
+	} else if r.ID != id {
+		if r.alias != 0 && r.alias&SeedIDBit == 0 {
+			delete(b.byID, r.alias)
 		}
-		if s.state == probe.StateListen {
-			r.Role = RoleListener
-		}
-		delete(b.seeds, k)
+		r.alias = id
 	}
-	// The role of a connection seen midway: its local port is a
-	// listener's, or the peer it reaches is a local listener.
-	if r.Role == RoleUnknown {
-		switch {
-		case b.listening[listenKey{r.NetNS, r.Lport}]:
-			r.Role = RolePassive
-		case b.listening[listenKey{r.NetNS, r.Rport}] && r.Laddr == r.Raddr:
-			r.Role = RoleActive
+	b.byID[id] = i
+}
+
+// joinSide finds the open record of a reset or SYN retransmit whose
+// connection id the builder does not know, by its endpoints: a seeded
+// connection's reset comes before its CLOSE. Its state is the next
+// state event's to tell.
+func (b *Builder) joinSide(e *probe.Event) (int32, bool) {
+	i, ok := b.byTuple[eventKey(e)]
+	if !ok || b.slab[i].Role == RoleListener {
+		return -1, false
+	}
+	b.adopt(i, e.ConnId)
+	return i, true
+}
+
+// dropSeed forgets a seeded record no event joined: nothing is handed out.
+func (b *Builder) dropSeed(i int32) {
+	r := &b.slab[i]
+	b.lruRemove(i)
+	b.uncount(i, r)
+	b.stats.Seeded--
+	b.release(i)
+}
+
+// guessRole: a connection whose local port is a listener's was accepted;
+// one that reaches a local listener on the same address was connected.
+func (b *Builder) guessRole(r *Record) {
+	if r.Role != RoleUnknown {
+		return
+	}
+	switch {
+	case b.listening[listenKey{r.NetNS, r.Lport}]:
+		r.Role = RolePassive
+	case b.listening[listenKey{r.NetNS, r.Rport}] && r.Laddr == r.Raddr:
+		r.Role = RoleActive
+	}
+}
+
+// index and unindex keep the open records by their endpoints; records
+// sharing endpoints (listeners with SO_REUSEPORT) are chained.
+func (b *Builder) index(i int32) {
+	r := &b.slab[i]
+	k := recordKey(r)
+	if head, ok := b.byTuple[k]; ok {
+		r.tupNext = head
+	} else {
+		r.tupNext = -1
+	}
+	b.byTuple[k] = i
+	r.indexed = true
+}
+
+// tupleHead is the first open record with these endpoints, -1 for none.
+func (b *Builder) tupleHead(k tupleKey) int32 {
+	if i, ok := b.byTuple[k]; ok {
+		return i
+	}
+	return -1
+}
+
+func (b *Builder) unindex(i int32) {
+	r := &b.slab[i]
+	if !r.indexed {
+		return
+	}
+	r.indexed = false
+	k := recordKey(r)
+	head := b.byTuple[k]
+	if head == i {
+		if r.tupNext >= 0 {
+			b.byTuple[k] = r.tupNext
+		} else {
+			delete(b.byTuple, k)
+		}
+		return
+	}
+	for j := head; j >= 0; j = b.slab[j].tupNext {
+		if b.slab[j].tupNext == i {
+			b.slab[j].tupNext = r.tupNext
+			return
 		}
 	}
 }

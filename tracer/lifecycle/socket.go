@@ -14,12 +14,22 @@ const (
 	// for connections that already existed.
 	PurposeSnapshot Purpose = 1
 	// PurposeTimeWait: the time-wait sockets of a namespace, to see when
-	// reconstructed TIME_WAITs end.
+	// reconstructed TIME_WAITs end, and when orphans in FIN_WAIT2 get
+	// their peer's FIN (the substate TIME_WAIT) or die (orphan.go).
 	PurposeTimeWait Purpose = 2
+	// PurposeReconcile: every TCP socket of a namespace, to repair the
+	// records from the kernel's truth (reconcile.go); its DumpDone ends a
+	// complete dump.
+	PurposeReconcile Purpose = 3
+	// PurposeReconcileBegin and PurposeReconcileAbort are DumpDone's
+	// only: a reconciliation dump of the namespace begins, or failed
+	// (then nothing is repaired).
+	PurposeReconcileBegin Purpose = 4
+	PurposeReconcileAbort Purpose = 5
 )
 
 // Valid reports whether p is a purpose this package defines.
-func (p Purpose) Valid() bool { return p == PurposeSnapshot || p == PurposeTimeWait }
+func (p Purpose) Valid() bool { return p >= PurposeSnapshot && p <= PurposeReconcileAbort }
 
 // Socket is one socket a sock_diag dump listed, with its owner when the
 // tracer could find it. It is a builder input; tracer/recording encodes it.
@@ -49,6 +59,8 @@ func (s *Socket) key() tupleKey {
 func (b *Builder) Observe(s *Socket) {
 	b.advance(s.Time)
 	switch {
+	case s.Purpose == PurposeReconcile:
+		b.observeReconcile(s)
 	case s.Purpose == PurposeSnapshot && !s.TimeWait:
 		b.observeSnapshot(s)
 	case s.TimeWait:
@@ -60,7 +72,14 @@ func (b *Builder) Observe(s *Socket) {
 // records it no longer lists have left TIME_WAIT.
 func (b *Builder) DumpDone(netns uint32, purpose Purpose, time uint64) {
 	b.advance(time)
-	if purpose == PurposeTimeWait {
+	switch purpose {
+	case PurposeTimeWait:
 		b.timeWaitDumpDone(netns, time)
+	case PurposeReconcileBegin:
+		b.reconcileBegin(netns, time)
+	case PurposeReconcile:
+		b.reconcileDone(netns)
+	case PurposeReconcileAbort:
+		delete(b.recon, netns)
 	}
 }

@@ -17,17 +17,53 @@ const (
 	dumpMargin = 100_000_000
 )
 
-// TimeWaitNetNS lists the network namespaces with records in TIME_WAIT
-// whose end sock_diag should observe.
+// TimeWaitNetNS lists the network namespaces whose time-wait sockets
+// sock_diag should observe: those of records in TIME_WAIT (without
+// fentry, which reports their ends) and of orphans in FIN_WAIT2, whose
+// substate only a dump shows.
 func (b *Builder) TimeWaitNetNS(dst []uint32) []uint32 {
 	seen := map[uint32]bool{}
-	for k := range b.timeWait {
-		if !seen[k.netns] {
-			seen[k.netns] = true
-			dst = append(dst, k.netns)
+	add := func(ns uint32) {
+		if !seen[ns] {
+			seen[ns] = true
+			dst = append(dst, ns)
 		}
 	}
+	if !b.cfg.ExactTimeWait {
+		for k := range b.timeWait {
+			add(k.netns)
+		}
+	}
+	for k := range b.orphans {
+		add(k.netns)
+	}
 	return dst
+}
+
+// preTW is a time-wait socket from before the start: its expected end,
+// and whether it is an orphan in FIN_WAIT2.
+type preTW struct {
+	end uint64
+	fw2 bool
+}
+
+func (b *Builder) setPreTW(k tupleKey, p preTW) {
+	if old, ok := b.preTW[k]; ok && old.fw2 {
+		b.preFW2--
+	}
+	if p.fw2 {
+		b.preFW2++
+	}
+	b.preTW[k] = p
+}
+
+func (b *Builder) deletePreTW(k tupleKey) {
+	if old, ok := b.preTW[k]; ok {
+		if old.fw2 {
+			b.preFW2--
+		}
+		delete(b.preTW, k)
+	}
 }
 
 // reconstructTimeWait decides, without fentry, whether the close handed
@@ -35,7 +71,8 @@ func (b *Builder) TimeWaitNetNS(dst []uint32) []uint32 {
 // FIN_WAIT2 and CLOSING, and never when the close was a reset or a
 // timeout.
 func (b *Builder) reconstructTimeWait(r *Record) bool {
-	if b.cfg.ExactTimeWait || r.Kind == KindResetSent || r.Kind == KindResetReceived || r.Kind == KindTimeout {
+	if b.cfg.ExactTimeWait || r.Kind == KindResetSent || r.Kind == KindResetReceived || r.Kind == KindTimeout ||
+		r.endKind != KindOpen {
 		return false
 	}
 	if r.NSpan == 0 {
@@ -45,13 +82,21 @@ func (b *Builder) reconstructTimeWait(r *Record) bool {
 	return last == probe.StateFinWait2 || last == probe.StateClosing
 }
 
-// observeTimeWait takes a time-wait socket a dump listed: the timer of a
-// record in TIME_WAIT, or one tcpfsm did not see enter.
+// observeTimeWait takes a time-wait socket a dump listed: an orphan's
+// (orphan.go), the timer of a record in TIME_WAIT, or one tcpfsm did not
+// see enter.
 func (b *Builder) observeTimeWait(s *Socket) {
 	k := s.key()
+	if i, ok := b.orphans[k]; ok {
+		b.observeOrphan(i, s)
+		return
+	}
 	end := s.Time + uint64(s.ExpiresMs)*1_000_000
 	if i, ok := b.timeWait[k]; ok {
 		r := &b.slab[i]
+		if s.Time < r.TimeWaitEnter {
+			return // dumped before its FIN came: says nothing of TIME_WAIT
+		}
 		r.twSeen = s.Time
 		r.twExpected = end
 		r.twFinWait2 = s.State == probe.StateFinWait2
@@ -59,22 +104,31 @@ func (b *Builder) observeTimeWait(s *Socket) {
 	}
 	// A time-wait socket tcpfsm did not see enter: from before the
 	// start, or from a filtered connection; counted in the gauge.
+	p := preTW{end: end, fw2: s.State == probe.StateFinWait2}
 	if s.Purpose == PurposeSnapshot {
-		b.preTW[k] = end
+		b.setPreTW(k, p)
 	} else if _, ok := b.preTW[k]; ok {
-		b.preTW[k] = end
+		b.setPreTW(k, p)
 	}
 }
 
 // timeWaitDumpDone ends the TIME_WAIT of the namespace's records that a
-// complete time-wait dump no longer lists.
+// complete time-wait dump no longer lists, and the orphans it no longer
+// lists. With fentry, TIME_WAIT's ends are its to report. Any complete
+// dump that asked for the states FIN_WAIT2 and TIME_WAIT (a
+// reconciliation of every state too) may end here, its time-wait sockets
+// fed to Observe before.
 func (b *Builder) timeWaitDumpDone(netns uint32, time uint64) {
 	b.twPolled[netns] = time
-	for _, i := range b.inOrder(b.timeWaitList()) {
+	b.orphanDumpDone(netns, time)
+	if b.cfg.ExactTimeWait {
+		return
+	}
+	gone := b.pick(b.timeWait, func(r *Record) bool {
+		return r.NetNS == netns && r.twSeen != time && r.TimeWaitEnter+dumpMargin <= time
+	})
+	for _, i := range gone {
 		r := &b.slab[i]
-		if r.NetNS != netns || r.twSeen == time || r.TimeWaitEnter+dumpMargin > time {
-			continue
-		}
 		// Gone: at its timer's end if that has passed, else killed early
 		// (reused by a new connection, or reset) before this dump.
 		end := time
@@ -83,9 +137,9 @@ func (b *Builder) timeWaitDumpDone(netns uint32, time uint64) {
 		}
 		b.finishTimeWait(i, end, TWSockDiag)
 	}
-	for k := range b.preTW {
-		if k.netns == netns && b.preTW[k] < time {
-			delete(b.preTW, k)
+	for k, p := range b.preTW {
+		if k.netns == netns && p.end < time {
+			b.deletePreTW(k)
 		}
 	}
 }
@@ -94,20 +148,21 @@ func (b *Builder) timeWaitDumpDone(netns uint32, time uint64) {
 // observation ended by now: none can come (fentry missed it, or no dump
 // sees the namespace).
 func (b *Builder) assumeTimeWaitEnds(now uint64) {
-	for _, i := range b.inOrder(b.timeWaitList()) {
-		r := &b.slab[i]
-		k := recordKey(r)
+	due := b.pick(b.timeWait, func(r *Record) bool {
 		if now < r.TimeWaitEnter+TimeWaitLen+timeWaitGrace {
-			continue
+			return false
 		}
-		if polled, ok := b.twPolled[k.netns]; ok && polled > r.TimeWaitEnter && !b.cfg.ExactTimeWait {
-			continue // sock_diag sees this netns; its dumps decide
-		}
-		b.timeWaitEnded(k, r.TimeWaitEnter+TimeWaitLen, TWAssumed)
+		// Where sock_diag sees the netns, its dumps decide.
+		polled, ok := b.twPolled[r.NetNS]
+		return !ok || polled <= r.TimeWaitEnter || b.cfg.ExactTimeWait
+	})
+	for _, i := range due {
+		r := &b.slab[i]
+		b.timeWaitEnded(recordKey(r), r.TimeWaitEnter+TimeWaitLen, TWAssumed)
 	}
-	for k, end := range b.preTW {
-		if now > end+timeWaitGrace {
-			delete(b.preTW, k)
+	for k, p := range b.preTW {
+		if now > p.end+timeWaitGrace {
+			b.deletePreTW(k)
 		}
 	}
 }
@@ -116,10 +171,20 @@ func (b *Builder) assumeTimeWaitEnds(now uint64) {
 func (b *Builder) timeWaitEnded(k tupleKey, ts uint64, how TimeWaitEnd) {
 	i, ok := b.timeWait[k]
 	if !ok {
-		delete(b.preTW, k)
+		b.deletePreTW(k)
 		return
 	}
 	b.finishTimeWait(i, ts, how)
+}
+
+// twSockEnded: fentry saw a time-wait socket go.
+func (b *Builder) twSockEnded(e *probe.Event) {
+	k := eventKey(e)
+	if i, ok := b.orphans[k]; ok {
+		b.orphanTWEnd(i, e.TsNs, e.OldState())
+		return
+	}
+	b.timeWaitEnded(k, e.TsNs, TWExact)
 }
 
 func (b *Builder) finishTimeWait(i int32, ts uint64, how TimeWaitEnd) {

@@ -9,6 +9,9 @@ import "github.com/tcpfsm/tcpfsm/tracer/probe"
 func (b *Builder) transition(e *probe.Event) {
 	old, nw := e.OldState(), e.NewState()
 	i, ok := b.byID[e.ConnId]
+	if !ok {
+		i, ok = b.join(e)
+	}
 	var r *Record
 	if !ok {
 		i = b.start(e)
@@ -21,8 +24,15 @@ func (b *Builder) transition(e *probe.Event) {
 			b.stats.Unmatched++
 			return
 		}
+		if r.unjoined {
+			b.firstEvent(i, r, old)
+		}
 		if r.State != old {
 			b.flag(r, AnomalyStateMismatch)
+			if b.lost > r.lostAtStart {
+				// The transitions between the two were among the lost.
+				b.flag(r, AnomalyEventsLost)
+			}
 		}
 		b.touch(i)
 	}
@@ -30,7 +40,12 @@ func (b *Builder) transition(e *probe.Event) {
 		b.flag(r, AnomalyInvalidTransition)
 	}
 
-	b.setState(i, r, nw, e.TsNs)
+	r.lastEv = e.TsNs
+	// An orphan handed to a time-wait socket stays in FIN_WAIT2 for now.
+	candidate := nw == probe.StateClose && b.orphanClose(r, e)
+	if !candidate {
+		b.setState(i, r, nw, e.TsNs)
+	}
 	b.updateOwner(r, e)
 	r.TxBytes, r.RxBytes = e.TxBytes(), e.RxBytes()
 	if r.Role == RoleActive && r.Anomalies&AnomalyPartial != 0 && e.Flags&probe.FlagSynAcked == 0 && r.TxBytes > 0 {
@@ -83,13 +98,21 @@ func (b *Builder) transition(e *probe.Event) {
 	case probe.StateClosing:
 		r.sawClosing = true
 	case probe.StateClose:
-		r.End = e.TsNs
+		if candidate {
+			// Its reset hold tells whether a time-wait socket took it
+			// (closeRecord); till then it is still in FIN_WAIT2.
+			b.addOrphan(i, e.TsNs)
+		} else {
+			r.End = e.TsNs
+		}
 		r.SkErr = e.SkErr
-		if e.Flags&probe.FlagTimeWait != 0 {
+		if e.Flags&probe.FlagTimeWait != 0 && !candidate {
 			r.TimeWait = TWPending
 			r.twFinWait2 = e.Flags&probe.FlagTWFinWait2 != 0
 		}
 		b.lruRemove(i)
+		b.unindex(i)
+		b.closedDuringDump(r)
 		r.heldUntil = e.TsNs + uint64(b.cfg.ResetHold)
 		b.held = append(b.held, i)
 	}
@@ -97,7 +120,7 @@ func (b *Builder) transition(e *probe.Event) {
 
 // start opens a record for a connection's first event.
 func (b *Builder) start(e *probe.Event) int32 {
-	if b.open >= b.cfg.MaxTracked || b.Tracked() >= b.cfg.MaxTracked {
+	if b.open >= b.cfg.MaxTracked || b.records() >= b.cfg.MaxTracked {
 		b.evictOldest()
 	}
 	i := b.alloc()
@@ -106,9 +129,10 @@ func (b *Builder) start(e *probe.Event) int32 {
 	r.Family, r.Laddr, r.Raddr, r.Lport, r.Rport, r.NetNS = e.Family, e.Saddr, e.Daddr, e.Sport, e.Dport, e.Netns
 	r.Start = e.TsNs
 	r.lostAtStart = b.lost
-	r.prev, r.next = -1, -1
+	r.prev, r.next, r.tupNext = -1, -1, -1
 	b.byID[r.ID] = i
 	b.lruPush(i)
+	b.index(i)
 	b.stats.Records++
 
 	old := e.OldState()
@@ -118,18 +142,18 @@ func (b *Builder) start(e *probe.Event) int32 {
 	}
 	// Midway: the state it was in began before anything was seen.
 	b.flag(r, AnomalyPartial)
+	if b.lost > 0 {
+		// No snapshot knew it: its birth may be among the lost events.
+		b.flag(r, AnomalyEventsLost)
+	}
 	r.State = old
 	r.Spans[0] = Span{State: old}
 	r.NSpan = 1
-	switch old {
-	case probe.StateEstablished, probe.StateFinWait1, probe.StateFinWait2, probe.StateCloseWait,
-		probe.StateLastAck, probe.StateClosing:
-		r.established = true
-	}
+	r.established = synchronized(old)
 	if old != probe.StateClose {
 		b.count(i, r)
 	}
-	b.seedMidway(r, eventKey(e))
+	b.guessRole(r)
 	return i
 }
 
@@ -189,6 +213,9 @@ func (b *Builder) flag(r *Record, a Anomaly) {
 func (b *Builder) sideEvent(e *probe.Event) {
 	i, ok := b.byID[e.ConnId]
 	if !ok {
+		i, ok = b.joinSide(e)
+	}
+	if !ok {
 		b.stats.Unmatched++
 		return
 	}
@@ -197,6 +224,7 @@ func (b *Builder) sideEvent(e *probe.Event) {
 		b.stats.LateResets++
 		return
 	}
+	r.lastEv = e.TsNs
 	switch probe.EventType(e.Type) {
 	case probe.TypeResetSent:
 		r.resetSent = true

@@ -91,11 +91,15 @@ func (r *Record) FirstSeen() uint64 { return r.Start }
 
 // StateAge is how long the record has been in its current state at now
 // (ns), and whether that is exact. When the entry is unknown it is a
-// lower bound: the time since it was first seen.
+// lower bound: the time since a dump found it in that state (a seed, a
+// reconciliation's correction), or since it was first seen.
 func (r *Record) StateAge(now uint64) (age uint64, exact bool) {
 	_, since := r.Current()
 	if since != 0 {
 		return sub(now, since), true
+	}
+	if r.foundAt != 0 {
+		return sub(now, r.foundAt), false
 	}
 	return sub(now, r.Start), false
 }

@@ -30,7 +30,8 @@ func TestOpenView(t *testing.T) {
 	b := NewBuilder(Config{}, &s)
 	feed(b,
 		// 1 (client) and 2 (server): established at 12 ms, the client
-		// closes at 20 ms: 1 goes to TIME_WAIT, 2 sits in CLOSE_WAIT.
+		// closes at 20 ms: 2 sits in CLOSE_WAIT, and 1, orphaned, in
+		// FIN_WAIT2 (handed to a time-wait socket at 22 ms).
 		st(1, 10, CLOSE, SS), st(2, 11, LST, SR), st(1, 12, SS, EST), st(2, 12, SR, EST),
 		st(1, 20, EST, FW1), st(2, 20, EST, CW), st(1, 21, FW1, FW2), st(1, 22, FW2, CLOSE),
 		// 3: found midway, ESTABLISHED -> FIN_WAIT1 at 30 ms.
@@ -55,7 +56,7 @@ func TestOpenView(t *testing.T) {
 		lifetime uint64
 		lifeOK   bool
 	}{
-		{1, TW, 22 * ms, 978 * ms, true, 12 * ms, true},
+		{1, FW2, 21 * ms, 979 * ms, true, 990 * ms, true},
 		{2, CW, 20 * ms, 980 * ms, true, 989 * ms, true},
 		{3, FW1, 30 * ms, 970 * ms, true, 970 * ms, false},
 	} {
@@ -88,7 +89,7 @@ func TestOpenView(t *testing.T) {
 		t.Errorf("age %d exact %v, want at least 970 ms", age, exact)
 	}
 
-	// The peer of the CLOSE_WAIT end is the client end in TIME_WAIT.
+	// The peer of the CLOSE_WAIT end is the client end in FIN_WAIT2.
 	r2, _ := b.Lookup(2)
 	if p, ok := b.Peer(r2); !ok || p.ID != 1 {
 		t.Errorf("peer of 2: %v %v", p, ok)

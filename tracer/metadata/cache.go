@@ -36,8 +36,8 @@ type entry struct {
 	listGen uint64
 }
 
-func newCache(max int, ttl time.Duration) *cache {
-	return &cache{max: max, ttl: ttl, entries: make(map[Key]*list.Element)}
+func newCache(maxEntries int, ttl time.Duration) *cache {
+	return &cache{max: maxEntries, ttl: ttl, entries: make(map[Key]*list.Element)}
 }
 
 func (c *cache) len() int { return len(c.entries) }

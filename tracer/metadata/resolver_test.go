@@ -365,7 +365,9 @@ func BenchmarkLookupHit(b *testing.B) {
 	defer r.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	r.WaitSynced(ctx)
+	if err := r.WaitSynced(ctx); err != nil {
+		b.Fatal(err)
+	}
 	k := key(string(rune(0x4e00 + 500)))
 	b.ReportAllocs()
 	for b.Loop() {

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"slices"
 	"strings"
 	"time"
 
@@ -53,6 +52,7 @@ type Probe struct {
 	flush    time.Duration
 	filter   Filter // its cgroup part, for seeded listeners
 	cgroups  *cgroups.Resolver
+	lost     lostState
 }
 
 // Features says which optional parts of tcpfsm the kernel accepted.
@@ -156,6 +156,10 @@ func (p *Probe) loadAndAttach(spec *ebpf.CollectionSpec, mode Attach) error {
 	}
 	s := spec.Copy()
 	delete(s.Programs, other)
+	if mode != AttachRaw {
+		// Only raw tracepoint programs have a guard of their own.
+		delete(s.Programs, tcpfsmProgRawNestedInetSockSetState)
+	}
 	for _, name := range tracingPrograms {
 		delete(s.Programs, name)
 	}
@@ -186,6 +190,26 @@ func (p *Probe) loadAndAttach(spec *ebpf.CollectionSpec, mode Attach) error {
 		return fmt.Errorf("attach: %w", err)
 	}
 	p.links = append(p.links, l)
+	if mode == AttachRaw {
+		// After the main program: the kernel runs a tracepoint's programs
+		// in the order they were attached, and the nested instance only
+		// acts when the main one, already busy on the CPU, was skipped.
+		l, err = link.AttachRawTracepoint(link.RawTracepointOptions{
+			Name:    "inet_sock_set_state",
+			Program: p.progs[tcpfsmProgRawNestedInetSockSetState],
+		})
+		if err != nil {
+			return fmt.Errorf("attach the nested instance: %w", err)
+		}
+		p.links = append(p.links, l)
+		// The calls the main program noted before the nested instance
+		// was there are never dropped: clear them, lest a later call
+		// with the same socket address and states matches one. (A call
+		// noted this very moment is then handled twice, once.)
+		if err := p.clearNest(); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -332,63 +356,6 @@ func (p *Probe) closeAll() {
 		p.coll.Close()
 	}
 	p.coll, p.extra, p.progs = nil, nil, nil
-}
-
-// Lost returns the transitions tcpfsm did not see: events that did not
-// fit in the ring buffer, summed over CPUs, and program runs the kernel
-// skipped because the program was already running on that CPU.
-func (p *Probe) Lost() (LostCounts, error) {
-	var lc LostCounts
-	if p.coll == nil {
-		return lc, errors.New("probe closed")
-	}
-	var perCPU []uint64
-	if err := p.coll.Maps[tcpfsmMapLost].Lookup(uint32(0), &perCPU); err != nil {
-		return lc, fmt.Errorf("read lost counter: %w", err)
-	}
-	for _, n := range perCPU {
-		lc.RingFull += n
-	}
-	for _, prog := range p.progs {
-		st, err := prog.Stats()
-		if err != nil {
-			return lc, fmt.Errorf("read program stats: %w", err)
-		}
-		lc.Recursion += st.RecursionMisses
-	}
-	return lc, nil
-}
-
-// LostCounts are transitions the tracer did not see, by reason.
-type LostCounts struct {
-	RingFull  uint64 // the ring buffer had no room
-	Recursion uint64 // the program was busy on that CPU
-}
-
-// Total is the sum over reasons.
-func (l LostCounts) Total() uint64 { return l.RingFull + l.Recursion }
-
-// ProgramStats is the kernel's accounting for one program. Run time is
-// only counted while BPF stats are enabled (kernel.bpf_stats_enabled, or
-// ebpf.EnableStats).
-type ProgramStats struct {
-	Name     string
-	RunCount uint64
-	RunTime  time.Duration
-}
-
-// Stats returns every loaded program's run count and run time, by name.
-func (p *Probe) Stats() ([]ProgramStats, error) {
-	var out []ProgramStats
-	for name, prog := range p.progs {
-		st, err := prog.Stats()
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", name, err)
-		}
-		out = append(out, ProgramStats{Name: name, RunCount: st.RunCount, RunTime: st.Runtime})
-	}
-	slices.SortFunc(out, func(a, b ProgramStats) int { return strings.Compare(a.Name, b.Name) })
-	return out, nil
 }
 
 // inFilterCgroup reports whether a cgroup is the filter's cgroup or

@@ -15,9 +15,8 @@ import (
 
 type tcpfsmClosedRing struct {
 	_    structs.HostLayout
-	Next uint32
-	Pad  uint32
-	Slot [8]struct {
+	Next [2]uint32
+	Slot [16]struct {
 		_  structs.HostLayout
 		Sk uint64
 		C  tcpfsmConn
@@ -118,6 +117,19 @@ type tcpfsmListenerKey struct {
 	Pad   uint16
 }
 
+type tcpfsmNest struct {
+	_       structs.HostLayout
+	Top     uint32
+	Pad     uint32
+	Handled uint64
+	Call    [8]struct {
+		_        structs.HostLayout
+		Sk       uint64
+		Oldstate uint32
+		Newstate uint32
+	}
+}
+
 type tcpfsmOwnerSource uint32
 
 const (
@@ -154,36 +166,38 @@ const (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	tcpfsmMapConns                = "conns"
-	tcpfsmMapEvents               = "events"
-	tcpfsmMapIdSeq                = "id_seq"
-	tcpfsmMapLastClosed           = "last_closed"
-	tcpfsmMapListeners            = "listeners"
-	tcpfsmMapLost                 = "lost"
-	tcpfsmMapScratch              = "scratch"
-	tcpfsmProgFentryInetTwskKill  = "fentry_inet_twsk_kill"
-	tcpfsmProgFentryTcpTimeWait   = "fentry_tcp_time_wait"
-	tcpfsmProgFexitInetCskAccept  = "fexit_inet_csk_accept"
-	tcpfsmProgRawInetSockSetState = "raw_inet_sock_set_state"
-	tcpfsmProgRawTcpReceiveReset  = "raw_tcp_receive_reset"
-	tcpfsmProgRawTcpRetransmitSkb = "raw_tcp_retransmit_skb"
-	tcpfsmProgRawTcpSendReset     = "raw_tcp_send_reset"
-	tcpfsmProgTpInetSockSetState  = "tp_inet_sock_set_state"
-	tcpfsmVarFilterCgroup         = "filter_cgroup"
-	tcpfsmVarFilterCgroupLevel    = "filter_cgroup_level"
-	tcpfsmVarFilterFamily         = "filter_family"
-	tcpfsmVarFilterLports         = "filter_lports"
-	tcpfsmVarFilterNetns          = "filter_netns"
-	tcpfsmVarFilterPid            = "filter_pid"
-	tcpfsmVarFilterRports         = "filter_rports"
-	tcpfsmVarLportBits            = "lport_bits"
-	tcpfsmVarRportBits            = "rport_bits"
-	tcpfsmVarUnusedEvent          = "unused_event"
-	tcpfsmVarUnusedEventFlags     = "unused_event_flags"
-	tcpfsmVarUnusedEventType      = "unused_event_type"
-	tcpfsmVarUnusedOwnerSource    = "unused_owner_source"
-	tcpfsmVarUnusedTcpState       = "unused_tcp_state"
-	tcpfsmVarWakeupBytes          = "wakeup_bytes"
+	tcpfsmMapConns                      = "conns"
+	tcpfsmMapEvents                     = "events"
+	tcpfsmMapIdSeq                      = "id_seq"
+	tcpfsmMapLastClosed                 = "last_closed"
+	tcpfsmMapListeners                  = "listeners"
+	tcpfsmMapLost                       = "lost"
+	tcpfsmMapNest                       = "nest"
+	tcpfsmMapScratch                    = "scratch"
+	tcpfsmProgFentryInetTwskKill        = "fentry_inet_twsk_kill"
+	tcpfsmProgFentryTcpTimeWait         = "fentry_tcp_time_wait"
+	tcpfsmProgFexitInetCskAccept        = "fexit_inet_csk_accept"
+	tcpfsmProgRawInetSockSetState       = "raw_inet_sock_set_state"
+	tcpfsmProgRawNestedInetSockSetState = "raw_nested_inet_sock_set_state"
+	tcpfsmProgRawTcpReceiveReset        = "raw_tcp_receive_reset"
+	tcpfsmProgRawTcpRetransmitSkb       = "raw_tcp_retransmit_skb"
+	tcpfsmProgRawTcpSendReset           = "raw_tcp_send_reset"
+	tcpfsmProgTpInetSockSetState        = "tp_inet_sock_set_state"
+	tcpfsmVarFilterCgroup               = "filter_cgroup"
+	tcpfsmVarFilterCgroupLevel          = "filter_cgroup_level"
+	tcpfsmVarFilterFamily               = "filter_family"
+	tcpfsmVarFilterLports               = "filter_lports"
+	tcpfsmVarFilterNetns                = "filter_netns"
+	tcpfsmVarFilterPid                  = "filter_pid"
+	tcpfsmVarFilterRports               = "filter_rports"
+	tcpfsmVarLportBits                  = "lport_bits"
+	tcpfsmVarRportBits                  = "rport_bits"
+	tcpfsmVarUnusedEvent                = "unused_event"
+	tcpfsmVarUnusedEventFlags           = "unused_event_flags"
+	tcpfsmVarUnusedEventType            = "unused_event_type"
+	tcpfsmVarUnusedOwnerSource          = "unused_owner_source"
+	tcpfsmVarUnusedTcpState             = "unused_tcp_state"
+	tcpfsmVarWakeupBytes                = "wakeup_bytes"
 )
 
 // loadTcpfsm returns the embedded CollectionSpec for tcpfsm.
@@ -228,14 +242,15 @@ type tcpfsmSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcpfsmProgramSpecs struct {
-	FentryInetTwskKill  *ebpf.ProgramSpec `ebpf:"fentry_inet_twsk_kill"`
-	FentryTcpTimeWait   *ebpf.ProgramSpec `ebpf:"fentry_tcp_time_wait"`
-	FexitInetCskAccept  *ebpf.ProgramSpec `ebpf:"fexit_inet_csk_accept"`
-	RawInetSockSetState *ebpf.ProgramSpec `ebpf:"raw_inet_sock_set_state"`
-	RawTcpReceiveReset  *ebpf.ProgramSpec `ebpf:"raw_tcp_receive_reset"`
-	RawTcpRetransmitSkb *ebpf.ProgramSpec `ebpf:"raw_tcp_retransmit_skb"`
-	RawTcpSendReset     *ebpf.ProgramSpec `ebpf:"raw_tcp_send_reset"`
-	TpInetSockSetState  *ebpf.ProgramSpec `ebpf:"tp_inet_sock_set_state"`
+	FentryInetTwskKill        *ebpf.ProgramSpec `ebpf:"fentry_inet_twsk_kill"`
+	FentryTcpTimeWait         *ebpf.ProgramSpec `ebpf:"fentry_tcp_time_wait"`
+	FexitInetCskAccept        *ebpf.ProgramSpec `ebpf:"fexit_inet_csk_accept"`
+	RawInetSockSetState       *ebpf.ProgramSpec `ebpf:"raw_inet_sock_set_state"`
+	RawNestedInetSockSetState *ebpf.ProgramSpec `ebpf:"raw_nested_inet_sock_set_state"`
+	RawTcpReceiveReset        *ebpf.ProgramSpec `ebpf:"raw_tcp_receive_reset"`
+	RawTcpRetransmitSkb       *ebpf.ProgramSpec `ebpf:"raw_tcp_retransmit_skb"`
+	RawTcpSendReset           *ebpf.ProgramSpec `ebpf:"raw_tcp_send_reset"`
+	TpInetSockSetState        *ebpf.ProgramSpec `ebpf:"tp_inet_sock_set_state"`
 }
 
 // tcpfsmMapSpecs contains maps before they are loaded into the kernel.
@@ -248,6 +263,7 @@ type tcpfsmMapSpecs struct {
 	LastClosed *ebpf.MapSpec `ebpf:"last_closed"`
 	Listeners  *ebpf.MapSpec `ebpf:"listeners"`
 	Lost       *ebpf.MapSpec `ebpf:"lost"`
+	Nest       *ebpf.MapSpec `ebpf:"nest"`
 	Scratch    *ebpf.MapSpec `ebpf:"scratch"`
 }
 
@@ -298,6 +314,7 @@ type tcpfsmMaps struct {
 	LastClosed *ebpf.Map `ebpf:"last_closed"`
 	Listeners  *ebpf.Map `ebpf:"listeners"`
 	Lost       *ebpf.Map `ebpf:"lost"`
+	Nest       *ebpf.Map `ebpf:"nest"`
 	Scratch    *ebpf.Map `ebpf:"scratch"`
 }
 
@@ -309,6 +326,7 @@ func (m *tcpfsmMaps) Close() error {
 		m.LastClosed,
 		m.Listeners,
 		m.Lost,
+		m.Nest,
 		m.Scratch,
 	)
 }
@@ -338,14 +356,15 @@ type tcpfsmVariables struct {
 //
 // It can be passed to loadTcpfsmObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcpfsmPrograms struct {
-	FentryInetTwskKill  *ebpf.Program `ebpf:"fentry_inet_twsk_kill"`
-	FentryTcpTimeWait   *ebpf.Program `ebpf:"fentry_tcp_time_wait"`
-	FexitInetCskAccept  *ebpf.Program `ebpf:"fexit_inet_csk_accept"`
-	RawInetSockSetState *ebpf.Program `ebpf:"raw_inet_sock_set_state"`
-	RawTcpReceiveReset  *ebpf.Program `ebpf:"raw_tcp_receive_reset"`
-	RawTcpRetransmitSkb *ebpf.Program `ebpf:"raw_tcp_retransmit_skb"`
-	RawTcpSendReset     *ebpf.Program `ebpf:"raw_tcp_send_reset"`
-	TpInetSockSetState  *ebpf.Program `ebpf:"tp_inet_sock_set_state"`
+	FentryInetTwskKill        *ebpf.Program `ebpf:"fentry_inet_twsk_kill"`
+	FentryTcpTimeWait         *ebpf.Program `ebpf:"fentry_tcp_time_wait"`
+	FexitInetCskAccept        *ebpf.Program `ebpf:"fexit_inet_csk_accept"`
+	RawInetSockSetState       *ebpf.Program `ebpf:"raw_inet_sock_set_state"`
+	RawNestedInetSockSetState *ebpf.Program `ebpf:"raw_nested_inet_sock_set_state"`
+	RawTcpReceiveReset        *ebpf.Program `ebpf:"raw_tcp_receive_reset"`
+	RawTcpRetransmitSkb       *ebpf.Program `ebpf:"raw_tcp_retransmit_skb"`
+	RawTcpSendReset           *ebpf.Program `ebpf:"raw_tcp_send_reset"`
+	TpInetSockSetState        *ebpf.Program `ebpf:"tp_inet_sock_set_state"`
 }
 
 func (p *tcpfsmPrograms) Close() error {
@@ -354,6 +373,7 @@ func (p *tcpfsmPrograms) Close() error {
 		p.FentryTcpTimeWait,
 		p.FexitInetCskAccept,
 		p.RawInetSockSetState,
+		p.RawNestedInetSockSetState,
 		p.RawTcpReceiveReset,
 		p.RawTcpRetransmitSkb,
 		p.RawTcpSendReset,

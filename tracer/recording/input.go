@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/tcpfsm/tcpfsm/tracer/lifecycle"
 	"github.com/tcpfsm/tcpfsm/tracer/probe"
@@ -42,7 +43,15 @@ type DumpDone struct {
 	NetNS   uint32
 	Purpose lifecycle.Purpose
 	Time    uint64 // CLOCK_MONOTONIC ns when the dump began
+	// FinTimeout is the namespace's tcp_fin_timeout as the dump found it,
+	// in whole seconds up to MaxFinTimeout; 0 when not read (and in
+	// recordings made before it was).
+	FinTimeout time.Duration
 }
+
+// MaxFinTimeout is the largest FinTimeout a recording holds (a u16 of
+// seconds); larger ones are recorded as this.
+const MaxFinTimeout = 65535 * time.Second
 
 // Cgroup names a cgroup v2 id: its path relative to the cgroup2 mount.
 type Cgroup struct {
@@ -58,10 +67,16 @@ type Cgroup struct {
 //	socket     time u64, netns u32, expires ms u32, pid u32, reserved u32, cgroup id u64,
 //	           family u8, state u8, time-wait u8 (0 or 1), purpose u8, lport u16, rport u16,
 //	           laddr [16], raddr [16], comm [16]
-//	dump_done  time u64, netns u32, purpose u8, reserved [3]
+//	dump_done  time u64, netns u32, purpose u8, reserved u8, tcp_fin_timeout s u16 (0: unknown;
+//	           reserved, and so 0, before it was added, in the same format version)
 //	cgroup     id u64, path (the rest, at most MaxPayload-8 bytes)
 //	features   bit set u64: time-wait 1, resets 2, SYN retransmits 4, accept owner 8
 //	meta       see meta.go (version 2)
+//
+// Purposes (lifecycle.Purpose): 1 snapshot at start, 2 time-wait poll,
+// 3 reconciliation (sockets, and the end of a complete dump), 4 and 5 a
+// reconciliation's begin and abort (dump_done only). Recordings made
+// before reconciliation hold 1 and 2 only and replay as they did.
 const (
 	lostSize     = 16
 	u64Size      = 8
@@ -99,7 +114,8 @@ func (w *Writer) WriteInput(in *Input) error {
 		d := &in.DumpDone
 		b = binary.LittleEndian.AppendUint64(b, d.Time)
 		b = binary.LittleEndian.AppendUint32(b, d.NetNS)
-		b = append(b, uint8(d.Purpose), 0, 0, 0)
+		b = append(b, uint8(d.Purpose), 0)
+		b = binary.LittleEndian.AppendUint16(b, uint16(min(max(d.FinTimeout, 0), MaxFinTimeout)/time.Second))
 	case KindCgroup:
 		path := in.Cgroup.Path
 		if len(path) > MaxPayload-cgroupMin {
@@ -251,6 +267,7 @@ func decodeDumpDone(p []byte, d *DumpDone) error {
 	d.Time = binary.LittleEndian.Uint64(p)
 	d.NetNS = binary.LittleEndian.Uint32(p[8:])
 	d.Purpose = lifecycle.Purpose(p[12])
+	d.FinTimeout = time.Duration(binary.LittleEndian.Uint16(p[14:])) * time.Second
 	if !d.Purpose.Valid() {
 		return fmt.Errorf("%w socket record: dump purpose %d", ErrBadInput, d.Purpose)
 	}

@@ -33,7 +33,9 @@ func TestSocketEncoding(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w.WriteInput(&Input{Kind: KindDumpDone, DumpDone: DumpDone{NetNS: 9, Purpose: lifecycle.PurposeSnapshot, Time: 77}})
+	if err := w.WriteInput(&Input{Kind: KindDumpDone, DumpDone: DumpDone{NetNS: 9, Purpose: lifecycle.PurposeSnapshot, Time: 77}}); err != nil {
+		t.Fatal(err)
+	}
 	w.Flush()
 	rd, err := NewReader(&buf, probe.EventSize)
 	if err != nil {
@@ -109,7 +111,7 @@ func TestWriteInputDoesNotAllocate(t *testing.T) {
 		{Kind: KindFeatures, Features: probe.Features{TimeWait: true}},
 	}
 	for i := range inputs {
-		if n := testing.AllocsPerRun(100, func() { w.WriteInput(&inputs[i]) }); n != 0 {
+		if n := testing.AllocsPerRun(100, func() { _ = w.WriteInput(&inputs[i]) }); n != 0 {
 			t.Errorf("WriteInput(%s) allocates %.1f times", inputs[i].Kind, n)
 		}
 	}

@@ -52,7 +52,7 @@ func TestRoundTrip(t *testing.T) {
 	var kinds []Kind
 	for {
 		k, p, err := r.Next()
-		if err == io.EOF {
+		if errors.Is(err, io.EOF) {
 			break
 		}
 		if err != nil {
@@ -99,7 +99,7 @@ func readAll(data []byte, eventSize int) error {
 	}
 	for {
 		_, _, err := r.Next()
-		if err == io.EOF {
+		if errors.Is(err, io.EOF) {
 			return nil
 		}
 		if err != nil {
@@ -184,7 +184,7 @@ func TestWriteDoesNotAllocate(t *testing.T) {
 		t.Fatal(err)
 	}
 	ev := make([]byte, testEventSize)
-	if n := testing.AllocsPerRun(1000, func() { w.Write(KindEvent, ev) }); n != 0 {
+	if n := testing.AllocsPerRun(1000, func() { _ = w.Write(KindEvent, ev) }); n != 0 {
 		t.Errorf("Write allocates %.1f times per record", n)
 	}
 }
@@ -194,8 +194,8 @@ func TestWriteDoesNotAllocate(t *testing.T) {
 func FuzzReader(f *testing.F) {
 	f.Add(writeSample(f, 3))
 	f.Add(writeSample(f, 0))
-	if real, err := os.ReadFile("../testdata/loopback-mix.rec"); err == nil {
-		f.Add(real)
+	if rec, err := os.ReadFile("../testdata/loopback-mix.rec"); err == nil {
+		f.Add(rec)
 	}
 	f.Add([]byte(Magic))
 	f.Fuzz(func(t *testing.T, data []byte) {

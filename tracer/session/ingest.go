@@ -56,6 +56,9 @@ func (in *ingest) apply(x *recording.Input) error {
 	case recording.KindSocket:
 		in.b.Observe(&x.Socket)
 	case recording.KindDumpDone:
+		if ft := x.DumpDone.FinTimeout; ft > 0 {
+			in.b.FinTimeout(x.DumpDone.NetNS, ft)
+		}
 		in.b.DumpDone(x.DumpDone.NetNS, x.DumpDone.Purpose, x.DumpDone.Time)
 	case recording.KindCgroup:
 		container := ""

@@ -31,6 +31,11 @@ type Options struct {
 	TimeWaitPoll time.Duration
 	// NoSnapshot skips the sock_diag snapshot of existing connections.
 	NoSnapshot bool
+	// Reconcile is how often every namespace's sockets are dumped and the
+	// records repaired from them (reconcile.go), MinReconcile to
+	// MaxReconcile; one also runs ReconcileAfterLoss after events were
+	// lost. 0 (the default for library users) or negative: off.
+	Reconcile time.Duration
 	// Clock maps timestamps to wall clock; zero takes it now. A recording's
 	// header and the session must agree on it.
 	Clock clock.Clock
@@ -66,12 +71,24 @@ const (
 	// MaxTimeWaitPoll is TIME_WAIT's length: polling less often finds
 	// nothing the assumed 60 s end does not.
 	MaxTimeWaitPoll = time.Minute
+	// DefaultReconcile is the agent's reconciliation interval.
+	DefaultReconcile = 30 * time.Second
+	// MinReconcile bounds the cost of dumping every socket (about 90 ms
+	// of CPU per 100,000 sockets, BENCHMARKS.md).
+	MinReconcile = time.Second
+	MaxReconcile = time.Hour
+	// ReconcileAfterLoss: how soon after a loss of events a
+	// reconciliation runs (the burst that lost them is likely over).
+	ReconcileAfterLoss = time.Second
 )
 
 // Validate checks the options as Open would, without loading anything.
 func (o Options) Validate() error {
 	if p := o.TimeWaitPoll; p > 0 && (p < MinTimeWaitPoll || p > MaxTimeWaitPoll) {
 		return fmt.Errorf("TIME_WAIT poll interval %s: want %s to %s, or negative (off)", p, MinTimeWaitPoll, MaxTimeWaitPoll)
+	}
+	if r := o.Reconcile; r > 0 && (r < MinReconcile || r > MaxReconcile) {
+		return fmt.Errorf("reconciliation interval %s: want %s to %s, or 0 (off)", r, MinReconcile, MaxReconcile)
 	}
 	if o.MetadataWait > MaxMetadataWait {
 		return fmt.Errorf("metadata wait %s: want at most %s", o.MetadataWait, MaxMetadataWait)

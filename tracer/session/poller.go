@@ -15,7 +15,9 @@ import (
 )
 
 // poller dumps time-wait sockets of the namespaces asked for, on its own
-// goroutine, so a slow dump never holds up the ring buffer.
+// goroutine, so a slow dump never holds up the ring buffer: those of
+// reconstructed TIME_WAITs and of orphans in FIN_WAIT2, whose substate
+// and timer only a dump shows (lifecycle's orphan.go).
 type poller struct {
 	every time.Duration
 	extra map[uint32]string
@@ -31,7 +33,8 @@ type poller struct {
 type pollResult struct {
 	time    uint64
 	sockets []lifecycle.Socket
-	done    []uint32 // namespaces dumped completely
+	done    []uint32        // namespaces dumped completely
+	fin     []time.Duration // their tcp_fin_timeout, 0 when unread
 }
 
 // The time-wait states: TIME_WAIT, and FIN_WAIT2 for orphaned connections
@@ -74,11 +77,17 @@ func (p *poller) close() {
 func (p *poller) loop() {
 	defer p.wg.Done()
 	dumpers := map[uint32]*sockdiag.Dumper{}
+	// Each namespace's tcp_fin_timeout, opened there with its dumper:
+	// how long its orphans wait in FIN_WAIT2, should no dump see them go.
+	fins := map[uint32]*sockdiag.Sysctl{}
 	paths, _ := namespacePaths(p.extra)
 	var lastScan time.Time
 	defer func() {
 		for _, d := range dumpers {
 			d.Close()
+		}
+		for _, f := range fins {
+			f.Close()
 		}
 	}()
 	for {
@@ -98,6 +107,8 @@ func (p *poller) loop() {
 			if !want[ns] {
 				d.Close()
 				delete(dumpers, ns)
+				fins[ns].Close()
+				delete(fins, ns)
 			}
 		}
 		res := pollResult{time: clock.Monotonic()}
@@ -119,6 +130,9 @@ func (p *poller) loop() {
 					continue
 				}
 				dumpers[ns] = d
+				if f, err := sockdiag.OpenSysctl(path, sockdiag.FinTimeoutPath); err == nil {
+					fins[ns] = f
+				}
 			}
 			err := d.Dump(twStates, func(s *sockdiag.Socket) error {
 				if !s.TimeWait {
@@ -132,9 +146,16 @@ func (p *poller) loop() {
 			if err != nil {
 				d.Close()
 				delete(dumpers, ns)
+				fins[ns].Close()
+				delete(fins, ns)
 				continue
 			}
+			var ft time.Duration
+			if f := fins[ns]; f != nil {
+				ft, _ = f.Seconds()
+			}
 			res.done = append(res.done, ns)
+			res.fin = append(res.fin, ft)
 		}
 		select {
 		case p.res <- res:

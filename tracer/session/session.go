@@ -45,6 +45,7 @@ type Session struct {
 
 	cgroups *cgroups.Resolver
 	poller  *poller
+	recon   *reconciler // nil without Options.Reconcile
 
 	// meta asks the runtime and queues its answers (nil without
 	// Options.Metadata); metaIn and answerBuf hold answers being input,
@@ -56,7 +57,15 @@ type Session struct {
 
 	started  time.Time
 	warnings []string
+	// seedTook and seeded: how long the snapshot at start took (dump,
+	// owners, seeding) and how many sockets it listed.
+	seedTook time.Duration
+	seeded   int
 }
+
+// Snapshot is how many sockets the snapshot at start listed and how long
+// dumping them, finding their owners and seeding the builder took.
+func (s *Session) Snapshot() (sockets int, took time.Duration) { return s.seeded, s.seedTook }
 
 // Warnings lists what the session could not do and works around.
 func (s *Session) Warnings() []string { return s.warnings }
@@ -100,7 +109,10 @@ func Open(opts Options) (_ *Session, err error) {
 		return nil, err
 	}
 	if !opts.NoSnapshot {
-		if err := s.snapshot(); err != nil {
+		t0 := time.Now()
+		err := s.snapshot()
+		s.seedTook = time.Since(t0)
+		if err != nil {
 			// Connections open before the start stay partial records
 			// without owners; everything else works.
 			hint := ""
@@ -110,8 +122,14 @@ func Open(opts Options) (_ *Session, err error) {
 			s.warnings = append(s.warnings, fmt.Sprintf("no snapshot of existing connections: %v%s", err, hint))
 		}
 	}
-	if opts.TimeWaitPoll > 0 && !f.TimeWait {
+	// With fentry too: it reports no peer's FIN to an orphan in FIN_WAIT2.
+	if opts.TimeWaitPoll > 0 {
 		s.poller = newPoller(opts.TimeWaitPoll, opts.NetNSPaths)
+	}
+	// Owner filters select sockets by process, which a dump cannot tell
+	// for every socket: reconciling would count what the probe never reports.
+	if opts.Reconcile > 0 && f0(&opts.Probe.Filter) {
+		s.recon = newReconciler(opts.Reconcile, opts.NetNSPaths, opts.Probe.Filter)
 	}
 	return s, nil
 }
@@ -134,6 +152,7 @@ func (s *Session) With(f func(b *lifecycle.Builder)) {
 // for their metadata then wait at most Options.MetadataWait more.
 func (s *Session) Run() error {
 	defer s.poller.close()
+	defer s.recon.close()
 	err := s.probe.Read(s.event, s.drained)
 	s.mu.Lock()
 	s.in.b.Flush()
@@ -203,6 +222,14 @@ func (s *Session) drained() error {
 		if err := s.input(&s.aux); err != nil {
 			return err
 		}
+		if s.recon != nil {
+			s.recon.soon()
+		}
+	}
+	if s.recon != nil {
+		if err := s.reconcile(); err != nil {
+			return err
+		}
 	}
 	if s.poller != nil {
 		if err := s.pollTimeWait(); err != nil {
@@ -240,8 +267,10 @@ func (s *Session) pollTimeWait() error {
 				return err
 			}
 		}
-		for _, ns := range res.done {
-			if err := s.dumpDoneInput(ns, lifecycle.PurposeTimeWait, res.time); err != nil {
+		for j, ns := range res.done {
+			s.aux = recording.Input{Kind: recording.KindDumpDone, DumpDone: recording.DumpDone{NetNS: ns,
+				Purpose: lifecycle.PurposeTimeWait, Time: res.time, FinTimeout: res.fin[j]}}
+			if err := s.input(&s.aux); err != nil {
 				return err
 			}
 		}
@@ -288,6 +317,7 @@ func (s *Session) snapshot() error {
 				State: probe.State(ds.State), TimeWait: ds.TimeWait, Purpose: lifecycle.PurposeSnapshot,
 				Lport: ds.Sport, Rport: ds.Dport, Laddr: ds.Saddr, Raddr: ds.Daddr}
 			all = append(all, found{ls, ds.Inode})
+			s.seeded++
 			if ds.Inode != 0 {
 				wanted[ds.Inode] = struct{}{}
 			}
@@ -303,6 +333,9 @@ func (s *Session) snapshot() error {
 		return err
 	}
 	done := map[uint32]bool{}
+	s.mu.Lock()
+	s.in.b.Reserve(len(all))
+	s.mu.Unlock()
 	for _, x := range all {
 		ls := x.sock
 		if o, ok := owners[x.inode]; ok && x.inode != 0 {
@@ -314,16 +347,19 @@ func (s *Session) snapshot() error {
 				// connections they will accept.
 				s.probe.SeedListener(ls.NetNS, ls.Lport, ls.Pid, o.Comm, ls.CgroupID)
 			}
-			if ls.CgroupID != 0 {
+			if ls.CgroupID != 0 && !s.in.knowsCgroup(ls.CgroupID) {
 				if err := s.cgroupInput(ls.CgroupID, o.CgroupPath); err != nil {
 					return err
 				}
 			}
 		}
+		done[ls.NetNS] = true
+		if !ownerMatches(f, &ls) {
+			continue // the probe reports none of its events
+		}
 		if err := s.socketInput(&ls); err != nil {
 			return err
 		}
-		done[ls.NetNS] = true
 	}
 	now := clock.Monotonic()
 	for ns := range done {
@@ -342,6 +378,19 @@ func (s *Session) socketInput(sock *lifecycle.Socket) error {
 func (s *Session) dumpDoneInput(netns uint32, purpose lifecycle.Purpose, time uint64) error {
 	s.aux = recording.Input{Kind: recording.KindDumpDone, DumpDone: recording.DumpDone{NetNS: netns, Purpose: purpose, Time: time}}
 	return s.input(&s.aux)
+}
+
+// f0: the filter selects no owner.
+func f0(f *probe.Filter) bool { return f.PID == 0 && f.CgroupID == 0 }
+
+// ownerMatches applies the owner part of the kernel filter to a snapshot
+// socket: one whose owner /proc did not tell is left out under an owner
+// filter, its first event seeds its record if the probe passes it.
+func ownerMatches(f *probe.Filter, s *lifecycle.Socket) bool {
+	if f.PID != 0 && s.Pid != f.PID {
+		return false
+	}
+	return f.CgroupID == 0 || (s.CgroupID != 0 && s.CgroupID == f.CgroupID)
 }
 
 // tupleMatches applies the socket part of the kernel filter to a dumped

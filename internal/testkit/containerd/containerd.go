@@ -202,7 +202,7 @@ func (c *Containerd) start() error {
 		return fmt.Errorf("start containerd: %w", err)
 	}
 	c.cmd, c.log, c.exit = cmd, log, make(chan struct{})
-	go func(cmd *exec.Cmd, exit chan struct{}) { cmd.Wait(); close(exit) }(cmd, c.exit)
+	go func(cmd *exec.Cmd, exit chan struct{}) { _ = cmd.Wait(); close(exit) }(cmd, c.exit)
 
 	deadline := time.Now().Add(30 * time.Second)
 	for {
@@ -218,7 +218,7 @@ func (c *Containerd) start() error {
 		default:
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("containerd's CRI did not answer in 30s: %v\n%s", err, c.Log())
+			return fmt.Errorf("containerd's CRI did not answer in 30s: %w\n%s", err, c.Log())
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -250,11 +250,11 @@ func (c *Containerd) stop() error {
 	if !c.Running() {
 		return nil
 	}
-	c.cmd.Process.Signal(syscall.SIGTERM)
+	_ = c.cmd.Process.Signal(syscall.SIGTERM) // one that exited already closes exit
 	select {
 	case <-c.exit:
 	case <-time.After(10 * time.Second):
-		c.cmd.Process.Kill()
+		_ = c.cmd.Process.Kill()
 		<-c.exit
 	}
 	c.log.Close()

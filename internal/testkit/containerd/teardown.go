@@ -37,13 +37,15 @@ func (c *Containerd) teardown() {
 			cancel()
 		}
 	}
-	c.stop()
+	if err := c.stop(); err != nil {
+		t.Logf("teardown: stop containerd: %v", err)
+	}
 	c.conn.Close()
 	// What a failed removal left: the shims of this containerd, and the
 	// processes in the pods' cgroups.
 	for _, pid := range c.leftoverPIDs() {
 		t.Logf("teardown: killing leftover process %d", pid)
-		unix.Kill(pid, unix.SIGKILL)
+		_ = unix.Kill(pid, unix.SIGKILL) // it may have exited since
 	}
 	c.unmount()
 	c.removeCgroups()

@@ -58,6 +58,12 @@ func RunHelperIfAsked() {
 //	holder NETWORK ADDR COUNT: listen, print "port N", accept COUNT
 //	  connections, print "accepted COUNT", then hold them all open, never
 //	  reading, until a line on stdin (Release), and print "done 0".
+//	dialer NETWORK ADDR COUNT: connect COUNT times, shut down the write
+//	  side of every tenth connection (its socket in FIN_WAIT2, the peer's
+//	  in CLOSE_WAIT), print "connected COUNT", hold them all until a line
+//	  on stdin, close them and print "done 0".
+//
+//	dialer, closer NETWORK ADDR COUNT: mass.go.
 //
 // Together server and client are a normal close, the client first, with
 // payload both ways; a holder is a server that never closes, whose
@@ -74,6 +80,8 @@ func runHelper(args []string) error {
 	switch args[0] {
 	case "holder":
 		return hold(args[1], args[2], send)
+	case "dialer":
+		return dial(args[1], args[2], send)
 	case "server":
 		ln, err := net.Listen(args[1], args[2])
 		if err != nil {
@@ -120,6 +128,9 @@ func runHelper(args []string) error {
 		}
 		fmt.Printf("done %d\n", n)
 	default:
+		if role, ok := massRoles[args[0]]; ok {
+			return role(args[1], args[2], send)
+		}
 		return fmt.Errorf("unknown role %q", args[0])
 	}
 	return nil
@@ -142,6 +153,30 @@ func hold(network, addr string, count int) error {
 		held = append(held, c)
 	}
 	fmt.Printf("accepted %d\n", len(held))
+	bufio.NewReader(os.Stdin).ReadString('\n')
+	for _, c := range held {
+		c.Close()
+	}
+	fmt.Println("done 0")
+	return nil
+}
+
+func dial(network, addr string, count int) error {
+	held := make([]*net.TCPConn, 0, count)
+	for i := 0; i < count; i++ {
+		c, err := net.DialTimeout(network, addr, 10*time.Second)
+		if err != nil {
+			return fmt.Errorf("connection %d: %w", i, err)
+		}
+		tc := c.(*net.TCPConn)
+		if i%10 == 9 {
+			if err := tc.CloseWrite(); err != nil {
+				return err
+			}
+		}
+		held = append(held, tc)
+	}
+	fmt.Printf("connected %d\n", len(held))
 	bufio.NewReader(os.Stdin).ReadString('\n')
 	for _, c := range held {
 		c.Close()

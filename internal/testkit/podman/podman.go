@@ -11,6 +11,7 @@ package podman
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -93,7 +94,7 @@ func (p *Podman) Podman(t testing.TB, a ...string) string {
 	out, err := exec.CommandContext(ctx, "podman", p.args(a...)...).Output()
 	if err != nil {
 		var stderr []byte
-		if ee, ok := err.(*exec.ExitError); ok {
+		if ee := (*exec.ExitError)(nil); errors.As(err, &ee) {
 			stderr = ee.Stderr
 		}
 		t.Fatalf("podman %s: %v\n%s%s", strings.Join(a, " "), err, out, stderr)
@@ -116,7 +117,7 @@ func (p *Podman) StartService() error {
 		return fmt.Errorf("start podman system service: %w", err)
 	}
 	p.cmd, p.exit = cmd, make(chan struct{})
-	go func(cmd *exec.Cmd, exit chan struct{}) { cmd.Wait(); close(exit) }(cmd, p.exit)
+	go func(cmd *exec.Cmd, exit chan struct{}) { _ = cmd.Wait(); close(exit) }(cmd, p.exit)
 	for deadline := time.Now().Add(30 * time.Second); ; {
 		if c, err := net.Dial("unix", p.Socket); err == nil {
 			c.Close()
@@ -151,11 +152,11 @@ func (p *Podman) stopService() {
 		return
 	default:
 	}
-	p.cmd.Process.Signal(syscall.SIGTERM)
+	_ = p.cmd.Process.Signal(syscall.SIGTERM) // one that exited already closes exit
 	select {
 	case <-p.exit:
 	case <-time.After(10 * time.Second):
-		p.cmd.Process.Kill()
+		_ = p.cmd.Process.Kill()
 		<-p.exit
 	}
 }
@@ -222,7 +223,7 @@ func (p *Podman) teardown() {
 		}
 		if leftover {
 			p.t.Logf("teardown: killing leftover process %d", pid)
-			unix.Kill(pid, unix.SIGKILL)
+			_ = unix.Kill(pid, unix.SIGKILL) // it may have exited since
 		}
 	}
 	if b, err := os.ReadFile("/proc/self/mountinfo"); err == nil {
@@ -234,7 +235,7 @@ func (p *Podman) teardown() {
 		}
 		sort.Sort(sort.Reverse(sort.StringSlice(mounts)))
 		for _, m := range mounts {
-			unix.Unmount(m, unix.MNT_DETACH)
+			_ = unix.Unmount(m, unix.MNT_DETACH) // what stays mounted fails RemoveAll below, which says so
 		}
 	}
 	if err := os.RemoveAll(p.Dir); err != nil {

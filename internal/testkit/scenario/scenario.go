@@ -324,7 +324,7 @@ func resetLingerRun(t testing.TB, ns *nettest.NS, _ any) {
 	done := serve(ln, func(c *net.TCPConn) error {
 		_, err := drain(c)
 		if err == nil || !strings.Contains(err.Error(), "reset") {
-			return fmt.Errorf("server read: got %v, want a reset", err)
+			return fmt.Errorf("server read: got %v, want a reset", err) //nolint:errorlint // err may be nil: shown, not wrapped
 		}
 		return nil
 	})

@@ -72,7 +72,7 @@ func accept(ln net.Listener, reply int) {
 			defer c.Close()
 			c.SetDeadline(time.Now().Add(10 * time.Second))
 			if _, err := io.Copy(io.Discard, c); err == nil {
-				c.Write(answer)
+				_, _ = c.Write(answer) // the client checks what it got
 			}
 		}()
 	}
@@ -103,8 +103,15 @@ func run(job string) {
 		}
 	}
 	done := strings.TrimSuffix(job, ".job") + ".done"
-	os.WriteFile(done+".tmp", []byte(result+"\n"), 0o644)
-	os.Rename(done+".tmp", done)
+	// A result that cannot be written leaves the test waiting for it: say
+	// why on stderr, which the container's log keeps.
+	if err := os.WriteFile(done+".tmp", []byte(result+"\n"), 0o644); err != nil {
+		fmt.Fprintln(os.Stderr, "tcppeer:", err)
+		return
+	}
+	if err := os.Rename(done+".tmp", done); err != nil {
+		fmt.Fprintln(os.Stderr, "tcppeer:", err)
+	}
 }
 
 func at(f []string, i int) string {

@@ -60,7 +60,7 @@ func TestReasons(t *testing.T) {
 		t.Fatal(err)
 	}
 	srv := grpc.NewServer()
-	go srv.Serve(l)
+	go func() { _ = srv.Serve(l) }() // returns at Stop
 	defer srv.Stop()
 	s3, _ := New(path, "")
 	defer s3.Close()
@@ -96,7 +96,7 @@ func TestVersion(t *testing.T) {
 		}
 		srv := grpc.NewServer()
 		runtimeapi.RegisterRuntimeServiceServer(srv, versionOnly{name: tc.name, api: tc.api})
-		go srv.Serve(l)
+		go func() { _ = srv.Serve(l) }() // returns at Stop
 		s, _ := New("unix://"+path, "")
 		if s.Runtime() != cgroups.RuntimeContainerd {
 			t.Errorf("guess for %s: %s", path, s.Runtime())

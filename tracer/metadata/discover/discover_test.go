@@ -25,7 +25,9 @@ func TestFind(t *testing.T) {
 	}
 	k3s, crio, podman := sock("k3s.sock"), sock("crio.sock"), sock("podman.sock")
 	plain := filepath.Join(dir, "not-a-socket")
-	os.WriteFile(plain, nil, 0o644)
+	if err := os.WriteFile(plain, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	criDefaults := []cri.Endpoint{
 		{Path: filepath.Join(dir, "containerd.sock"), Runtime: "containerd"}, // missing
 		{Path: plain, Runtime: "containerd"},                                 // a file, not a socket

@@ -29,9 +29,9 @@ func serve(t *testing.T, bodies map[string]string, status int) string {
 		if r.URL.Path != "/version" && status != 0 {
 			w.WriteHeader(status)
 		}
-		w.Write([]byte(b))
+		_, _ = w.Write([]byte(b))
 	})}
-	go srv.Serve(l)
+	go func() { _ = srv.Serve(l) }() // returns at Close
 	t.Cleanup(func() { srv.Close() })
 	return path
 }

@@ -1,0 +1,83 @@
+package main
+
+import (
+	"net"
+	"path/filepath"
+	"syscall"
+	"testing"
+
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/tcpfsm/tcpfsm/internal/testkit/nettest"
+)
+
+// pairsTo opens n connections to ln and returns both ends of each.
+func pairsTo(t *testing.T, ns *nettest.NS, ln *net.TCPListener, n int) []*net.TCPConn {
+	t.Helper()
+	var ends []*net.TCPConn
+	for i := 0; i < n; i++ {
+		c, err := ns.Dial("tcp4", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := ln.AcceptTCP()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ends = append(ends, c, s)
+	}
+	return ends
+}
+
+// The agent loses events for real (its reader stopped, a one-page ring
+// buffer) while connections it tracks reset and others open; the
+// reconciliation the loss brings forward repairs it: every gauge equals
+// sock_diag and ss, and tcpfsm_reconciled_total counts the repairs.
+func TestAgentReconcilesAfterLostEvents(t *testing.T) {
+	nettest.RequireBPF(t)
+	bin := buildBinary(t)
+	ns := nettest.NewNS(t)
+	ln := ns.Listen(t, "tcp4", "127.0.0.1:0")
+	a := startAgent(t, bin, agentOptions{args: []string{"--netns", ns.Path(), "--log.file", filepath.Join(t.TempDir(), "log"),
+		"--max-tracked", "4096", "--ring-buffer-bytes", "4096", "--reconcile.interval", "1h"}})
+	a.waitReady(t)
+	const closing, opening = 20, 30
+	old := pairsTo(t, ns, ln, closing)
+	a.waitMetric(t, "the first pairs established", func(m map[string]*dto.MetricFamily) bool {
+		return metricSum(m, "tcpfsm_connections", "state", "established") == 2*closing
+	})
+
+	// Stop the agent: its reader reads nothing while the kernel's ring
+	// (a page: 28 events) overflows.
+	if err := a.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range old {
+		c.SetLinger(0)
+		c.Close()
+	}
+	held := pairsTo(t, ns, ln, opening)
+	defer func() {
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	if err := a.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	mfs := a.waitMetric(t, "events lost and a reconciliation", func(m map[string]*dto.MetricFamily) bool {
+		return metricSum(m, "tcpfsm_events_lost_total") > 0 && metricSum(m, "tcpfsm_reconciliations_total") >= 1
+	})
+	k := compareWithKernel(t, a, ns)
+	if k["established"] != 2*opening || k["listen"] != 1 {
+		t.Errorf("the scene: %v", k)
+	}
+	seeded := metricSum(mfs, "tcpfsm_reconciled_total", "action", "seeded")
+	ended := metricSum(mfs, "tcpfsm_reconciled_total", "action", "ended")
+	closedUnseen := metricSum(mfs, "tcpfsm_connections_closed_total", "kind", "unobserved")
+	t.Logf("lost %v events; repairs seeded %v, ended %v; closed unobserved %v", metricSum(mfs, "tcpfsm_events_lost_total"),
+		seeded, ended, closedUnseen)
+	if seeded == 0 || ended == 0 || closedUnseen != ended {
+		t.Errorf("repairs seeded %v, ended %v; closes of kind unobserved %v", seeded, ended, closedUnseen)
+	}
+}

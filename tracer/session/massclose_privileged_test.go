@@ -1,0 +1,264 @@
+package session_test
+
+import (
+	"os"
+	"slices"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tcpfsm/tcpfsm/internal/testkit/nettest"
+	"github.com/tcpfsm/tcpfsm/tracer/lifecycle"
+	"github.com/tcpfsm/tcpfsm/tracer/probe"
+	"github.com/tcpfsm/tcpfsm/tracer/session"
+)
+
+// ssState is the state ss prints for each state tcpfsm's gauges count.
+var ssState = map[probe.State]string{
+	probe.StateEstablished: "ESTAB", probe.StateSynSent: "SYN-SENT", probe.StateSynRecv: "SYN-RECV",
+	probe.StateFinWait1: "FIN-WAIT-1", probe.StateFinWait2: "FIN-WAIT-2", probe.StateTimeWait: "TIME-WAIT",
+	probe.StateCloseWait: "CLOSE-WAIT", probe.StateLastAck: "LAST-ACK", probe.StateListen: "LISTEN",
+	probe.StateClosing: "CLOSING",
+}
+
+// massPairs is how many connection pairs TestMassGracefulClose makes:
+// 24,000 (the issue's), 8,000 per client process, unless
+// TCPFSM_MASS_PAIRS says otherwise.
+func massPairs(t *testing.T) (procs, perProc int) {
+	procs, perProc = 3, 8000
+	if s := os.Getenv("TCPFSM_MASS_PAIRS"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < procs {
+			t.Fatalf("TCPFSM_MASS_PAIRS=%q: want a number of pairs, at least %d", s, procs)
+		}
+		perProc = n / procs
+	}
+	return procs, perProc
+}
+
+type eventLog struct {
+	mu     sync.Mutex
+	events []probe.Event
+}
+
+func (l *eventLog) add(e *probe.Event) {
+	l.mu.Lock()
+	l.events = append(l.events, *e)
+	l.mu.Unlock()
+}
+
+func (l *eventLog) get() []probe.Event {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.events)
+}
+
+// 24,000 client processes' sockets closed at once by killing their
+// processes; the servers close theirs at each EOF. A close() in process
+// context, interrupted by the softirq that changes the state of dozens of
+// other sockets on the same CPU, used to lose those transitions
+// (program_busy): now nothing is lost for any reason, every connection
+// has its whole life, and the gauges equal ss at the end.
+func TestMassGracefulClose(t *testing.T) {
+	nettest.RequireBPF(t)
+	procs, perProc := massPairs(t)
+	ns := nettest.NewNS(t)
+	log := &eventLog{}
+	// Room for the whole close (10 events a pair) if the reader stalls.
+	l := startSession(t, ns, session.Options{
+		Probe:      probe.Options{RingBufferSize: 64 << 20},
+		OnEvent:    log.add,
+		NoSnapshot: true,
+	})
+	m := ns.StartMass(t, procs, perProc)
+	pairs := m.Pairs()
+	start := time.Now()
+	m.CloseClients(t)
+	t.Logf("%d pairs closed in %v", pairs, time.Since(start).Round(time.Millisecond))
+
+	// Every end closed, and the listeners too once their servers exit.
+	// On a timeout, go on: what follows says what is missing.
+	closed := l.waitClosedN(t, 2*pairs, 30*time.Second)
+	for _, s := range m.Servers {
+		s.Cmd.Wait()
+	}
+	var ev []probe.Event
+	waitUntil(t, 10*time.Second, "the listeners' close", func() bool {
+		ev = log.get()
+		listenerCloses := 0
+		for i := range ev {
+			if ev[i].OldState() == probe.StateListen && ev[i].NewState() == probe.StateClose {
+				listenerCloses++
+			}
+		}
+		return listenerCloses == procs
+	})
+
+	lost, err := l.s.Probe().Lost()
+	if err != nil {
+		t.Fatal(err)
+	}
+	nest, err := l.s.Probe().Nest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	progs, _ := l.s.Probe().Stats()
+	t.Logf("lost %+v; nested instance: attached %v, handled %d of the main program's %d recursion misses", lost, nest.Attached, nest.Handled, nest.MainMisses)
+	for _, p := range progs {
+		if p.RecursionMisses > 0 {
+			t.Logf("program %s: %d recursion misses", p.Name, p.RecursionMisses)
+		}
+	}
+	// Each pair makes 10 state events, each listener 2: what was not
+	// received must be what was counted lost.
+	states := 0
+	for i := range ev {
+		if ev[i].Type == uint8(probe.TypeState) {
+			states++
+		}
+	}
+	if made := 10*pairs + 2*procs; uint64(states)+lost.Total() != uint64(made) {
+		t.Errorf("received %d state events + lost %d = %d, want the %d made (%d missing without a count)",
+			states, lost.Total(), uint64(states)+lost.Total(), made, int64(made)-int64(states)-int64(lost.Total()))
+	}
+	if lost.Total() != 0 {
+		t.Errorf("lost %+v, want nothing lost", lost)
+	}
+	if nest.MainMisses != nest.Handled+lost.Recursion-othersMisses(progs) {
+		t.Errorf("main program's misses %d != nested runs %d + lost to recursion %d (less the other programs' %d)",
+			nest.MainMisses, nest.Handled, lost.Recursion, othersMisses(progs))
+	}
+
+	// Every connection's whole life, in order.
+	clientLife := []string{"CLOSE->SYN_SENT", "SYN_SENT->ESTABLISHED", "ESTABLISHED->FIN_WAIT1", "FIN_WAIT1->FIN_WAIT2", "FIN_WAIT2->CLOSE"}
+	serverLife := []string{"LISTEN->SYN_RECV", "SYN_RECV->ESTABLISHED", "ESTABLISHED->CLOSE_WAIT", "CLOSE_WAIT->LAST_ACK", "LAST_ACK->CLOSE"}
+	listenerLife := []string{"CLOSE->LISTEN", "LISTEN->CLOSE"}
+	partial := 0
+	for i := range ev {
+		if ev[i].Partial() {
+			partial++
+		}
+	}
+	if partial != 0 {
+		t.Errorf("%d events flagged partial: the kernel's per-socket table lost their connections' entries", partial)
+	}
+	var clients, servers, listeners, wrong int
+	ids := map[uint64]bool{}
+	for _, c := range nettest.Conns(ev) {
+		ids[c.ID] = true
+		got := c.Transitions()
+		switch {
+		case slices.Equal(got, clientLife):
+			clients++
+		case slices.Equal(got, serverLife):
+			servers++
+		case slices.Equal(got, listenerLife):
+			listeners++
+		default:
+			if wrong++; wrong <= 3 {
+				t.Errorf("connection %d: %v\n%s", c.ID, got, nettest.Dump(c.Events))
+			}
+		}
+	}
+	if clients != pairs || servers != pairs || listeners != procs || wrong != 0 {
+		t.Errorf("%d whole client lives, %d server lives, %d listeners, %d other; want %d, %d, %d, 0",
+			clients, servers, listeners, wrong, pairs, pairs, procs)
+	}
+
+	// The records: each closed gracefully, none flagged.
+	var flagged int
+	for i := range closed {
+		r := &closed[i]
+		if r.Kind != lifecycle.KindGraceful || r.Anomalies != 0 {
+			if flagged++; flagged <= 5 {
+				t.Errorf("record %d: kind %s, anomalies %v", r.ID, r.Kind, r.Anomalies)
+			}
+		}
+	}
+	if flagged != 0 {
+		t.Errorf("%d of %d records not graceful or flagged", flagged, len(closed))
+	}
+
+	// The gauges and the tracked count equal ss's, within a few TIME_WAIT
+	// polls (sock_diag tells the reconstructed TIME_WAITs' ends).
+	var ss map[string]int
+	var gauges [probe.MaxState + 1]int
+	var tracked, total int
+	equal := func() bool {
+		ss = ns.SSStates(t)
+		total = 0
+		for _, n := range ss {
+			total += n
+		}
+		l.s.With(func(b *lifecycle.Builder) {
+			for st := range ssState {
+				gauges[st] = b.StateCount(st)
+			}
+			tracked = b.Tracked()
+		})
+		for st, name := range ssState {
+			if gauges[st] != ss[name] {
+				return false
+			}
+		}
+		return tracked == total
+	}
+	deadline := time.Now().Add(5 * session.DefaultTimeWaitPoll)
+	for !equal() && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	for st, name := range ssState {
+		if gauges[st] != ss[name] {
+			t.Errorf("tcpfsm counts %d %s, ss %d", gauges[st], st, ss[name])
+		}
+	}
+	if tracked != total {
+		t.Errorf("tcpfsm tracks %d, ss shows %d sockets: %v", tracked, total, ss)
+	}
+	t.Logf("ss at the end: %v", ss)
+}
+
+// othersMisses are the recursion misses of the programs that have no
+// nested instance, all lost.
+func othersMisses(progs []probe.ProgramStats) uint64 {
+	var n uint64
+	for _, p := range progs {
+		if p.Name != "raw_inet_sock_set_state" && p.Name != "raw_nested_inet_sock_set_state" {
+			n += p.RecursionMisses
+		}
+	}
+	return n
+}
+
+// waitClosedN waits until n connections (listeners aside) closed.
+func (l *live) waitClosedN(t *testing.T, n int, within time.Duration) []lifecycle.Record {
+	t.Helper()
+	var closed []lifecycle.Record
+	if !eventually(within, func() bool {
+		closed, _ = l.col.get()
+		closed = connections(closed)
+		return len(closed) >= n
+	}) {
+		t.Errorf("%d connections closed within %v, want %d", len(closed), within, n)
+	}
+	return closed
+}
+
+func waitUntil(t *testing.T, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	if !eventually(within, cond) {
+		t.Fatalf("%s: not within %v", what, within)
+	}
+}
+
+func eventually(within time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return true
+}
