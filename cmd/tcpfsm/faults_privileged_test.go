@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -133,11 +134,20 @@ func TestAgentSIGTERMMidBurst(t *testing.T) {
 	}
 	finished := make(chan done, 100000)
 	stop := make(chan struct{})
+	var churned atomic.Int64
 	go func() {
 		defer close(finished)
-		ns.Churn(ln, 20000, stop, func(port int) { finished <- done{port, time.Now()} })
+		ns.Churn(ln, 20000, stop, func(port int) {
+			finished <- done{port, time.Now()}
+			churned.Add(1)
+		})
 	}()
-	time.Sleep(1500 * time.Millisecond)
+	// The signal comes mid-burst, once well over the 100 connections the
+	// test needs have finished: a count, not a time, so that a slow
+	// machine (the qemu VMs) gets there too.
+	for deadline := time.Now().Add(60 * time.Second); churned.Load() < 300 && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+	}
 	signalled := time.Now()
 	a.cmd.Process.Signal(syscall.SIGTERM)
 	time.Sleep(100 * time.Millisecond)
