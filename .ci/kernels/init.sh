@@ -6,16 +6,25 @@
 # writes to a file on the host), then powers off. Progress goes to the
 # console (ttyS0).
 #
-# /etc/tcpfsm/tests:   one line per run, "KIND NAME DIR COMMAND...": cd DIR
-#   and run COMMAND. KIND "test" is a go test binary: it gets -test.v
-#   -test.count=1 -test.timeout=(/etc/tcpfsm/test-timeout) and then the
-#   extra flags; KIND "run" is any other command.
+# /etc/tcpfsm/tests:   one line per run, "KIND NAME DIR TIMEOUT RUN COMMAND...":
+#   cd DIR and run COMMAND. KIND "test" is a go test binary: it gets
+#   -test.v -test.count=1 -test.timeout=TIMEOUT (its budget), -test.run=RUN
+#   (-test.skip=PATTERN for "skip:PATTERN"; nothing for "-"), and then the
+#   extra flags; KIND "run" is any other
+#   command (TIMEOUT and RUN are "-").
 # /etc/tcpfsm/args:    extra go test flags, one a line.
+# /etc/tcpfsm/results: the device the results go to (/dev/ttyS1 on x86-64,
+#   the virtio console /dev/hvc0 on arm64's virt machine).
 
 export PATH=/usr/local/bin:/bin:/sbin
 export HOME=/root TMPDIR=/tmp CI=true
-# Debian's 6.1 has BPF trampolines: the fentry programs must run there.
-export TCPFSM_EXPECT_FENTRY=1
+# Whether the fentry programs must run here (BPF trampolines: Debian's
+# x86-64 6.1 and 6.12) or must be refused (its arm64 6.1), from the kernel
+# list.
+# (The shell's read: busybox's applets are not linked in yet.)
+TCPFSM_EXPECT_FENTRY=1
+[ -f /etc/tcpfsm/expect-fentry ] && read -r TCPFSM_EXPECT_FENTRY </etc/tcpfsm/expect-fentry
+export TCPFSM_EXPECT_FENTRY
 # cmd/tcpfsm's privileged tests build the binary under test; the VM has no
 # Go toolchain. The harness built it on the host; the tests use it.
 export TCPFSM_BINARY=/opt/tcpfsm/tcpfsm
@@ -37,7 +46,9 @@ hostname tcpfsm-vm
 # (sock_diag for TCP), veth. Their file names give the load order.
 for ko in /lib/modules/*.ko; do [ -f "$ko" ] && insmod "$ko"; done
 
-out=/dev/ttyS1
+out=$(cat /etc/tcpfsm/results 2>/dev/null || echo /dev/ttyS1)
+# A virtio console appears once its module has probed the device.
+for _ in 1 2 3 4 5 6 7 8 9 10; do [ -c "$out" ] && break; sleep 0.5; done
 [ -c "$out" ] || out=/dev/console
 log() { echo "tcpfsm-init: $*" >/dev/console; }
 
@@ -61,21 +72,26 @@ log() { echo "tcpfsm-init: $*" >/dev/console; }
 	echo "$M end facts rc=0"
 } >"$out" 2>&1
 
-# A hung test panics with every goroutine's stack before the host's
-# timeout kills the VM.
-test_timeout=$(cat /etc/tcpfsm/test-timeout 2>/dev/null || echo 240s)
+# A suite that runs past its budget panics naming the tests it was
+# running, with every goroutine's stack, before the host's timeout kills
+# the VM.
 set --
 if [ -f /etc/tcpfsm/args ]; then
 	while IFS= read -r a; do set -- "$@" "$a"; done </etc/tcpfsm/args
 fi
 
-while read -r kind name dir cmd; do
+while read -r kind name dir budget run cmd; do
 	[ -n "$name" ] || continue
 	log "running $name"
 	start=$(date +%s)
 	echo "$M begin $name" >"$out"
 	if [ "$kind" = test ]; then
-		(cd "$dir" && exec $cmd -test.v -test.count=1 -test.timeout="$test_timeout" "$@") </dev/null >"$out" 2>&1
+		case $run in
+		-) runflag= ;;
+		skip:*) runflag=-test.skip=${run#skip:} ;;
+		*) runflag=-test.run=$run ;;
+		esac
+		(cd "$dir" && exec $cmd -test.v -test.count=1 -test.timeout="$budget" $runflag "$@") </dev/null >"$out" 2>&1
 	else
 		(cd "$dir" && exec $cmd) </dev/null >"$out" 2>&1
 	fi

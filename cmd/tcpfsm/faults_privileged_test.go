@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -141,13 +142,22 @@ func TestAgentSIGTERMMidBurst(t *testing.T) {
 	}
 	finished := make(chan done, 100000)
 	stop := make(chan struct{})
+	var churned atomic.Int64
 	churnErr := make(chan error, 1)
 	go func() {
 		defer close(finished)
-		_, err := ns.Churn(ln, 20000, stop, func(port int) { finished <- done{port, time.Now()} })
+		_, err := ns.Churn(ln, 20000, stop, func(port int) {
+			finished <- done{port, time.Now()}
+			churned.Add(1)
+		})
 		churnErr <- err
 	}()
-	time.Sleep(1500 * time.Millisecond)
+	// The signal comes mid-burst, once well over the 100 connections the
+	// test needs have finished: a count, not a time, so that a slow
+	// machine (the qemu VMs) gets there too.
+	for deadline := time.Now().Add(60 * time.Second); churned.Load() < 300 && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+	}
 	signalled := time.Now()
 	if err := a.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)

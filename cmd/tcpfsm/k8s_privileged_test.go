@@ -5,256 +5,25 @@ package main
 // whose containers (a static helper, internal/testkit/tcppeer, in a
 // hand-built image) connect to each other on loopback, the real agent and
 // `tcpfsm life` started after them, a real Prometheus, and containerd
-// stopped and started again mid-run.
+// stopped and started again mid-run. The pods, peers and log readers are
+// in k8s_harness_test.go.
 
 import (
-	"bufio"
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"net"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
-	"golang.org/x/sys/unix"
-	"google.golang.org/grpc"
-	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
-
 	"github.com/tcpfsm/tcpfsm/internal/testkit/containerd"
 	"github.com/tcpfsm/tcpfsm/internal/testkit/nettest"
 	"github.com/tcpfsm/tcpfsm/internal/testkit/ociimage"
 )
-
-const peerImage = "localhost/tcpfsm/peer:1"
-
-// buildPeer builds the helper, static, for the image.
-func buildPeer(t *testing.T) string {
-	t.Helper()
-	out := filepath.Join(t.TempDir(), "tcppeer")
-	cmd := exec.Command("go", "build", "-trimpath", "-o", out, "github.com/tcpfsm/tcpfsm/internal/testkit/tcppeer")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build tcppeer: %v\n%s", err, b)
-	}
-	return out
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	_, p, _ := net.SplitHostPort(freeAddr(t))
-	n, _ := strconv.Atoi(p)
-	return n
-}
-
-// listening reports whether something listens on 127.0.0.1:port, from
-// /proc/net/tcp (asking by connecting would make a connection).
-func listening(port int) bool {
-	b, _ := os.ReadFile("/proc/net/tcp")
-	want := fmt.Sprintf("0100007F:%04X", port)
-	for _, l := range strings.Split(string(b), "\n") {
-		f := strings.Fields(l)
-		if len(f) > 3 && f[1] == want && f[3] == "0A" {
-			return true
-		}
-	}
-	return false
-}
-
-func waitFor(t *testing.T, what string, limit time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(limit)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("not within %v: %s", limit, what)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
-// peerContainer is a container running tcppeer, driven through its jobs
-// directory, reached from the host as /proc/PID/root/jobs.
-type peerContainer struct {
-	name, id string
-	jobs     string
-	n        int
-}
-
-func runPeer(t *testing.T, ctrd *containerd.Containerd, sb *containerd.Sandbox, name string, serve int) *peerContainer {
-	t.Helper()
-	cmd := []string{"/tcppeer", "-jobs", "/jobs"}
-	if serve != 0 {
-		cmd = append(cmd, "-serve", fmt.Sprintf("127.0.0.1:%d", serve))
-	}
-	id := ctrd.RunContainer(t, sb, containerd.Container{Name: name, Image: peerImage, Command: cmd})
-	p := &peerContainer{name: name, id: id, jobs: fmt.Sprintf("/proc/%d/root/jobs", ctrd.PID(t, id))}
-	if serve != 0 {
-		waitFor(t, fmt.Sprintf("%s listening on %d", name, serve), 20*time.Second, func() bool { return listening(serve) })
-	}
-	return p
-}
-
-// dial makes the container connect count times to port and waits for it
-// to be done; wantOK false expects the connects to fail.
-func (p *peerContainer) dial(t *testing.T, port, count, size int, wantOK bool) {
-	t.Helper()
-	p.dialAddr(t, fmt.Sprintf("127.0.0.1:%d", port), count, size, wantOK)
-}
-
-func (p *peerContainer) dialAddr(t *testing.T, addr string, count, size int, wantOK bool) {
-	t.Helper()
-	p.n++
-	job := filepath.Join(p.jobs, fmt.Sprintf("%d.job", p.n))
-	if err := os.WriteFile(job+".tmp", []byte(fmt.Sprintf("dial %s %d %d\n", addr, count, size)), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(job+".tmp", job); err != nil {
-		t.Fatal(err)
-	}
-	done := strings.TrimSuffix(job, ".job") + ".done"
-	var res []byte
-	waitFor(t, p.name+"'s job "+job, 20*time.Second, func() bool {
-		var err error
-		res, err = os.ReadFile(done)
-		return err == nil
-	})
-	if ok := strings.HasPrefix(string(res), "ok"); ok != wantOK {
-		t.Fatalf("%s: dial %s ×%d: %s", p.name, addr, count, res)
-	}
-}
-
-// lifeRun is a `tcpfsm life` process.
-type lifeRun struct {
-	name   string
-	cmd    *exec.Cmd
-	stdout *lockedBuffer
-	stderr *lockedBuffer
-	done   chan struct{}
-}
-
-func startLife(t *testing.T, bin, name string, args ...string) *lifeRun {
-	t.Helper()
-	return startPrinter(t, bin, "life", name, args...)
-}
-
-// startPrinter starts tcpfsm life or trace and waits until it names
-// containers.
-func startPrinter(t *testing.T, bin, command, name string, args ...string) *lifeRun {
-	t.Helper()
-	l := &lifeRun{name: name, stdout: &lockedBuffer{}, stderr: &lockedBuffer{}, done: make(chan struct{})}
-	l.cmd = exec.Command(bin, append([]string{command}, args...)...)
-	l.cmd.Stdout = l.stdout
-	errPipe, err := l.cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := l.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		select {
-		case <-l.done:
-		default:
-			l.cmd.Process.Kill()
-			<-l.done
-		}
-	})
-	started := make(chan struct{})
-	go func() {
-		sc := bufio.NewScanner(errPipe)
-		once := sync.Once{}
-		for sc.Scan() {
-			l.stderr.Write([]byte(sc.Text() + "\n"))
-			if strings.HasPrefix(sc.Text(), "Naming containers") {
-				once.Do(func() { close(started) })
-			}
-		}
-		l.cmd.Wait()
-		close(l.done)
-	}()
-	select {
-	case <-started:
-	case <-l.done:
-		t.Fatalf("life %s exited: %s", name, l.stderr)
-	case <-time.After(30 * time.Second):
-		t.Fatalf("life %s did not start: %s", name, l.stderr)
-	}
-	return l
-}
-
-func (l *lifeRun) stop(t *testing.T) []map[string]any {
-	t.Helper()
-	l.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-l.done:
-	case <-time.After(20 * time.Second):
-		t.Fatalf("life %s did not stop", l.name)
-	}
-	if c := l.cmd.ProcessState.ExitCode(); c != 0 {
-		t.Fatalf("life %s: exit %d: %s", l.name, c, l.stderr)
-	}
-	return jsonLines(t, l.stdout.String())
-}
-
-// logLines parses the agent's log: connection records only.
-func logLines(t *testing.T, path string) []map[string]any {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []map[string]any
-	for _, r := range jsonLines(t, string(b)) {
-		if r["msg"] == "connection" {
-			out = append(out, r)
-		}
-	}
-	return out
-}
-
-func str(v any, path ...string) string {
-	for _, p := range path {
-		m, _ := v.(map[string]any)
-		v = m[p]
-	}
-	s, _ := v.(string)
-	return s
-}
-
-func num(r map[string]any, k string) int {
-	f, _ := r[k].(float64)
-	return int(f)
-}
-
-// who is a container's expected names in a record.
-type who struct {
-	ns, pod, container, kind, workload, app string
-}
-
-func (w who) check(t *testing.T, what string, k map[string]any, withContainer bool) {
-	t.Helper()
-	if k == nil {
-		t.Errorf("%s: no %s object", what, map[bool]string{true: "k8s", false: "peer_k8s"}[withContainer])
-		return
-	}
-	got := who{ns: str(k, "namespace"), pod: str(k, "pod"), container: str(k, "container"),
-		kind: str(k, "workload", "kind"), workload: str(k, "workload", "name"), app: str(k, "labels", "app")}
-	if str(k, "uid") == "" {
-		t.Errorf("%s: no pod uid: %v", what, k)
-	}
-	if got != w {
-		t.Errorf("%s: names %+v, want %+v", what, got, w)
-	}
-}
 
 // end is one record's connection end, for finding the other end.
 type end struct {
@@ -299,7 +68,7 @@ func TestK8sPodsNamed(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer edgeLn.Close()
-	server(t, edgeLn, 100)
+	nettest.Serve(t, edgeLn, 100)
 	web := runPeer(t, ctrd, webPod, "web", webPort)
 	db := runPeer(t, ctrd, dbPod, "db", dbPort)
 	webWho := who{"shop", "web-7d4b9c8f6-x2x4q", "web", "Deployment", "web", "web"}
@@ -660,101 +429,5 @@ func checkPrometheus(t *testing.T, p *promServer, instance string) {
 			t.Fatalf("per-workload series: %s", b.String())
 		}
 		time.Sleep(500 * time.Millisecond)
-	}
-}
-
-// fakeCRI answers Version with an API version tcpfsm does not speak.
-type fakeCRI struct {
-	runtimeapi.UnimplementedRuntimeServiceServer
-}
-
-func (fakeCRI) Version(context.Context, *runtimeapi.VersionRequest) (*runtimeapi.VersionResponse, error) {
-	return &runtimeapi.VersionResponse{RuntimeName: "fake", RuntimeVersion: "9", RuntimeApiVersion: "v2alpha1"}, nil
-}
-
-// The runtime's failures, each as an agent meets it: a warning once,
-// counted by reason, and the agent carries on logging records with what
-// it knows.
-func TestAgentMetadataFailures(t *testing.T) {
-	notInKernelVM(t)
-	nettest.RequireBPF(t)
-	bin := buildBinary(t)
-	for _, tc := range []struct {
-		name   string
-		reason string
-		nobody bool
-		listen func(t *testing.T, path string)
-	}{
-		{"socket missing", "socket_missing", false, func(*testing.T, string) {}},
-		{"permission denied", "permission_denied", true, func(t *testing.T, path string) {
-			ln, err := net.Listen("unix", path)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { ln.Close() })
-			os.Chmod(path, 0o600) // root's alone
-			go func() {
-				for {
-					c, err := ln.Accept()
-					if err != nil {
-						return
-					}
-					c.Close()
-				}
-			}()
-		}},
-		{"unknown API version", "unsupported_api", false, func(t *testing.T, path string) {
-			ln, err := net.Listen("unix", path)
-			if err != nil {
-				t.Fatal(err)
-			}
-			srv := grpc.NewServer()
-			runtimeapi.RegisterRuntimeServiceServer(srv, fakeCRI{})
-			go srv.Serve(ln)
-			t.Cleanup(srv.Stop)
-		}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			ns := nettest.NewNS(t)
-			uid := 0
-			if tc.nobody {
-				uid = 65534
-			}
-			dir, binCopy, logFile := publicDir(t, bin, uid)
-			sock := filepath.Join(dir, "cri.sock")
-			tc.listen(t, sock)
-			o := agentOptions{args: append([]string{"--netns", strconv.FormatUint(uint64(ns.Inode), 10), "--log.file", logFile,
-				"--cri.endpoint", sock, "--engine.endpoints", "none", "--metrics.labels", "namespace,container"}, small...)}
-			if tc.nobody {
-				o.sys = asNobody(unix.CAP_BPF, unix.CAP_PERFMON)
-			}
-			a := startAgent(t, binCopy, o)
-			a.waitMetric(t, "failed lists counted", func(m map[string]*dto.MetricFamily) bool {
-				return metricSum(m, "tcpfsm_metadata_errors_total", "reason", tc.reason) >= 2 &&
-					metricSum(m, "tcpfsm_metadata_source_up", "runtime", "containerd") == 0
-			})
-			mfs, _ := a.scrape(t)
-			if all := metricSum(mfs, "tcpfsm_metadata_errors_total"); all != metricSum(mfs, "tcpfsm_metadata_errors_total", "reason", tc.reason) {
-				t.Errorf("errors of other reasons than %s: %v in all", tc.reason, all)
-			}
-			// It carries on: connections are logged and counted.
-			ln := ns.Listen(t, "tcp4", "127.0.0.1:0")
-			done := server(t, ln, 100)
-			graceful(t, ns, ln.Addr().String(), 100)
-			<-done
-			a.waitMetric(t, "both ends closed", func(m map[string]*dto.MetricFamily) bool {
-				return metricSum(m, "tcpfsm_connections_closed_total", "namespace", "", "container", "") >= 2
-			})
-			if code := a.stop(t); code != 0 {
-				t.Fatalf("exit %d\n%s", code, a.stderr)
-			}
-			if n := len(readRecords(t, logFile)); n != 2 {
-				t.Errorf("%d records logged, want both ends", n)
-			}
-			stderr := a.stderr.String()
-			if n := strings.Count(stderr, "container metadata unavailable"); n != 1 || !strings.Contains(stderr, `"reason":"`+tc.reason+`"`) {
-				t.Errorf("want one warning naming %s, got %d:\n%s", tc.reason, n, stderr)
-			}
-		})
 	}
 }

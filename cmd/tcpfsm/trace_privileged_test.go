@@ -72,13 +72,19 @@ func startTracer(t *testing.T, bin string, args ...string) (*exec.Cmd, io.Reader
 		}
 		close(attached)
 	}()
+	// Loading and verifying the programs takes 5 to 20 s under the qemu
+	// VMs' software emulation (waitServing allows the agent as much).
+	limit := 20 * time.Second
+	if inKernelVM() {
+		limit = 90 * time.Second
+	}
 	select {
 	case line := <-attached:
 		if !strings.HasPrefix(line, "Tracing TCP") && !strings.HasPrefix(line, "Recording TCP") {
 			t.Fatalf("tracer did not start: %q", line)
 		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("tracer did not attach within 20s")
+	case <-time.After(limit):
+		t.Fatalf("tracer did not attach within %v", limit)
 	}
 	return cmd, stdout, stderr
 }

@@ -702,9 +702,11 @@ func TestConnectTimeout(t *testing.T) {
 	}
 }
 
-// Which optional programs the kernel accepted. The 6.1 kernel run sets
-// TCPFSM_EXPECT_FENTRY=1 (BPF trampolines there: exact TIME_WAIT and the
-// accepting task as owner); a kernel without them runs the fallbacks.
+// Which optional programs the kernel accepted. The qemu runs set
+// TCPFSM_EXPECT_FENTRY per kernel (.ci/kernels/kernels): 1 where BPF
+// trampolines give exact TIME_WAIT and the accepting task as owner (x86-64
+// 6.1 and 6.12), 0 where the kernel refuses them (arm64 6.1); a kernel
+// without them runs the fallbacks.
 func TestKernelFeatures(t *testing.T) {
 	nettest.RequireBPF(t)
 	p, err := probe.Open(probe.Options{})

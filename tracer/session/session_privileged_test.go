@@ -223,8 +223,10 @@ func TestTimeWaitExpiresLive(t *testing.T) {
 				t.Fatalf("TIME_WAIT ended as %s from %d, want %s from %d", r.TimeWait, r.TimeWaitEnter, want, enter)
 			}
 			// The kernel's timer says 60 s; fentry sees it fire, the
-			// dumps read it to the ms.
-			if d := time.Duration(r.TimeWaitNs()); d < 59*time.Second || d > 62*time.Second {
+			// dumps read it to the ms. A 60 s timer sits on the timer
+			// wheel's level 3, which fires up to 512 jiffies late: 2.05 s
+			// at Debian's HZ=250 (62.006 s was seen in the 6.1 VM).
+			if d := time.Duration(r.TimeWaitNs()); d < 59*time.Second || d > 63*time.Second {
 				t.Errorf("TIME_WAIT lasted %s, want about 60s", d)
 			}
 			l.s.With(func(b *lifecycle.Builder) { n = b.StateCount(probe.StateTimeWait) })
