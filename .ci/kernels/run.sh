@@ -187,6 +187,17 @@ for t in "${tests[@]}"; do
 	install -m 0755 "$work/build/$bin" "$root/src/$rel/$bin"
 	echo "test $name /src/$rel ./$bin" >>"$root/etc/tcpfsm/tests"
 done
+# ss (iproute2) for the tests that compare tcpfsm's counts with it
+# (nettest.SSStates; busybox has nsenter but no ss): dynamically linked,
+# so its libraries and loader come along.
+if command -v ss >/dev/null; then
+	sb=$(readlink -f "$(command -v ss)")
+	for f in "$sb" $(ldd "$sb" | grep -o '/[^ ]*'); do
+		mkdir -p "$root$(dirname "$f")"
+		cp -L "$f" "$root$f"
+	done
+	ln -sf "$sb" "$root/usr/local/bin/ss"
+fi
 if $kernel_checks; then
 	install -m 0755 "$work/build/kernelcheck" "$root/opt/tcpfsm/kernelcheck"
 	echo "run kernelcheck / /opt/tcpfsm/kernelcheck" >>"$root/etc/tcpfsm/tests"
