@@ -89,10 +89,13 @@ func TestMassGracefulClose(t *testing.T) {
 	}
 
 	// The kernel is done when the namespace holds nothing but TIME_WAIT
-	// sockets (a FIN or ACK lost to a full backlog is retransmitted
-	// after a timeout: that can take seconds).
+	// sockets. Usually 1-2 s after the kill; but seen once in 17 runs: a
+	// server's FIN that the client's time-wait socket (FIN_WAIT2
+	// substate) did not take, retransmitted from LAST_ACK until that
+	// time-wait socket expired (60 s) and the next retransmit was answered
+	// by a reset. Bounded by TCP_TIMEWAIT_LEN and the retransmit backoff.
 	var ss map[string]int
-	waitUntil(t, 60*time.Second, "the kernel's close of every socket", func() bool {
+	waitUntil(t, 150*time.Second, "the kernel's close of every socket", func() bool {
 		ss = ns.SSStates(t)
 		return len(ss) == 0 || (len(ss) == 1 && ss["TIME-WAIT"] > 0)
 	})
@@ -130,7 +133,7 @@ func TestMassGracefulClose(t *testing.T) {
 	// Exact unless the kernel's counter was skipped itself (it runs
 	// nested in nothing but itself): then it is short by at most that.
 	for k, n := range made {
-		if got[k] > n+kernelMisses || (lost.Total() == 0 && got[k]+kernelMisses < n) {
+		if got[k] > n+kernelMisses || (lost.Total() == 0 && got[k] < n) {
 			t.Errorf("%s: the kernel made %d, tcpfsm received %d (lost %d, kernel counter skipped %d)", k, n, got[k], lost.Total(), kernelMisses)
 		}
 	}
@@ -206,19 +209,35 @@ func TestMassGracefulClose(t *testing.T) {
 	closed := l.waitClosedN(t, 2*pairs, 10*time.Second)
 
 	// The records: each closed gracefully, none flagged but those the
-	// kernel told a state short (their gap is the kernel's).
-	var flagged int
+	// kernel told a state short (their gap is the kernel's), and none
+	// reset but as many as the kernel reset.
+	resetsIn, resetsOut, err := kernel.Resets()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var flagged, resetReceived, resetSent int
 	for i := range closed {
 		r := &closed[i]
-		if r.Kind == lifecycle.KindGraceful && (r.Anomalies == 0 || untoldIDs[r.ID]) {
-			continue
-		}
-		if flagged++; flagged <= 5 {
-			t.Errorf("record %d: kind %s, anomalies %v", r.ID, r.Kind, r.Anomalies)
+		switch {
+		case r.Kind == lifecycle.KindResetReceived && r.Anomalies == 0:
+			resetReceived++
+		case r.Kind == lifecycle.KindResetSent && r.Anomalies == 0:
+			resetSent++
+		case r.Kind == lifecycle.KindGraceful && (r.Anomalies == 0 || untoldIDs[r.ID]):
+		default:
+			if flagged++; flagged <= 5 {
+				t.Errorf("record %d: kind %s, anomalies %v", r.ID, r.Kind, r.Anomalies)
+			}
 		}
 	}
 	if flagged != 0 {
 		t.Errorf("%d of %d records not graceful or flagged", flagged, len(closed))
+	}
+	if uint64(resetReceived) != resetsIn || uint64(resetSent) > resetsOut {
+		t.Errorf("%d records reset_received, %d reset_sent; the kernel received %d resets and sent %d", resetReceived, resetSent, resetsIn, resetsOut)
+	}
+	if resetsIn+resetsOut > 0 {
+		t.Logf("the kernel received %d resets and sent %d: %d records reset_received, %d reset_sent", resetsIn, resetsOut, resetReceived, resetSent)
 	}
 
 	// The gauges and the tracked count equal ss's, within a few TIME_WAIT

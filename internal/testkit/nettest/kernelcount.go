@@ -23,8 +23,8 @@ import (
 // an expectation of "10 events a pair" is then wrong, not tcpfsm.)
 type KernelCount struct {
 	counts *ebpf.Map
-	prog   *ebpf.Program
-	link   link.Link
+	progs  []*ebpf.Program
+	links  []link.Link
 }
 
 // CountKernel attaches the counter for the namespace; it is detached when
@@ -50,20 +50,60 @@ func countKernel(netns uint32) (*KernelCount, error) {
 		return nil, err
 	}
 	k := &KernelCount{counts: counts}
-	// args[0] sk, args[1] oldstate, args[2] newstate. Only TCP sockets
-	// (MPTCP's, which Go's listeners are since Go 1.24, call the same
-	// tracepoint), in the namespace sk->__sk_common.skc_net.net->ns.inum.
+	for _, a := range []struct {
+		tp  string
+		key int32 // -1: the transition's, old<<4 | new
+	}{{"inet_sock_set_state", -1}, {"tcp_receive_reset", keyResetReceived}, {"tcp_send_reset", keyResetSent}} {
+		prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+			Name: "nettest_count", Type: ebpf.RawTracepoint, License: "GPL",
+			Instructions: countInsns(counts, netns, offNet, offInum, offProto, a.key),
+		})
+		if err != nil {
+			k.close()
+			return nil, fmt.Errorf("%s: %w", a.tp, err)
+		}
+		k.progs = append(k.progs, prog)
+		l, err := link.AttachRawTracepoint(link.RawTracepointOptions{Name: a.tp, Program: prog})
+		if err != nil {
+			k.close()
+			return nil, fmt.Errorf("%s: %w", a.tp, err)
+		}
+		k.links = append(k.links, l)
+	}
+	return k, nil
+}
+
+// Keys above every transition's (states are below 13).
+const (
+	keyResetReceived = 255
+	keyResetSent     = 254
+)
+
+// countInsns counts one call of a tracepoint whose first argument is the
+// socket, under key, or, for key -1, under the transition in its second
+// and third arguments (inet_sock_set_state). Only TCP sockets (MPTCP's,
+// which Go's listeners are since Go 1.24, call inet_sock_set_state too),
+// in the namespace sk->__sk_common.skc_net.net->ns.inum.
+func countInsns(counts *ebpf.Map, netns, offNet, offInum, offProto uint32, key int32) asm.Instructions {
 	insns := asm.Instructions{
 		asm.Mov.Reg(asm.R6, asm.R1),
 		asm.LoadMem(asm.R3, asm.R6, 0, asm.DWord),
-		asm.Add.Imm(asm.R3, int32(offProto)),
-		asm.Mov.Reg(asm.R1, asm.RFP),
-		asm.Add.Imm(asm.R1, -24),
-		asm.Mov.Imm(asm.R2, 2),
-		asm.FnProbeReadKernel.Call(),
-		asm.JNE.Imm(asm.R0, 0, "exit"),
-		asm.LoadMem(asm.R0, asm.RFP, -24, asm.Half),
-		asm.JNE.Imm(asm.R0, 6, "exit"), // IPPROTO_TCP
+		asm.JEq.Imm(asm.R3, 0, "exit"), // a reset sent without a socket
+	}
+	if key != keyResetSent {
+		// (A time-wait socket, which can send a reset, has no sk_protocol.)
+		insns = append(insns,
+			asm.Add.Imm(asm.R3, int32(offProto)),
+			asm.Mov.Reg(asm.R1, asm.RFP),
+			asm.Add.Imm(asm.R1, -24),
+			asm.Mov.Imm(asm.R2, 2),
+			asm.FnProbeReadKernel.Call(),
+			asm.JNE.Imm(asm.R0, 0, "exit"),
+			asm.LoadMem(asm.R0, asm.RFP, -24, asm.Half),
+			asm.JNE.Imm(asm.R0, 6, "exit"), // IPPROTO_TCP
+		)
+	}
+	insns = append(insns,
 		asm.LoadMem(asm.R3, asm.R6, 0, asm.DWord),
 		asm.Add.Imm(asm.R3, int32(offNet)),
 		asm.Mov.Reg(asm.R1, asm.RFP),
@@ -80,12 +120,20 @@ func countKernel(netns uint32) (*KernelCount, error) {
 		asm.JNE.Imm(asm.R0, 0, "exit"),
 		asm.LoadMem(asm.R0, asm.RFP, -16, asm.Word),
 		asm.JNE.Imm32(asm.R0, int32(netns), "exit"),
-		asm.LoadMem(asm.R1, asm.R6, 8, asm.DWord),
-		asm.And.Imm(asm.R1, 15),
-		asm.LSh.Imm(asm.R1, 4),
-		asm.LoadMem(asm.R2, asm.R6, 16, asm.DWord),
-		asm.And.Imm(asm.R2, 15),
-		asm.Or.Reg(asm.R1, asm.R2),
+	)
+	if key < 0 {
+		insns = append(insns,
+			asm.LoadMem(asm.R1, asm.R6, 8, asm.DWord),
+			asm.And.Imm(asm.R1, 15),
+			asm.LSh.Imm(asm.R1, 4),
+			asm.LoadMem(asm.R2, asm.R6, 16, asm.DWord),
+			asm.And.Imm(asm.R2, 15),
+			asm.Or.Reg(asm.R1, asm.R2),
+		)
+	} else {
+		insns = append(insns, asm.Mov.Imm(asm.R1, key))
+	}
+	return append(insns,
 		asm.StoreMem(asm.RFP, -20, asm.R1, asm.Word),
 		asm.LoadMapPtr(asm.R1, counts.FD()),
 		asm.Mov.Reg(asm.R2, asm.RFP),
@@ -96,51 +144,54 @@ func countKernel(netns uint32) (*KernelCount, error) {
 		asm.StoreXAdd(asm.R0, asm.R1, asm.DWord),
 		asm.Mov.Imm(asm.R0, 0).WithSymbol("exit"),
 		asm.Return(),
-	}
-	k.prog, err = ebpf.NewProgram(&ebpf.ProgramSpec{
-		Name: "nettest_count", Type: ebpf.RawTracepoint, Instructions: insns, License: "GPL",
-	})
-	if err != nil {
-		k.close()
-		return nil, err
-	}
-	k.link, err = link.AttachRawTracepoint(link.RawTracepointOptions{Name: "inet_sock_set_state", Program: k.prog})
-	if err != nil {
-		k.close()
-		return nil, err
-	}
-	return k, nil
+	)
 }
 
 func (k *KernelCount) close() {
-	if k.link != nil {
-		k.link.Close()
+	for _, l := range k.links {
+		l.Close()
 	}
-	if k.prog != nil {
-		k.prog.Close()
+	for _, p := range k.progs {
+		p.Close()
 	}
 	k.counts.Close()
 }
 
 // Transitions are the kernel's calls so far, by "OLD->NEW", and the calls
-// the counter itself was skipped for (it was running on that CPU
-// already): then the counts are short by at most that many.
+// the counter itself was skipped for, in any namespace (it was running on
+// that CPU already): the counts are short by at most that many.
 func (k *KernelCount) Transitions() (map[string]uint64, uint64, error) {
 	out := map[string]uint64{}
-	for key := uint32(0); key < 256; key++ {
-		var n uint64
-		if err := k.counts.Lookup(key, &n); err != nil {
+	for key := uint32(0); key < keyResetSent; key++ {
+		n, err := k.count(key)
+		if err != nil {
 			return nil, 0, err
 		}
 		if n > 0 {
 			out[probe.State(key>>4).String()+"->"+probe.State(key&15).String()] = n
 		}
 	}
-	st, err := k.prog.Stats()
+	st, err := k.progs[0].Stats()
 	if err != nil {
 		return nil, 0, err
 	}
 	return out, st.RecursionMisses, nil
+}
+
+// Resets are the kernel's calls of tcp_receive_reset and tcp_send_reset
+// for the namespace's sockets (a reset sent without one is not counted).
+func (k *KernelCount) Resets() (received, sent uint64, err error) {
+	if received, err = k.count(keyResetReceived); err != nil {
+		return 0, 0, err
+	}
+	sent, err = k.count(keyResetSent)
+	return received, sent, err
+}
+
+func (k *KernelCount) count(key uint32) (uint64, error) {
+	var n uint64
+	err := k.counts.Lookup(key, &n)
+	return n, err
 }
 
 // sockOffsets finds, in the running kernel's BTF, where struct sock
