@@ -202,9 +202,12 @@ func TestMassGracefulClose(t *testing.T) {
 			}
 		}
 	}
-	if clients+untoldClients != pairs || untoldClients != untold || servers != pairs || listeners != procs || wrong != 0 {
-		t.Errorf("%d whole client lives + %d without FIN_WAIT1->FIN_WAIT2, %d server lives, %d listeners, %d other; want %d, of which %d without (the kernel's count), %d, %d, 0",
-			clients, untoldClients, servers, listeners, wrong, pairs, untold, pairs, procs)
+	// (Each of the kernel's two counts is short by at most the counter's
+	// skips.)
+	if clients+untoldClients != pairs || untoldClients < untold-int(kernelMisses) || untoldClients > untold+int(kernelMisses) ||
+		servers != pairs || listeners != procs || wrong != 0 {
+		t.Errorf("%d whole client lives + %d without FIN_WAIT1->FIN_WAIT2, %d server lives, %d listeners, %d other; want %d, of which %d±%d without (the kernel's count), %d, %d, 0",
+			clients, untoldClients, servers, listeners, wrong, pairs, untold, kernelMisses, pairs, procs)
 	}
 	closed := l.waitClosedN(t, 2*pairs, 10*time.Second)
 
