@@ -89,7 +89,7 @@ func TestMassGracefulClose(t *testing.T) {
 	}
 
 	// The kernel is done when the namespace holds nothing but TIME_WAIT
-	// sockets. Usually 1-2 s after the kill; but seen once in 17 runs: a
+	// sockets. Usually 1-2 s after the kill; but seen once in 30 runs: a
 	// server's FIN that the client's time-wait socket (FIN_WAIT2
 	// substate) did not take, retransmitted from LAST_ACK until that
 	// time-wait socket expired (60 s) and the next retransmit was answered
