@@ -172,6 +172,7 @@ func newOrphanScene(t *testing.T, clientNS, serverNS *nettest.NS, host string, n
 // clients' are TIME_WAIT, every close graceful, and the records tell
 // FIN_WAIT2 for as long as the server held.
 func TestAgentFinWait2UntilThePeerCloses(t *testing.T) {
+	nettest.RequireTool(t, "ss", "iproute2") // the kernel's own count, compared
 	nettest.RequireBPF(t)
 	bin := buildBinary(t)
 	for _, n := range []int{5, 2000} {
@@ -260,6 +261,7 @@ func setFinTimeout(t testing.TB, ns *nettest.NS, seconds int) {
 // the orphans die in FIN_WAIT2; the gauge drops with ss's count, and each
 // client's close is fin_wait2_timeout, after 3 s in FIN_WAIT2.
 func TestAgentFinWait2Timeout(t *testing.T) {
+	nettest.RequireTool(t, "ss", "iproute2") // the kernel's own count, compared
 	nettest.RequireBPF(t)
 	bin := buildBinary(t)
 	ns := nettest.NewNS(t)
@@ -303,6 +305,7 @@ func TestAgentFinWait2Timeout(t *testing.T) {
 // trace: only sock_diag tells the orphans' FIN_WAIT2 from TIME_WAIT,
 // from the time-wait sockets' substate and timer.
 func TestAgentFinWait2PeerUntraced(t *testing.T) {
+	nettest.RequireTool(t, "ss", "iproute2") // the kernel's own count, compared
 	nettest.RequireBPF(t)
 	bin := buildBinary(t)
 	clientNS, serverNS := nettest.NewNS(t), nettest.NewNS(t)

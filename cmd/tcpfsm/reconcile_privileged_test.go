@@ -34,6 +34,7 @@ func pairsTo(t *testing.T, ns *nettest.NS, ln *net.TCPListener, n int) []*net.TC
 // reconciliation the loss brings forward repairs it: every gauge equals
 // sock_diag and ss, and tcpfsm_reconciled_total counts the repairs.
 func TestAgentReconcilesAfterLostEvents(t *testing.T) {
+	nettest.RequireTool(t, "ss", "iproute2") // the kernel's own count, compared
 	nettest.RequireBPF(t)
 	bin := buildBinary(t)
 	ns := nettest.NewNS(t)

@@ -187,6 +187,7 @@ func seedPairs() int {
 }
 
 func TestAgentSeedsPreexistingSockets(t *testing.T) {
+	nettest.RequireTool(t, "ss", "iproute2") // the kernel's own count, compared
 	nettest.RequireBPF(t)
 	notInKernelVM(t) // 20,000 sockets: the host's test
 	bin := buildBinary(t)
@@ -234,6 +235,7 @@ func TestAgentSeedsPreexistingSockets(t *testing.T) {
 // One connection in CLOSE_WAIT across an agent restart: counted, listed
 // and printed after the restart as before.
 func TestAgentRestartKeepsCloseWait(t *testing.T) {
+	nettest.RequireTool(t, "ss", "iproute2") // the kernel's own count, compared
 	nettest.RequireBPF(t)
 	bin := buildBinary(t)
 	ns := nettest.NewNS(t)

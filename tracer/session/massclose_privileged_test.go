@@ -60,10 +60,18 @@ func (l *eventLog) get() []probe.Event {
 // other sockets on the same CPU, used to lose those transitions
 // (program_busy): now nothing is lost for any reason, every connection
 // has its whole life, and the gauges equal ss at the end.
+//
+// What tcpfsm received is compared with what the kernel made, counted by
+// a second program on the same tracepoint (nettest.KernelCount), not with
+// "10 events a pair": the kernel now and then moves a socket from
+// FIN_WAIT1 to FIN_WAIT2 without a call on the tracepoint (seen for
+// half-closed sockets: the kernel's own count of FIN_WAIT1->FIN_WAIT2 was
+// 5 short of its FIN_WAIT2->CLOSE), and nothing can report that.
 func TestMassGracefulClose(t *testing.T) {
 	nettest.RequireBPF(t)
 	procs, perProc := massPairs(t)
 	ns := nettest.NewNS(t)
+	kernel := ns.CountKernel(t)
 	log := &eventLog{}
 	// Room for the whole close (10 events a pair) if the reader stalls.
 	l := startSession(t, ns, session.Options{
@@ -76,27 +84,63 @@ func TestMassGracefulClose(t *testing.T) {
 	start := time.Now()
 	m.CloseClients(t)
 	t.Logf("%d pairs closed in %v", pairs, time.Since(start).Round(time.Millisecond))
+	// CloseClients has waited for the servers' exits.
 
-	// Every end closed, and the listeners too now that their servers
-	// have exited (CloseClients waited for them). On a timeout, go on:
-	// what follows says what is missing.
-	closed := l.waitClosedN(t, 2*pairs, 30*time.Second)
+	// The kernel is done when the namespace holds nothing but TIME_WAIT
+	// sockets. Usually 1-2 s after the kill; but seen once in 30 runs: a
+	// server's FIN that the client's time-wait socket (FIN_WAIT2
+	// substate) did not take, retransmitted from LAST_ACK until that
+	// time-wait socket expired (60 s) and the next retransmit was answered
+	// by a reset. Bounded by TCP_TIMEWAIT_LEN and the retransmit backoff.
+	var ss map[string]int
+	waitUntil(t, 150*time.Second, "the kernel's close of every socket", func() bool {
+		ss = ns.SSStates(t)
+		return len(ss) == 0 || (len(ss) == 1 && ss["TIME-WAIT"] > 0)
+	})
+	t.Logf("kernel done %v after the kill: ss %v", time.Since(start).Round(time.Millisecond), ss)
+
+	// Then every transition the kernel made reaches user space (the
+	// ring buffer may still hold some), or is counted lost.
+	var made map[string]uint64
+	var kernelMisses uint64
+	var got map[string]uint64
 	var ev []probe.Event
-	waitUntil(t, 10*time.Second, "the listeners' close", func() bool {
+	var lost probe.LostCounts
+	received := func() bool {
+		var err error
+		if made, kernelMisses, err = kernel.Transitions(); err != nil {
+			t.Fatal(err)
+		}
+		if lost, err = l.s.Probe().Lost(); err != nil {
+			t.Fatal(err)
+		}
 		ev = log.get()
-		listenerCloses := 0
+		got = map[string]uint64{}
 		for i := range ev {
-			if ev[i].OldState() == probe.StateListen && ev[i].NewState() == probe.StateClose {
-				listenerCloses++
+			if ev[i].EventType() == probe.TypeState {
+				got[nettest.Transition(&ev[i])]++
 			}
 		}
-		return listenerCloses == procs
-	})
-
-	lost, err := l.s.Probe().Lost()
-	if err != nil {
-		t.Fatal(err)
+		return sum(got)+lost.Total() >= sum(made)
 	}
+	if !eventually(10*time.Second, received) {
+		t.Errorf("after 10 s: received %d state events + lost %d, the kernel made %d", sum(got), lost.Total(), sum(made))
+	}
+	t.Logf("the kernel made %d transitions (%d expected from the scenario, 10 a pair and 2 a listener), its counter skipped %d; tcpfsm received %d",
+		sum(made), 10*pairs+2*procs, kernelMisses, sum(got))
+	// Exact unless the kernel's counter was skipped itself (it runs
+	// nested in nothing but itself): then it is short by at most that.
+	for k, n := range made {
+		if got[k] > n+kernelMisses || (lost.Total() == 0 && got[k] < n) {
+			t.Errorf("%s: the kernel made %d, tcpfsm received %d (lost %d, kernel counter skipped %d)", k, n, got[k], lost.Total(), kernelMisses)
+		}
+	}
+	for k, n := range got {
+		if made[k] == 0 {
+			t.Errorf("%s: tcpfsm received %d, the kernel made none", k, n)
+		}
+	}
+
 	nest, err := l.s.Probe().Nest()
 	if err != nil {
 		t.Fatal(err)
@@ -108,18 +152,6 @@ func TestMassGracefulClose(t *testing.T) {
 			t.Logf("program %s: %d recursion misses", p.Name, p.RecursionMisses)
 		}
 	}
-	// Each pair makes 10 state events, each listener 2: what was not
-	// received must be what was counted lost.
-	states := 0
-	for i := range ev {
-		if ev[i].Type == uint8(probe.TypeState) {
-			states++
-		}
-	}
-	if made := 10*pairs + 2*procs; uint64(states)+lost.Total() != uint64(made) {
-		t.Errorf("received %d state events + lost %d = %d, want the %d made (%d missing without a count)",
-			states, lost.Total(), uint64(states)+lost.Total(), made, int64(made)-int64(states)-int64(lost.Total()))
-	}
 	if lost.Total() != 0 {
 		t.Errorf("lost %+v, want nothing lost", lost)
 	}
@@ -128,10 +160,15 @@ func TestMassGracefulClose(t *testing.T) {
 			nest.MainMisses, nest.Handled, lost.Recursion, othersMisses(progs))
 	}
 
-	// Every connection's whole life, in order.
+	// Every connection's whole life, in order, as far as the kernel told
+	// it: a client whose FIN_WAIT1->FIN_WAIT2 the kernel did not report
+	// (its count is short of ESTABLISHED->FIN_WAIT1's) goes on from
+	// FIN_WAIT1 with FIN_WAIT2->CLOSE, and exactly that many do.
 	clientLife := []string{"CLOSE->SYN_SENT", "SYN_SENT->ESTABLISHED", "ESTABLISHED->FIN_WAIT1", "FIN_WAIT1->FIN_WAIT2", "FIN_WAIT2->CLOSE"}
+	untoldLife := []string{"CLOSE->SYN_SENT", "SYN_SENT->ESTABLISHED", "ESTABLISHED->FIN_WAIT1", "FIN_WAIT2->CLOSE"}
 	serverLife := []string{"LISTEN->SYN_RECV", "SYN_RECV->ESTABLISHED", "ESTABLISHED->CLOSE_WAIT", "CLOSE_WAIT->LAST_ACK", "LAST_ACK->CLOSE"}
 	listenerLife := []string{"CLOSE->LISTEN", "LISTEN->CLOSE"}
+	untold := int(made["ESTABLISHED->FIN_WAIT1"]) - int(made["FIN_WAIT1->FIN_WAIT2"])
 	partial := 0
 	for i := range ev {
 		if ev[i].Partial() {
@@ -141,14 +178,18 @@ func TestMassGracefulClose(t *testing.T) {
 	if partial != 0 {
 		t.Errorf("%d events flagged partial: the kernel's per-socket table lost their connections' entries", partial)
 	}
-	var clients, servers, listeners, wrong int
-	ids := map[uint64]bool{}
+	var clients, untoldClients, servers, listeners, wrong int
+	untoldIDs := map[uint64]bool{}
 	for _, c := range nettest.Conns(ev) {
-		ids[c.ID] = true
 		got := c.Transitions()
 		switch {
 		case slices.Equal(got, clientLife):
 			clients++
+		case slices.Equal(got, untoldLife):
+			untoldIDs[c.ID] = true
+			if untoldClients++; untoldClients <= 3 {
+				t.Logf("connection %d: the kernel did not report FIN_WAIT1->FIN_WAIT2\n%s", c.ID, nettest.Dump(c.Events))
+			}
 		case slices.Equal(got, serverLife):
 			servers++
 		case slices.Equal(got, listenerLife):
@@ -159,16 +200,32 @@ func TestMassGracefulClose(t *testing.T) {
 			}
 		}
 	}
-	if clients != pairs || servers != pairs || listeners != procs || wrong != 0 {
-		t.Errorf("%d whole client lives, %d server lives, %d listeners, %d other; want %d, %d, %d, 0",
-			clients, servers, listeners, wrong, pairs, pairs, procs)
+	// (Each of the kernel's two counts is short by at most the counter's
+	// skips.)
+	if clients+untoldClients != pairs || untoldClients < untold-int(kernelMisses) || untoldClients > untold+int(kernelMisses) ||
+		servers != pairs || listeners != procs || wrong != 0 {
+		t.Errorf("%d whole client lives + %d without FIN_WAIT1->FIN_WAIT2, %d server lives, %d listeners, %d other; want %d, of which %d±%d without (the kernel's count), %d, %d, 0",
+			clients, untoldClients, servers, listeners, wrong, pairs, untold, kernelMisses, pairs, procs)
 	}
+	closed := l.waitClosedN(t, 2*pairs, 10*time.Second)
 
-	// The records: each closed gracefully, none flagged.
-	var flagged int
+	// The records: each closed gracefully, none flagged but those the
+	// kernel told a state short (their gap is the kernel's), and none
+	// reset but as many as the kernel reset.
+	resetsIn, resetsOut, err := kernel.Resets()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var flagged, resetReceived, resetSent int
 	for i := range closed {
 		r := &closed[i]
-		if r.Kind != lifecycle.KindGraceful || r.Anomalies != 0 {
+		switch {
+		case r.Kind == lifecycle.KindResetReceived && r.Anomalies == 0:
+			resetReceived++
+		case r.Kind == lifecycle.KindResetSent && r.Anomalies == 0:
+			resetSent++
+		case r.Kind == lifecycle.KindGraceful && (r.Anomalies == 0 || untoldIDs[r.ID]):
+		default:
 			if flagged++; flagged <= 5 {
 				t.Errorf("record %d: kind %s, anomalies %v", r.ID, r.Kind, r.Anomalies)
 			}
@@ -177,10 +234,15 @@ func TestMassGracefulClose(t *testing.T) {
 	if flagged != 0 {
 		t.Errorf("%d of %d records not graceful or flagged", flagged, len(closed))
 	}
+	if uint64(resetReceived) != resetsIn || uint64(resetSent) > resetsOut {
+		t.Errorf("%d records reset_received, %d reset_sent; the kernel received %d resets and sent %d", resetReceived, resetSent, resetsIn, resetsOut)
+	}
+	if resetsIn+resetsOut > 0 {
+		t.Logf("the kernel received %d resets and sent %d: %d records reset_received, %d reset_sent", resetsIn, resetsOut, resetReceived, resetSent)
+	}
 
 	// The gauges and the tracked count equal ss's, within a few TIME_WAIT
 	// polls (sock_diag tells the reconstructed TIME_WAITs' ends).
-	var ss map[string]int
 	var gauges [probe.MaxState + 1]int
 	var tracked, total int
 	equal := func() bool {
@@ -215,6 +277,14 @@ func TestMassGracefulClose(t *testing.T) {
 		t.Errorf("tcpfsm tracks %d, ss shows %d sockets: %v", tracked, total, ss)
 	}
 	t.Logf("ss at the end: %v", ss)
+}
+
+func sum(m map[string]uint64) uint64 {
+	var n uint64
+	for _, v := range m {
+		n += v
+	}
+	return n
 }
 
 // othersMisses are the recursion misses of the programs that have no

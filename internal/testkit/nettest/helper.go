@@ -65,7 +65,7 @@ func RunHelperIfAsked() {
 //	  in CLOSE_WAIT), print "connected COUNT", hold them all until a line
 //	  on stdin, close them and print "done 0".
 //
-//	dialer, closer NETWORK ADDR COUNT: mass.go.
+//	massdialer, masscloser NETWORK ADDR COUNT: mass.go.
 //
 // Together server and client are a normal close, the client first, with
 // payload both ways; a holder is a server that never closes, whose

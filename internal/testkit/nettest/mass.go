@@ -20,10 +20,12 @@ import (
 // process keeps at most RLIMIT_NOFILE sockets), whose client ends all
 // close at the same moment when their processes are killed.
 
-// massRoles are the helper roles of this file, looked up by runHelper.
+// massRoles are the helper roles of this file, looked up by runHelper
+// after its own: their names must differ from those (a "dialer" here was
+// helper.go's dialer, which half-closes every tenth connection at once).
 var massRoles = map[string]func(network, addr string, count int) error{
-	"dialer": dialMany,
-	"closer": closeOnEOF,
+	"massdialer": dialMany,
+	"masscloser": closeOnEOF,
 }
 
 // dialMany connects count times, prints "connected COUNT" and holds the
@@ -104,9 +106,9 @@ func (n *NS) StartMass(t testing.TB, procs, perProcess int) *Mass {
 	t.Helper()
 	m := &Mass{PerProcess: perProcess}
 	for i := 0; i < procs; i++ {
-		s := n.StartHelper(t, Helper{Comm: "massserver", Role: "closer", Network: "tcp4", Addr: "127.0.0.1:0", Send: perProcess})
+		s := n.StartHelper(t, Helper{Comm: "massserver", Role: "masscloser", Network: "tcp4", Addr: "127.0.0.1:0", Send: perProcess})
 		port := s.Port(t)
-		c := n.StartHelper(t, Helper{Comm: "massclient", Role: "dialer", Network: "tcp4",
+		c := n.StartHelper(t, Helper{Comm: "massclient", Role: "massdialer", Network: "tcp4",
 			Addr: "127.0.0.1:" + strconv.Itoa(port), Send: perProcess})
 		m.Servers, m.Clients = append(m.Servers, s), append(m.Clients, c)
 	}

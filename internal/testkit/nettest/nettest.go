@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"runtime"
 	"syscall"
 	"testing"
@@ -21,6 +22,30 @@ import (
 
 // InCI reports whether the tests run in CI, where nothing may skip.
 func InCI() bool { return os.Getenv("CI") == "true" }
+
+// InKernelVM reports whether the tests run in .ci/kernels' qemu VM: a
+// busybox initramfs without iproute2's ss, nsenter or logrotate, and with
+// 1 GiB of memory.
+func InKernelVM() bool {
+	h, _ := os.Hostname()
+	return h == "tcpfsm-vm"
+}
+
+// RequireTool skips a test that needs a command the machine lacks: in
+// the kernel VM, which runs the kernel's scenarios, not the host tools'
+// comparisons; elsewhere in CI it fails, since .ci/run installs them.
+func RequireTool(t testing.TB, name, pkg string) string {
+	t.Helper()
+	path, err := exec.LookPath(name)
+	if err == nil {
+		return path
+	}
+	if InCI() && !InKernelVM() {
+		t.Fatalf("CI=true: needs %s (Debian package %s)", name, pkg)
+	}
+	t.Skipf("needs %s (Debian package %s)", name, pkg)
+	return ""
+}
 
 // RequireBPF skips the test when this process cannot load tcpfsm's
 // programs, and fails it instead in CI.

@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"os/exec"
 	"strconv"
+	"strings"
 	"testing"
 )
 
@@ -28,7 +29,7 @@ func (n *NS) Veth(t testing.TB, peer *NS, nName, nAddr, peerName, peerAddr strin
 		_ = sleeper.Process.Kill()
 		_ = sleeper.Wait()
 	}()
-	run := func(ns *NS, args ...string) {
+	run := func(ns *NS, args ...string) []byte {
 		t.Helper()
 		var out []byte
 		err := ns.Do(func() error {
@@ -39,8 +40,22 @@ func (n *NS) Veth(t testing.TB, peer *NS, nName, nAddr, peerName, peerAddr strin
 		if err != nil {
 			t.Fatalf("ip %v: %v: %s", args, err, out)
 		}
+		return out
 	}
-	run(n, "link", "add", nName, "type", "veth", "peer", "name", peerName, "netns", strconv.Itoa(sleeper.Process.Pid))
+	// Busybox's ip (the kernel VM's) takes no "peer name ... netns": make
+	// the pair, find the peer the kernel named, then rename and move it.
+	run(n, "link", "add", nName, "type", "veth")
+	var auto string
+	for _, f := range strings.Fields(string(run(n, "-o", "link", "show"))) {
+		if name, ok := strings.CutSuffix(f, "@"+nName+":"); ok {
+			auto = name
+		}
+	}
+	if auto == "" {
+		t.Fatalf("veth: no peer of %s in ip -o link", nName)
+	}
+	run(n, "link", "set", auto, "name", peerName)
+	run(n, "link", "set", peerName, "netns", strconv.Itoa(sleeper.Process.Pid))
 	run(n, "addr", "add", nAddr, "dev", nName)
 	run(n, "link", "set", nName, "up")
 	run(peer, "addr", "add", peerAddr, "dev", peerName)
