@@ -72,7 +72,7 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 	}
 	// Closed last: every record the builder still holds is logged first.
 	closeLog := sync.OnceValue(func() error { return sink.Close(logCloseTimeout) })
-	defer closeLog()
+	defer func() { _ = closeLog() }() // an early return's; the normal path checks it below
 
 	if cfg.bpfStats {
 		// Program run time is only counted while someone holds this.
@@ -161,7 +161,9 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{
 		Registry: reg, EnableOpenMetrics: true, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelError)}))
 	api.New(sess, api.Options{Thresholds: cfg.stuck, Totals: m.Totals}).Register(mux)
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = io.WriteString(w, "ok\n") // a client gone away: nothing to tell it
+	})
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
 		// Ready: attached, and the reader empties the ring buffer at least
 		// once per flush interval.
@@ -169,7 +171,7 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 			http.Error(w, fmt.Sprintf("reader behind: ring buffer last empty %s ago", age.Round(time.Millisecond)), http.StatusServiceUnavailable)
 			return
 		}
-		io.WriteString(w, "ready\n")
+		_, _ = io.WriteString(w, "ready\n") // a client gone away: nothing to tell it
 	})
 	ln, err := net.Listen("tcp", cfg.listen)
 	if err != nil {
@@ -204,13 +206,17 @@ wait:
 				continue
 			}
 			log.Info("stopping", "signal", s.String())
-			sess.Stop()
+			// Stop's error is a link that would not detach or the last
+			// flush; Run returns what the reader saw, and the deferred
+			// Close frees the links either way.
+			_ = sess.Stop()
 			rerr = <-runErr
 		case rerr = <-runErr:
 		case err := <-served:
-			sess.Stop()
-			<-runErr
-			return fmt.Errorf("web server: %w", err)
+			// The web server's error first; the reader's too when it
+			// had one (nil, the usual end after Stop, adds nothing).
+			_ = sess.Stop()
+			return errors.Join(fmt.Errorf("web server: %w", err), <-runErr)
 		}
 		break wait
 	}
@@ -222,7 +228,9 @@ wait:
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	srv.Shutdown(ctx)
+	// The records are logged by now; a client that holds the server past
+	// the timeout only loses its answer.
+	_ = srv.Shutdown(ctx)
 	if errors.Is(rerr, http.ErrServerClosed) {
 		rerr = nil
 	}

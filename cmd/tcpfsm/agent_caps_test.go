@@ -218,7 +218,11 @@ func bindNetNS(t testing.TB, ns *nettest.NS, dir string) string {
 	if err := unix.Mount(ns.Path(), p, "", unix.MS_BIND, ""); err != nil {
 		t.Fatalf("bind mount the namespace: %v", err)
 	}
-	t.Cleanup(func() { unix.Unmount(p, unix.MNT_DETACH) })
+	t.Cleanup(func() {
+		if err := unix.Unmount(p, unix.MNT_DETACH); err != nil {
+			t.Errorf("unmount %s: %v", p, err)
+		}
+	})
 	return p
 }
 
@@ -292,7 +296,9 @@ func TestAgentCapabilityClaims(t *testing.T) {
 			a := startAgent(t, binCopy, agentOptions{args: []string{"--netns", nsFile, "--log.file", logFile}, sys: asNobody(tc.caps...)})
 			// The client aborts: the server's end goes to CLOSE on the RST,
 			// in softirq, with no system call of its owner to name it.
-			cli.SetLinger(0)
+			if err := cli.SetLinger(0); err != nil {
+				t.Fatal(err)
+			}
 			cli.Close()
 			a.waitMetric(t, "the reset", func(m map[string]*dto.MetricFamily) bool {
 				return metricSum(m, "tcpfsm_connections_closed_total") >= 1

@@ -291,8 +291,11 @@ func TestAgentPrometheusEndToEnd(t *testing.T) {
 			} `json:"groups"`
 		} `json:"data"`
 	}
-	json.NewDecoder(resp.Body).Decode(&rr)
+	err = json.NewDecoder(resp.Body).Decode(&rr)
 	resp.Body.Close()
+	if err != nil {
+		t.Fatalf("rules: %v", err)
+	}
 	nrules := 0
 	for _, g := range rr.Data.Groups {
 		for _, r := range g.Rules {

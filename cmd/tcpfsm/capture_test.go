@@ -39,7 +39,9 @@ func TestCaptureScenarios(t *testing.T) {
 				wait = 63 * time.Second
 			}
 			time.Sleep(wait)
-			cmd.Process.Signal(os.Interrupt)
+			if err := cmd.Process.Signal(os.Interrupt); err != nil {
+				t.Fatal(err)
+			}
 			waitExit(t, cmd)
 			t.Logf("%s: %s", sc.Name, stderr.String())
 		})

@@ -126,6 +126,9 @@ func TestHelp(t *testing.T) {
 		}
 	}
 	code, stdout, _ := runCLI("trace", "--help")
+	if code != exitOK {
+		t.Errorf("trace --help: exit %d", code)
+	}
 	// Every flag the issue asks for is documented with an example.
 	for _, f := range []string{"--pid", "--comm", "--lport", "--rport", "--ipv4", "--ipv6", "--netns", "--state", "--output", "--duration", "--count"} {
 		line := ""
@@ -169,7 +172,9 @@ func golden(t *testing.T, name, got string) {
 	t.Helper()
 	path := filepath.Join("testdata", name)
 	if *update {
-		os.MkdirAll(filepath.Dir(path), 0o755)
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			t.Fatal(err)
+		}
 		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
 			t.Fatal(err)
 		}
@@ -236,7 +241,9 @@ func TestReplayCorrupt(t *testing.T) {
 	dir := t.TempDir()
 	write := func(name string, b []byte) string {
 		p := filepath.Join(dir, name)
-		os.WriteFile(p, b, 0o644)
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
 		return p
 	}
 	cut := write("cut.rec", data[:len(data)-50])

@@ -68,7 +68,9 @@ func TestAgentKilledAndRestarted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a.cmd.Process.Kill()
+	if err := a.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
 	<-a.exited
 
 	// The kernel releases a killed process's links and programs, maybe
@@ -86,11 +88,17 @@ func TestAgentKilledAndRestarted(t *testing.T) {
 	}
 
 	b, blog := agentIn(t, bin, ns)
-	c.Write([]byte("after the restart"))
+	if _, err := c.Write([]byte("after the restart")); err != nil {
+		t.Fatal(err)
+	}
 	buf := make([]byte, 64)
-	s.Read(buf)
+	if _, err := s.Read(buf); err != nil {
+		t.Fatal(err)
+	}
 	c.Close()
-	io.Copy(io.Discard, s)
+	if _, err := io.Copy(io.Discard, s); err != nil { // to the client's FIN
+		t.Fatal(err)
+	}
 	s.Close()
 	time.Sleep(300 * time.Millisecond)
 	if code := b.stop(t); code != 0 {
@@ -135,12 +143,14 @@ func TestAgentSIGTERMMidBurst(t *testing.T) {
 	finished := make(chan done, 100000)
 	stop := make(chan struct{})
 	var churned atomic.Int64
+	churnErr := make(chan error, 1)
 	go func() {
 		defer close(finished)
-		ns.Churn(ln, 20000, stop, func(port int) {
+		_, err := ns.Churn(ln, 20000, stop, func(port int) {
 			finished <- done{port, time.Now()}
 			churned.Add(1)
 		})
+		churnErr <- err
 	}()
 	// The signal comes mid-burst, once well over the 100 connections the
 	// test needs have finished: a count, not a time, so that a slow
@@ -149,7 +159,9 @@ func TestAgentSIGTERMMidBurst(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	signalled := time.Now()
-	a.cmd.Process.Signal(syscall.SIGTERM)
+	if err := a.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
 	time.Sleep(100 * time.Millisecond)
 	close(stop)
 	var before []int
@@ -157,6 +169,9 @@ func TestAgentSIGTERMMidBurst(t *testing.T) {
 		if d.at.Before(signalled) {
 			before = append(before, d.port)
 		}
+	}
+	if err := <-churnErr; err != nil {
+		t.Fatalf("churn: %v", err)
 	}
 	if code := a.wait(t); code != 0 {
 		t.Fatalf("agent exit %d after SIGTERM", code)

@@ -165,7 +165,7 @@ func stateFilter(s *selection, current bool) settings.Setting {
 		Check: func(name string) error {
 			st, err := probe.ParseState(name)
 			if err != nil {
-				return fmt.Errorf("%v (want e.g. ESTABLISHED, CLOSE_WAIT, CLOSE)", err)
+				return fmt.Errorf("%w (want e.g. ESTABLISHED, CLOSE_WAIT, CLOSE)", err)
 			}
 			switch {
 			case current && (st == probe.StateClose || st == probe.StateNewSynRecv || st == probe.StateBoundInactive):

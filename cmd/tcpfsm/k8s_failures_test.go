@@ -48,7 +48,9 @@ func TestAgentMetadataFailures(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Cleanup(func() { ln.Close() })
-			os.Chmod(path, 0o600) // root's alone
+			if err := os.Chmod(path, 0o600); err != nil { // root's alone
+				t.Fatal(err)
+			}
 			go func() {
 				for {
 					c, err := ln.Accept()
@@ -66,7 +68,8 @@ func TestAgentMetadataFailures(t *testing.T) {
 			}
 			srv := grpc.NewServer()
 			runtimeapi.RegisterRuntimeServiceServer(srv, fakeCRI{})
-			go srv.Serve(ln)
+			// Serve returns when Stop closes ln at the test's end.
+			go func() { _ = srv.Serve(ln) }()
 			t.Cleanup(srv.Stop)
 		}},
 	} {

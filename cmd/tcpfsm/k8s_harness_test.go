@@ -150,7 +150,8 @@ func startPrinter(t *testing.T, bin, command, name string, args ...string) *life
 		select {
 		case <-l.done:
 		default:
-			l.cmd.Process.Kill()
+			// A run the test did not stop: killed, its exit is the kill's.
+			_ = l.cmd.Process.Kill()
 			<-l.done
 		}
 	})
@@ -159,12 +160,12 @@ func startPrinter(t *testing.T, bin, command, name string, args ...string) *life
 		sc := bufio.NewScanner(errPipe)
 		once := sync.Once{}
 		for sc.Scan() {
-			l.stderr.Write([]byte(sc.Text() + "\n"))
+			_, _ = l.stderr.Write([]byte(sc.Text() + "\n")) // a buffer: no error
 			if strings.HasPrefix(sc.Text(), "Naming containers") {
 				once.Do(func() { close(started) })
 			}
 		}
-		l.cmd.Wait()
+		_ = l.cmd.Wait() // stop reads the exit from ProcessState
 		close(l.done)
 	}()
 	select {
@@ -179,7 +180,9 @@ func startPrinter(t *testing.T, bin, command, name string, args ...string) *life
 
 func (l *lifeRun) stop(t *testing.T) []map[string]any {
 	t.Helper()
-	l.cmd.Process.Signal(syscall.SIGTERM)
+	if err := l.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatalf("life %s: %v: %s", l.name, err, l.stderr)
+	}
 	select {
 	case <-l.done:
 	case <-time.After(20 * time.Second):

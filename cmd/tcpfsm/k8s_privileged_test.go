@@ -425,7 +425,9 @@ func checkPrometheus(t *testing.T, p *promServer, instance string) {
 				t.Errorf("no data: %s", q)
 			}
 			var b bytes.Buffer
-			json.NewEncoder(&b).Encode(p.query(t, `{__name__=~"namespace_workload.*"}`))
+			if err := json.NewEncoder(&b).Encode(p.query(t, `{__name__=~"namespace_workload.*"}`)); err != nil {
+				t.Fatal(err)
+			}
 			t.Fatalf("per-workload series: %s", b.String())
 		}
 		time.Sleep(500 * time.Millisecond)

@@ -274,7 +274,9 @@ func runLife(args []string, stdout, stderr io.Writer) error {
 	}
 	defer s.Close()
 	printer.clock = s.Clock()
-	printer.onLimit = func() { s.Stop() }
+	// Reaching the limit ends the run like Ctrl-C; what Stop fails to
+	// detach the deferred Close frees.
+	printer.onLimit = func() { _ = s.Stop() }
 	fmt.Fprintf(stderr, "Tracing TCP connection lifecycles (%s). Ctrl-C to end.\n", s.Probe().Attached())
 	reportMissing(stderr, s.Probe().Features())
 	reportNames(stderr, names)

@@ -87,7 +87,7 @@ func topUsage(w io.Writer) {
 		fmt.Fprintf(&b, "  %-9s %s\n", c.name, c.summary)
 	}
 	b.WriteString("\nRun 'tcpfsm COMMAND --help' for a command's flags.\n")
-	io.WriteString(w, b.String())
+	_, _ = io.WriteString(w, b.String()) // usage text: a closed stdout has no one to tell
 }
 
 func runVersion(args []string, stdout, _ io.Writer) error {

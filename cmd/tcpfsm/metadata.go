@@ -347,7 +347,9 @@ func resolvePod(s *selection, r *metadata.Resolver) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	r.WaitSynced(ctx)
+	// A runtime that has not answered by then: the pod is looked up in
+	// what it told so far, and a miss names the runtime that is down.
+	_ = r.WaitSynced(ctx)
 	var keys []metadata.Key
 	namespaces := map[string]bool{}
 	for _, m := range r.Known() {

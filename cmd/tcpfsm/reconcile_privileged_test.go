@@ -54,7 +54,9 @@ func TestAgentReconcilesAfterLostEvents(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, c := range old {
-		c.SetLinger(0)
+		if err := c.SetLinger(0); err != nil {
+			t.Fatal(err)
+		}
 		c.Close()
 	}
 	held := pairsTo(t, ns, ln, opening)

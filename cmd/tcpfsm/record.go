@@ -123,7 +123,9 @@ func runRecord(args []string, stdout, stderr io.Writer) error {
 		OnEvent: func(*probe.Event) {
 			events++
 			if count > 0 && events == uint64(count) && s != nil {
-				s.Stop()
+				// The count reached ends the run like Ctrl-C; what Stop
+				// fails to detach the deferred Close frees.
+				_ = s.Stop()
 			}
 		},
 	}
@@ -254,7 +256,8 @@ func runReplay(args []string, stdout, stderr io.Writer) error {
 		}
 		opts.OnEventMeta = func(e *probe.Event, m *metadata.Meta) {
 			if printer.lastErr == nil {
-				printer.printMeta(e, m)
+				// A write error is kept in lastErr, the count by Stop below.
+				_ = printer.printMeta(e, m)
 			}
 		}
 		opts.OnMetaEnabled = func() { printer.container = true }

@@ -289,8 +289,12 @@ func TestAgentRestartKeepsCloseWait(t *testing.T) {
 		t.Fatal(err)
 	}
 	time.Sleep(1500 * time.Millisecond)
-	life.Process.Signal(os.Interrupt)
-	life.Wait()
+	if err := life.Process.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	if err := life.Wait(); err != nil {
+		t.Fatalf("life after SIGINT: %v\n%s", err, out.String())
+	}
 	var row string
 	for _, l := range strings.Split(out.String(), "\n") {
 		if strings.Contains(l, ":"+strconv.Itoa(int(port))) && strings.Contains(l, "passive") {

@@ -47,7 +47,9 @@ func stopOn(p *probe.Probe, d time.Duration, tick func()) func() {
 				}
 				continue
 			}
-			p.Stop()
+			// The command's Run returns once the links are gone; one
+			// that would not detach is freed by the command's Close.
+			_ = p.Stop()
 			return
 		}
 	}()

@@ -248,7 +248,7 @@ func runTop(args []string, stdout, stderr io.Writer) error {
 	// be read (no credentials, nothing listening) is said plainly.
 	first, err := src.Snapshot(&q)
 	if err != nil {
-		stop()
+		_ = stop() // the read error is the one to say
 		return readErr(src, err)
 	}
 	var in io.Reader

@@ -7,6 +7,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"os"
@@ -43,7 +44,8 @@ func newTerminal(t *testing.T) *terminal {
 	term := &terminal{t: t, tmux: needTool(t, "tmux", "tmux"), sock: filepath.Join(t.TempDir(), "tmux.sock")}
 	term.run("-f", "/dev/null", "new-session", "-d", "-s", "top", "-x", "80", "-y", "24",
 		"env", "PS1="+shellPrompt+" ", "TERM=xterm-256color", "bash", "--norc", "--noprofile")
-	t.Cleanup(func() { exec.Command(term.tmux, "-S", term.sock, "kill-server").Run() })
+	// The server may be gone already (its last session ended): nothing to check.
+	t.Cleanup(func() { _ = exec.Command(term.tmux, "-S", term.sock, "kill-server").Run() })
 	term.run("set-option", "-g", "status", "off")
 	term.resize(80, 24)
 	term.wait("the shell's prompt", func(s string) bool { return strings.Contains(s, shellPrompt) })
@@ -276,7 +278,9 @@ func TestTopTerminal(t *testing.T) {
 	}
 	if capture := os.Getenv("TCPFSM_TOP_CAPTURE"); capture != "" {
 		// The README's picture, from a real run.
-		os.WriteFile(capture, []byte(screen), 0o644)
+		if err := os.WriteFile(capture, []byte(screen), 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
 	t.Logf("top, 80x24:\n%s", screen)
 
@@ -295,7 +299,7 @@ func TestTopTerminal(t *testing.T) {
 	term.keys("o", "o")
 	byBytes := slices.Clone(s.closed)
 	slices.Reverse(byBytes)
-	screen = term.wait("the sort by bytes", func(sc string) bool {
+	term.wait("the sort by bytes", func(sc string) bool {
 		return strings.Contains(sc, "sort bytes") && slices.Equal(rowPorts(topRows(sc)), byBytes)
 	})
 
@@ -317,7 +321,7 @@ func TestTopTerminal(t *testing.T) {
 	term.keys("Escape")
 	term.wait("the table again", func(sc string) bool { return strings.Contains(sc, "PID COMM") })
 	term.resize(132, 30)
-	screen = term.wait("the wider table", func(sc string) bool {
+	term.wait("the wider table", func(sc string) bool {
 		lines := strings.Split(sc, "\n")
 		return strings.Contains(sc, "CONTAINER") && len(lines) >= 30 && width(lines[0]) > 100
 	})
@@ -360,10 +364,14 @@ func TestTopAgent(t *testing.T) {
 	}
 	cert, key, client := selfSigned(t, dir)
 	webCfg := filepath.Join(dir, "web.yml")
-	os.WriteFile(webCfg, []byte(fmt.Sprintf("basic_auth_users:\n  viewer: %s\ntls_server_config:\n  cert_file: %s\n  key_file: %s\n",
-		hash, cert, key)), 0o600)
+	if err := os.WriteFile(webCfg, []byte(fmt.Sprintf("basic_auth_users:\n  viewer: %s\ntls_server_config:\n  cert_file: %s\n  key_file: %s\n",
+		hash, cert, key)), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	pw := filepath.Join(dir, "password")
-	os.WriteFile(pw, []byte("s3cret pass\n"), 0o600)
+	if err := os.WriteFile(pw, []byte("s3cret pass\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	ns := nettest.NewNS(t)
 	a := startAgent(t, bin, agentOptions{client: client, scheme: "https", args: append([]string{"--web.config.file", webCfg,
 		"--netns", ns.Path(), "--log.file", filepath.Join(dir, "log")}, small...)})
@@ -375,7 +383,8 @@ func TestTopAgent(t *testing.T) {
 		cmd.Stdout, cmd.Stderr = &stdout, &stderr
 		err := cmd.Run()
 		code := 0
-		if ee, ok := err.(*exec.ExitError); ok {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
 			code = ee.ExitCode()
 		} else if err != nil {
 			t.Fatal(err)
@@ -393,7 +402,8 @@ func TestTopAgent(t *testing.T) {
 	if code, _, stderr := func() (int, string, string) {
 		cmd := exec.Command(bin, "top", "--agent", "https://"+a.addr, "--once")
 		out, err := cmd.CombinedOutput()
-		if ee, ok := err.(*exec.ExitError); ok {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
 			return ee.ExitCode(), "", string(out)
 		}
 		return 0, "", string(out)

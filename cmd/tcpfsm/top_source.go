@@ -197,7 +197,9 @@ func (l *localSource) Detail(id uint64) (connview.Detail, bool, error) {
 
 // stop detaches the probe and waits for the session to end.
 func (l *localSource) stop() error {
-	l.sess.Stop()
+	// Run's end is the error to return; a link that would not detach
+	// is freed by the session's Close.
+	_ = l.sess.Stop()
 	var err error
 	l.mu.Lock()
 	if l.err == nil {

@@ -69,15 +69,17 @@ func TestTopAgentCredentials(t *testing.T) {
 			w.WriteHeader(http.StatusUnauthorized)
 			return
 		}
+		// A write to a client gone away fails the client's read, which the
+		// test checks.
 		switch r.URL.Path {
 		case "/api/v1/connections":
-			w.Write([]byte(`[{"id":5,"role":"passive","family":"ipv4","laddr":"10.0.0.1","lport":80,"raddr":"10.0.0.2",` +
+			_, _ = w.Write([]byte(`[{"id":5,"role":"passive","family":"ipv4","laddr":"10.0.0.1","lport":80,"raddr":"10.0.0.2",` +
 				`"rport":4000,"netns":1,"owner":{"pid":12,"comm":"srv","cgroup_id":0},"state":"CLOSE_WAIT",` +
 				`"state_since":null,"state_seconds":null,"state_seconds_at_least":61.5,"first_seen":null,` +
 				`"lifetime_seconds":null,"lifetime_seconds_at_least":61.5,"tx_bytes":0,"rx_bytes":0,"srtt_us":0,` +
 				`"retransmits":0,"partial":true,"seeded":true,"anomalies":["partial"],"stuck":true}]` + "\n"))
 		case "/api/v1/summary":
-			w.Write([]byte(`{"states":{},"stuck":[]}`))
+			_, _ = w.Write([]byte(`{"states":{},"stuck":[]}`))
 		default:
 			http.NotFound(w, r)
 		}
@@ -88,7 +90,9 @@ func TestTopAgentCredentials(t *testing.T) {
 		t.Errorf("without credentials: exit %d, %q %q", code, stdout, stderr)
 	}
 	pw := filepath.Join(t.TempDir(), "pw")
-	os.WriteFile(pw, []byte("s3cret pass\n"), 0o600)
+	if err := os.WriteFile(pw, []byte("s3cret pass\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	code, stdout, stderr = runCLI("top", "--agent", srv.URL, "--agent.user", "me", "--agent.password-file", pw, "--once")
 	if code != exitOK || !strings.Contains(stdout, "CLOSE_WAIT") || !strings.Contains(stdout, "≥1m01s") {
 		t.Errorf("with credentials: exit %d, %q %q", code, stdout, stderr)

@@ -115,13 +115,16 @@ func (p *eventPrinter) writeHeader() {
 
 // handle prints one raw event if the selection wants it.
 func (p *eventPrinter) handle(raw []byte) error {
-	if err := probe.Decode(raw, &p.ev); err != nil {
-		p.seen++
-		p.invalid++
-		p.lastErr = err
-		return nil
+	err := probe.Decode(raw, &p.ev)
+	if err == nil {
+		return p.print(&p.ev)
 	}
-	return p.print(&p.ev)
+	// An invalid event is counted and said at the end (lastErr); the
+	// trace goes on with the next one.
+	p.seen++
+	p.invalid++
+	p.lastErr = err
+	return nil
 }
 
 // print prints one decoded event if the selection wants it, with what
@@ -195,7 +198,7 @@ func runTrace(args []string, stdout, stderr io.Writer) error {
 		// trace never waits: it prints what the runtime told so far, so
 		// the first list is worth a moment.
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		names.WaitSynced(ctx)
+		_ = names.WaitSynced(ctx) // a slower runtime's names come as it answers
 		cancel()
 		printer.container = true
 		printer.owners = newEventOwners(names, cfg.meta.labels)

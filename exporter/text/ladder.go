@@ -84,11 +84,12 @@ func AppendLadder(b []byte, x, y *lifecycle.Record) []byte {
 	}
 	b = append(b, kind.String()...)
 	b = append(b, ", closed by "...)
-	if left.Initiator == lifecycle.InitiatorLocal {
+	switch left.Initiator {
+	case lifecycle.InitiatorLocal:
 		b = append(b, "left"...)
-	} else if left.Initiator == lifecycle.InitiatorRemote {
+	case lifecycle.InitiatorRemote:
 		b = append(b, "right"...)
-	} else {
+	default:
 		b = append(b, left.Initiator.String()...)
 	}
 	b = append(b, '\n')

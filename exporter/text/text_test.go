@@ -13,10 +13,10 @@ import (
 // A fixed clock: monotonic zero is 2026-11-25 12:00:00 UTC.
 var testClock = clock.Clock{BootNs: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC).UnixNano()}
 
-func event(family uint8, laddr, raddr string, lport, rport uint16, old, new probe.State) probe.Event {
+func event(family uint8, laddr, raddr string, lport, rport uint16, from, to probe.State) probe.Event {
 	e := probe.Event{
 		Type: uint8(probe.TypeState), Family: family, Sport: lport, Dport: rport,
-		Oldstate: uint8(old), Newstate: uint8(new), TsNs: 1_500_000_000, ConnId: 8193,
+		Oldstate: uint8(from), Newstate: uint8(to), TsNs: 1_500_000_000, ConnId: 8193,
 		Pid: 4242, Tid: 4243, Owner: uint8(probe.OwnerCarried), Netns: 4026531840, CgroupId: 77,
 		DeltaNs: 1_234_567, BytesAcked: 1002, BytesReceived: 2001, SrttUs: 45, TotalRetrans: 1,
 		SegsIn: 9, SegsOut: 11,

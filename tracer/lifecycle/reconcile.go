@@ -1,6 +1,10 @@
 package lifecycle
 
-import "github.com/tcpfsm/tcpfsm/tracer/probe"
+import (
+	"slices"
+
+	"github.com/tcpfsm/tcpfsm/tracer/probe"
+)
 
 // Reconciliation: a dump of every TCP socket of a namespace, made while
 // events keep coming, compared with the records. The dump's inputs are a
@@ -173,7 +177,8 @@ func (b *Builder) reconcileDone(netns uint32) {
 		}
 	}
 	// Oldest activity first, as the LRU gave them: an order of the inputs.
-	gone := append(b.order[:0], b.scratch...)
+	// A copy: ending a record may reuse scratch.
+	gone := slices.Clone(b.scratch)
 	for _, i := range gone {
 		b.endUnobserved(i, run.start)
 	}

@@ -107,7 +107,7 @@ func TestSeedJoinReconcileRules(t *testing.T) {
 			}},
 		{name: "a seed's reset before its close joins it",
 			ins: []in{sockOf(1, EST, 10, snap), dumpDone(snap, 11),
-				evIn(ev(1, 20, probe.TypeResetReceived, EST, EST)), evIn(st(1, 20, EST, CLOSE, partial)), in{tick: 100}},
+				evIn(ev(1, 20, probe.TypeResetReceived, EST, EST)), evIn(st(1, 20, EST, CLOSE, partial)), {tick: 100}},
 			states: map[probe.State]int{}, seeded: 1, joined: 1,
 			check: func(t *testing.T, s *sink, b *Builder) {
 				if len(s.finished) != 1 || s.finished[0].Kind != KindResetReceived || s.finished[0].ID != 1 || !s.finished[0].Seeded {
@@ -153,7 +153,7 @@ func TestSeedJoinReconcileRules(t *testing.T) {
 			states: map[probe.State]int{FW1: 1}, records: 1},
 		{name: "a tuple closed during the dump is not brought back",
 			ins: []in{evIn(st(1, 10, CLOSE, SS)), evIn(st(1, 11, SS, EST)), begin(100),
-				evIn(st(1, 101, EST, CLOSE)), in{tick: 200}, sockOf(1, EST, 100, rec), dumpDone(rec, 100)},
+				evIn(st(1, 101, EST, CLOSE)), {tick: 200}, sockOf(1, EST, 100, rec), dumpDone(rec, 100)},
 			states: map[probe.State]int{}, records: 1},
 		{name: "an aborted dump repairs nothing",
 			ins: []in{evIn(st(1, 10, CLOSE, SS)), evIn(st(1, 11, SS, EST)), begin(100),

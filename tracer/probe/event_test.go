@@ -30,7 +30,7 @@ func recorded(t *testing.T, name string) [][]byte {
 	var raws [][]byte
 	for {
 		kind, p, err := rd.Next()
-		if err == io.EOF {
+		if errors.Is(err, io.EOF) {
 			return raws
 		}
 		if err != nil {
@@ -62,7 +62,9 @@ func TestDecodeRecordedGolden(t *testing.T) {
 	}
 	golden := "testdata/loopback-mix.golden.jsonl"
 	if *update {
-		os.MkdirAll("testdata", 0o755)
+		if err := os.MkdirAll("testdata", 0o755); err != nil {
+			t.Fatal(err)
+		}
 		if err := os.WriteFile(golden, got, 0o644); err != nil {
 			t.Fatal(err)
 		}
@@ -157,7 +159,7 @@ func TestDecodeRejects(t *testing.T) {
 func TestDecodeDoesNotAllocate(t *testing.T) {
 	raw := recorded(t, "loopback-mix.rec")[3]
 	var e probe.Event
-	if n := testing.AllocsPerRun(1000, func() { probe.Decode(raw, &e) }); n != 0 {
+	if n := testing.AllocsPerRun(1000, func() { _ = probe.Decode(raw, &e) }); n != 0 {
 		t.Errorf("Decode allocates %.1f times per event", n)
 	}
 }

@@ -56,17 +56,17 @@ func (c checks) run() error {
 		return fmt.Errorf("%w: /sys/kernel/btf/vmlinux is missing; tcpfsm needs a kernel built with CONFIG_DEBUG_INFO_BTF=y (5.4 or newer)", ErrNoBTF)
 	}
 	if err := c.loadBTF(); err != nil {
-		return fmt.Errorf("%w: %v", ErrNoBTF, err)
+		return fmt.Errorf("%w: %w", ErrNoBTF, err)
 	}
 	if err := c.ringBuf(); err != nil {
 		if errors.Is(err, unix.EPERM) || errors.Is(err, unix.EACCES) {
 			// The capabilities are there (checked above), so something
 			// else refuses bpf(): a seccomp filter, as container runtimes'
 			// default profiles apply, or lockdown.
-			return fmt.Errorf("%w: the bpf() system call was refused (%v) although the process has the capabilities; a seccomp filter (%s) or kernel lockdown blocks it: allow bpf and perf_event_open in the container's seccomp profile (deploy/README.md)",
+			return fmt.Errorf("%w: the bpf() system call was refused (%w) although the process has the capabilities; a seccomp filter (%s) or kernel lockdown blocks it: allow bpf and perf_event_open in the container's seccomp profile (deploy/README.md)",
 				ErrPrivileges, err, seccompMode())
 		}
-		return fmt.Errorf("%w: tcpfsm needs Linux 5.8 or newer (kernel %s): %v", ErrNoRingBuf, kernelRelease(), err)
+		return fmt.Errorf("%w: tcpfsm needs Linux 5.8 or newer (kernel %s): %w", ErrNoRingBuf, kernelRelease(), err)
 	}
 	return nil
 }
@@ -124,9 +124,9 @@ func checkCapabilities(get func() (uint64, error)) error {
 func explainLoadError(err error) error {
 	switch {
 	case errors.Is(err, unix.EPERM) || errors.Is(err, unix.EACCES):
-		return fmt.Errorf("%w: the kernel refused to load or attach tcpfsm's programs (%v); it needs CAP_BPF and CAP_PERFMON, and is refused by lockdown or kernel.unprivileged_bpf_disabled settings", ErrPrivileges, err)
+		return fmt.Errorf("%w: the kernel refused to load or attach tcpfsm's programs (%w); it needs CAP_BPF and CAP_PERFMON, and is refused by lockdown or kernel.unprivileged_bpf_disabled settings", ErrPrivileges, err)
 	case errors.Is(err, os.ErrNotExist):
-		return fmt.Errorf("%w (needs Linux 4.16 or newer; kernel %s): %v", ErrNoHook, kernelRelease(), err)
+		return fmt.Errorf("%w (needs Linux 4.16 or newer; kernel %s): %w", ErrNoHook, kernelRelease(), err)
 	}
 	return fmt.Errorf("load tcpfsm programs: %w", err)
 }

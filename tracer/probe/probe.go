@@ -348,7 +348,9 @@ func (p *Probe) Close() error {
 }
 
 func (p *Probe) closeAll() {
-	p.detach()
+	// Close has detached already and returns that error; a failed load
+	// has nothing else to report it to.
+	_ = p.detach()
 	for _, c := range p.extra {
 		c.Close()
 	}

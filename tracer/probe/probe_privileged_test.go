@@ -374,7 +374,8 @@ func TestIPv4MappedShownAsIPv4(t *testing.T) {
 	srvPort := port(ln.Addr())
 	go func() {
 		if c, err := ln.Accept(); err == nil {
-			io.Copy(io.Discard, c)
+			// To the client's close; the transitions are what is checked.
+			_, _ = io.Copy(io.Discard, c)
 			c.Close()
 		}
 	}()
@@ -412,7 +413,7 @@ func TestOwnersAndBytesAcrossProcesses(t *testing.T) {
 		t.Fatalf("server received %d bytes, want %d", got, cliSends)
 	}
 	col.WaitFor(t, "listener closed", func(ev []probe.Event) bool { return nettest.Closed(ev, srvPort, 0) })
-	events := col.WaitFor(t, "both ends closed", func(ev []probe.Event) bool {
+	col.WaitFor(t, "both ends closed", func(ev []probe.Event) bool {
 		n := 0
 		for i := range ev {
 			if ev[i].NewState() == probe.StateClose && ev[i].Dport != 0 {
@@ -421,7 +422,7 @@ func TestOwnersAndBytesAcrossProcesses(t *testing.T) {
 		}
 		return n == 2
 	})
-	events = col.Stop(t)
+	events := col.Stop(t)
 	ep := splitConns(t, events, srvPort)
 	wantTransitions(t, "client", ep.client, clientCloseFirst)
 	wantTransitions(t, "server", ep.server, serverCloseFirst)
@@ -567,7 +568,8 @@ func (env *filterEnv) runTraffic(t *testing.T, all *nettest.Collector, open func
 	ln := ns.Listen(t, "tcp4", "127.0.0.1:"+strconv.Itoa(portSelf))
 	go func() {
 		if c, err := ln.Accept(); err == nil {
-			io.Copy(io.Discard, c)
+			// To the client's close; the transitions are what is checked.
+			_, _ = io.Copy(io.Discard, c)
 			c.Close()
 		}
 	}()

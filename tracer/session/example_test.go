@@ -40,7 +40,9 @@ func Example() {
 	signal.Notify(sig, os.Interrupt)
 	go func() {
 		<-sig
-		s.Stop() // Run returns once the ring is drained and every record held is flushed
+		// Run returns once the ring is drained and every record held is
+		// flushed, with the error that matters.
+		_ = s.Stop()
 	}()
 	if err := s.Run(); err != nil {
 		fmt.Println(err)

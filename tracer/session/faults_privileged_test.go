@@ -82,7 +82,9 @@ func TestRingBufferOverflow(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	time.Sleep(200 * time.Millisecond)
-	s.Stop()
+	if err := s.Stop(); err != nil {
+		t.Fatal(err)
+	}
 	if err := <-done; err != nil {
 		t.Fatalf("run: %v", err)
 	}
@@ -169,7 +171,9 @@ func TestKernelTableCap(t *testing.T) {
 	l := startSession(t, ns, session.Options{Probe: probe.Options{MaxConnections: 8}})
 	conns := openPairs(t, ns, ln, 40)
 	for _, c := range conns {
-		c.SetLinger(0)
+		if err := c.SetLinger(0); err != nil {
+			t.Fatal(err)
+		}
 		c.Close()
 	}
 	closed := l.waitClosed(t, 80)

@@ -84,7 +84,9 @@ func TestFinWait2RecordedPollsReplay(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	l.s.Stop()
+	if err := l.s.Stop(); err != nil {
+		t.Fatal(err)
+	}
 	if err := <-l.done; err != nil {
 		t.Fatal(err)
 	}

@@ -183,8 +183,7 @@ func liveRun(t testing.TB, hdr recording.Header, inputs []recording.Input, rt Me
 		if err := s.input(&x); err != nil {
 			t.Fatal(err)
 		}
-		switch x.Kind {
-		case recording.KindTick: // drained
+		if x.Kind == recording.KindTick { // drained
 			if err := s.metaInputs(); err != nil {
 				t.Fatal(err)
 			}

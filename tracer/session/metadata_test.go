@@ -294,12 +294,12 @@ type loopbackChurn struct {
 	id, ts uint64
 }
 
-func (c *loopbackChurn) ev(conn uint64, sport, dport uint16, old, new probe.State, err syscall.Errno) {
+func (c *loopbackChurn) ev(conn uint64, sport, dport uint16, from, to probe.State, err syscall.Errno) {
 	lo := [16]byte{127, 0, 0, 1}
 	c.ts += 10_000
 	c.x = recording.Input{Kind: recording.KindEvent, Event: probe.Event{ConnId: conn, Family: probe.AFInet,
 		Type: uint8(probe.TypeState), Netns: 1, Sport: sport, Dport: dport, Saddr: lo, Daddr: lo,
-		Owner: uint8(probe.OwnerTask), Pid: 42, CgroupId: 5, TsNs: c.ts, Oldstate: uint8(old), Newstate: uint8(new), SkErr: uint16(err)}}
+		Owner: uint8(probe.OwnerTask), Pid: 42, CgroupId: 5, TsNs: c.ts, Oldstate: uint8(from), Newstate: uint8(to), SkErr: uint16(err)}}
 	if e := c.in.apply(&c.x); e != nil {
 		c.t.Fatal(e)
 	}

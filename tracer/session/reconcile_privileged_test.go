@@ -103,7 +103,9 @@ func TestReconcileAfterLoss(t *testing.T) {
 	// Nothing reads: the old pairs reset, new ones open; a page of ring
 	// holds 28 events of the 8 a reset pair makes and 4 an opened one.
 	for _, c := range old {
-		c.SetLinger(0)
+		if err := c.SetLinger(0); err != nil {
+			t.Fatal(err)
+		}
 		c.Close()
 	}
 	held := openPairs(t, ns, ln, opening)
@@ -139,7 +141,9 @@ func TestReconcileAfterLoss(t *testing.T) {
 	if k[probe.StateEstablished] != 2*opening || k[probe.StateListen] != 1 {
 		t.Errorf("the scene: %v", k)
 	}
-	s.Stop()
+	if err := s.Stop(); err != nil {
+		t.Fatal(err)
+	}
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}

@@ -345,7 +345,11 @@ func (s *Session) snapshot() error {
 			if ls.State == probe.StateListen {
 				// Owners of listeners that predate tcpfsm, for the
 				// connections they will accept.
-				s.probe.SeedListener(ls.NetNS, ls.Lport, ls.Pid, o.Comm, ls.CgroupID)
+				// ErrKeyExist: the listener's own listen() was seen, and
+				// its entry is the newer one. Any other failure leaves
+				// only the owner of the connections it accepts unknown:
+				// not a reason to stop seeding.
+				_ = s.probe.SeedListener(ls.NetNS, ls.Lport, ls.Pid, o.Comm, ls.CgroupID)
 			}
 			if ls.CgroupID != 0 && !s.in.knowsCgroup(ls.CgroupID) {
 				if err := s.cgroupInput(ls.CgroupID, o.CgroupPath); err != nil {

@@ -216,7 +216,7 @@ func TestParseMessagesCallbackError(t *testing.T) {
 		calls++
 		return stop
 	})
-	if err != stop || isDone || calls != 1 {
+	if !errors.Is(err, stop) || isDone || calls != 1 {
 		t.Fatalf("got done=%v err=%v after %d calls, want done=false err=stop after 1", isDone, err, calls)
 	}
 }

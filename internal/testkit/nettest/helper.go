@@ -40,7 +40,9 @@ func RunHelperIfAsked() {
 		}
 	}
 	if os.Getenv(helperHoldEnv) != "" {
-		bufio.NewReader(os.Stdin).ReadString('\n')
+		// Held until the test writes a line or closes stdin (EOF): either
+		// lets the helper go on.
+		_, _ = bufio.NewReader(os.Stdin).ReadString('\n')
 	}
 	if err := runHelper(strings.Fields(role)); err != nil {
 		fmt.Fprintf(os.Stderr, "helper %q: %v\n", role, err)
@@ -153,7 +155,7 @@ func hold(network, addr string, count int) error {
 		held = append(held, c)
 	}
 	fmt.Printf("accepted %d\n", len(held))
-	bufio.NewReader(os.Stdin).ReadString('\n')
+	_, _ = bufio.NewReader(os.Stdin).ReadString('\n') // a line or EOF: the test says close
 	for _, c := range held {
 		c.Close()
 	}
@@ -177,7 +179,7 @@ func dial(network, addr string, count int) error {
 		held = append(held, tc)
 	}
 	fmt.Printf("connected %d\n", len(held))
-	bufio.NewReader(os.Stdin).ReadString('\n')
+	_, _ = bufio.NewReader(os.Stdin).ReadString('\n') // a line or EOF: the test says close
 	for _, c := range held {
 		c.Close()
 	}
@@ -244,8 +246,10 @@ func (n *NS) StartHelper(t testing.TB, h Helper) *Peer {
 	p.Pid = p.Cmd.Process.Pid
 	t.Cleanup(func() {
 		if p.Cmd.ProcessState == nil {
-			p.Cmd.Process.Kill()
-			p.Cmd.Wait()
+			// A helper the test did not wait for: killed, so its exit
+			// status is the kill's, not a result.
+			_ = p.Cmd.Process.Kill()
+			_ = p.Cmd.Wait()
 		}
 	})
 	return p

@@ -2,6 +2,7 @@ package nettest
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -39,7 +40,7 @@ func dialMany(network, addr string, count int) error {
 		held = append(held, c)
 	}
 	fmt.Printf("connected %d\n", len(held))
-	io.Copy(io.Discard, os.Stdin)
+	_, _ = io.Copy(io.Discard, os.Stdin) // to EOF or an error: either says close
 	for _, c := range held {
 		c.Close()
 	}
@@ -136,7 +137,8 @@ func (m *Mass) CloseClients(t testing.TB) {
 	}
 	for _, c := range m.Clients {
 		err := c.Cmd.Wait()
-		if ee, ok := err.(*exec.ExitError); !ok || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
 			t.Fatalf("client %d: %v, want killed; stderr: %s", c.Pid, err, c.stderr.String())
 		}
 	}

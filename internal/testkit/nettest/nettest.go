@@ -105,18 +105,18 @@ func newNS() (*NS, error) {
 	}
 	fd, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		restore()
+		_ = restore() // err is the first error; a failed restore locks the thread
 		return nil, err
 	}
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
 		unix.Close(fd)
-		restore()
+		_ = restore() // err is the first error; a failed restore locks the thread
 		return nil, err
 	}
 	if err := loopbackUp(); err != nil {
 		unix.Close(fd)
-		restore()
+		_ = restore() // err is the first error; a failed restore locks the thread
 		return nil, err
 	}
 	if err := restore(); err != nil {
@@ -329,7 +329,11 @@ func (n *NS) Churn(ln *net.TCPListener, count int, stop <-chan struct{}, done fu
 			c.Close()
 			return i, err
 		}
-		c.SetLinger(0)
+		if err := c.SetLinger(0); err != nil {
+			c.Close()
+			s.Close()
+			return i, err
+		}
 		port := c.LocalAddr().(*net.TCPAddr).Port
 		c.Close()
 		s.Close()

@@ -25,8 +25,9 @@ func (n *NS) Veth(t testing.TB, peer *NS, nName, nAddr, peerName, peerAddr strin
 		t.Fatalf("veth: %v", err)
 	}
 	defer func() {
-		sleeper.Process.Kill()
-		sleeper.Wait()
+		// Only its namespace was wanted: killed, its exit is the kill's.
+		_ = sleeper.Process.Kill()
+		_ = sleeper.Wait()
 	}()
 	run := func(ns *NS, args ...string) []byte {
 		t.Helper()
