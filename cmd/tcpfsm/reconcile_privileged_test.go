@@ -1,10 +1,14 @@
 package main
 
 import (
+	"bytes"
+	"fmt"
 	"net"
+	"os"
 	"path/filepath"
 	"syscall"
 	"testing"
+	"time"
 
 	dto "github.com/prometheus/client_model/go"
 
@@ -53,6 +57,9 @@ func TestAgentReconcilesAfterLostEvents(t *testing.T) {
 	if err := a.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
+	// kill() returns before the threads stop: closing before then lets
+	// the reader take the closes, and nothing would be left to end.
+	waitStopped(t, a.cmd.Process.Pid)
 	for _, c := range old {
 		if err := c.SetLinger(0); err != nil {
 			t.Fatal(err)
@@ -82,5 +89,37 @@ func TestAgentReconcilesAfterLostEvents(t *testing.T) {
 		seeded, ended, closedUnseen)
 	if seeded == 0 || ended == 0 || closedUnseen != ended {
 		t.Errorf("repairs seeded %v, ended %v; closes of kind unobserved %v", seeded, ended, closedUnseen)
+	}
+}
+
+// waitStopped waits until every thread of the process is stopped (state
+// T in /proc/PID/task/*/stat).
+func waitStopped(t *testing.T, pid int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/stat", pid))
+		if err != nil || len(tasks) == 0 {
+			t.Fatalf("threads of %d: %v", pid, err)
+		}
+		stopped := 0
+		for _, f := range tasks {
+			b, err := os.ReadFile(f)
+			if err != nil {
+				continue // a thread that ended
+			}
+			// pid (comm) state ...: comm may hold spaces, the state
+			// follows the last ')'.
+			if i := bytes.LastIndexByte(b, ')'); i >= 0 && i+2 < len(b) && (b[i+2] == 'T' || b[i+2] == 't') {
+				stopped++
+			}
+		}
+		if stopped == len(tasks) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d threads of %d stopped after SIGSTOP", stopped, len(tasks), pid)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
