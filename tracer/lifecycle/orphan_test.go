@@ -191,6 +191,16 @@ func TestOrphanGauges(t *testing.T) {
 	feed(b, orphanClient()...)
 	feed(b, holdingServer()...)
 	gauges("in its reset hold", 1, 0, 1)
+	// Counted in FIN_WAIT2 while in its hold, it is listed as open too.
+	listed := 0
+	for r := range b.Open() {
+		if r.ID == 1 && r.State == FW2 {
+			listed++
+		}
+	}
+	if listed != 1 || b.OpenCount() != 2 {
+		t.Fatalf("in its reset hold: listed %d times, open %d; want 1, 2", listed, b.OpenCount())
+	}
 	b.Tick(200 * ms)
 	gauges("orphaned", 1, 0, 1)
 	if len(s.closed) != 0 || b.OrphanCount() != 1 || b.OpenCount() != 2 {

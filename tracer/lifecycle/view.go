@@ -28,11 +28,31 @@ func (b *Builder) Open() iter.Seq[*Record] {
 				return
 			}
 		}
+		for _, i := range b.held {
+			if r := &b.slab[i]; orphanCandidate(r) {
+				if !yield(r) {
+					return
+				}
+			}
+		}
 	}
 }
 
+// orphanCandidate: a CLOSE from FIN_WAIT2 waiting out its reset hold to
+// become an orphan (orphan.go). The gauges count it in FIN_WAIT2, so the
+// readers of what is open see it too.
+func orphanCandidate(r *Record) bool { return r.orphanAt != 0 && !r.orphan && r.End == 0 }
+
 // OpenCount is how many records Open visits.
-func (b *Builder) OpenCount() int { return b.open + len(b.timeWait) }
+func (b *Builder) OpenCount() int {
+	n := b.open + len(b.timeWait)
+	for _, i := range b.held {
+		if orphanCandidate(&b.slab[i]) {
+			n++
+		}
+	}
+	return n
+}
 
 // Lookup returns the record with this connection id while the builder
 // holds it: open, in TIME_WAIT, or closed and waiting out its reset hold.
