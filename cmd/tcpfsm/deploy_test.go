@@ -27,10 +27,7 @@ const deployDir = "../../deploy"
 // inKernelVM reports whether the tests run in the 6.1 kernel VM of
 // .ci/kernels (its /init names the machine so): a busybox userland with
 // only the test binaries and testdata, no deploy/ and no Debian tools.
-func inKernelVM() bool {
-	h, _ := os.Hostname()
-	return h == "tcpfsm-vm"
-}
+func inKernelVM() bool { return nettest.InKernelVM() }
 
 // unavailable skips a test that lacks a tool or file, except in CI on the
 // host, where everything it needs is installed (.ci/run) and a missing
