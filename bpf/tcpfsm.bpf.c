@@ -63,13 +63,33 @@ static __always_inline int handle(struct sock *sk, int oldstate, int newstate, _
 	struct tuple t = {};
 	struct owner task = {};
 	bool by_owner = made_by_owner(oldstate, newstate);
-	__u16 proto;
+	__u16 proto, sk_err = 0;
 
-	read_proto_sport(sk, &proto, &t.sport, slot);
-	if (proto != IPPROTO_TCP)
-		return 0; /* SCTP and MPTCP sockets use the same tracepoint */
-	if (!read_common_unmapped(sk, &t))
+	if (!read_common(sk, &t))
 		return 0;
+	/*
+	 * A socket with an entry is a TCP socket whose netns is known: its
+	 * transitions need no more than the common read (and at CLOSE the
+	 * port and the error, which the kernel keeps elsewhere). Only a first
+	 * transition reads the protocol and follows the netns pointer.
+	 */
+	struct conn *c = bpf_map_lookup_elem(&conns, &skp);
+	if (c) {
+		t.netns = c->netns;
+		if (newstate == TCP_CLOSE)
+			read_proto_sport_err(sk, &proto, &t.sport, &sk_err, slot);
+		else
+			t.sport = tuple_sport(sk, &t, newstate);
+	} else {
+		if (newstate == TCP_CLOSE)
+			read_proto_sport_err(sk, &proto, &t.sport, &sk_err, slot);
+		else
+			read_proto_sport(sk, &proto, &t.sport, slot);
+		if (proto != IPPROTO_TCP)
+			return 0; /* SCTP and MPTCP sockets use the same tracepoint */
+		t.netns = read_netns(&t);
+	}
+	unmap_v4(&t);
 	if (by_owner)
 		owner_from_task(&task);
 
@@ -86,11 +106,11 @@ static __always_inline int handle(struct sock *sk, int oldstate, int newstate, _
 		return 0;
 	}
 
-	struct conn *c = bpf_map_lookup_elem(&conns, &skp);
 	struct conn fresh = {};
 	if (!c) {
 		fresh.id = new_conn_id(inst);
 		fresh.since_ns = now;
+		fresh.netns = t.netns;
 		if (!starts_life(oldstate, newstate))
 			fresh.flags = FLAG_PARTIAL;
 		if (oldstate == TCP_CLOSE && newstate == TCP_SYN_SENT)
@@ -126,7 +146,7 @@ static __always_inline int handle(struct sock *sk, int oldstate, int newstate, _
 		/* Later events carry what an earlier syscall recorded. */
 		if (source == OWNER_TASK && !by_owner)
 			source = OWNER_CARRIED;
-		emit_state(sk, &t, c, source, now, delta, oldstate, newstate, slot);
+		emit_state(sk, &t, c, source, now, delta, oldstate, newstate, sk_err, slot);
 	}
 
 	if (newstate == TCP_CLOSE) {
@@ -153,7 +173,10 @@ static __always_inline int handle_other(struct sock *sk, __u8 type)
 
 	if (!sk)
 		return 0;
-	int state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	/* The common read brings the state too. */
+	if (!read_common(sk, &t))
+		return 0;
+	int state = t.state;
 	if (type == EVENT_SYN_RETRANSMIT && state != TCP_SYN_SENT)
 		return 0; /* only the handshake's retransmits are events */
 
@@ -162,8 +185,9 @@ static __always_inline int handle_other(struct sock *sk, __u8 type)
 		c = take_closed(skp);
 	if (!c)
 		return 0;
-	if (!read_tuple(sk, &t))
-		return 0;
+	t.netns = c->netns;
+	t.sport = tuple_sport(sk, &t, state);
+	unmap_v4(&t);
 	if (!tuple_matches(&t, false)) {
 		/* A connect that waited for its port, and the port does not pass. */
 		if (state == TCP_SYN_SENT)
