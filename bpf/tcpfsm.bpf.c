@@ -90,7 +90,10 @@ static __always_inline int handle(struct sock *sk, int oldstate, int newstate, _
 		t.netns = read_netns(&t);
 	}
 	unmap_v4(&t);
-	if (by_owner)
+	/* The task is read only where it becomes the owner: a connection whose
+	 * owner a syscall already named keeps it (and a listen() is
+	 * remembered by its listener). */
+	if (by_owner && (!c || c->owner.source != OWNER_TASK || newstate == TCP_LISTEN))
 		owner_from_task(&task);
 
 	/* Listeners are remembered whatever the filters: an accepted socket
