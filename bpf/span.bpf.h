@@ -195,14 +195,12 @@ static __always_inline bool read_common_unmapped(struct sock *sk, struct tuple *
 #define FAR_ERR_HI MAX2(FAR_HI, F_END(struct inet_sock, sk.sk_err))
 
 static __always_inline void read_proto_sport(struct sock *sk, __u16 *proto, __u16 *sport,
-					     __u32 slot)
+					     struct scratch *buf)
 {
 	__u32 lo = FAR_LO, hi = FAR_HI;
-	struct scratch *buf = NULL;
 
-	if (hi - SPAN_LO(lo) <= TP_SPAN)
-		buf = bpf_map_lookup_elem(&scratch, &slot);
-	if (buf && !bpf_probe_read_kernel(buf->b, hi - SPAN_LO(lo), (void *)sk + SPAN_LO(lo))) {
+	if (hi - SPAN_LO(lo) <= TP_SPAN &&
+	    !bpf_probe_read_kernel(buf->b, hi - SPAN_LO(lo), (void *)sk + SPAN_LO(lo))) {
 		*proto = *(__u16 *)AT(buf->b, lo, struct inet_sock, sk.sk_protocol);
 		*sport = __builtin_bswap16(*(__u16 *)AT(buf->b, lo, struct inet_sock, inet_sport));
 		return;
@@ -212,14 +210,12 @@ static __always_inline void read_proto_sport(struct sock *sk, __u16 *proto, __u1
 }
 
 static __always_inline void read_proto_sport_err(struct sock *sk, __u16 *proto, __u16 *sport,
-						 __u16 *err, __u32 slot)
+						 __u16 *err, struct scratch *buf)
 {
 	__u32 lo = FAR_ERR_LO, hi = FAR_ERR_HI;
-	struct scratch *buf = NULL;
 
-	if (hi - SPAN_LO(lo) <= TP_SPAN)
-		buf = bpf_map_lookup_elem(&scratch, &slot);
-	if (buf && !bpf_probe_read_kernel(buf->b, hi - SPAN_LO(lo), (void *)sk + SPAN_LO(lo))) {
+	if (hi - SPAN_LO(lo) <= TP_SPAN &&
+	    !bpf_probe_read_kernel(buf->b, hi - SPAN_LO(lo), (void *)sk + SPAN_LO(lo))) {
 		*proto = *(__u16 *)AT(buf->b, lo, struct inet_sock, sk.sk_protocol);
 		*sport = __builtin_bswap16(*(__u16 *)AT(buf->b, lo, struct inet_sock, inet_sport));
 		*err = *(int *)AT(buf->b, lo, struct inet_sock, sk.sk_err);
@@ -255,10 +251,9 @@ struct counters {
 
 /* Read the counters; snd_una and write_seq only matter when want_seq. One
  * read for all where they fit in the slot, two where total_retrans is far
- * from the others, one per field otherwise. Returns the program's scratch
- * slot, or NULL where it was not used. */
-static __always_inline struct scratch *read_counters(struct sock *sk, struct counters *k,
-						     bool want_seq, __u32 slot)
+ * from the others, one per field otherwise. */
+static __always_inline void read_counters(struct sock *sk, struct counters *k, bool want_seq,
+					  struct scratch *buf)
 {
 	struct tcp_sock *tp = (struct tcp_sock *)sk;
 	__u32 lo =
@@ -275,22 +270,19 @@ static __always_inline struct scratch *read_counters(struct sock *sk, struct cou
 			  F_END(struct tcp_sock, write_seq)));
 	__u32 alo = MIN2(lo, F_OFF(struct tcp_sock, total_retrans));
 	__u32 ahi = MAX2(hi, F_END(struct tcp_sock, total_retrans));
-	struct scratch *buf = NULL;
 
-	if (hi - SPAN_LO(lo) <= TP_SPAN)
-		buf = bpf_map_lookup_elem(&scratch, &slot);
-	if (buf && ahi - SPAN_LO(alo) <= TP_SPAN) {
+	if (ahi - SPAN_LO(alo) <= TP_SPAN) {
 		if (!bpf_probe_read_kernel(buf->b, ahi - SPAN_LO(alo), (void *)sk + SPAN_LO(alo))) {
 			PICK_COUNTERS(buf->b, alo);
 			k->total_retrans =
 				*(__u32 *)AT(buf->b, alo, struct tcp_sock, total_retrans);
-			return buf;
+			return;
 		}
-	} else if (buf &&
+	} else if (hi - SPAN_LO(lo) <= TP_SPAN &&
 		   !bpf_probe_read_kernel(buf->b, hi - SPAN_LO(lo), (void *)sk + SPAN_LO(lo))) {
 		PICK_COUNTERS(buf->b, lo);
 		k->total_retrans = BPF_CORE_READ(tp, total_retrans);
-		return buf;
+		return;
 	}
 	k->bytes_acked = BPF_CORE_READ(tp, bytes_acked);
 	k->bytes_received = BPF_CORE_READ(tp, bytes_received);
@@ -303,7 +295,6 @@ static __always_inline struct scratch *read_counters(struct sock *sk, struct cou
 		k->write_seq = BPF_CORE_READ(tp, write_seq);
 	}
 	k->total_retrans = BPF_CORE_READ(tp, total_retrans);
-	return NULL;
 }
 
 #endif /* __TCPFSM_SPAN_BPF_H */

@@ -64,8 +64,9 @@ static __always_inline int handle(struct sock *sk, int oldstate, int newstate, _
 	struct owner task = {};
 	bool by_owner = made_by_owner(oldstate, newstate);
 	__u16 proto, sk_err = 0;
+	struct scratch *buf = scratch_slot(slot);
 
-	if (!read_common(sk, &t))
+	if (!buf || !read_common(sk, &t))
 		return 0;
 	/*
 	 * A socket with an entry is a TCP socket whose netns is known: its
@@ -77,14 +78,14 @@ static __always_inline int handle(struct sock *sk, int oldstate, int newstate, _
 	if (c) {
 		t.netns = c->netns;
 		if (newstate == TCP_CLOSE)
-			read_proto_sport_err(sk, &proto, &t.sport, &sk_err, slot);
+			read_proto_sport_err(sk, &proto, &t.sport, &sk_err, buf);
 		else
 			t.sport = tuple_sport(sk, &t, newstate);
 	} else {
 		if (newstate == TCP_CLOSE)
-			read_proto_sport_err(sk, &proto, &t.sport, &sk_err, slot);
+			read_proto_sport_err(sk, &proto, &t.sport, &sk_err, buf);
 		else
-			read_proto_sport(sk, &proto, &t.sport, slot);
+			read_proto_sport(sk, &proto, &t.sport, buf);
 		if (proto != IPPROTO_TCP)
 			return 0; /* SCTP and MPTCP sockets use the same tracepoint */
 		t.netns = read_netns(&t);
@@ -137,7 +138,7 @@ static __always_inline int handle(struct sock *sk, int oldstate, int newstate, _
 	if (c->marks & CONN_PENDING) {
 		c->marks &= ~CONN_PENDING;
 		if (pass)
-			emit_deferred(&t, c);
+			emit_deferred(&t, c, buf);
 	}
 
 	if (held) {
@@ -149,7 +150,7 @@ static __always_inline int handle(struct sock *sk, int oldstate, int newstate, _
 		/* Later events carry what an earlier syscall recorded. */
 		if (source == OWNER_TASK && !by_owner)
 			source = OWNER_CARRIED;
-		emit_state(sk, &t, c, source, now, delta, oldstate, newstate, sk_err, slot);
+		emit_state(sk, &t, c, source, now, delta, oldstate, newstate, sk_err, buf);
 	}
 
 	if (newstate == TCP_CLOSE) {
@@ -173,6 +174,7 @@ static __always_inline int handle_other(struct sock *sk, __u8 type)
 {
 	__u64 skp = (__u64)sk;
 	struct tuple t = {};
+	struct scratch *buf;
 
 	if (!sk)
 		return 0;
@@ -188,6 +190,9 @@ static __always_inline int handle_other(struct sock *sk, __u8 type)
 		c = take_closed(skp);
 	if (!c)
 		return 0;
+	buf = scratch_slot(type - 1);
+	if (!buf)
+		return 0;
 	t.netns = c->netns;
 	t.sport = tuple_sport(sk, &t, state);
 	unmap_v4(&t);
@@ -202,9 +207,9 @@ static __always_inline int handle_other(struct sock *sk, __u8 type)
 	if (c->marks & CONN_PENDING) {
 		/* The SYN went out, so connect() has picked the port. */
 		c->marks &= ~CONN_PENDING;
-		emit_deferred(&t, c);
+		emit_deferred(&t, c, buf);
 	}
-	emit_other(sk, &t, c, type, state);
+	emit_other(sk, &t, c, type, state, buf);
 	return 0;
 }
 
