@@ -33,6 +33,7 @@ type config struct {
 	latencyRate               float64
 	kernelVariants            string
 	e2eVariants               string
+	baseline                  string // another build of tcpfsm, run beside -agent's as base-*
 	workloads                 string // close modes of the churn: rst, fin
 	close                     string // the one a phase runs now
 	warmup                    time.Duration
@@ -61,6 +62,7 @@ func main() {
 	flag.StringVar(&cfg.kernelVariants, "kernel-variants", "", "comma-separated variants of the kernel phase (agent, agent-tracepoint, bpftrace, agent=PATH); default the first three")
 	flag.StringVar(&cfg.e2eVariants, "e2e-variants", "", "comma-separated tracers of the e2e phase besides none (agent, trace, life, bpftrace, agent-sampled, agent-cpu1, agent=PATH, trace=PATH, life=PATH); default agent, trace, life, bpftrace")
 	flag.StringVar(&cfg.workloads, "workloads", "rst,fin", "churn close modes the kernel, e2e and loss phases run on: rst, fin or both")
+	flag.StringVar(&cfg.baseline, "baseline", "", "another tcpfsm build (e.g. main's): the kernel and e2e phases run it too, as base-agent, base-trace, base-life")
 	flag.DurationVar(&cfg.warmup, "warmup", time.Second, "churn before each measured e2e round, not counted")
 	flag.Parse()
 

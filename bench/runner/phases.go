@@ -34,6 +34,7 @@ func kernelCost(cfg *config) error {
 	if cfg.kernelVariants != "" {
 		variants = strings.Split(cfg.kernelVariants, ",")
 	}
+	variants = withBaseline(cfg, variants)
 	for r := 0; r < cfg.rounds; r++ {
 		for _, v := range rotate(variants, r) {
 			t, err := startVariant(cfg, v)
@@ -115,6 +116,7 @@ func endToEnd(cfg *config) error {
 	if cfg.e2eVariants != "" {
 		variants = append([]string{"none"}, strings.Split(cfg.e2eVariants, ",")...)
 	}
+	variants = withBaseline(cfg, variants)
 	rate := map[string][]float64{}
 	ratio := map[string][]float64{}
 	cpuPer10k := map[string][]float64{}
@@ -178,11 +180,19 @@ func endToEnd(cfg *config) error {
 		target float64
 	}{{"agent", 0.93}, {"trace", 0.85}, {"life", 0.90}} {
 		if len(ratio[tg.v]) > 0 {
-			fmt.Printf("target: %s keeps >= %.2f: median %.3f\n", tg.v, tg.target, summarize(ratio[tg.v]).Median)
+			fmt.Printf("target: %s keeps >= %.2f: median %.3f", tg.v, tg.target, summarize(ratio[tg.v]).Median)
+			if b := ratio["base-"+tg.v]; len(b) > 0 {
+				fmt.Printf(" (baseline build: %.3f)", summarize(b).Median)
+			}
+			fmt.Println()
 		}
 	}
 	if len(cpuPer10k["agent"]) > 0 {
-		fmt.Printf("target: agent CPU <= 0.040 of a core per 10k conn/s: median %.3f\n", summarize(cpuPer10k["agent"]).Median)
+		fmt.Printf("target: agent CPU <= 0.040 of a core per 10k conn/s: median %.3f", summarize(cpuPer10k["agent"]).Median)
+		if b := cpuPer10k["base-agent"]; len(b) > 0 {
+			fmt.Printf(" (baseline build: %.3f)", summarize(b).Median)
+		}
+		fmt.Println()
 	}
 	results["e2e/"+cfg.close] = out
 	return nil

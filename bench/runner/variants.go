@@ -21,11 +21,18 @@ import (
 //	life              tcpfsm life -o json > /dev/null
 //	bpftrace          the tcpstates equivalent (bench/tcpstates.bt)
 //	agent=PATH, trace=PATH, life=PATH: the same with another build, to compare
+//	base-agent, base-trace, base-life: the same with -baseline's build
 func startVariant(cfg *config, v string) (*tracer, error) {
 	name, path, other := strings.Cut(v, "=")
 	c := *cfg
 	if other {
 		c.agent = path
+	}
+	if n, ok := strings.CutPrefix(name, "base-"); ok {
+		if cfg.baseline == "" {
+			return nil, fmt.Errorf("%s: no -baseline build", v)
+		}
+		name, c.agent = n, cfg.baseline
 	}
 	switch name {
 	case "none":
@@ -70,6 +77,24 @@ func startCLI(cfg *config, command string, args ...string) (*tracer, error) {
 	}
 	t.stop()
 	return nil, fmt.Errorf("tcpfsm %s not tracing after 30s (see %s)", command, errPath)
+}
+
+// withBaseline adds, after each of the variants that a -baseline build can
+// run, the same one with that build: before and after a change, side by
+// side in one run.
+func withBaseline(cfg *config, variants []string) []string {
+	if cfg.baseline == "" {
+		return variants
+	}
+	var out []string
+	for _, v := range variants {
+		out = append(out, v)
+		switch v {
+		case "agent", "trace", "life":
+			out = append(out, "base-"+v)
+		}
+	}
+	return out
 }
 
 // workloads are the churn's close modes a phase runs on, in order.
