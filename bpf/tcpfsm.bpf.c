@@ -77,10 +77,9 @@ static __always_inline int handle(struct sock *sk, int oldstate, int newstate, _
 	struct conn *c = bpf_map_lookup_elem(&conns, &skp);
 	if (c) {
 		t.netns = c->netns;
+		t.sport = tuple_sport(sk, &t, newstate);
 		if (newstate == TCP_CLOSE)
-			read_proto_sport_err(sk, &proto, &t.sport, &sk_err, buf);
-		else
-			t.sport = tuple_sport(sk, &t, newstate);
+			sk_err = BPF_CORE_READ(sk, sk_err);
 	} else {
 		if (newstate == TCP_CLOSE)
 			read_proto_sport_err(sk, &proto, &t.sport, &sk_err, buf);
