@@ -11,7 +11,8 @@
 # run while developing: BENCH_PHASES=machine,kernel,e2e BENCH_ROUNDS=2
 # BENCH_GO=0), BENCH_GO (1: the Go ingest and memory benchmarks),
 # BENCH_BASELINE (another tcpfsm binary, e.g. main's: the kernel and e2e
-# phases run it beside this one as base-agent, base-trace, base-life), GO (go).
+# phases run it beside this one as base-agent, base-trace, base-life;
+# BENCH_BASELINE_VARIANTS picks which), GO (go).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"
@@ -64,7 +65,8 @@ fi
 echo
 bin/bench-runner -agent bin/tcpfsm -churn bin/churn -bpftrace bench/tcpstates.bt -out "$OUT" -rounds "$ROUNDS" \
 	-e2e-time "${BENCH_E2E_TIME:-4s}" -loss-time "${BENCH_LOSS_TIME:-60s}" -rss-time "${BENCH_RSS_TIME:-120s}" \
-	-workloads "${BENCH_WORKLOADS:-rst,fin}" -baseline "${BENCH_BASELINE:-}" -phases "${BENCH_PHASES:-machine,kernel,e2e,loss,latency,bpfmem,rss}"
+	-workloads "${BENCH_WORKLOADS:-rst,fin}" -baseline "${BENCH_BASELINE:-}" \
+	-baseline-variants "${BENCH_BASELINE_VARIANTS:-agent,trace,life}" -phases "${BENCH_PHASES:-machine,kernel,e2e,loss,latency,bpfmem,rss}"
 
 # Where the agent's own CPU goes (section 3 of BENCHMARKS.md): a perf
 # profile of it under 5 s of full churn, when perf is installed

@@ -34,6 +34,7 @@ type config struct {
 	kernelVariants            string
 	e2eVariants               string
 	baseline                  string // another build of tcpfsm, run beside -agent's as base-*
+	baselineVariants          string
 	workloads                 string // close modes of the churn: rst, fin
 	close                     string // the one a phase runs now
 	warmup                    time.Duration
@@ -63,6 +64,7 @@ func main() {
 	flag.StringVar(&cfg.e2eVariants, "e2e-variants", "", "comma-separated tracers of the e2e phase besides none (agent, trace, life, bpftrace, agent-sampled, agent-cpu1, agent=PATH, trace=PATH, life=PATH); default agent, trace, life, bpftrace")
 	flag.StringVar(&cfg.workloads, "workloads", "rst,fin", "churn close modes the kernel, e2e and loss phases run on: rst, fin or both")
 	flag.StringVar(&cfg.baseline, "baseline", "", "another tcpfsm build (e.g. main's): the kernel and e2e phases run it too, as base-agent, base-trace, base-life")
+	flag.StringVar(&cfg.baselineVariants, "baseline-variants", "agent,trace,life", "which variants also run with -baseline's build")
 	flag.DurationVar(&cfg.warmup, "warmup", time.Second, "churn before each measured e2e round, not counted")
 	flag.Parse()
 

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 )
@@ -79,8 +80,8 @@ func startCLI(cfg *config, command string, args ...string) (*tracer, error) {
 	return nil, fmt.Errorf("tcpfsm %s not tracing after 30s (see %s)", command, errPath)
 }
 
-// withBaseline adds, after each of the variants that a -baseline build can
-// run, the same one with that build: before and after a change, side by
+// withBaseline adds, after each of -baseline-variants (agent, trace,
+// life), the same one with -baseline's build: before and after a change, side by
 // side in one run.
 func withBaseline(cfg *config, variants []string) []string {
 	if cfg.baseline == "" {
@@ -89,8 +90,7 @@ func withBaseline(cfg *config, variants []string) []string {
 	var out []string
 	for _, v := range variants {
 		out = append(out, v)
-		switch v {
-		case "agent", "trace", "life":
+		if slices.Contains(strings.Split(cfg.baselineVariants, ","), v) {
 			out = append(out, "base-"+v)
 		}
 	}
