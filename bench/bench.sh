@@ -4,9 +4,15 @@
 # BPF memory and RSS phases. Everything it prints is also in
 # $BENCH_OUT/bench.log, the runner's figures in $BENCH_OUT/results.json.
 #
-# Environment: BENCH_OUT (bench/out), BENCH_ROUNDS (5), BENCH_E2E_TIME (5s),
+# Environment: BENCH_OUT (bench/out), BENCH_ROUNDS (5), BENCH_E2E_TIME (4s),
 # BENCH_LOSS_TIME (60s), BENCH_RSS_TIME (120s; bench/rss-flat.sh runs the
-# 10-minute one), GO (go).
+# 10-minute one), BENCH_WORKLOADS (rst,fin: the churn's close modes of the
+# kernel, e2e and loss phases), BENCH_PHASES (the runner's phases; a short
+# run while developing: BENCH_PHASES=machine,kernel,e2e BENCH_ROUNDS=2
+# BENCH_GO=0), BENCH_GO (1: the Go ingest and memory benchmarks),
+# BENCH_BASELINE (another tcpfsm binary, e.g. main's: the kernel and e2e
+# phases run it beside this one as base-agent, base-trace, base-life;
+# BENCH_BASELINE_VARIANTS picks which), GO (go).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"
@@ -35,6 +41,7 @@ $GO build -o bin/tcpfsm ./cmd/tcpfsm
 $GO build -o bin/churn ./bench/churn
 $GO build -o bin/bench-runner ./bench/runner
 
+if [ "${BENCH_GO:-1}" = 1 ]; then
 echo
 echo "== 2. Go ingest (one core: GOMAXPROCS=1, pinned to CPU 1)"
 echo "-- synthetic loopback RST churn (8 events per connection):"
@@ -53,16 +60,20 @@ $GO tool pprof -sample_index=alloc_objects -top "$OUT/bench.test" "$OUT/ingest.m
 echo
 echo "== 5. Go heap per tracked connection (100k open connections, synthetic events)"
 $GO test -run '^$' -bench 'TrackedMemory' -benchtime 3x ./bench/ | grep -E '^Benchmark'
+fi
 
 echo
 bin/bench-runner -agent bin/tcpfsm -churn bin/churn -bpftrace bench/tcpstates.bt -out "$OUT" -rounds "$ROUNDS" \
-	-e2e-time "${BENCH_E2E_TIME:-5s}" -loss-time "${BENCH_LOSS_TIME:-60s}" -rss-time "${BENCH_RSS_TIME:-120s}" \
-	-phases machine,kernel,e2e,loss,latency,bpfmem,rss
+	-e2e-time "${BENCH_E2E_TIME:-4s}" -loss-time "${BENCH_LOSS_TIME:-60s}" -rss-time "${BENCH_RSS_TIME:-120s}" \
+	-workloads "${BENCH_WORKLOADS:-rst,fin}" -baseline "${BENCH_BASELINE:-}" \
+	-baseline-variants "${BENCH_BASELINE_VARIANTS:-agent,trace,life}" -phases "${BENCH_PHASES:-machine,kernel,e2e,loss,latency,bpfmem,rss}"
 
 # Where the agent's own CPU goes (section 3 of BENCHMARKS.md): a perf
 # profile of it under 5 s of full churn, when perf is installed
 # (Debian: linux-perf).
-if command -v perf >/dev/null; then
+if [ "${BENCH_PERF:-1}" != 1 ]; then
+	:
+elif command -v perf >/dev/null; then
 	echo
 	echo "== 3b. profile of tcpfsm agent under full churn (perf record -g, children %)"
 	bin/tcpfsm agent --web.listen-address 127.0.0.1:19465 --log.file /dev/null 2>/dev/null &
@@ -70,11 +81,18 @@ if command -v perf >/dev/null; then
 	for _ in $(seq 100); do curl -sf http://127.0.0.1:19465/readyz >/dev/null 2>&1 && break; sleep 0.1; done
 	perf record -q -o "$OUT/agent.perf" -F 999 -g -p $agent -- sleep 6 >/dev/null 2>&1 &
 	perfpid=$!
+	# and the client's CPU, the saturated one: the BPF programs' share
+	# (bpf_prog_*) and what their helpers cost, beside the kernel's own work
+	perf record -q -o "$OUT/cpu0.perf" -F 1999 -C "${BENCH_CLIENT_CPU:-0}" -- sleep 6 >/dev/null 2>&1 &
+	perf0=$!
 	sleep 0.5
 	bin/churn -n 10000000 -d 5s
-	wait $perfpid || true
+	wait $perfpid $perf0 || true
 	kill -INT $agent; wait $agent || true
 	perf report -i "$OUT/agent.perf" --children --sort symbol -g none 2>/dev/null | grep -E '^ +[0-9]' | head -40 | cut -c1-120 || true
+	echo
+	echo "== 3c. CPU 0 (the churn client's, saturated) under the same churn with the agent (perf record -C 0, self %)"
+	perf report -i "$OUT/cpu0.perf" --sort comm,symbol 2>/dev/null | grep -E '^ +[0-9]' | head -40 | cut -c1-120 || true
 else
 	echo "(perf not installed: no profile of the agent; apt-get install linux-perf)"
 fi

@@ -65,6 +65,44 @@ static __always_inline void event_submit(struct event *e)
 	bpf_ringbuf_submit(e, submit_flags());
 }
 
+/*
+ * The events of the state and reset programs are built in the program's
+ * scratch slot (once the counters are picked out of it) and copied into
+ * the ring by bpf_ringbuf_output: one helper call where reserve and
+ * submit were two. The unread data is asked for only every WAKE_EVERY-th
+ * record of a slot, so the crossing is looked for in a window wide enough
+ * for what all CPUs submit in between; missing it costs no event, the
+ * reader's poll deadline reads them.
+ */
+#define WAKE_EVERY 8 /* a power of two */
+#define WAKE_WINDOW (64 * RECORD_SIZE)
+
+static __always_inline struct scratch *scratch_slot(__u32 slot)
+{
+	return bpf_map_lookup_elem(&scratch, &slot);
+}
+
+static __always_inline struct event *slot_event(struct scratch *buf)
+{
+	return (struct event *)buf->b;
+}
+
+static __always_inline void event_output(struct scratch *buf)
+{
+	__u64 flags = BPF_RB_NO_WAKEUP;
+
+	if (!wakeup_bytes) {
+		flags = 0;
+	} else if (!(buf->submits++ & (WAKE_EVERY - 1))) {
+		__u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+		if (avail + RECORD_SIZE >= wakeup_bytes &&
+		    avail + RECORD_SIZE < wakeup_bytes + WAKE_WINDOW)
+			flags = BPF_RB_FORCE_WAKEUP;
+	}
+	if (bpf_ringbuf_output(&events, buf->b, sizeof(struct event), flags))
+		count_lost();
+}
+
 static __always_inline void fill_tuple(struct event *e, const struct tuple *t)
 {
 	e->netns = t->netns;
@@ -133,22 +171,21 @@ static __always_inline __u8 control_flags(struct sock *sk, const struct tuple *t
 	return flags;
 }
 
-/* A state transition, as it happens. */
+/* A state transition, as it happens; sk_err is the socket's at CLOSE. */
 static __always_inline void emit_state(struct sock *sk, const struct tuple *t, const struct conn *c,
 				       __u8 owner_source, __u64 ts, __u64 delta, int oldstate,
-				       int newstate, __u32 slot)
+				       int newstate, __u16 sk_err, struct scratch *buf)
 {
 	struct counters k;
-	struct event *e = event_reserve();
-	if (!e)
-		return;
-	read_counters(sk, &k, (1 << oldstate) & STATES_AFTER_OUR_FIN, slot);
+
+	read_counters(sk, &k, (1 << oldstate) & STATES_AFTER_OUR_FIN, buf);
+	struct event *e = slot_event(buf);
 	fill_event(e, EVENT_STATE, t, c, owner_source);
 	fill_counters(e, &k);
 	e->flags |= control_flags(sk, t, c, &k, oldstate, newstate);
 	if (newstate == TCP_CLOSE) {
 		/* Set before the kernel closes on a reset or a timeout. */
-		e->sk_err = BPF_CORE_READ(sk, sk_err);
+		e->sk_err = sk_err;
 		if (c->marks & CONN_TIME_WAIT)
 			e->flags |= FLAG_TIME_WAIT;
 		if (c->marks & CONN_TW_FIN_WAIT2)
@@ -158,15 +195,15 @@ static __always_inline void emit_state(struct sock *sk, const struct tuple *t, c
 	e->delta_ns = delta;
 	e->oldstate = oldstate;
 	e->newstate = newstate;
-	event_submit(e);
+	event_output(buf);
 }
 
 /* A held-back transition: the addresses are known now, the time is kept. */
-static __always_inline void emit_deferred(const struct tuple *t, const struct conn *c)
+static __always_inline void emit_deferred(const struct tuple *t, const struct conn *c,
+					  struct scratch *buf)
 {
-	struct event *e = event_reserve();
-	if (!e)
-		return;
+	struct event *e = slot_event(buf);
+
 	fill_event(e, EVENT_STATE, t, c, c->owner.source);
 	/* Nothing had been sent or received in the state's first instant. */
 	e->bytes_acked = e->bytes_received = 0;
@@ -176,26 +213,25 @@ static __always_inline void emit_deferred(const struct tuple *t, const struct co
 	e->delta_ns = 0;
 	e->oldstate = c->pending_old;
 	e->newstate = c->pending_new;
-	event_submit(e);
+	event_output(buf);
 }
 
 /* A reset or a SYN retransmit of a tracked socket (type), in its state. */
 static __always_inline void emit_other(struct sock *sk, const struct tuple *t, const struct conn *c,
-				       __u8 type, int state)
+				       __u8 type, int state, struct scratch *buf)
 {
-	struct event *e = event_reserve();
-	if (!e)
-		return;
 	__u8 source = c->owner.source == OWNER_TASK ? OWNER_CARRIED : c->owner.source;
 	struct counters k;
-	read_counters(sk, &k, false, type - 1);
+
+	read_counters(sk, &k, false, buf);
+	struct event *e = slot_event(buf);
 	fill_event(e, type, t, c, source);
 	fill_counters(e, &k);
 	e->ts_ns = bpf_ktime_get_ns();
 	e->delta_ns = 0;
 	e->oldstate = state;
 	e->newstate = state;
-	event_submit(e);
+	event_output(buf);
 }
 
 /* The end of a time-wait socket: no connection entry, so no id, owner or

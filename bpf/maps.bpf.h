@@ -29,7 +29,7 @@ struct conn {
 	__u8 flags; /* event flags every event of the connection carries: FLAG_PARTIAL */
 	__u8 marks; /* CONN_* below, for the programs only */
 	__u8 pending_old, pending_new; /* a transition held back (CONN_PENDING) */
-	__u8 _pad[4];
+	__u32 netns;                   /* the socket's netns inode, read once at the first event */
 };
 
 enum conn_marks {
@@ -131,6 +131,8 @@ struct {
 
 struct scratch {
 	__u8 b[TP_SPAN];
+	__u32 submits; /* events this slot submitted: emit.bpf.h's wakeup check */
+	__u32 _pad;
 };
 
 /*

@@ -63,14 +63,37 @@ static __always_inline int handle(struct sock *sk, int oldstate, int newstate, _
 	struct tuple t = {};
 	struct owner task = {};
 	bool by_owner = made_by_owner(oldstate, newstate);
-	__u16 proto;
+	__u16 proto, sk_err = 0;
+	struct scratch *buf = scratch_slot(slot);
 
-	read_proto_sport(sk, &proto, &t.sport, slot);
-	if (proto != IPPROTO_TCP)
-		return 0; /* SCTP and MPTCP sockets use the same tracepoint */
-	if (!read_common_unmapped(sk, &t))
+	if (!buf || !read_common(sk, &t))
 		return 0;
-	if (by_owner)
+	/*
+	 * A socket with an entry is a TCP socket whose netns is known: its
+	 * transitions need no more than the common read (and at CLOSE the
+	 * port and the error, which the kernel keeps elsewhere). Only a first
+	 * transition reads the protocol and follows the netns pointer.
+	 */
+	struct conn *c = bpf_map_lookup_elem(&conns, &skp);
+	if (c) {
+		t.netns = c->netns;
+		t.sport = tuple_sport(sk, &t, newstate);
+		if (newstate == TCP_CLOSE)
+			sk_err = BPF_CORE_READ(sk, sk_err);
+	} else {
+		if (newstate == TCP_CLOSE)
+			read_proto_sport_err(sk, &proto, &t.sport, &sk_err, buf);
+		else
+			read_proto_sport(sk, &proto, &t.sport, buf);
+		if (proto != IPPROTO_TCP)
+			return 0; /* SCTP and MPTCP sockets use the same tracepoint */
+		t.netns = read_netns(&t);
+	}
+	unmap_v4(&t);
+	/* The task is read only where it becomes the owner: a connection whose
+	 * owner a syscall already named keeps it (and a listen() is
+	 * remembered by its listener). */
+	if (by_owner && (!c || c->owner.source != OWNER_TASK || newstate == TCP_LISTEN))
 		owner_from_task(&task);
 
 	/* Listeners are remembered whatever the filters: an accepted socket
@@ -86,11 +109,11 @@ static __always_inline int handle(struct sock *sk, int oldstate, int newstate, _
 		return 0;
 	}
 
-	struct conn *c = bpf_map_lookup_elem(&conns, &skp);
 	struct conn fresh = {};
 	if (!c) {
 		fresh.id = new_conn_id(inst);
 		fresh.since_ns = now;
+		fresh.netns = t.netns;
 		if (!starts_life(oldstate, newstate))
 			fresh.flags = FLAG_PARTIAL;
 		if (oldstate == TCP_CLOSE && newstate == TCP_SYN_SENT)
@@ -114,7 +137,7 @@ static __always_inline int handle(struct sock *sk, int oldstate, int newstate, _
 	if (c->marks & CONN_PENDING) {
 		c->marks &= ~CONN_PENDING;
 		if (pass)
-			emit_deferred(&t, c);
+			emit_deferred(&t, c, buf);
 	}
 
 	if (held) {
@@ -126,7 +149,7 @@ static __always_inline int handle(struct sock *sk, int oldstate, int newstate, _
 		/* Later events carry what an earlier syscall recorded. */
 		if (source == OWNER_TASK && !by_owner)
 			source = OWNER_CARRIED;
-		emit_state(sk, &t, c, source, now, delta, oldstate, newstate, slot);
+		emit_state(sk, &t, c, source, now, delta, oldstate, newstate, sk_err, buf);
 	}
 
 	if (newstate == TCP_CLOSE) {
@@ -150,10 +173,14 @@ static __always_inline int handle_other(struct sock *sk, __u8 type)
 {
 	__u64 skp = (__u64)sk;
 	struct tuple t = {};
+	struct scratch *buf;
 
 	if (!sk)
 		return 0;
-	int state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	/* The common read brings the state too. */
+	if (!read_common(sk, &t))
+		return 0;
+	int state = t.state;
 	if (type == EVENT_SYN_RETRANSMIT && state != TCP_SYN_SENT)
 		return 0; /* only the handshake's retransmits are events */
 
@@ -162,8 +189,12 @@ static __always_inline int handle_other(struct sock *sk, __u8 type)
 		c = take_closed(skp);
 	if (!c)
 		return 0;
-	if (!read_tuple(sk, &t))
+	buf = scratch_slot(type - 1);
+	if (!buf)
 		return 0;
+	t.netns = c->netns;
+	t.sport = tuple_sport(sk, &t, state);
+	unmap_v4(&t);
 	if (!tuple_matches(&t, false)) {
 		/* A connect that waited for its port, and the port does not pass. */
 		if (state == TCP_SYN_SENT)
@@ -175,9 +206,9 @@ static __always_inline int handle_other(struct sock *sk, __u8 type)
 	if (c->marks & CONN_PENDING) {
 		/* The SYN went out, so connect() has picked the port. */
 		c->marks &= ~CONN_PENDING;
-		emit_deferred(&t, c);
+		emit_deferred(&t, c, buf);
 	}
-	emit_other(sk, &t, c, type, state);
+	emit_other(sk, &t, c, type, state, buf);
 	return 0;
 }
 

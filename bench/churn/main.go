@@ -3,8 +3,12 @@
 //
 // It opens and closes TCP connections on loopback as fast as it can (or at
 // a fixed rate): a client thread pinned to one CPU connects and closes each
-// connection with a RST (SO_LINGER 0), a server thread pinned to another
-// CPU accepts and closes. Both use blocking system calls on locked OS
+// connection, a server thread pinned to another CPU accepts and closes.
+// With -close rst (the default) the client closes with a RST (SO_LINGER 0);
+// with -close fin it closes gracefully first and the server closes once it
+// has read the client's FIN, so every client end goes through FIN_WAIT1,
+// FIN_WAIT2 and TIME_WAIT (the kernel's time-wait sockets build up, and
+// loopback's tcp_tw_reuse lets connect() take their ports again after 1 s). Both use blocking system calls on locked OS
 // threads, never Go's netpoller, so the loop costs about what a C client
 // would. It stops after -n connections or -d, whichever comes first, and
 // prints one JSON line: connections, seconds, connections/s.
@@ -35,6 +39,7 @@ type result struct {
 	ClientCPU   int     `json:"client_cpu"`
 	ServerCPU   int     `json:"server_cpu"`
 	Rate        float64 `json:"rate,omitempty"`
+	Close       string  `json:"close"`
 }
 
 func main() {
@@ -45,6 +50,7 @@ func main() {
 	serverCPU := flag.Int("server-cpu", 1, "CPU the server thread runs on (-1: any)")
 	rate := flag.Float64("rate", 0, "connections per second, 0 for as fast as possible")
 	backlog := flag.Int("backlog", 1024, "listen backlog; the client never gets further ahead of the server")
+	closeMode := flag.String("close", "rst", "how the client closes: rst (SO_LINGER 0) or fin (graceful, the client first)")
 	flag.Parse()
 
 	ip, err := netip.ParseAddr(*addr)
@@ -54,7 +60,10 @@ func main() {
 	if *d <= 0 || *d > time.Hour {
 		fatal(errors.New("-d: want a duration up to 1h"))
 	}
-	res, err := run(ip, *n, *d, *clientCPU, *serverCPU, *rate, *backlog)
+	if *closeMode != "rst" && *closeMode != "fin" {
+		fatal(fmt.Errorf("-close %q: want rst or fin", *closeMode))
+	}
+	res, err := run(ip, *n, *d, *clientCPU, *serverCPU, *rate, *backlog, *closeMode == "fin")
 	if err != nil {
 		fatal(err)
 	}
@@ -87,7 +96,7 @@ func pin(cpu int) error {
 	return unix.SchedSetaffinity(0, &set)
 }
 
-func run(ip netip.Addr, n uint64, d time.Duration, clientCPU, serverCPU int, rate float64, backlog int) (result, error) {
+func run(ip netip.Addr, n uint64, d time.Duration, clientCPU, serverCPU int, rate float64, backlog int, fin bool) (result, error) {
 	family, sa := sockaddr(ip, 0)
 	lfd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
@@ -122,7 +131,9 @@ func run(ip netip.Addr, n uint64, d time.Duration, clientCPU, serverCPU int, rat
 		srvErr   error
 	)
 	// The server: accept, close. A connection the client has already
-	// reset is still handed out by accept().
+	// reset is still handed out by accept(). With fin, it reads until the
+	// client's FIN (the client sends nothing) before it closes, so the
+	// client always closes first.
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -141,6 +152,16 @@ func run(ip netip.Addr, n uint64, d time.Duration, clientCPU, serverCPU int, rat
 				}
 				srvErr = fmt.Errorf("accept: %w", err)
 				return
+			}
+			if fin {
+				var b [64]byte
+				for {
+					n, err := unix.Read(fd, b[:])
+					if n > 0 || err == unix.EINTR {
+						continue
+					}
+					break // EOF, or an error: close either way
+				}
 			}
 			unix.Close(fd)
 			accepted.Add(1)
@@ -189,7 +210,9 @@ func run(ip netip.Addr, n uint64, d time.Duration, clientCPU, serverCPU int, rat
 				cliDone <- fmt.Errorf("socket: %w", err)
 				return
 			}
-			_ = unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &linger) // a graceful close instead: still a close
+			if !fin {
+				_ = unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &linger) // a graceful close instead: still a close
+			}
 			if err := unix.Connect(fd, dst); err != nil {
 				errs.Add(1)
 				unix.Close(fd)
@@ -199,7 +222,7 @@ func run(ip netip.Addr, n uint64, d time.Duration, clientCPU, serverCPU int, rat
 				}
 				continue
 			}
-			unix.Close(fd) // SO_LINGER 0: RST
+			unix.Close(fd) // SO_LINGER 0: RST; else a FIN
 			sent++
 		}
 		end = time.Now()
@@ -223,5 +246,5 @@ func run(ip netip.Addr, n uint64, d time.Duration, clientCPU, serverCPU int, rat
 	}
 	secs := end.Sub(start).Seconds()
 	return result{Connections: sent, Seconds: secs, PerSecond: float64(sent) / secs, Errors: errs.Load(),
-		ClientCPU: clientCPU, ServerCPU: serverCPU, Rate: rate}, nil
+		ClientCPU: clientCPU, ServerCPU: serverCPU, Rate: rate, Close: map[bool]string{false: "rst", true: "fin"}[fin]}, nil
 }

@@ -33,6 +33,11 @@ type config struct {
 	latencyRate               float64
 	kernelVariants            string
 	e2eVariants               string
+	baseline                  string // another build of tcpfsm, run beside -agent's as base-*
+	baselineVariants          string
+	workloads                 string // close modes of the churn: rst, fin
+	close                     string // the one a phase runs now
+	warmup                    time.Duration
 }
 
 // results collects every figure for results.json.
@@ -56,7 +61,11 @@ func main() {
 	flag.DurationVar(&cfg.latencyTime, "latency-time", 10*time.Second, "time of each latency run")
 	flag.Float64Var(&cfg.latencyRate, "latency-rate", 100, "connections/s of the light-traffic latency run")
 	flag.StringVar(&cfg.kernelVariants, "kernel-variants", "", "comma-separated variants of the kernel phase (agent, agent-tracepoint, bpftrace, agent=PATH); default the first three")
-	flag.StringVar(&cfg.e2eVariants, "e2e-variants", "", "comma-separated tracers of the e2e phase besides none (agent, agent-sampled, agent-cpu1, bpftrace, agent=PATH); default all but agent=PATH")
+	flag.StringVar(&cfg.e2eVariants, "e2e-variants", "", "comma-separated tracers of the e2e phase besides none (agent, trace, life, bpftrace, agent-sampled, agent-cpu1, agent=PATH, trace=PATH, life=PATH); default agent, trace, life, bpftrace")
+	flag.StringVar(&cfg.workloads, "workloads", "rst,fin", "churn close modes the kernel, e2e and loss phases run on: rst, fin or both")
+	flag.StringVar(&cfg.baseline, "baseline", "", "another tcpfsm build (e.g. main's): the kernel and e2e phases run it too, as base-agent, base-trace, base-life")
+	flag.StringVar(&cfg.baselineVariants, "baseline-variants", "agent,trace,life", "which variants also run with -baseline's build")
+	flag.DurationVar(&cfg.warmup, "warmup", time.Second, "churn before each measured e2e round, not counted")
 	flag.Parse()
 
 	if os.Geteuid() != 0 {
@@ -68,6 +77,22 @@ func main() {
 	if cfg.rounds < 1 || cfg.rounds > 50 {
 		fatal(fmt.Errorf("-rounds %d: want 1 to 50", cfg.rounds))
 	}
+	wls, err := workloads(&cfg)
+	if err != nil {
+		fatal(err)
+	}
+	cfg.close = wls[0]
+	// Each of these runs once per workload, its results under "PHASE/WORKLOAD".
+	perWorkload := func(f func(*config) error) error {
+		for _, w := range wls {
+			c := cfg
+			c.close = w
+			if err := f(&c); err != nil {
+				return fmt.Errorf("%s churn: %w", w, err)
+			}
+		}
+		return nil
+	}
 	for _, ph := range strings.Split(*phases, ",") {
 		start := time.Now()
 		var err error
@@ -75,11 +100,11 @@ func main() {
 		case "machine":
 			err = machine()
 		case "kernel":
-			err = kernelCost(&cfg)
+			err = perWorkload(kernelCost)
 		case "e2e":
-			err = endToEnd(&cfg)
+			err = perWorkload(endToEnd)
 		case "loss":
-			err = loss(&cfg)
+			err = perWorkload(loss)
 		case "latency":
 			err = latency(&cfg)
 		case "bpfmem":

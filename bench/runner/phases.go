@@ -1,7 +1,6 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"slices"
@@ -25,35 +24,20 @@ func kernelCost(cfg *config) error {
 		return fmt.Errorf("enable BPF stats: %w", err)
 	}
 	defer st.Close()
-	fmt.Printf("== 1. kernel cost per event: %d rounds, %d connections each, BPF stats on\n", cfg.rounds, cfg.kernelConns)
+	fmt.Printf("== 1. kernel cost, %s churn: %d rounds, %d connections each, BPF stats on\n", cfg.close, cfg.rounds, cfg.kernelConns)
 	type key struct{ variant, prog string }
 	perRun := map[key][]float64{}
 	perTransition := map[string][]float64{}
+	perConn := map[string][]float64{}
 	runsPerConn := map[key][]float64{}
-	variants := []string{"agent", "agent-tracepoint", "bpftrace"}
+	variants := []string{"agent", "bpftrace"}
 	if cfg.kernelVariants != "" {
 		variants = strings.Split(cfg.kernelVariants, ",")
 	}
+	variants = withBaseline(cfg, variants)
 	for r := 0; r < cfg.rounds; r++ {
 		for _, v := range rotate(variants, r) {
-			var t *tracer
-			switch v {
-			case "agent":
-				t, err = startAgent(cfg)
-			case "agent-tracepoint":
-				t, err = startAgent(cfg, "--attach", "tracepoint")
-			case "bpftrace":
-				t, err = startBpftrace(cfg)
-			default:
-				// agent=PATH: another build of the agent, to compare
-				if path, ok := strings.CutPrefix(v, "agent="); ok {
-					c := *cfg
-					c.agent = path
-					t, err = startAgent(&c)
-				} else {
-					err = errors.New("unknown variant")
-				}
-			}
+			t, err := startVariant(cfg, v)
 			if err != nil {
 				return fmt.Errorf("%s: %w", v, err)
 			}
@@ -88,6 +72,7 @@ func kernelCost(cfg *config) error {
 			if stateRuns > 0 {
 				perTransition[v] = append(perTransition[v], totalNs/stateRuns)
 			}
+			perConn[v] = append(perConn[v], totalNs/float64(res.Connections))
 			fmt.Printf("round %d %-16s %6.0f conn/s  %s\n", r+1, v, res.PerSecond, strings.Join(line, ", "))
 		}
 	}
@@ -110,15 +95,13 @@ func kernelCost(cfg *config) error {
 		fmt.Printf("  %-16s %s\n", v, s)
 		out[v+"/per_transition"] = s
 	}
-	bt := summarize(perTransition["bpftrace"]).Median
-	for _, v := range []string{"agent", "agent-tracepoint"} {
-		a := summarize(perTransition[v]).Median
-		if bt > 0 {
-			fmt.Printf("  %s / bpftrace = %.3f (target <= 0.05)\n", v, a/bt)
-			out[v+"/ratio_to_bpftrace"] = a / bt
-		}
+	fmt.Println("ns per connection (both ends), all of the tracer's programs (target for tcpfsm <= 2000):")
+	for _, v := range variants {
+		s := summarize(perConn[v])
+		fmt.Printf("  %-16s %s\n", v, s)
+		out[v+"/per_connection"] = s
 	}
-	results["kernel"] = out
+	results["kernel/"+cfg.close] = out
 	return nil
 }
 
@@ -128,14 +111,12 @@ func endToEnd(cfg *config) error {
 	if b, _ := os.ReadFile("/proc/sys/kernel/bpf_stats_enabled"); strings.TrimSpace(string(b)) != "0" {
 		fmt.Println("warning: kernel.bpf_stats_enabled is on: programs pay for their accounting")
 	}
-	fmt.Printf("== 3. end to end: %d rounds of %s churn per variant\n", cfg.rounds, cfg.e2eTime)
-	// agent-sampled logs 1% of the records (JSON rendering is much of the
-	// agent's CPU); agent-cpu1 runs on the server's CPU, which has room,
-	// so what it costs the client's CPU is the BPF programs only.
-	variants := []string{"none", "agent", "bpftrace", "agent-sampled", "agent-cpu1"}
+	fmt.Printf("== 3. end to end, %s churn: %d rounds of %s (after %s of warm-up) per variant\n", cfg.close, cfg.rounds, cfg.e2eTime, cfg.warmup)
+	variants := []string{"none", "agent", "trace", "life", "bpftrace"}
 	if cfg.e2eVariants != "" {
 		variants = append([]string{"none"}, strings.Split(cfg.e2eVariants, ",")...)
 	}
+	variants = withBaseline(cfg, variants)
 	rate := map[string][]float64{}
 	ratio := map[string][]float64{}
 	cpuPer10k := map[string][]float64{}
@@ -143,28 +124,15 @@ func endToEnd(cfg *config) error {
 	for r := 0; r < cfg.rounds; r++ {
 		got := map[string]float64{}
 		for _, v := range rotate(variants, r) {
-			var t *tracer
-			var err error
-			switch v {
-			case "agent":
-				t, err = startAgent(cfg)
-			case "agent-sampled":
-				t, err = startAgent(cfg, "--log.sample", "0.01")
-			case "agent-cpu1":
-				t, err = startAgent(cfg, fmt.Sprintf("cpu=%d", cfg.serverCPU))
-			case "bpftrace":
-				t, err = startBpftrace(cfg)
-			default:
-				if path, ok := strings.CutPrefix(v, "agent="); ok {
-					c := *cfg
-					c.agent = path
-					t, err = startAgent(&c)
-				} else if v != "none" {
-					err = errors.New("unknown variant")
-				}
-			}
+			t, err := startVariant(cfg, v)
 			if err != nil {
 				return fmt.Errorf("%s: %w", v, err)
+			}
+			if cfg.warmup > 0 {
+				if _, err := churn(cfg, 100_000_000, cfg.warmup, 0); err != nil {
+					t.stop()
+					return err
+				}
 			}
 			c0 := cpuSeconds(t.pid())
 			b0, t0 := cpuTimes()
@@ -207,17 +175,32 @@ func endToEnd(cfg *config) error {
 		}
 		out[v] = o
 	}
-	if len(ratio["agent"]) > 0 && len(ratio["bpftrace"]) > 0 {
-		fmt.Printf("targets: agent keeps >= 0.97 (median %.3f); bpftrace about 0.36 (median %.3f)\n",
-			summarize(ratio["agent"]).Median, summarize(ratio["bpftrace"]).Median)
+	for _, tg := range []struct {
+		v      string
+		target float64
+	}{{"agent", 0.93}, {"trace", 0.85}, {"life", 0.90}} {
+		if len(ratio[tg.v]) > 0 {
+			fmt.Printf("target: %s keeps >= %.2f: median %.3f", tg.v, tg.target, summarize(ratio[tg.v]).Median)
+			if b := ratio["base-"+tg.v]; len(b) > 0 {
+				fmt.Printf(" (baseline build: %.3f)", summarize(b).Median)
+			}
+			fmt.Println()
+		}
 	}
-	results["e2e"] = out
+	if len(cpuPer10k["agent"]) > 0 {
+		fmt.Printf("target: agent CPU <= 0.040 of a core per 10k conn/s: median %.3f", summarize(cpuPer10k["agent"]).Median)
+		if b := cpuPer10k["base-agent"]; len(b) > 0 {
+			fmt.Printf(" (baseline build: %.3f)", summarize(b).Median)
+		}
+		fmt.Println()
+	}
+	results["e2e/"+cfg.close] = out
 	return nil
 }
 
 // loss: the agent at full churn for a while: events lost, wakeups, CPU.
 func loss(cfg *config) error {
-	fmt.Printf("== 4. loss and wakeups: the agent at full churn for %s\n", cfg.lossTime)
+	fmt.Printf("== 4. loss and wakeups: the agent at full %s churn for %s\n", cfg.close, cfg.lossTime)
 	t, err := startAgent(cfg)
 	if err != nil {
 		return err
@@ -257,7 +240,7 @@ func loss(cfg *config) error {
 	closed := sumPrefix(m1, "tcpfsm_connections_closed_total") - sumPrefix(m0, "tcpfsm_connections_closed_total")
 	opened := sumPrefix(m1, "tcpfsm_connections_opened_total") - sumPrefix(m0, "tcpfsm_connections_opened_total")
 	fmt.Printf("%d connections in %.1fs: %.0f conn/s\n", res.Connections, res.Seconds, res.PerSecond)
-	fmt.Printf("events read %.0f (%.2f per connection; each churn connection makes 6 transitions and 2 resets)\n",
+	fmt.Printf("events read %.0f (%.2f per connection; a connection of RST churn makes 6 transitions and 2 resets, of FIN churn 10 transitions)\n",
 		events, events/float64(res.Connections))
 	fmt.Printf("connections opened %.0f, closed %.0f (2 per churn connection: %d)\n", opened, closed, 2*res.Connections)
 	fmt.Printf("lost: ring buffer full %.0f, program busy %.0f; records with state_mismatch %.0f, events_lost %.0f\n",
@@ -267,7 +250,7 @@ func loss(cfg *config) error {
 		woken, deadline, events/float64(max(returns, 1)), events/float64(max(woken, 1)))
 	cpu := (c1 - c0) / res.Seconds
 	fmt.Printf("agent CPU %.1f%% of a core = %.3f of a core per 10k conn/s\n", 100*cpu, cpu/(res.PerSecond/1e4))
-	results["loss"] = map[string]any{"connections": res.Connections, "seconds": res.Seconds, "conn_per_s": res.PerSecond,
+	results["loss/"+cfg.close] = map[string]any{"connections": res.Connections, "seconds": res.Seconds, "conn_per_s": res.PerSecond,
 		"events": events, "ring_full": ringFull, "program_busy": busy, "state_mismatch": mismatch, "events_lost_records": lostAnom,
 		"opened": opened, "closed": closed, "woken": woken, "deadline": deadline, "cpu_fraction": cpu,
 		"rss": describeRSS(samples, 5*time.Second)}

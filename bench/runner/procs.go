@@ -222,15 +222,32 @@ type churnResult struct {
 	Errors      uint64  `json:"errors"`
 }
 
-// churn runs the load generator: bounded by n and d.
+// churn runs the load generator: bounded by n and d. FIN churn runs in a
+// network namespace of its own, made for this one run: its time-wait
+// sockets then start from none every time and never reach the table's
+// limit (tcp_max_tw_buckets), past which the kernel stops making them and
+// the churn changes regime (about 3x faster), so that every variant of a
+// round sees the same build-up.
 func churn(cfg *config, n uint64, d time.Duration, rate float64) (churnResult, error) {
 	args := []string{"-n", strconv.FormatUint(n, 10), "-d", d.String(),
 		"-client-cpu", strconv.Itoa(cfg.clientCPU), "-server-cpu", strconv.Itoa(cfg.serverCPU)}
+	if cfg.close != "" {
+		args = append(args, "-close", cfg.close)
+	}
 	if rate > 0 {
 		args = append(args, "-rate", strconv.FormatFloat(rate, 'f', -1, 64))
 	}
+	name, argv := cfg.churn, args
+	if cfg.close == "fin" {
+		ns, err := newNetns()
+		if err != nil {
+			return churnResult{}, err
+		}
+		defer delNetns(ns)
+		name, argv = "ip", append([]string{"netns", "exec", ns, cfg.churn}, args...)
+	}
 	var out, serr bytes.Buffer
-	cmd := exec.Command(cfg.churn, args...)
+	cmd := exec.Command(name, argv...)
 	cmd.Stdout, cmd.Stderr = &out, &serr
 	if err := cmd.Run(); err != nil {
 		return churnResult{}, fmt.Errorf("churn: %w: %s", err, serr.String())
@@ -240,6 +257,25 @@ func churn(cfg *config, n uint64, d time.Duration, rate float64) (churnResult, e
 		return r, fmt.Errorf("churn output %q: %w", out.String(), err)
 	}
 	return r, nil
+}
+
+var netnsSeq int
+
+// newNetns makes a network namespace with loopback up, for one churn.
+func newNetns() (string, error) {
+	netnsSeq++
+	ns := fmt.Sprintf("tcpfsm-bench-%d-%d", os.Getpid(), netnsSeq)
+	for _, a := range [][]string{{"netns", "add", ns}, {"-n", ns, "link", "set", "lo", "up"}} {
+		if b, err := exec.Command("ip", a...).CombinedOutput(); err != nil {
+			delNetns(ns)
+			return "", fmt.Errorf("ip %s: %w: %s", strings.Join(a, " "), err, b)
+		}
+	}
+	return ns, nil
+}
+
+func delNetns(ns string) {
+	_ = exec.Command("ip", "netns", "del", ns).Run() // best effort: the name is unique to this run
 }
 
 // scrape reads the agent's metrics: name{labels} -> value.

@@ -122,6 +122,12 @@ type Metrics struct {
 
 	handshake, lifetime, stateDur *prometheus.HistogramVec
 	lastExemplar                  [exemplarHistograms]atomic.Int64 // unix ns of each histogram's last exemplar
+	// Each series' observer once it exists, so that a record's
+	// observations hash no label values: the state durations by state,
+	// handshake and lifetime by role when there are no optional labels.
+	stateObs        [probe.MaxState + 1]atomic.Pointer[prometheus.Observer]
+	handshakeByRole [roleSeries]atomic.Pointer[prometheus.Observer]
+	lifetimeByRole  [roleSeries]atomic.Pointer[prometheus.Observer]
 
 	descs descs
 }
@@ -144,6 +150,14 @@ const (
 	exemplarLifetime
 	exemplarStateDuration
 	exemplarHistograms // how many there are
+)
+
+// The roles a connection's histograms have series for (a listener has
+// none), indexing handshakeByRole and lifetimeByRole.
+const (
+	roleSeriesActive = iota
+	roleSeriesPassive
+	roleSeries
 )
 
 // Reset directions, indexing resets.
@@ -416,38 +430,81 @@ func (m *Metrics) Closed(r *lifecycle.Record) {
 	}
 	m.mu.Unlock()
 
-	values := make([]string, 0, 4)
-	values = append(values, role)
-	for i := range m.opts.Labels {
-		values = append(values, opt[i])
-	}
+	now := m.exemplarClock()
 	if r.HandshakeNs > 0 {
-		m.observe(exemplarHandshake, m.handshake.WithLabelValues(values...), float64(r.HandshakeNs)/1e9, r.ID)
+		o := m.roleObserver(m.handshake, &m.handshakeByRole, r.Role, role, &opt)
+		m.observe(exemplarHandshake, o, float64(r.HandshakeNs)/1e9, r.ID, now)
 	}
 	if d := r.LifetimeNs(); d > 0 && r.LifetimeKnown() { // a partial record's is a lower bound
-		m.observe(exemplarLifetime, m.lifetime.WithLabelValues(values...), float64(d)/1e9, r.ID)
+		o := m.roleObserver(m.lifetime, &m.lifetimeByRole, r.Role, role, &opt)
+		m.observe(exemplarLifetime, o, float64(d)/1e9, r.ID, now)
 	}
 }
 
-// Finished counts the time spent in each state, TIME_WAIT included.
+// roleObserver is a record's series of vec (handshake or lifetime): by
+// role alone, looked up once (cache), when no optional label is on.
+func (m *Metrics) roleObserver(vec *prometheus.HistogramVec, cache *[roleSeries]atomic.Pointer[prometheus.Observer],
+	r lifecycle.Role, role string, opt *[maxOptional]string) prometheus.Observer {
+	if len(m.opts.Labels) > 0 {
+		values := make([]string, 0, 4)
+		values = append(values, role)
+		for i := range m.opts.Labels {
+			values = append(values, opt[i])
+		}
+		return vec.WithLabelValues(values...)
+	}
+	switch r {
+	case lifecycle.RoleActive:
+		return cachedObserver(&cache[roleSeriesActive], vec, role)
+	case lifecycle.RolePassive:
+		return cachedObserver(&cache[roleSeriesPassive], vec, role)
+	}
+	return vec.WithLabelValues(role)
+}
+
+// cachedObserver is vec's series for one label value, looked up once: a
+// vector's series is the same observer for as long as it exists, and
+// these are never deleted. The series is made at its first observation,
+// as WithLabelValues would.
+func cachedObserver(slot *atomic.Pointer[prometheus.Observer], vec *prometheus.HistogramVec, value string) prometheus.Observer {
+	if p := slot.Load(); p != nil {
+		return *p
+	}
+	o := vec.WithLabelValues(value)
+	slot.Store(&o)
+	return o
+}
+
+// Finished records how long the connection spent in each state. It does
+// not allocate.
 func (m *Metrics) Finished(r *lifecycle.Record) {
 	if r.Role == lifecycle.RoleListener {
 		return
 	}
+	now := m.exemplarClock()
 	for _, sp := range r.SpanList() {
 		if sp.Enter == 0 || sp.Exit == 0 || sp.State > probe.MaxState {
 			continue
 		}
-		m.observe(exemplarStateDuration, m.stateDur.WithLabelValues(stateLabel[sp.State]), float64(sp.Dwell())/1e9, r.ID)
+		o := cachedObserver(&m.stateObs[sp.State], m.stateDur, stateLabel[sp.State])
+		m.observe(exemplarStateDuration, o, float64(sp.Dwell())/1e9, r.ID, now)
 	}
+}
+
+// exemplarClock is the time the exemplar checks of one record compare
+// with, read once per record; 0 when exemplars are off.
+func (m *Metrics) exemplarClock() int64 {
+	if m.opts.NoExemplars {
+		return 0
+	}
+	return time.Now().UnixNano()
 }
 
 // observe records a duration, with an exemplar naming the connection at
 // most once a second per histogram: enough to jump from a dashboard to a
 // log record, without an allocation per connection.
-func (m *Metrics) observe(h int, o prometheus.Observer, v float64, id uint64) {
+func (m *Metrics) observe(h int, o prometheus.Observer, v float64, id uint64, now int64) {
 	if !m.opts.NoExemplars {
-		now := time.Now().UnixNano()
 		last := m.lastExemplar[h].Load()
 		if now-last > int64(time.Second) && m.lastExemplar[h].CompareAndSwap(last, now) {
 			if eo, ok := o.(prometheus.ExemplarObserver); ok {

@@ -41,7 +41,7 @@ type tcpfsmConn struct {
 	Marks      uint8
 	PendingOld uint8
 	PendingNew uint8
-	Pad        [4]uint8
+	Netns      uint32
 }
 
 type tcpfsmEvent struct {
@@ -140,8 +140,10 @@ const (
 )
 
 type tcpfsmScratch struct {
-	_ structs.HostLayout
-	B [1024]uint8
+	_       structs.HostLayout
+	B       [1024]uint8
+	Submits uint32
+	Pad     uint32
 }
 
 type tcpfsmTcpState uint32
