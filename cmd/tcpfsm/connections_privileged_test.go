@@ -116,6 +116,28 @@ func kernelCloseWaits(t *testing.T, ns *nettest.NS) int {
 	return n
 }
 
+// logPicture logs what the agent lists and what sock_diag has in ns,
+// socket by socket, so a failed count says which connection differs.
+func logPicture(t *testing.T, a *agentRun, ns *nettest.NS) {
+	t.Helper()
+	for _, c := range a.conns(t, "") {
+		t.Logf("agent:     %5d -> %5d %-11s role %s partial %v seeded %v", c.Lport, c.Rport, c.State, c.Role, c.Partial, c.Seeded)
+	}
+	d, err := sockdiag.OpenInNetNS(ns.Path())
+	if err != nil {
+		t.Logf("sock_diag: %v", err)
+		return
+	}
+	defer d.Close()
+	err = d.Dump(^uint32(0), func(s *sockdiag.Socket) error {
+		t.Logf("sock_diag: %5d -> %5d %-11s time-wait socket %v", s.Sport, s.Dport, probe.State(s.State), s.TimeWait)
+		return nil
+	})
+	if err != nil {
+		t.Logf("sock_diag: %v", err)
+	}
+}
+
 // conns asks the agent's API.
 func (a *agentRun) conns(t testing.TB, query string) []connview.Conn {
 	t.Helper()
@@ -224,6 +246,7 @@ func TestConnectionsAPI(t *testing.T) {
 		got := a.conns(t, c.query)
 		if len(got) != c.n || c.ports != nil && !slices.Equal(remotePorts(got), c.ports) {
 			t.Errorf("?%s: %d connections, remote ports %v; want %d %v", c.query, len(got), remotePorts(got), c.n, c.ports)
+			logPicture(t, a, ns)
 		}
 		for _, x := range got {
 			if x.NetNS != ns.Inode {
