@@ -293,12 +293,23 @@ func (r *Record) EstablishedKnown() bool {
 	return true
 }
 
-// TimeWaitNs is the TIME_WAIT duration when its end is known.
+// TimeWaitNs is the TIME_WAIT duration when its entry and end are known
+// (a record seeded in TIME_WAIT has no entry: TimeWaitAtLeastNs).
 func (r *Record) TimeWaitNs() uint64 {
-	if r.TimeWaitExit == 0 || r.TimeWaitExit < r.TimeWaitEnter {
+	if r.TimeWaitEnter == 0 || r.TimeWaitExit == 0 || r.TimeWaitExit < r.TimeWaitEnter {
 		return 0
 	}
 	return r.TimeWaitExit - r.TimeWaitEnter
+}
+
+// TimeWaitAtLeastNs is, for a record seeded in TIME_WAIT (TimeWaitEnter
+// unknown), a lower bound of its TIME_WAIT: from when a dump found it to
+// its end; 0 until it ended.
+func (r *Record) TimeWaitAtLeastNs() uint64 {
+	if r.TimeWaitEnter != 0 || r.TimeWaitExit == 0 || r.TimeWaitExit < r.Start {
+		return 0
+	}
+	return r.TimeWaitExit - r.Start
 }
 
 // EstablishedNs is the time spent in ESTABLISHED.

@@ -48,7 +48,7 @@ type listenKey struct {
 }
 
 // observeSnapshot seeds a record for a socket of the start snapshot that
-// is not a time-wait socket (those count in preTW, timewait.go).
+// is not a time-wait socket (those are seed_timewait.go's).
 func (b *Builder) observeSnapshot(s *Socket) {
 	if s.State == probe.StateListen {
 		b.listening[listenKey{s.NetNS, s.Lport}] = true
