@@ -283,10 +283,12 @@ func (r *Record) LifetimeNs() uint64 {
 func (r *Record) LifetimeKnown() bool { return r.Anomalies&AnomalyPartial == 0 && !r.Seeded }
 
 // EstablishedKnown reports whether EstablishedNs is the whole time in
-// ESTABLISHED: no ESTABLISHED span began at an unknown time.
+// ESTABLISHED: no span of ESTABLISHED or a state after it (FIN_WAIT1 to
+// TIME_WAIT: found there by a dump, or midway) began at an unknown time,
+// for then some time in ESTABLISHED went unseen.
 func (r *Record) EstablishedKnown() bool {
 	for i := 0; i < int(r.NSpan); i++ {
-		if r.Spans[i].State == probe.StateEstablished && r.Spans[i].Enter == 0 {
+		if sp := &r.Spans[i]; sp.Enter == 0 && (synchronized(sp.State) || sp.State == probe.StateTimeWait) {
 			return false
 		}
 	}
