@@ -59,6 +59,22 @@ func (b *Builder) observeSnapshot(s *Socket) {
 	b.seedRecord(s)
 }
 
+// Holds reports whether a record holds the endpoints of a socket a dump
+// listed: an open one, one in TIME_WAIT, or an orphan. For a
+// reconciliation's reader, to find the owners of the sockets it will seed
+// only (tracer/session).
+func (b *Builder) Holds(s *Socket) bool {
+	k := s.key()
+	if _, ok := b.byTuple[k]; ok {
+		return true
+	}
+	if _, ok := b.timeWait[k]; ok {
+		return true
+	}
+	_, ok := b.orphans[k]
+	return ok
+}
+
 // trackedFor reports whether an open record already holds the socket's
 // endpoints, other than a seed of the same dump (listeners sharing a
 // port with SO_REUSEPORT list the same endpoints more than once).
