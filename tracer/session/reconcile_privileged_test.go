@@ -66,6 +66,7 @@ func sameCounts(a, b map[probe.State]int) bool {
 // kernel's exactly, counts its repairs, and a replay of the recording
 // repairs the same records the same way.
 func TestReconcileAfterLoss(t *testing.T) {
+	requireSS(t)
 	nettest.RequireBPF(t)
 	ns := nettest.NewNS(t)
 	ln := ns.Listen(t, "tcp4", "127.0.0.1:0")
@@ -132,6 +133,10 @@ func TestReconcileAfterLoss(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+	// And ss, the user's check, at the same moment (the scene is still).
+	if sn, snn := kernelView(t, ns); !sameCounts(g, sn) || gn != snn {
+		t.Errorf("the builder's %v (%d), ss %v (%d)", g, gn, sn, snn)
+	}
 	lost, _ := s.Probe().Lost()
 	if lost.Total() == 0 || st.Reconciled[lifecycle.ReconcileSeeded] == 0 || st.Reconciled[lifecycle.ReconcileEnded] == 0 {
 		t.Errorf("lost %+v; repairs %v: want events lost, records seeded and ended", lost, st.Reconciled)
@@ -162,6 +167,22 @@ func TestReconcileAfterLoss(t *testing.T) {
 	}
 	if unobserved != int(st.Reconciled[lifecycle.ReconcileEnded]) {
 		t.Errorf("%d unobserved records, %d ended", unobserved, st.Reconciled[lifecycle.ReconcileEnded])
+	}
+	// The sockets the reconciliation seeded (opened unseen, both ends
+	// this process's) have their owner, read from /proc as at start.
+	owned := 0
+	for i := range live {
+		r := &live[i]
+		if !r.Seeded || r.Anomalies&lifecycle.AnomalyEventsLost == 0 || r.Kind != lifecycle.KindOpen {
+			continue
+		}
+		owned++
+		if !r.OwnerKnown() || r.Pid != uint32(os.Getpid()) || string(r.CommBytes()) != selfComm() || r.Owner != probe.OwnerTask {
+			t.Errorf("seeded by the reconciliation, owner %d %q (%s): %+v", r.Pid, r.CommBytes(), r.Owner, *r)
+		}
+	}
+	if owned != int(st.Reconciled[lifecycle.ReconcileSeeded]) {
+		t.Errorf("%d open records seeded by the reconciliation, %d seeded", owned, st.Reconciled[lifecycle.ReconcileSeeded])
 	}
 
 	// The replay: the same records, in the same order.

@@ -33,18 +33,36 @@ func ssCounts(t *testing.T, ns *nettest.NS) (map[probe.State]int, int) {
 	return m, n
 }
 
+// requireSS: outside the kernel VMs (busybox only, no iproute2), these
+// tests compare with ss; in them, with sock_diag, ss's own source.
+func requireSS(t *testing.T) {
+	t.Helper()
+	if !nettest.InKernelVM() {
+		nettest.RequireTool(t, "ss", "iproute2") // the kernel's own count, compared
+	}
+}
+
+// kernelView is ss's count, or in the kernel VMs sock_diag's (requireSS).
+func kernelView(t *testing.T, ns *nettest.NS) (map[probe.State]int, int) {
+	t.Helper()
+	if nettest.InKernelVM() {
+		return kernelCounts(t, ns)
+	}
+	return ssCounts(t, ns)
+}
+
 // agreeWithSS waits until the builder's gauges and tracked count equal
-// ss's, ss unchanged around the reading (the same moment), and want's
+// ss's (kernelView), ss unchanged around the reading (the same moment), and want's
 // counts; it returns the counts.
 func agreeWithSS(t *testing.T, l *live, ns *nettest.NS, what string, want map[probe.State]int, within time.Duration) map[probe.State]int {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for {
-		before, bn := ssCounts(t, ns)
+		before, bn := kernelView(t, ns)
 		var g map[probe.State]int
 		var gn int
 		l.s.With(func(b *lifecycle.Builder) { g, gn = builderCounts(b) })
-		after, an := ssCounts(t, ns)
+		after, an := kernelView(t, ns)
 		ok := sameCounts(before, after) && bn == an && sameCounts(g, before) && gn == bn
 		for st, n := range want {
 			ok = ok && g[st] == n
@@ -79,7 +97,7 @@ func timeWaits(t *testing.T, ns *nettest.NS, ln *net.TCPListener, n int) map[uin
 // kill), and is handed out then: graceful, its TIME_WAIT a lower bound
 // since the session found it. Slow (60 s), so it runs beside the rest.
 func TestSeededTimeWaitExpiresLive(t *testing.T) {
-	nettest.RequireTool(t, "ss", "iproute2") // the kernel's own count, compared
+	requireSS(t)
 	nettest.RequireBPF(t)
 	t.Parallel()
 	ns := nettest.NewNS(t)
