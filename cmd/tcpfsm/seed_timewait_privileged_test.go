@@ -237,7 +237,7 @@ func TestAgentSeedsTimeWaitSockets(t *testing.T) {
 		others[0].states() != "SYN_SENT(at,dwell) ESTABLISHED(at)" {
 		t.Errorf("records not seeded: %+v", others)
 	}
-	check := func(port int, close, states, twEnd string) {
+	check := func(port int, kind, states, twEnd string) {
 		t.Helper()
 		r, ok := recs[port]
 		if !ok {
@@ -251,10 +251,10 @@ func TestAgentSeedsTimeWaitSockets(t *testing.T) {
 				t.Errorf("%d: TIME_WAIT entry %d, unknown", port, *r.TimeWait.EnterNs)
 			}
 		}
-		if r.Close != close || r.states() != states || gotEnd != twEnd || !r.Seeded || string(r.Owner) != "null" ||
+		if r.Close != kind || r.states() != states || gotEnd != twEnd || !r.Seeded || string(r.Owner) != "null" ||
 			r.Lifetime != nil || r.Established != nil || len(r.Anomalies) != 1 || r.Anomalies[0] != "partial" {
 			t.Errorf("%d: %s, states %s, TIME_WAIT end %q, seeded %v, owner %s, lifetime %v, established %v, anomalies %v; want %s, %s, %q",
-				port, r.Close, r.states(), gotEnd, r.Seeded, r.Owner, r.Lifetime, r.Established, r.Anomalies, close, states, twEnd)
+				port, r.Close, r.states(), gotEnd, r.Seeded, r.Owner, r.Lifetime, r.Established, r.Anomalies, kind, states, twEnd)
 		}
 	}
 	// Where fentry runs it may see the reused TIME_WAIT's kill first
