@@ -142,7 +142,7 @@ func newConn(it *item, now uint64, c clock.Clock, th *Thresholds) Conn {
 func newDetail(it *item, now uint64, c clock.Clock, th *Thresholds) Detail {
 	d := Detail{Conn: newConn(it, now, c, th), States: []StateSpan{}}
 	r := &it.rec
-	if r.End != 0 && r.Kind != lifecycle.KindOpen {
+	if (r.End != 0 || r.TimeWait != lifecycle.TWNone) && r.Kind != lifecycle.KindOpen {
 		d.Close = &Close{By: r.Initiator.String(), Kind: r.Kind.String()}
 	}
 	spans := r.SpanList()

@@ -141,13 +141,15 @@ func AppendRecord(b []byte, r *lifecycle.Record, c clock.Clock) []byte {
 	if r.TimeWait == lifecycle.TWNone {
 		b = append(b, "null"...)
 	} else {
+		// Seeded in TIME_WAIT, its entry is unknown: null, and its
+		// duration a lower bound, since a dump found it.
 		b = append(b, `{"enter_ns":`...)
-		b = strconv.AppendUint(b, r.TimeWaitEnter-r.Start, 10)
+		b = appendKnown(b, r.TimeWaitEnter-r.Start, r.TimeWaitEnter != 0)
 		b = appendKey(b, "duration_ns")
-		if r.TimeWaitExit != 0 {
-			b = strconv.AppendUint(b, r.TimeWaitNs(), 10)
-		} else {
-			b = append(b, "null"...)
+		b = appendKnown(b, r.TimeWaitNs(), r.TimeWaitExit != 0 && r.TimeWaitEnter != 0)
+		if r.TimeWaitEnter == 0 {
+			b = appendKey(b, "duration_ns_at_least")
+			b = appendKnown(b, r.TimeWaitAtLeastNs(), r.TimeWaitExit != 0)
 		}
 		b = appendKey(b, "end")
 		b = appendStr(b, r.TimeWait.String())

@@ -39,7 +39,8 @@ func LifeHeader() string {
 // AppendLifeRow appends one table line for a record: the wall clock time
 // it closed, owner, endpoints, role, handshake and lifetime in ms, payload
 // bytes each way, who closed it and how, and its TIME_WAIT in ms ("-"
-// without one, "~" when only assumed, "pending" while still in it).
+// without one, "~" when only assumed, "pending" while still in it, ">="
+// a lower bound for one seeded in TIME_WAIT, its entry unknown).
 func AppendLifeRow(b []byte, r *lifecycle.Record, c clock.Clock) []byte {
 	at := r.End
 	if at == 0 {
@@ -64,6 +65,8 @@ func AppendLifeRow(b []byte, r *lifecycle.Record, c clock.Clock) []byte {
 		}
 		life = strconv.AppendFloat(life, float64(r.LifetimeNs())/1e6, 'f', 3, 64)
 		b = padLeft(b, life, wDur+2)
+	} else if r.TimeWait != lifecycle.TWNone {
+		b = padLeft(b, "-", wDur+2) // seeded in TIME_WAIT: closed before it was found
 	} else {
 		b = padLeft(b, "open", wDur+2)
 	}
@@ -83,12 +86,17 @@ func AppendLifeRow(b []byte, r *lifecycle.Record, c clock.Clock) []byte {
 		how := r.Kind.String()
 		b = pad(append(b, how...), len(how), wHow)
 	}
-	switch r.TimeWait {
-	case lifecycle.TWNone:
+	switch {
+	case r.TimeWait == lifecycle.TWNone:
 		b = padLeft(b, "-", wDur)
-	case lifecycle.TWPending:
+	case r.TimeWait == lifecycle.TWPending:
 		b = padLeft(b, "pending", wDur)
-	case lifecycle.TWAssumed:
+	case r.TimeWaitEnter == 0:
+		// Seeded in TIME_WAIT: at least since it was found.
+		tw := append(num[:0], ">="...)
+		tw = strconv.AppendFloat(tw, float64(r.TimeWaitAtLeastNs())/1e6, 'f', 1, 64)
+		b = padLeft(b, tw, wDur)
+	case r.TimeWait == lifecycle.TWAssumed:
 		tw := append(num[:0], '~')
 		tw = strconv.AppendFloat(tw, float64(r.TimeWaitNs())/1e6, 'f', 0, 64)
 		b = padLeft(b, tw, wDur)

@@ -106,8 +106,6 @@ type Builder struct {
 	unjoinedN int                  // seeded records no event joined yet
 	recon     map[uint32]*reconRun // reconciliation dumps under way (reconcile.go)
 	listening map[listenKey]bool   // ports the snapshot saw listeners on
-	preTW     map[tupleKey]preTW   // time-wait sockets from before the start
-	preFW2    int                  // ... of them in FIN_WAIT2
 	// orphans in FIN_WAIT2 (orphan.go), by tuple and by flow across
 	// namespaces (-1: in more than one); namespaces' tcp_fin_timeout
 	orphans     map[tupleKey]int32
@@ -140,7 +138,6 @@ func NewBuilder(cfg Config, h Handler) *Builder {
 		byTuple:     map[tupleKey]int32{},
 		recon:       map[uint32]*reconRun{},
 		listening:   map[listenKey]bool{},
-		preTW:       map[tupleKey]preTW{},
 		orphans:     map[tupleKey]int32{},
 		orphanFlows: map[flowKey]int32{},
 		finTimeout:  map[uint32]time.Duration{},
@@ -153,22 +150,20 @@ func NewBuilder(cfg Config, h Handler) *Builder {
 func (b *Builder) Stats() Stats { return b.stats }
 
 // Tracked is how many connections the builder knows now: the records it
-// holds and the time-wait sockets seen at start without one.
-func (b *Builder) Tracked() int { return len(b.slab) - len(b.free) + len(b.preTW) }
+// holds, those seeded from time-wait sockets included.
+func (b *Builder) Tracked() int { return len(b.slab) - len(b.free) }
 
 // records is how many records the builder holds.
 func (b *Builder) records() int { return len(b.slab) - len(b.free) }
 
 // StateCount is how many tracked connections are in a state now, as ss
 // counts them: time-wait sockets by their substate. TIME_WAIT counts
-// reconstructed ones and those seen at start; FIN_WAIT2 the orphans
-// handed to time-wait sockets, and those seen at start.
+// the records in it (reconstructed, exact, or seeded from a dump);
+// FIN_WAIT2 includes the orphans handed to time-wait sockets.
 func (b *Builder) StateCount(s probe.State) int {
 	switch {
 	case s == probe.StateTimeWait:
-		return len(b.timeWait) + len(b.preTW) - b.preFW2
-	case s == probe.StateFinWait2:
-		return b.states[s] + b.preFW2
+		return len(b.timeWait)
 	case s > probe.MaxState:
 		return 0
 	}

@@ -55,15 +55,16 @@ func (b *Builder) conclude(i int32) {
 			r.Spans[r.NSpan] = Span{State: probe.StateTimeWait, Enter: r.End}
 			r.NSpan++
 		}
-		if old, ok := b.timeWait[recordKey(r)]; ok {
+		if old, ok := b.timeWait[recordKey(r)]; ok && sameAsTWSeed(&b.slab[old], r) {
+			// A dump listed its time-wait socket before this close was
+			// applied, and seeded a record for it: this is the one.
+			b.dropTWSeed(old, r)
+		} else if ok {
 			// A new connection reused the tuple while the old one was
 			// thought in TIME_WAIT: the old one ended by then.
 			b.finishTimeWait(old, r.End, TWReused)
 		}
 		b.timeWait[recordKey(r)] = i
-		// A dump that listed its time-wait socket before this close was
-		// applied counted it as one without a record: now it has one.
-		b.deletePreTW(recordKey(r))
 	}
 	b.annotate(r)
 	b.h.Closed(r)

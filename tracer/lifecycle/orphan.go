@@ -104,7 +104,11 @@ func (b *Builder) addOrphan(i int32, ts uint64) {
 	r := &b.slab[i]
 	r.orphanAt = ts
 	k := recordKey(r)
-	if old, ok := b.orphans[k]; ok && old != i && b.slab[old].orphan {
+	if old, ok := b.orphans[k]; ok && old != i && sameAsTWSeed(&b.slab[old], r) {
+		// The dump that seeded it listed this connection's own time-wait
+		// socket before its CLOSE was applied (seed_timewait.go).
+		b.dropTWSeed(old, r)
+	} else if ok && old != i && b.slab[old].orphan {
 		// The kernel cannot hold two time-wait sockets of one tuple: the
 		// older one is gone.
 		b.orphanDied(old, ts)

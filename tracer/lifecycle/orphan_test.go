@@ -232,29 +232,6 @@ func TestOrphanGauges(t *testing.T) {
 	}
 }
 
-// Time-wait sockets from before the start count by their substate; an
-// orphan's moves to TIME_WAIT when a dump shows the peer's FIN came.
-func TestPreexistingOrphan(t *testing.T) {
-	var s sink
-	b := NewBuilder(Config{}, &s)
-	snap := twSock(1, FW2, 30000)
-	snap.Purpose = PurposeSnapshot
-	b.Observe(snap)
-	b.DumpDone(7, PurposeSnapshot, 1*ms)
-	if b.StateCount(FW2) != 1 || b.StateCount(TW) != 0 {
-		t.Fatalf("FIN_WAIT2 %d TIME_WAIT %d", b.StateCount(FW2), b.StateCount(TW))
-	}
-	b.Observe(twSock(2000, TW, 59000))
-	b.DumpDone(7, PurposeTimeWait, 2000*ms)
-	if b.StateCount(FW2) != 0 || b.StateCount(TW) != 1 {
-		t.Errorf("after its FIN: FIN_WAIT2 %d TIME_WAIT %d", b.StateCount(FW2), b.StateCount(TW))
-	}
-	b.DumpDone(7, PurposeTimeWait, 62000*ms)
-	if b.StateCount(TW) != 0 || len(b.preTW) != 0 || b.preFW2 != 0 {
-		t.Errorf("gone: TIME_WAIT %d", b.StateCount(TW))
-	}
-}
-
 // A reset right after a CLOSE from FIN_WAIT2 (TCP_LINGER2 < 0, or an
 // out-of-order FIN after close()): no time-wait socket took it.
 func TestFinWait2CloseWithReset(t *testing.T) {

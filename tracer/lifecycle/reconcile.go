@@ -46,11 +46,10 @@ func ReconcileActionName(i int) string {
 type reconRun struct {
 	start  uint64
 	closed map[tupleKey]struct{} // closed since start
-	tw     map[tupleKey]struct{} // time-wait sockets it listed
 }
 
 func (b *Builder) reconcileBegin(netns uint32, time uint64) {
-	b.recon[netns] = &reconRun{start: time, closed: map[tupleKey]struct{}{}, tw: map[tupleKey]struct{}{}}
+	b.recon[netns] = &reconRun{start: time, closed: map[tupleKey]struct{}{}}
 }
 
 // closedDuringDump remembers a tuple closed while its namespace is dumped.
@@ -103,9 +102,8 @@ func (b *Builder) observeReconcile(s *Socket) {
 }
 
 // reconcileTimeWait: a time-wait socket the dump listed. One in TIME_WAIT
-// in the records gets its timer; one unknown is counted, as at start.
+// in the records gets its timer; one unknown is seeded, as at start.
 func (b *Builder) reconcileTimeWait(run *reconRun, s *Socket, k tupleKey) {
-	run.tw[k] = struct{}{}
 	if i, ok := b.orphans[k]; ok {
 		// An orphan's time-wait socket (orphan.go): still in FIN_WAIT2 or
 		// past the peer's FIN; the record is there and accounted for.
@@ -114,15 +112,11 @@ func (b *Builder) reconcileTimeWait(run *reconRun, s *Socket, k tupleKey) {
 		return
 	}
 	end := s.Time + uint64(s.ExpiresMs)*1_000_000
-	p := preTW{end: end, fw2: s.State == probe.StateFinWait2}
 	if i, ok := b.timeWait[k]; ok {
 		r := &b.slab[i]
 		r.twSeen, r.twExpected = s.Time, end
 		r.twFinWait2 = s.State == probe.StateFinWait2
-		return
-	}
-	if _, ok := b.preTW[k]; ok {
-		b.setPreTW(k, p)
+		r.reconSeen = run.start
 		return
 	}
 	if _, ok := run.closed[k]; ok {
@@ -131,8 +125,14 @@ func (b *Builder) reconcileTimeWait(run *reconRun, s *Socket, k tupleKey) {
 	if _, ok := b.byTuple[k]; ok {
 		return // an open record: it closed before the dump, its event is due
 	}
-	b.setPreTW(k, p)
-	b.stats.Reconciled[ReconcileSeeded]++
+	// Closed unseen (its events lost, or a connection the snapshot
+	// missed): a seeded record, as at start (seed_timewait.go).
+	if i := b.seedTimeWait(s); i >= 0 {
+		r := &b.slab[i]
+		r.reconSeen = run.start
+		b.flag(r, AnomalyEventsLost)
+		b.stats.Reconciled[ReconcileSeeded]++
+	}
 }
 
 // correct moves a record to the state the kernel reports, entered at an
@@ -181,12 +181,6 @@ func (b *Builder) reconcileDone(netns uint32) {
 	gone := slices.Clone(b.scratch)
 	for _, i := range gone {
 		b.endUnobserved(i, run.start)
-	}
-	for k := range b.preTW {
-		if _, ok := run.tw[k]; !ok && k.netns == netns {
-			b.deletePreTW(k)
-			b.stats.Reconciled[ReconcileEnded]++
-		}
 	}
 	b.timeWaitDumpDone(netns, run.start)
 }

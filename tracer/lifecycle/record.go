@@ -283,22 +283,35 @@ func (r *Record) LifetimeNs() uint64 {
 func (r *Record) LifetimeKnown() bool { return r.Anomalies&AnomalyPartial == 0 && !r.Seeded }
 
 // EstablishedKnown reports whether EstablishedNs is the whole time in
-// ESTABLISHED: no ESTABLISHED span began at an unknown time.
+// ESTABLISHED: no span of ESTABLISHED or a state after it (FIN_WAIT1 to
+// TIME_WAIT: found there by a dump, or midway) began at an unknown time,
+// for then some time in ESTABLISHED went unseen.
 func (r *Record) EstablishedKnown() bool {
 	for i := 0; i < int(r.NSpan); i++ {
-		if r.Spans[i].State == probe.StateEstablished && r.Spans[i].Enter == 0 {
+		if sp := &r.Spans[i]; sp.Enter == 0 && (synchronized(sp.State) || sp.State == probe.StateTimeWait) {
 			return false
 		}
 	}
 	return true
 }
 
-// TimeWaitNs is the TIME_WAIT duration when its end is known.
+// TimeWaitNs is the TIME_WAIT duration when its entry and end are known
+// (a record seeded in TIME_WAIT has no entry: TimeWaitAtLeastNs).
 func (r *Record) TimeWaitNs() uint64 {
-	if r.TimeWaitExit == 0 || r.TimeWaitExit < r.TimeWaitEnter {
+	if r.TimeWaitEnter == 0 || r.TimeWaitExit == 0 || r.TimeWaitExit < r.TimeWaitEnter {
 		return 0
 	}
 	return r.TimeWaitExit - r.TimeWaitEnter
+}
+
+// TimeWaitAtLeastNs is, for a record seeded in TIME_WAIT (TimeWaitEnter
+// unknown), a lower bound of its TIME_WAIT: from when a dump found it to
+// its end; 0 until it ended.
+func (r *Record) TimeWaitAtLeastNs() uint64 {
+	if r.TimeWaitEnter != 0 || r.TimeWaitExit == 0 || r.TimeWaitExit < r.Start {
+		return 0
+	}
+	return r.TimeWaitExit - r.Start
 }
 
 // EstablishedNs is the time spent in ESTABLISHED.

@@ -48,7 +48,7 @@ type listenKey struct {
 }
 
 // observeSnapshot seeds a record for a socket of the start snapshot that
-// is not a time-wait socket (those count in preTW, timewait.go).
+// is not a time-wait socket (those are seed_timewait.go's).
 func (b *Builder) observeSnapshot(s *Socket) {
 	if s.State == probe.StateListen {
 		b.listening[listenKey{s.NetNS, s.Lport}] = true
@@ -57,6 +57,22 @@ func (b *Builder) observeSnapshot(s *Socket) {
 		return
 	}
 	b.seedRecord(s)
+}
+
+// Holds reports whether a record holds the endpoints of a socket a dump
+// listed: an open one, one in TIME_WAIT, or an orphan. For a
+// reconciliation's reader, to find the owners of the sockets it will seed
+// only (tracer/session).
+func (b *Builder) Holds(s *Socket) bool {
+	k := s.key()
+	if _, ok := b.byTuple[k]; ok {
+		return true
+	}
+	if _, ok := b.timeWait[k]; ok {
+		return true
+	}
+	_, ok := b.orphans[k]
+	return ok
 }
 
 // trackedFor reports whether an open record already holds the socket's

@@ -137,7 +137,7 @@ func (b *Builder) evictOldest() {
 		oldest := tw[0]
 		b.stats.Evictions[EvictCap]++
 		r := &b.slab[oldest]
-		b.finishTimeWait(oldest, r.TimeWaitEnter+TimeWaitLen, TWAssumed)
+		b.finishTimeWait(oldest, twDue(r), TWAssumed)
 	}
 }
 

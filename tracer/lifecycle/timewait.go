@@ -40,32 +40,6 @@ func (b *Builder) TimeWaitNetNS(dst []uint32) []uint32 {
 	return dst
 }
 
-// preTW is a time-wait socket from before the start: its expected end,
-// and whether it is an orphan in FIN_WAIT2.
-type preTW struct {
-	end uint64
-	fw2 bool
-}
-
-func (b *Builder) setPreTW(k tupleKey, p preTW) {
-	if old, ok := b.preTW[k]; ok && old.fw2 {
-		b.preFW2--
-	}
-	if p.fw2 {
-		b.preFW2++
-	}
-	b.preTW[k] = p
-}
-
-func (b *Builder) deletePreTW(k tupleKey) {
-	if old, ok := b.preTW[k]; ok {
-		if old.fw2 {
-			b.preFW2--
-		}
-		delete(b.preTW, k)
-	}
-}
-
 // reconstructTimeWait decides, without fentry, whether the close handed
 // the connection to a time-wait socket: the kernel does so only from
 // FIN_WAIT2 and CLOSING, and never when the close was a reset or a
@@ -102,13 +76,12 @@ func (b *Builder) observeTimeWait(s *Socket) {
 		r.twFinWait2 = s.State == probe.StateFinWait2
 		return
 	}
-	// A time-wait socket tcpfsm did not see enter: from before the
-	// start, or from a filtered connection; counted in the gauge.
-	p := preTW{end: end, fw2: s.State == probe.StateFinWait2}
+	// A time-wait socket tcpfsm did not see enter. From before the
+	// start: a seeded record (seed_timewait.go). In a poll, one of a
+	// connection the filters leave out, or whose close is yet to be
+	// applied: nothing.
 	if s.Purpose == PurposeSnapshot {
-		b.setPreTW(k, p)
-	} else if _, ok := b.preTW[k]; ok {
-		b.setPreTW(k, p)
+		b.seedTimeWait(s)
 	}
 }
 
@@ -125,7 +98,7 @@ func (b *Builder) timeWaitDumpDone(netns uint32, time uint64) {
 		return
 	}
 	gone := b.pick(b.timeWait, func(r *Record) bool {
-		return r.NetNS == netns && r.twSeen != time && r.TimeWaitEnter+dumpMargin <= time
+		return r.NetNS == netns && r.twSeen != time && twSince(r)+dumpMargin <= time
 	})
 	for _, i := range gone {
 		r := &b.slab[i]
@@ -137,11 +110,6 @@ func (b *Builder) timeWaitDumpDone(netns uint32, time uint64) {
 		}
 		b.finishTimeWait(i, end, TWSockDiag)
 	}
-	for k, p := range b.preTW {
-		if k.netns == netns && p.end < time {
-			b.deletePreTW(k)
-		}
-	}
 }
 
 // assumeTimeWaitEnds ends, at entry + TimeWaitLen, the TIME_WAITs no
@@ -149,21 +117,16 @@ func (b *Builder) timeWaitDumpDone(netns uint32, time uint64) {
 // sees the namespace).
 func (b *Builder) assumeTimeWaitEnds(now uint64) {
 	due := b.pick(b.timeWait, func(r *Record) bool {
-		if now < r.TimeWaitEnter+TimeWaitLen+timeWaitGrace {
+		if now < twDue(r)+timeWaitGrace {
 			return false
 		}
 		// Where sock_diag sees the netns, its dumps decide.
 		polled, ok := b.twPolled[r.NetNS]
-		return !ok || polled <= r.TimeWaitEnter || b.cfg.ExactTimeWait
+		return !ok || polled <= twSince(r) || b.cfg.ExactTimeWait
 	})
 	for _, i := range due {
 		r := &b.slab[i]
-		b.timeWaitEnded(recordKey(r), r.TimeWaitEnter+TimeWaitLen, TWAssumed)
-	}
-	for k, p := range b.preTW {
-		if now > p.end+timeWaitGrace {
-			b.deletePreTW(k)
-		}
+		b.timeWaitEnded(recordKey(r), twDue(r), TWAssumed)
 	}
 }
 
@@ -171,7 +134,6 @@ func (b *Builder) assumeTimeWaitEnds(now uint64) {
 func (b *Builder) timeWaitEnded(k tupleKey, ts uint64, how TimeWaitEnd) {
 	i, ok := b.timeWait[k]
 	if !ok {
-		b.deletePreTW(k)
 		return
 	}
 	b.finishTimeWait(i, ts, how)

@@ -95,7 +95,9 @@ func (b *Builder) Now() uint64 { return b.now }
 // unknown time before.
 func (r *Record) Current() (state probe.State, since uint64) {
 	state = r.State
-	if r.End != 0 && r.TimeWait == TWPending {
+	// Closed into TIME_WAIT: seen closing (End), or seeded from a
+	// time-wait socket (its close unknown).
+	if r.State == probe.StateClose && r.TimeWait == TWPending {
 		state = probe.StateTimeWait
 	}
 	if n := r.NSpan; n > 0 && r.Spans[n-1].State == state {
@@ -129,8 +131,12 @@ func (r *Record) StateAge(now uint64) (age uint64, exact bool) {
 // was first seen.
 func (r *Record) Age(now uint64) (age uint64, exact bool) {
 	end := now
-	if r.End != 0 {
+	switch {
+	case r.End != 0:
 		end = r.End
+	case r.TimeWait != TWNone:
+		// Seeded in TIME_WAIT: it closed before it was found.
+		end = r.Start
 	}
 	return sub(end, r.Start), r.Anomalies&AnomalyPartial == 0 && !r.Seeded
 }

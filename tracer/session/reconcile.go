@@ -39,6 +39,10 @@ type reconMsg struct {
 	done    bool // the namespace's dump ended: complete unless failed
 	failed  bool
 	last    bool // the reconciliation's last message
+	// owned: sockets no record held, with the owners /proc told
+	// (reconcile_owners.go), and the paths of their cgroups.
+	owned   bool
+	cgroups map[uint64]string
 }
 
 type reconciler struct {
@@ -48,6 +52,8 @@ type reconciler struct {
 	busy  bool
 	cur   reconRequest
 	f     probe.Filter
+	hooks reconHooks
+	miss  []bool // holdBack's
 
 	reqs chan reconRequest
 	out  chan reconMsg
@@ -55,8 +61,8 @@ type reconciler struct {
 	done chan struct{}
 }
 
-func newReconciler(every time.Duration, extra map[uint32]string, f probe.Filter) *reconciler {
-	r := &reconciler{every: every, extra: extra, f: f, next: time.Now().Add(every),
+func newReconciler(every time.Duration, extra map[uint32]string, f probe.Filter, hooks reconHooks) *reconciler {
+	r := &reconciler{every: every, extra: extra, f: f, hooks: hooks, next: time.Now().Add(every),
 		reqs: make(chan reconRequest), out: make(chan reconMsg, 4), quit: make(chan struct{}), done: make(chan struct{})}
 	go r.loop()
 	return r
@@ -112,6 +118,20 @@ func (r *reconciler) dump(req reconRequest, ns uint32, last bool) bool {
 	}
 	defer d.Close()
 	chunk := make([]lifecycle.Socket, 0, reconChunk)
+	inodes := make([]uint32, 0, reconChunk)
+	var ob ownerBatch
+	// A chunk goes without the sockets no record holds: those wait for
+	// their owners (reconcile_owners.go).
+	flush := func() bool {
+		if chunk = r.holdBack(chunk, inodes, &ob); len(chunk) > 0 {
+			if !send(reconMsg{netns: ns, sockets: chunk}) {
+				return false
+			}
+			chunk = make([]lifecycle.Socket, 0, reconChunk)
+		}
+		inodes = inodes[:0]
+		return true
+	}
 	quit := false
 	err = d.Dump(sockdiag.AllStates, func(ds *sockdiag.Socket) error {
 		if !tupleMatches(&r.f, ds) {
@@ -120,21 +140,29 @@ func (r *reconciler) dump(req reconRequest, ns uint32, last bool) bool {
 		chunk = append(chunk, lifecycle.Socket{Time: req.time, NetNS: ns, ExpiresMs: ds.ExpiresMs, Family: ds.Family,
 			State: probe.State(ds.State), TimeWait: ds.TimeWait, Purpose: lifecycle.PurposeReconcile,
 			Lport: ds.Sport, Rport: ds.Dport, Laddr: ds.Saddr, Raddr: ds.Daddr})
-		if len(chunk) == reconChunk {
-			if !send(reconMsg{netns: ns, sockets: chunk}) {
-				quit = true
-				return errQuit
-			}
-			chunk = make([]lifecycle.Socket, 0, reconChunk)
+		inodes = append(inodes, ds.Inode)
+		if len(chunk) == reconChunk && !flush() {
+			quit = true
+			return errQuit
 		}
 		return nil
 	})
 	if quit {
 		return false
 	}
-	if len(chunk) > 0 && err == nil {
-		if !send(reconMsg{netns: ns, sockets: chunk}) {
+	if err == nil {
+		if !flush() {
 			return false
+		}
+		if len(ob.socks) > 0 {
+			cgroups := r.owners(&ob)
+			for len(ob.socks) > 0 {
+				n := min(len(ob.socks), reconChunk)
+				if !send(reconMsg{netns: ns, sockets: ob.socks[:n:n], owned: true, cgroups: cgroups}) {
+					return false
+				}
+				ob.socks, cgroups = ob.socks[n:], nil
+			}
 		}
 	}
 	return send(reconMsg{netns: ns, done: true, failed: err != nil, last: last})
@@ -161,6 +189,11 @@ func (s *Session) reconcile() error {
 		case m = <-r.out:
 		default:
 			return nil
+		}
+		if m.owned {
+			if err := s.reconOwned(&m); err != nil {
+				return err
+			}
 		}
 		for i := range m.sockets {
 			if err := s.socketInput(&m.sockets[i]); err != nil {

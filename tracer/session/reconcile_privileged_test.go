@@ -66,6 +66,7 @@ func sameCounts(a, b map[probe.State]int) bool {
 // kernel's exactly, counts its repairs, and a replay of the recording
 // repairs the same records the same way.
 func TestReconcileAfterLoss(t *testing.T) {
+	requireSS(t)
 	nettest.RequireBPF(t)
 	ns := nettest.NewNS(t)
 	ln := ns.Listen(t, "tcp4", "127.0.0.1:0")
@@ -132,6 +133,10 @@ func TestReconcileAfterLoss(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+	// And ss, the user's check, at the same moment (the scene is still).
+	if sn, snn := kernelView(t, ns); !sameCounts(g, sn) || gn != snn {
+		t.Errorf("the builder's %v (%d), ss %v (%d)", g, gn, sn, snn)
+	}
 	lost, _ := s.Probe().Lost()
 	if lost.Total() == 0 || st.Reconciled[lifecycle.ReconcileSeeded] == 0 || st.Reconciled[lifecycle.ReconcileEnded] == 0 {
 		t.Errorf("lost %+v; repairs %v: want events lost, records seeded and ended", lost, st.Reconciled)
@@ -162,6 +167,22 @@ func TestReconcileAfterLoss(t *testing.T) {
 	}
 	if unobserved != int(st.Reconciled[lifecycle.ReconcileEnded]) {
 		t.Errorf("%d unobserved records, %d ended", unobserved, st.Reconciled[lifecycle.ReconcileEnded])
+	}
+	// The sockets the reconciliation seeded (opened unseen, both ends
+	// this process's) have their owner, read from /proc as at start.
+	owned := 0
+	for i := range live {
+		r := &live[i]
+		if !r.Seeded || r.Anomalies&lifecycle.AnomalyEventsLost == 0 || r.Kind != lifecycle.KindOpen {
+			continue
+		}
+		owned++
+		if !r.OwnerKnown() || r.Pid != uint32(os.Getpid()) || string(r.CommBytes()) != selfComm() || r.Owner != probe.OwnerTask {
+			t.Errorf("seeded by the reconciliation, owner %d %q (%s): %+v", r.Pid, r.CommBytes(), r.Owner, *r)
+		}
+	}
+	if owned != int(st.Reconciled[lifecycle.ReconcileSeeded]) {
+		t.Errorf("%d open records seeded by the reconciliation, %d seeded", owned, st.Reconciled[lifecycle.ReconcileSeeded])
 	}
 
 	// The replay: the same records, in the same order.
@@ -249,5 +270,83 @@ func TestReconcileCost(t *testing.T) {
 		cpu.Round(time.Millisecond), st.Reconciled, gn, g)
 	if gn != kn {
 		t.Errorf("tracked %d, the kernel %d", gn, kn)
+	}
+}
+
+// The cost of the owners a reconciliation reads for the sockets it
+// seeds, measured for BENCHMARKS.md: without the snapshot at start, the
+// first reconciliation seeds every socket, reading their owners from
+// /proc; the second, the same sockets all held, reads none. Side by side
+// in one run. TCPFSM_RECONCILE_PAIRS=25000 for 50,000 sockets; skipped
+// without it.
+func TestReconcileSeedOwnersCost(t *testing.T) {
+	pairs, _ := strconv.Atoi(os.Getenv("TCPFSM_RECONCILE_PAIRS"))
+	if pairs <= 0 {
+		t.Skip("a measurement: set TCPFSM_RECONCILE_PAIRS")
+	}
+	nettest.RequireBPF(t)
+	ns := nettest.NewNS(t)
+	const per = 5000
+	for left := pairs; left > 0; left -= per {
+		n := min(left, per)
+		h := ns.StartHelper(t, nettest.Helper{Comm: "rcsrv", Role: "holder", Network: "tcp4", Addr: "127.0.0.1:0", Send: n})
+		port := h.Port(t)
+		d := ns.StartHelper(t, nettest.Helper{Comm: "rccli", Role: "dialer", Network: "tcp4",
+			Addr: "127.0.0.1:" + strconv.Itoa(port), Send: n})
+		d.Line(t)
+		h.Line(t)
+	}
+	_, kn := kernelCounts(t, ns)
+	// The parts alone: one dump, and one /proc scan for every inode.
+	d, err := sockdiag.OpenInNetNS(ns.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	inodes := map[uint32]struct{}{}
+	w := time.Now()
+	if err := d.Dump(sockdiag.AllStates, func(s *sockdiag.Socket) error {
+		inodes[s.Inode] = struct{}{}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	dump := time.Since(w)
+	d.Close()
+	w = time.Now()
+	found, err := sockdiag.Owners(inodes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	scan := time.Since(w)
+
+	l := startSession(t, ns, session.Options{NoSnapshot: true, Reconcile: session.MinReconcile,
+		Lifecycle: lifecycle.Config{MaxTracked: 4 * pairs}})
+	w0 := time.Now() // the reconciler's interval began as Open returned
+	var st lifecycle.Stats
+	for st.Reconciliations == 0 {
+		l.s.With(func(b *lifecycle.Builder) { st = b.Stats() })
+		time.Sleep(time.Millisecond)
+	}
+	first := time.Since(w0) - session.MinReconcile // the interval before it, less
+	w1 := time.Now()
+	for st.Reconciliations < 2 {
+		l.s.With(func(b *lifecycle.Builder) { st = b.Stats() })
+		time.Sleep(time.Millisecond)
+	}
+	second := time.Since(w1) - session.MinReconcile
+	owned, gn := 0, 0
+	l.s.With(func(b *lifecycle.Builder) {
+		gn = b.Tracked()
+		for r := range b.Open() {
+			if r.OwnerKnown() {
+				owned++
+			}
+		}
+	})
+	t.Logf("%d sockets: sock_diag dump %v, /proc owner scan %v (%d found); the reconciliation seeding them with owners about %v, the next (none to seed) %v: %.1fx; %d of %d seeded with an owner",
+		kn, dump.Round(time.Millisecond), scan.Round(time.Millisecond), len(found), first.Round(time.Millisecond),
+		second.Round(time.Millisecond), float64(first)/float64(second), owned, st.Seeded)
+	if gn != kn || int(st.Reconciled[lifecycle.ReconcileSeeded]) != kn || owned != kn {
+		t.Errorf("tracked %d, seeded %d, with an owner %d; the kernel %d", gn, st.Reconciled[lifecycle.ReconcileSeeded], owned, kn)
 	}
 }

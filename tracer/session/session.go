@@ -129,7 +129,8 @@ func Open(opts Options) (_ *Session, err error) {
 	// Owner filters select sockets by process, which a dump cannot tell
 	// for every socket: reconciling would count what the probe never reports.
 	if opts.Reconcile > 0 && f0(&opts.Probe.Filter) {
-		s.recon = newReconciler(opts.Reconcile, opts.NetNSPaths, opts.Probe.Filter)
+		s.recon = newReconciler(opts.Reconcile, opts.NetNSPaths, opts.Probe.Filter,
+			reconHooks{unheld: s.unheld, cgroupID: s.cgroups.ID})
 	}
 	return s, nil
 }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/tcpfsm/tcpfsm/internal/testkit/nettest"
 	"github.com/tcpfsm/tcpfsm/tracer/sockdiag"
@@ -64,6 +65,16 @@ func TestOwners(t *testing.T) {
 	}
 	if len(got) != len(want) || got[mine] != want[mine] || got[helperIno] != want[helperIno] {
 		t.Errorf("Owners:\n got %+v\nwant %+v", got, want)
+	}
+	// Bounded in time: past its deadline, a scan reads no process more;
+	// before it, the same as Owners.
+	wanted := map[uint32]struct{}{mine: {}, helperIno: {}}
+	if got, err := sockdiag.OwnersUntil(wanted, time.Now().Add(-time.Second)); err != nil || len(got) != 0 {
+		t.Errorf("OwnersUntil past its deadline = %v, %v; want nothing", got, err)
+	}
+	if got, err := sockdiag.OwnersUntil(wanted, time.Now().Add(time.Minute)); err != nil || len(got) != 2 ||
+		got[mine] != want[mine] || got[helperIno] != want[helperIno] {
+		t.Errorf("OwnersUntil = %+v, %v; want %+v", got, err, want)
 	}
 
 	// Let the helper finish.
