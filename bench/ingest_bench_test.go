@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"runtime/pprof"
 	"syscall"
 	"testing"
 	"time"
@@ -323,6 +324,20 @@ func trackedBytes(tb testing.TB, n int) float64 {
 		p.b.Event(&evs[i])
 	}
 	after := heapInUse()
+	// Where the bytes go: a heap profile while they are all open
+	// (bench/heap.sh reads it, inuse_space).
+	if path := os.Getenv("TCPFSM_BENCH_HEAPPROFILE"); path != "" {
+		f, err := os.Create(path)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		if err := pprof.WriteHeapProfile(f); err != nil {
+			tb.Fatal(err)
+		}
+		if err := f.Close(); err != nil {
+			tb.Fatal(err)
+		}
+	}
 	if p.b.Tracked() != n {
 		tb.Fatalf("tracked %d, want %d", p.b.Tracked(), n)
 	}
