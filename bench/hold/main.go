@@ -11,6 +11,11 @@
 // its own (the runner makes one): it widens that namespace's ephemeral
 // port range so that one address pair holds the connections.
 //
+// A process holds as many pairs as its RLIMIT_NOFILE allows (it raises
+// its soft limit to the hard one; root without CAP_SYS_RESOURCE cannot go
+// further): for more, hold starts copies of itself, each with its own
+// listening ports and a share of the pairs, and speaks for them all.
+//
 // Only loopback addresses are used; the count is bounded by -pairs and
 // the open phase by -d.
 package main
@@ -21,7 +26,11 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
+	"os/exec"
+	"slices"
+	"strconv"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -40,13 +49,20 @@ func main() {
 	if *closeHow != "rst" && *closeHow != "fin" {
 		fatal(fmt.Errorf("-close %q: want rst or fin", *closeHow))
 	}
-	if err := raiseNofile(uint64(2**pairs + *ports + 64)); err != nil {
-		fatal(err)
-	}
 	if *widen {
 		if err := os.WriteFile("/proc/sys/net/ipv4/ip_local_port_range", []byte("1024 65535"), 0o644); err != nil {
 			fatal(err)
 		}
+	}
+	limit, err := raiseNofile()
+	if err != nil {
+		fatal(err)
+	}
+	if per := (int(limit) - *ports - 64) / 2; *pairs > per {
+		if err := spread(*pairs, per); err != nil {
+			fatal(err)
+		}
+		return
 	}
 	fds, err := open(*pairs, *ports, *d)
 	if err != nil {
@@ -54,7 +70,7 @@ func main() {
 	}
 	out := json.NewEncoder(os.Stdout)
 	_ = out.Encode(map[string]int{"open": len(fds) / 2}) // stdout gone: the runner is gone too
-	_, _ = bufio.NewReader(os.Stdin).ReadString('\n')  // EOF also means close
+	_, _ = bufio.NewReader(os.Stdin).ReadString('\n')    // EOF also means close
 	linger := unix.Linger{Onoff: 1, Linger: 0}
 	for i := 0; i < len(fds); i += 2 {
 		if *closeHow == "rst" {
@@ -71,21 +87,70 @@ func fatal(err error) {
 	os.Exit(1)
 }
 
-func raiseNofile(n uint64) error {
+// raiseNofile sets the soft fd limit to the hard one and returns it.
+func raiseNofile() (uint64, error) {
 	var lim unix.Rlimit
 	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
-		return err
+		return 0, err
 	}
-	if lim.Cur >= n {
-		return nil
-	}
-	lim.Cur = n
-	if lim.Max < n {
-		lim.Max = n
-	}
+	lim.Cur = lim.Max
 	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
-		return fmt.Errorf("RLIMIT_NOFILE %d: %w", n, err)
+		return 0, fmt.Errorf("RLIMIT_NOFILE %d: %w", lim.Max, err)
 	}
+	return lim.Cur, nil
+}
+
+// spread runs copies of this command holding per pairs each (the last
+// one the rest), opens them all, and passes the close on.
+func spread(pairs, per int) error {
+	type child struct {
+		cmd   *exec.Cmd
+		in    io.WriteCloser
+		lines *bufio.Scanner
+	}
+	var kids []child
+	defer func() {
+		for _, k := range kids {
+			_ = k.cmd.Process.Kill() // gone already after a clean close: ESRCH
+			_ = k.cmd.Wait()
+		}
+	}()
+	args := os.Args[1:]
+	for left := pairs; left > 0; left -= per {
+		n := min(per, left)
+		cmd := exec.Command(os.Args[0], append(slices.Clone(args), "-pairs", strconv.Itoa(n), "-widen-ports=false")...)
+		cmd.Stderr = os.Stderr
+		in, err := cmd.StdinPipe()
+		if err != nil {
+			return err
+		}
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			return err
+		}
+		if err := cmd.Start(); err != nil {
+			return err
+		}
+		kids = append(kids, child{cmd, in, bufio.NewScanner(out)})
+		// One at a time: the opens stay sequential, as in one process.
+		if !kids[len(kids)-1].lines.Scan() {
+			return fmt.Errorf("copy %d did not open its %d pairs", len(kids), n)
+		}
+	}
+	out := json.NewEncoder(os.Stdout)
+	_ = out.Encode(map[string]int{"open": pairs, "processes": len(kids)}) // stdout gone: the runner is gone too
+	_, _ = bufio.NewReader(os.Stdin).ReadString('\n')
+	for _, k := range kids {
+		if _, err := io.WriteString(k.in, "close\n"); err != nil {
+			return err
+		}
+	}
+	for i, k := range kids {
+		if !k.lines.Scan() {
+			return fmt.Errorf("copy %d did not close", i+1)
+		}
+	}
+	_ = out.Encode(map[string]int{"closed": pairs})
 	return nil
 }
 

@@ -2,7 +2,7 @@ package main
 
 import (
 	"bufio"
-		"errors"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -123,7 +123,7 @@ func memoryPhase(cfg *config) error {
 		"idle_kib": idle, "open_kib": open, "closed_kib": closed, "settled_kib": settled, "settle_s": cfg.memSettle.Seconds(),
 		"heap_inuse_idle": m0["go_memstats_heap_inuse_bytes"], "heap_inuse_open": m1["go_memstats_heap_inuse_bytes"],
 		"heap_inuse_settled": m2["go_memstats_heap_inuse_bytes"],
-		"bpf_memlock_total": bpfTotal, "bpf_conns_memlock": connsMem, "bpf_conns_entries": connsEntries,
+		"bpf_memlock_total":  bpfTotal, "bpf_conns_memlock": connsMem, "bpf_conns_entries": connsEntries,
 		"rss_growth_per_conn": grow, "bpf_per_entry": perEntry, "all_in_per_conn": grow + perEntry,
 		"all_in_with_all_bpf": grow + float64(bpfTotal)/float64(n), "settled_vs_idle_pct": back}
 	return nil
