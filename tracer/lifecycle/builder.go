@@ -89,9 +89,18 @@ type Builder struct {
 	cfg Config
 	h   Handler
 
-	slab []Record
-	free []int32
-	byID map[uint64]int32
+	// the records (table.go): chunks, the lowest that may have room, how
+	// many are allocated and empty, how many were dropped; live records
+	chunks      []chunk
+	lowFree     int
+	emptyChunks int
+	dropped     uint64
+	live        int
+	// what shrink.go re-created and counted
+	peaks       mapPeaks
+	droppedSeen uint64
+	released    uint64
+	byID        map[uint64]int32
 	// LRU of open records: head is the most recently active.
 	head, tail int32
 	open       int
@@ -154,10 +163,10 @@ func (b *Builder) Stats() Stats { return b.stats }
 
 // Tracked is how many connections the builder knows now: the records it
 // holds and the time-wait sockets seen at start without one.
-func (b *Builder) Tracked() int { return len(b.slab) - len(b.free) + len(b.preTW) }
+func (b *Builder) Tracked() int { return b.live + len(b.preTW) }
 
 // records is how many records the builder holds.
-func (b *Builder) records() int { return len(b.slab) - len(b.free) }
+func (b *Builder) records() int { return b.live }
 
 // StateCount is how many tracked connections are in a state now, as ss
 // counts them: time-wait sockets by their substate. TIME_WAIT counts
@@ -221,7 +230,7 @@ func (b *Builder) advance(now uint64) {
 	done := 0
 	for done < len(b.held) {
 		i := b.held[done]
-		if b.slab[i].heldUntil > now {
+		if b.rec(i).heldUntil > now {
 			break
 		}
 		done++
@@ -245,6 +254,7 @@ func (b *Builder) Tick(now uint64) {
 	b.evictStuckHandshakes(now)
 	b.assumeOrphanEnds(now)
 	b.assumeTimeWaitEnds(now)
+	b.shrink()
 }
 
 // Flush emits every record as it stands, for a tracer that stops: held
@@ -256,13 +266,13 @@ func (b *Builder) Flush() {
 	}
 	b.held = b.held[:0]
 	for _, i := range b.inOrder(b.timeWaitList()) {
-		r := &b.slab[i]
+		r := b.rec(i)
 		delete(b.timeWait, recordKey(r))
 		b.finish(i)
 	}
 	for b.head >= 0 {
 		i := b.head
-		r := &b.slab[i]
+		r := b.rec(i)
 		b.lruRemove(i)
 		b.unindex(i)
 		b.uncount(i, r)
