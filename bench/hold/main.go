@@ -118,7 +118,9 @@ func spread(pairs, per int) error {
 	args := os.Args[1:]
 	for left := pairs; left > 0; left -= per {
 		n := min(per, left)
-		cmd := exec.Command(os.Args[0], append(slices.Clone(args), "-pairs", strconv.Itoa(n), "-widen-ports=false")...)
+		// This same program with its own arguments and a share of the pairs.
+		cmd := exec.Command(os.Args[0], append(slices.Clone(args), "-pairs", strconv.Itoa(n), "-widen-ports=false")...) //nolint:gosec // re-runs itself, a bench tool run by the runner
+
 		cmd.Stderr = os.Stderr
 		in, err := cmd.StdinPipe()
 		if err != nil {

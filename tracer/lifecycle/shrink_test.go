@@ -46,8 +46,8 @@ func TestMassCloseGivesMemoryBack(t *testing.T) {
 			t.Errorf("wave %d: byID %d, peaks %+v: maps not re-created", wave, len(b.byID), b.peaks)
 		}
 		// The chunks exactly, and at least a byte per map entry let go.
-		if min := uint64((chunks-1)*chunkBytes + 2*n); b.Released()-released < min {
-			t.Errorf("wave %d: released %d B, want at least %d", wave, b.Released()-released, min)
+		if least := uint64((chunks-1)*chunkBytes + 2*n); b.Released()-released < least {
+			t.Errorf("wave %d: released %d B, want at least %d", wave, b.Released()-released, least)
 		}
 	}
 	if out.finished[n].ID == 0 || out.finished[2*n-1].Lport != uint16(1024+n-1) {
