@@ -1,6 +1,9 @@
 package lifecycle
 
-import "testing"
+import (
+	"math/rand/v2"
+	"testing"
+)
 
 // After a mass close the table keeps one empty chunk of records and the
 // per-connection maps are re-created; a second wave opens as the first.
@@ -52,5 +55,67 @@ func TestMassCloseGivesMemoryBack(t *testing.T) {
 	}
 	if out.finished[n].ID == 0 || out.finished[2*n-1].Lport != uint16(1024+n-1) {
 		t.Errorf("second wave's records: %+v ... %+v", out.finished[n].ID, out.finished[2*n-1].Lport)
+	}
+}
+
+// Opens and closes in a random order across many chunks, with sweeps
+// between: every record comes out once, with its own id and port, and
+// the table's counts follow what is open.
+func TestChunksUnderRandomChurn(t *testing.T) {
+	var out sink
+	b := NewBuilder(Config{}, &out)
+	rng := rand.New(rand.NewPCG(1, 2))
+	open := map[int]bool{}
+	var ids []int
+	var ts uint64 = 1
+	next := 0
+	closes := 0
+	for step := 0; step < 60000; step++ {
+		ts++
+		if len(open) < 8000 && (len(open) == 0 || rng.IntN(100) < 55-int(step/20000)*10) {
+			i := next
+			next++
+			a, c := st(uint64(2*i+1), ts, CLOSE, SS), st(uint64(2*i+1), ts, SS, EST)
+			a.Sport, c.Sport = uint16(i), uint16(i)
+			feed(b, a, c)
+			open[i] = true
+			ids = append(ids, i)
+		} else {
+			// A random open one.
+			j := rng.IntN(len(ids))
+			i := ids[j]
+			ids[j] = ids[len(ids)-1]
+			ids = ids[:len(ids)-1]
+			e := st(uint64(2*i+1), ts, EST, CLOSE)
+			e.Sport = uint16(i)
+			feed(b, e)
+			delete(open, i)
+			closes++
+		}
+		if step%5000 == 0 {
+			b.Tick((ts + 10) * ms)
+			ts += 1000
+			if b.StateCount(EST) != len(open) || b.live != len(open) {
+				t.Fatalf("step %d: ESTABLISHED %d, live %d, open %d", step, b.StateCount(EST), b.live, len(open))
+			}
+		}
+	}
+	b.Tick((ts + 10) * ms)
+	if len(out.finished) != closes {
+		t.Fatalf("%d finished, want %d", len(out.finished), closes)
+	}
+	seen := map[uint64]bool{}
+	for _, r := range out.finished {
+		if seen[r.ID] || r.ID != 2*uint64(r.Lport)+1 || r.Kind == KindOpen {
+			t.Fatalf("record %d (port %d, %s) out twice or wrong", r.ID, r.Lport, r.Kind)
+		}
+		seen[r.ID] = true
+	}
+	b.Flush()
+	if len(out.finished) != next || b.live != 0 {
+		t.Fatalf("after Flush: %d finished of %d, live %d", len(out.finished), next, b.live)
+	}
+	if b.dropped == 0 {
+		t.Errorf("no chunk was dropped")
 	}
 }
