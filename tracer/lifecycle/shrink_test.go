@@ -72,7 +72,7 @@ func TestChunksUnderRandomChurn(t *testing.T) {
 	closes := 0
 	for step := 0; step < 60000; step++ {
 		ts++
-		if len(open) < 8000 && (len(open) == 0 || rng.IntN(100) < 55-int(step/20000)*10) {
+		if len(open) < 8000 && (len(open) == 0 || rng.IntN(100) < 55-step/20000*10) {
 			i := next
 			next++
 			a, c := st(uint64(2*i+1), ts, CLOSE, SS), st(uint64(2*i+1), ts, SS, EST)
