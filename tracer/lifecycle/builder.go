@@ -89,13 +89,13 @@ type Builder struct {
 	cfg Config
 	h   Handler
 
-	// the records (table.go): chunks, the lowest that may have room, how
-	// many are allocated and empty, how many were dropped; live records
-	chunks      []chunk
-	lowFree     int
-	emptyChunks int
-	dropped     uint64
-	live        int
+	// the records (table.go): chunks, the lowest that may have room, the
+	// empty one kept (-1: none), how many were dropped; live records
+	chunks  []chunk
+	lowFree int
+	spare   int
+	dropped uint64
+	live    int
 	// what shrink.go re-created and counted
 	peaks       mapPeaks
 	droppedSeen uint64
@@ -143,6 +143,7 @@ func NewBuilder(cfg Config, h Handler) *Builder {
 		byID:        map[uint64]int32{},
 		head:        -1,
 		tail:        -1,
+		spare:       -1,
 		timeWait:    map[tupleKey]int32{},
 		passive:     map[tupleKey]int32{},
 		handshake:   map[int32]struct{}{},

@@ -3,6 +3,8 @@ package lifecycle
 import (
 	"math/rand/v2"
 	"testing"
+
+	"github.com/tcpfsm/tcpfsm/tracer/probe"
 )
 
 // After a mass close the table keeps one empty chunk of records and the
@@ -117,5 +119,39 @@ func TestChunksUnderRandomChurn(t *testing.T) {
 	}
 	if b.dropped == 0 {
 		t.Errorf("no chunk was dropped")
+	}
+}
+
+// Closed newest first, the chunks empty from the top: the spare ends up
+// the lowest, so one connection at a time afterwards allocates no chunk.
+func TestSpareIsTheLowestEmptyChunk(t *testing.T) {
+	const n = 4 * chunkLen
+	b := NewBuilder(Config{}, Handlers(nil))
+	for i := 0; i < n; i++ {
+		a, c := st(uint64(2*i+1), 1, CLOSE, SS), st(uint64(2*i+1), 2, SS, EST)
+		a.Sport, c.Sport = uint16(1024+i), uint16(1024+i)
+		feed(b, a, c)
+	}
+	for i := n - 1; i >= 0; i-- {
+		e := st(uint64(2*i+1), 3, EST, CLOSE)
+		e.Sport = uint16(1024 + i)
+		feed(b, e)
+	}
+	b.Tick(1000 * ms)
+	if b.live != 0 || b.spare != 0 || len(b.chunks) != 1 || b.chunks[0].recs == nil || b.dropped != 3 {
+		t.Fatalf("live %d spare %d chunks %d dropped %d", b.live, b.spare, len(b.chunks), b.dropped)
+	}
+	ts := uint64(2000)
+	evs := []probe.Event{st(1, 0, CLOSE, SS), st(1, 0, SS, EST), st(1, 0, EST, CLOSE)}
+	allocs := testing.AllocsPerRun(100, func() {
+		ts += 10
+		for k := range evs {
+			evs[k].TsNs = (ts + uint64(k)) * ms
+			b.Event(&evs[k])
+		}
+		b.Tick((ts + 5) * ms)
+	})
+	if allocs != 0 || b.dropped != 3 {
+		t.Errorf("%.1f allocations per connection, %d chunks dropped (want 0 and 3)", allocs, b.dropped)
 	}
 }

@@ -34,8 +34,10 @@ func recordKey(r *Record) tupleKey {
 // and the new one at once, and its slack), and after a mass close the
 // memory goes back (a slice never shrank). alloc takes the lowest chunk
 // with room, so the records pack into the first chunks and the last ones
-// empty; one empty chunk is kept, so churn around a chunk's edge does not
-// allocate a chunk per connection.
+// empty. The lowest empty chunk is kept as a spare, so churn around a
+// chunk's edge does not allocate a chunk per connection (keeping a higher
+// one would: the lower chunk, dropped, would be refilled by the next
+// connection and dropped again at its close).
 const (
 	chunkShift = 9
 	chunkLen   = 1 << chunkShift
@@ -47,7 +49,7 @@ type chunk struct {
 	free []uint16          // offsets of the free records
 }
 
-// ChunkBytes is the memory of one chunk of records.
+// chunkBytes is the memory of one chunk of records.
 const chunkBytes = chunkLen * int(unsafe.Sizeof(Record{}))
 
 // rec is record i.
@@ -57,11 +59,11 @@ func (b *Builder) alloc() int32 {
 	for ; b.lowFree < len(b.chunks); b.lowFree++ {
 		c := &b.chunks[b.lowFree]
 		if c.recs == nil {
-			b.fillChunk(c)
+			fillChunk(c)
 		}
 		if n := len(c.free); n > 0 {
-			if n == chunkLen {
-				b.emptyChunks--
+			if b.spare == b.lowFree {
+				b.spare = -1
 			}
 			off := c.free[n-1]
 			c.free = c.free[:n-1]
@@ -75,17 +77,16 @@ func (b *Builder) alloc() int32 {
 }
 
 // fillChunk gives a chunk its records, all free, taken from the end.
-func (b *Builder) fillChunk(c *chunk) {
+func fillChunk(c *chunk) {
 	c.recs = new([chunkLen]Record)
 	c.free = make([]uint16, chunkLen)
 	for k := range c.free {
 		c.free[k] = uint16(chunkLen - 1 - k)
 	}
-	b.emptyChunks++
 }
 
-// freeRec returns record i's slot to its chunk, and drops the chunk once
-// it is empty unless it is the one empty chunk kept.
+// freeRec returns record i's slot to its chunk; a chunk that empties is
+// the spare if it is the lowest empty one, else dropped.
 func (b *Builder) freeRec(i int32) {
 	ci := int(i >> chunkShift)
 	c := &b.chunks[ci]
@@ -95,15 +96,20 @@ func (b *Builder) freeRec(i int32) {
 	if len(c.free) < chunkLen {
 		return
 	}
-	if b.emptyChunks == 0 {
-		b.emptyChunks++
+	drop := ci
+	switch {
+	case b.spare < 0:
+		b.spare = ci
 		return
+	case ci < b.spare:
+		drop, b.spare = b.spare, ci
 	}
-	*c = chunk{}
+	b.chunks[drop] = chunk{}
 	b.dropped++
 	for len(b.chunks) > 0 && b.chunks[len(b.chunks)-1].recs == nil {
 		b.chunks = b.chunks[:len(b.chunks)-1]
 	}
+	b.lowFree = min(b.lowFree, len(b.chunks))
 }
 
 func (b *Builder) release(i int32) {
