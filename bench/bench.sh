@@ -40,6 +40,7 @@ echo "== load: $(cat /proc/loadavg)"
 $GO build -o bin/tcpfsm ./cmd/tcpfsm
 $GO build -o bin/churn ./bench/churn
 $GO build -o bin/bench-runner ./bench/runner
+$GO build -o bin/hold ./bench/hold
 
 if [ "${BENCH_GO:-1}" = 1 ]; then
 echo
@@ -58,15 +59,14 @@ $GO test -run '^$' -bench 'Ingest$' -benchtime 2000000x -cpu 1 -memprofile "$OUT
 $GO tool pprof -sample_index=alloc_objects -top "$OUT/bench.test" "$OUT/ingest.mem" 2>/dev/null | sed -n '5,12p'
 
 echo
-echo "== 5. Go heap per tracked connection (100k open connections, synthetic events)"
-$GO test -run '^$' -bench 'TrackedMemory' -benchtime 3x ./bench/ | grep -E '^Benchmark'
+bench/heap.sh "$OUT"
 fi
 
 echo
-bin/bench-runner -agent bin/tcpfsm -churn bin/churn -bpftrace bench/tcpstates.bt -out "$OUT" -rounds "$ROUNDS" \
+bin/bench-runner -agent bin/tcpfsm -churn bin/churn -hold bin/hold -bpftrace bench/tcpstates.bt -out "$OUT" -rounds "$ROUNDS" \
 	-e2e-time "${BENCH_E2E_TIME:-4s}" -loss-time "${BENCH_LOSS_TIME:-60s}" -rss-time "${BENCH_RSS_TIME:-120s}" \
 	-workloads "${BENCH_WORKLOADS:-rst,fin}" -baseline "${BENCH_BASELINE:-}" \
-	-baseline-variants "${BENCH_BASELINE_VARIANTS:-agent,trace,life}" -phases "${BENCH_PHASES:-machine,kernel,e2e,loss,latency,bpfmem,rss}"
+	-baseline-variants "${BENCH_BASELINE_VARIANTS:-agent,trace,life}" -phases "${BENCH_PHASES:-machine,kernel,e2e,loss,latency,bpfmem,memory,rss}"
 
 # Where the agent's own CPU goes (section 3 of BENCHMARKS.md): a perf
 # profile of it under 5 s of full churn, when perf is installed

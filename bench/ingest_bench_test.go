@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"runtime/pprof"
 	"syscall"
 	"testing"
 	"time"
@@ -315,6 +316,12 @@ func heapInUse() uint64 {
 // trackedBytes is the Go heap per open connection the builder holds, with
 // n of them tracked.
 func trackedBytes(tb testing.TB, n int) float64 {
+	profile := os.Getenv("TCPFSM_BENCH_HEAPPROFILE")
+	if profile != "" {
+		// Every allocation sampled: the maps grow in many small tables
+		// that the default rate (one sample per 512 KiB) mostly misses.
+		runtime.MemProfileRate = 1
+	}
 	evs := openEvents(n)
 	before := heapInUse()
 	p := newPipeline(false)
@@ -323,6 +330,20 @@ func trackedBytes(tb testing.TB, n int) float64 {
 		p.b.Event(&evs[i])
 	}
 	after := heapInUse()
+	// Where the bytes go: a heap profile while they are all open
+	// (bench/heap.sh reads it, inuse_space).
+	if profile != "" {
+		f, err := os.Create(profile)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		if err := pprof.WriteHeapProfile(f); err != nil {
+			tb.Fatal(err)
+		}
+		if err := f.Close(); err != nil {
+			tb.Fatal(err)
+		}
+	}
 	if p.b.Tracked() != n {
 		tb.Fatalf("tracked %d, want %d", p.b.Tracked(), n)
 	}

@@ -38,6 +38,9 @@ type config struct {
 	workloads                 string // close modes of the churn: rst, fin
 	close                     string // the one a phase runs now
 	warmup                    time.Duration
+	hold, memClose            string
+	memPairs                  int
+	memSettle                 time.Duration
 }
 
 // results collects every figure for results.json.
@@ -45,7 +48,7 @@ var results = map[string]any{}
 
 func main() {
 	var cfg config
-	phases := flag.String("phases", "machine,kernel,e2e,loss,latency,bpfmem", "comma-separated phases: machine, kernel, e2e, loss, latency, bpfmem, rss")
+	phases := flag.String("phases", "machine,kernel,e2e,loss,latency,bpfmem", "comma-separated phases: machine, kernel, e2e, loss, latency, bpfmem, memory, rss")
 	flag.StringVar(&cfg.agent, "agent", "bin/tcpfsm", "tcpfsm binary")
 	flag.StringVar(&cfg.churn, "churn", "bin/churn", "churn load generator binary")
 	flag.StringVar(&cfg.script, "bpftrace", "bench/tcpstates.bt", "the bpftrace tcpstates equivalent")
@@ -66,6 +69,10 @@ func main() {
 	flag.StringVar(&cfg.baseline, "baseline", "", "another tcpfsm build (e.g. main's): the kernel and e2e phases run it too, as base-agent, base-trace, base-life")
 	flag.StringVar(&cfg.baselineVariants, "baseline-variants", "agent,trace,life", "which variants also run with -baseline's build")
 	flag.DurationVar(&cfg.warmup, "warmup", time.Second, "churn before each measured e2e round, not counted")
+	flag.StringVar(&cfg.hold, "hold", "bin/hold", "the connection holder of the memory phase")
+	flag.IntVar(&cfg.memPairs, "mem-pairs", 50000, "memory phase: loopback connections held open (two tracked sockets each)")
+	flag.StringVar(&cfg.memClose, "mem-close", "rst", "memory phase: how the held connections close (rst, fin)")
+	flag.DurationVar(&cfg.memSettle, "mem-settle", 20*time.Second, "memory phase: settle time before the idle, open and after-close readings")
 	flag.Parse()
 
 	if os.Geteuid() != 0 {
@@ -109,6 +116,8 @@ func main() {
 			err = latency(&cfg)
 		case "bpfmem":
 			err = bpfMemory(&cfg)
+		case "memory":
+			err = memoryPhase(&cfg)
 		case "rss":
 			err = rssFlat(&cfg, cfg.rssTime)
 		case "":

@@ -89,9 +89,18 @@ type Builder struct {
 	cfg Config
 	h   Handler
 
-	slab []Record
-	free []int32
-	byID map[uint64]int32
+	// the records (table.go): chunks, the lowest that may have room, the
+	// empty one kept (-1: none), how many were dropped; live records
+	chunks  []chunk
+	lowFree int
+	spare   int
+	dropped uint64
+	live    int
+	// what shrink.go re-created and counted
+	peaks       mapPeaks
+	droppedSeen uint64
+	released    uint64
+	byID        map[uint64]int32
 	// LRU of open records: head is the most recently active.
 	head, tail int32
 	open       int
@@ -132,6 +141,7 @@ func NewBuilder(cfg Config, h Handler) *Builder {
 		byID:        map[uint64]int32{},
 		head:        -1,
 		tail:        -1,
+		spare:       -1,
 		timeWait:    map[tupleKey]int32{},
 		passive:     map[tupleKey]int32{},
 		handshake:   map[int32]struct{}{},
@@ -151,10 +161,10 @@ func (b *Builder) Stats() Stats { return b.stats }
 
 // Tracked is how many connections the builder knows now: the records it
 // holds, those seeded from time-wait sockets included.
-func (b *Builder) Tracked() int { return len(b.slab) - len(b.free) }
+func (b *Builder) Tracked() int { return b.live }
 
 // records is how many records the builder holds.
-func (b *Builder) records() int { return len(b.slab) - len(b.free) }
+func (b *Builder) records() int { return b.live }
 
 // StateCount is how many tracked connections are in a state now, as ss
 // counts them: time-wait sockets by their substate. TIME_WAIT counts
@@ -216,7 +226,7 @@ func (b *Builder) advance(now uint64) {
 	done := 0
 	for done < len(b.held) {
 		i := b.held[done]
-		if b.slab[i].heldUntil > now {
+		if b.rec(i).heldUntil > now {
 			break
 		}
 		done++
@@ -240,6 +250,7 @@ func (b *Builder) Tick(now uint64) {
 	b.evictStuckHandshakes(now)
 	b.assumeOrphanEnds(now)
 	b.assumeTimeWaitEnds(now)
+	b.shrink()
 }
 
 // Flush emits every record as it stands, for a tracer that stops: held
@@ -251,13 +262,13 @@ func (b *Builder) Flush() {
 	}
 	b.held = b.held[:0]
 	for _, i := range b.inOrder(b.timeWaitList()) {
-		r := &b.slab[i]
+		r := b.rec(i)
 		delete(b.timeWait, recordKey(r))
 		b.finish(i)
 	}
 	for b.head >= 0 {
 		i := b.head
-		r := &b.slab[i]
+		r := b.rec(i)
 		b.lruRemove(i)
 		b.unindex(i)
 		b.uncount(i, r)

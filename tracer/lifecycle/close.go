@@ -12,7 +12,7 @@ import (
 
 // closeRecord classifies a closed record once its reset hold is over.
 func (b *Builder) closeRecord(i int32) {
-	r := &b.slab[i]
+	r := b.rec(i)
 	r.heldUntil = 0
 	if r.orphanAt != 0 && !r.orphan {
 		if !r.resetSent && !r.resetReceived {
@@ -41,7 +41,7 @@ func (b *Builder) closeRecord(i int32) {
 // conclude classifies a closed record, hands it out as closed, and holds
 // it in TIME_WAIT or lets it go.
 func (b *Builder) conclude(i int32) {
-	r := &b.slab[i]
+	r := b.rec(i)
 	b.classify(r)
 	if r.endKind != KindOpen {
 		r.Kind = r.endKind // an orphan's end, which the states do not tell
@@ -55,7 +55,7 @@ func (b *Builder) conclude(i int32) {
 			r.Spans[r.NSpan] = Span{State: probe.StateTimeWait, Enter: r.End}
 			r.NSpan++
 		}
-		if old, ok := b.timeWait[recordKey(r)]; ok && sameAsTWSeed(&b.slab[old], r) {
+		if old, ok := b.timeWait[recordKey(r)]; ok && sameAsTWSeed(b.rec(old), r) {
 			// A dump listed its time-wait socket before this close was
 			// applied, and seeded a record for it: this is the one.
 			b.dropTWSeed(old, r)
@@ -148,7 +148,7 @@ func (b *Builder) unverified(r *Record) {
 }
 
 func (b *Builder) finish(i int32) {
-	r := &b.slab[i]
+	r := b.rec(i)
 	if r.Kind == KindOpen && r.End == 0 {
 		b.annotate(r)
 	}

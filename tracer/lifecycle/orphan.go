@@ -101,14 +101,14 @@ func (b *Builder) orphanClose(r *Record, e *probe.Event) bool {
 // addOrphan registers a candidate at its CLOSE, so that its peer and
 // dumps find it while it waits out its reset hold.
 func (b *Builder) addOrphan(i int32, ts uint64) {
-	r := &b.slab[i]
+	r := b.rec(i)
 	r.orphanAt = ts
 	k := recordKey(r)
-	if old, ok := b.orphans[k]; ok && old != i && sameAsTWSeed(&b.slab[old], r) {
+	if old, ok := b.orphans[k]; ok && old != i && sameAsTWSeed(b.rec(old), r) {
 		// The dump that seeded it listed this connection's own time-wait
 		// socket before its CLOSE was applied (seed_timewait.go).
 		b.dropTWSeed(old, r)
-	} else if ok && old != i && b.slab[old].orphan {
+	} else if ok && old != i && b.rec(old).orphan {
 		// The kernel cannot hold two time-wait sockets of one tuple: the
 		// older one is gone.
 		b.orphanDied(old, ts)
@@ -125,7 +125,7 @@ func (b *Builder) addOrphan(i int32, ts uint64) {
 // becomeOrphan: a candidate whose reset hold passed without a reset is
 // an orphan in FIN_WAIT2, open again until its end is known.
 func (b *Builder) becomeOrphan(i int32) {
-	r := &b.slab[i]
+	r := b.rec(i)
 	r.orphan = true
 	b.lruPush(i)
 	if r.finAt != 0 {
@@ -137,7 +137,7 @@ func (b *Builder) becomeOrphan(i int32) {
 
 // dropOrphan forgets a candidate's or an orphan's indexes.
 func (b *Builder) dropOrphan(i int32) {
-	r := &b.slab[i]
+	r := b.rec(i)
 	if r.orphanAt == 0 {
 		return
 	}
@@ -169,7 +169,7 @@ func (b *Builder) dropOrphan(i int32) {
 
 // leaveFinWait2 ends an orphan's FIN_WAIT2 at ts: it is closed now.
 func (b *Builder) leaveFinWait2(i int32, ts uint64) {
-	r := &b.slab[i]
+	r := b.rec(i)
 	if ts < r.orphanAt {
 		ts = r.orphanAt
 	}
@@ -189,7 +189,7 @@ func (b *Builder) leaveFinWait2(i int32, ts uint64) {
 // orphanFin: the peer's FIN reached the orphan's time-wait socket at ts;
 // it is in TIME_WAIT from then.
 func (b *Builder) orphanFin(i int32, ts uint64) {
-	r := &b.slab[i]
+	r := b.rec(i)
 	if !r.orphan {
 		// Still waiting out its reset hold: closeRecord decides then.
 		if r.finAt == 0 || ts < r.finAt {
@@ -205,7 +205,7 @@ func (b *Builder) orphanFin(i int32, ts uint64) {
 // orphanEnded: the orphan's time-wait socket went at ts without the
 // peer's FIN, its close of this kind.
 func (b *Builder) orphanEnded(i int32, ts uint64, kind Kind) {
-	r := &b.slab[i]
+	r := b.rec(i)
 	if !r.orphan {
 		return // in its reset hold: its peer and dumps come later
 	}
@@ -217,7 +217,7 @@ func (b *Builder) orphanEnded(i int32, ts uint64, kind Kind) {
 // orphanDied: gone at ts, by its timer when that was due, else killed
 // early (by a RST either way) before ts.
 func (b *Builder) orphanDied(i int32, ts uint64) {
-	r := &b.slab[i]
+	r := b.rec(i)
 	// A dump's timer is exact (the kernel's timers never fire early);
 	// one assumed from tcp_fin_timeout is given the grace.
 	death, slack := r.twExpected, uint64(0)
@@ -258,7 +258,7 @@ func (b *Builder) peerClosed(r *Record) {
 	if !ok {
 		return
 	}
-	o := &b.slab[i]
+	o := b.rec(i)
 	// The same connection: the orphan's FIN came before the peer went to
 	// CLOSE_WAIT.
 	if fw1, cw := spanEnter(o, probe.StateFinWait1), spanEnter(r, probe.StateCloseWait); fw1 != 0 && cw != 0 && cw < fw1 {
@@ -296,7 +296,7 @@ func spanEnter(r *Record, s probe.State) uint64 {
 // FIN_WAIT2, its timer is its death; in TIME_WAIT, the peer's FIN came
 // TimeWaitLen before its timer's end.
 func (b *Builder) observeOrphan(i int32, s *Socket) {
-	r := &b.slab[i]
+	r := b.rec(i)
 	end := s.Time + uint64(s.ExpiresMs)*1_000_000
 	if s.State != probe.StateTimeWait {
 		r.twSeen, r.twExpected = s.Time, end
@@ -327,7 +327,7 @@ func (b *Builder) orphanDumpDone(netns uint32, time uint64) {
 func (b *Builder) orphanTWEnd(i int32, ts uint64, substate probe.State) {
 	if substate == probe.StateTimeWait {
 		// Its FIN came unseen, at the latest TimeWaitLen before.
-		r := &b.slab[i]
+		r := b.rec(i)
 		fin := max(r.orphanAt, ts-min(ts, TimeWaitLen))
 		b.orphanFin(i, fin)
 		b.timeWaitEnded(recordKey(r), ts, TWExact)
@@ -351,7 +351,7 @@ func (b *Builder) assumeOrphanEnds(now uint64) {
 		return !ok || polled <= r.orphanAt || now >= polled+orphanDumpStale
 	})
 	for _, i := range due {
-		b.orphanEnded(i, b.orphanDeath(&b.slab[i]), KindFinWait2Timeout)
+		b.orphanEnded(i, b.orphanDeath(b.rec(i)), KindFinWait2Timeout)
 	}
 }
 

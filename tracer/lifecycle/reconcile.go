@@ -76,8 +76,8 @@ func (b *Builder) observeReconcile(s *Socket) {
 	if s.State == probe.StateListen {
 		b.listening[listenKey{s.NetNS, s.Lport}] = true
 	}
-	for i := b.tupleHead(k); i >= 0; i = b.slab[i].tupNext {
-		r := &b.slab[i]
+	for i := b.tupleHead(k); i >= 0; i = b.rec(i).tupNext {
+		r := b.rec(i)
 		if r.reconSeen == run.start {
 			continue // a listener sharing the endpoints, matched already
 		}
@@ -94,7 +94,7 @@ func (b *Builder) observeReconcile(s *Socket) {
 		return
 	}
 	if i := b.seedRecord(s); i >= 0 {
-		r := &b.slab[i]
+		r := b.rec(i)
 		r.reconSeen = run.start
 		b.flag(r, AnomalyEventsLost)
 		b.stats.Reconciled[ReconcileSeeded]++
@@ -107,13 +107,13 @@ func (b *Builder) reconcileTimeWait(run *reconRun, s *Socket, k tupleKey) {
 	if i, ok := b.orphans[k]; ok {
 		// An orphan's time-wait socket (orphan.go): still in FIN_WAIT2 or
 		// past the peer's FIN; the record is there and accounted for.
-		b.slab[i].reconSeen = run.start
+		b.rec(i).reconSeen = run.start
 		b.observeOrphan(i, s)
 		return
 	}
 	end := s.Time + uint64(s.ExpiresMs)*1_000_000
 	if i, ok := b.timeWait[k]; ok {
-		r := &b.slab[i]
+		r := b.rec(i)
 		r.twSeen, r.twExpected = s.Time, end
 		r.twFinWait2 = s.State == probe.StateFinWait2
 		r.reconSeen = run.start
@@ -128,7 +128,7 @@ func (b *Builder) reconcileTimeWait(run *reconRun, s *Socket, k tupleKey) {
 	// Closed unseen (its events lost, or a connection the snapshot
 	// missed): a seeded record, as at start (seed_timewait.go).
 	if i := b.seedTimeWait(s); i >= 0 {
-		r := &b.slab[i]
+		r := b.rec(i)
 		r.reconSeen = run.start
 		b.flag(r, AnomalyEventsLost)
 		b.stats.Reconciled[ReconcileSeeded]++
@@ -168,8 +168,8 @@ func (b *Builder) reconcileDone(netns uint32) {
 	delete(b.recon, netns)
 	b.stats.Reconciliations++
 	b.scratch = b.scratch[:0]
-	for i := b.tail; i >= 0; i = b.slab[i].prev {
-		r := &b.slab[i]
+	for i := b.tail; i >= 0; i = b.rec(i).prev {
+		r := b.rec(i)
 		// Orphans have no full socket to list: the time-wait dump ends them
 		// (timeWaitDumpDone, below) with their own kinds.
 		if r.NetNS == netns && r.reconSeen != run.start && r.lastEv < run.start && r.Start < run.start && r.orphanAt == 0 {
@@ -187,7 +187,7 @@ func (b *Builder) reconcileDone(netns uint32) {
 
 // endUnobserved ends a record whose socket the kernel no longer has.
 func (b *Builder) endUnobserved(i int32, t uint64) {
-	r := &b.slab[i]
+	r := b.rec(i)
 	b.lruRemove(i)
 	b.unindex(i)
 	b.uncount(i, r)

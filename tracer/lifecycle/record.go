@@ -191,7 +191,6 @@ type Record struct {
 	Pid       uint32
 	Comm      [16]byte
 	CgroupID  uint64
-	Owner     probe.OwnerSource
 	Cgroup    string // cgroup v2 path, when known
 	Container string // runtime:id, when the cgroup path names one
 
@@ -200,6 +199,7 @@ type Record struct {
 	Spans [MaxSpans]Span
 	NSpan uint8
 	State probe.State // the state now: CLOSE once closed
+	Owner probe.OwnerSource
 
 	HandshakeNs    uint64 // SYN_SENT (or SYN_RECV) to ESTABLISHED
 	HandshakeRTTUs uint32 // the kernel's first RTT sample, at ESTABLISHED
@@ -208,21 +208,21 @@ type Record struct {
 	Initiator Initiator
 	Kind      Kind
 	SkErr     uint16 // socket error at CLOSE (errno)
+	TimeWait  TimeWaitEnd
+	// Seeded: the record was opened from a sock_diag dump (the snapshot
+	// at start, or a reconciliation), not by an event: its Start is when
+	// the dump found it, its first state's entry is unknown.
+	Seeded    bool
+	Anomalies Anomaly
 
 	TxBytes, RxBytes uint64 // payload, without SYN and FIN
 	SrttUs           uint32
 	Retransmits      uint32
 	SegsIn, SegsOut  uint32
 
-	TimeWait      TimeWaitEnd
 	TimeWaitEnter uint64
 	TimeWaitExit  uint64
 
-	Anomalies Anomaly
-	// Seeded: the record was opened from a sock_diag dump (the snapshot
-	// at start, or a reconciliation), not by an event: its Start is when
-	// the dump found it, its first state's entry is unknown.
-	Seeded bool
 	// Emitted is the builder's clock when the record was handed out, so
 	// readers of a record still open can tell how long it has been in
 	// its state (0 until then).
@@ -236,27 +236,30 @@ type Record struct {
 	// never changed; nil when unknown.
 	Meta, Peer *metadata.Meta
 
-	// what the builder needs while the record is open
-	sawFinWait1, sawCloseWait, sawClosing, established bool
-	resetSent, resetReceived                           bool
-	lostAtStart                                        uint64
-	prev, next                                         int32 // LRU, slab indices
-	heldUntil                                          uint64
-	twFinWait2                                         bool
-	counted                                            bool   // in the per-state gauge
-	twSeen, twExpected                                 uint64 // sock_diag: last dump that listed it, its timer's end
-	alias                                              uint64 // a seeded record's kernel connection id, once joined
-	tupNext                                            int32  // next open record with the same endpoints
-	indexed, unjoined                                  bool   // in byTuple; seeded and no event yet
-	lastEv                                             uint64 // time of its last event
-	reconSeen                                          uint64 // start of the last reconciliation dump that listed it
-	foundAt                                            uint64 // when a dump found it in its state (entry unknown)
+	// what the builder needs while the record is open; by size, so the
+	// record has no padding (it is most of the memory per connection)
+	lostAtStart uint64
+	heldUntil   uint64
+	twSeen      uint64 // sock_diag: last dump that listed it
+	twExpected  uint64 // ... its timer's end
+	alias       uint64 // a seeded record's kernel connection id, once joined
+	lastEv      uint64 // time of its last event
+	reconSeen   uint64 // start of the last reconciliation dump that listed it
+	foundAt     uint64 // when a dump found it in its state (entry unknown)
 	// orphans in FIN_WAIT2 (orphan.go): orphanAt the full socket's CLOSE
 	// (0: none), orphan once past its reset hold, finAt the peer's FIN
 	// learnt during the hold, endKind the close an orphan ended with.
 	orphanAt, finAt uint64
-	orphan          bool
-	endKind         Kind
+	prev, next      int32 // LRU, slab indices
+	tupNext         int32 // next open record with the same endpoints
+
+	sawFinWait1, sawCloseWait, sawClosing, established bool
+	resetSent, resetReceived                           bool
+	twFinWait2                                         bool
+	counted                                            bool // in the per-state gauge
+	indexed, unjoined                                  bool // in byTuple; seeded and no event yet
+	orphan                                             bool
+	endKind                                            Kind
 }
 
 // LocalAddr and RemoteAddr return the endpoints' addresses.

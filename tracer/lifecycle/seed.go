@@ -1,8 +1,6 @@
 package lifecycle
 
 import (
-	"slices"
-
 	"github.com/tcpfsm/tcpfsm/tracer/probe"
 )
 
@@ -26,14 +24,13 @@ import (
 const SeedIDBit = 1 << 63
 
 // Reserve makes room for n more records at once, before a snapshot seeds
-// them: growing the table and its indexes one record at a time costs
-// several times the seeding itself. It changes nothing else.
+// them: growing the indexes one record at a time costs several times the
+// seeding itself. It changes nothing else.
 func (b *Builder) Reserve(n int) {
 	n = min(n, b.cfg.MaxTracked-b.records())
 	if n <= 0 {
 		return
 	}
-	b.slab = slices.Grow(b.slab, n)
 	if len(b.byID) == 0 {
 		b.byID = make(map[uint64]int32, n)
 	}
@@ -79,8 +76,8 @@ func (b *Builder) Holds(s *Socket) bool {
 // endpoints, other than a seed of the same dump (listeners sharing a
 // port with SO_REUSEPORT list the same endpoints more than once).
 func (b *Builder) trackedFor(s *Socket) bool {
-	for i := b.tupleHead(s.key()); i >= 0; i = b.slab[i].tupNext {
-		r := &b.slab[i]
+	for i := b.tupleHead(s.key()); i >= 0; i = b.rec(i).tupNext {
+		r := b.rec(i)
 		if !(r.unjoined && r.Start == s.Time) {
 			return true
 		}
@@ -98,7 +95,7 @@ func (b *Builder) seedRecord(s *Socket) int32 {
 		b.evictOldest()
 	}
 	i := b.alloc()
-	r := &b.slab[i]
+	r := b.rec(i)
 	b.seedSeq++
 	r.ID = SeedIDBit | b.seedSeq
 	r.NetNS, r.Family, r.Laddr, r.Raddr, r.Lport, r.Rport = s.NetNS, s.Family, s.Laddr, s.Raddr, s.Lport, s.Rport
@@ -159,8 +156,8 @@ func (b *Builder) join(e *probe.Event) (int32, bool) {
 		if b.unjoinedN == 0 {
 			return -1, false
 		}
-		for i := head; i >= 0; i = b.slab[i].tupNext {
-			if r := &b.slab[i]; r.unjoined && r.Role != RoleListener {
+		for i := head; i >= 0; i = b.rec(i).tupNext {
+			if r := b.rec(i); r.unjoined && r.Role != RoleListener {
 				b.dropSeed(i)
 				b.stats.SeedsReplaced++
 				break
@@ -170,13 +167,13 @@ func (b *Builder) join(e *probe.Event) (int32, bool) {
 	}
 	// Listeners may share endpoints: take one no event has joined yet.
 	i := head
-	for j := head; j >= 0; j = b.slab[j].tupNext {
-		if b.slab[j].unjoined {
+	for j := head; j >= 0; j = b.rec(j).tupNext {
+		if b.rec(j).unjoined {
 			i = j
 			break
 		}
 	}
-	if r := &b.slab[i]; !r.unjoined {
+	if r := b.rec(i); !r.unjoined {
 		b.stats.Rejoined++
 	}
 	b.adopt(i, e.ConnId)
@@ -202,7 +199,7 @@ func (b *Builder) firstEvent(i int32, r *Record, old probe.State) {
 // its id, as if the event had opened it (its seed id still finds it);
 // another record keeps its id and gets this one as an alias.
 func (b *Builder) adopt(i int32, id uint64) {
-	r := &b.slab[i]
+	r := b.rec(i)
 	if r.unjoined && r.alias == 0 {
 		r.alias, r.ID = r.ID, id
 	} else if r.ID != id {
@@ -220,7 +217,7 @@ func (b *Builder) adopt(i int32, id uint64) {
 // state event's to tell.
 func (b *Builder) joinSide(e *probe.Event) (int32, bool) {
 	i, ok := b.byTuple[eventKey(e)]
-	if !ok || b.slab[i].Role == RoleListener {
+	if !ok || b.rec(i).Role == RoleListener {
 		return -1, false
 	}
 	b.adopt(i, e.ConnId)
@@ -229,7 +226,7 @@ func (b *Builder) joinSide(e *probe.Event) (int32, bool) {
 
 // dropSeed forgets a seeded record no event joined: nothing is handed out.
 func (b *Builder) dropSeed(i int32) {
-	r := &b.slab[i]
+	r := b.rec(i)
 	b.lruRemove(i)
 	b.uncount(i, r)
 	b.stats.Seeded--
@@ -253,7 +250,7 @@ func (b *Builder) guessRole(r *Record) {
 // index and unindex keep the open records by their endpoints; records
 // sharing endpoints (listeners with SO_REUSEPORT) are chained.
 func (b *Builder) index(i int32) {
-	r := &b.slab[i]
+	r := b.rec(i)
 	k := recordKey(r)
 	if head, ok := b.byTuple[k]; ok {
 		r.tupNext = head
@@ -273,7 +270,7 @@ func (b *Builder) tupleHead(k tupleKey) int32 {
 }
 
 func (b *Builder) unindex(i int32) {
-	r := &b.slab[i]
+	r := b.rec(i)
 	if !r.indexed {
 		return
 	}
@@ -288,9 +285,9 @@ func (b *Builder) unindex(i int32) {
 		}
 		return
 	}
-	for j := head; j >= 0; j = b.slab[j].tupNext {
-		if b.slab[j].tupNext == i {
-			b.slab[j].tupNext = r.tupNext
+	for j := head; j >= 0; j = b.rec(j).tupNext {
+		if b.rec(j).tupNext == i {
+			b.rec(j).tupNext = r.tupNext
 			return
 		}
 	}

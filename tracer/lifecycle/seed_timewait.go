@@ -43,7 +43,7 @@ func (b *Builder) seedTimeWait(s *Socket) int32 {
 		b.evictOldest()
 	}
 	i := b.alloc()
-	r := &b.slab[i]
+	r := b.rec(i)
 	b.seedSeq++
 	r.ID = SeedIDBit | b.seedSeq
 	r.NetNS, r.Family, r.Laddr, r.Raddr, r.Lport, r.Rport = s.NetNS, s.Family, s.Laddr, s.Raddr, s.Lport, s.Rport
@@ -91,7 +91,7 @@ func sameAsTWSeed(seed, r *Record) bool {
 // dropTWSeed forgets a time-wait seed that turned out to be the time-wait
 // socket of record r: r takes its timer; nothing is handed out.
 func (b *Builder) dropTWSeed(i int32, r *Record) {
-	seed := &b.slab[i]
+	seed := b.rec(i)
 	r.twSeen, r.twExpected = seed.twSeen, seed.twExpected
 	if seed.orphan {
 		b.lruRemove(i)

@@ -3,6 +3,7 @@ package lifecycle
 import (
 	"cmp"
 	"slices"
+	"unsafe"
 
 	"github.com/tcpfsm/tcpfsm/tracer/probe"
 )
@@ -27,19 +28,92 @@ func recordKey(r *Record) tupleKey {
 	return tupleKey{r.NetNS, r.Family, r.Laddr, r.Raddr, r.Lport, r.Rport}
 }
 
+// The records live in chunks of chunkLen, allocated when needed and
+// dropped when they empty: a record never moves (indices stay valid), the
+// table never copies itself to grow (a growing slice held the old array
+// and the new one at once, and its slack), and after a mass close the
+// memory goes back (a slice never shrank). alloc takes the lowest chunk
+// with room, so the records pack into the first chunks and the last ones
+// empty. The lowest empty chunk is kept as a spare, so churn around a
+// chunk's edge does not allocate a chunk per connection (keeping a higher
+// one would: the lower chunk, dropped, would be refilled by the next
+// connection and dropped again at its close).
+const (
+	chunkShift = 9
+	chunkLen   = 1 << chunkShift
+	chunkMask  = chunkLen - 1
+)
+
+type chunk struct {
+	recs *[chunkLen]Record // nil: dropped, or never used
+	free []uint16          // offsets of the free records
+}
+
+// chunkBytes is the memory of one chunk of records.
+const chunkBytes = chunkLen * int(unsafe.Sizeof(Record{}))
+
+// rec is record i.
+func (b *Builder) rec(i int32) *Record { return &b.chunks[i>>chunkShift].recs[i&chunkMask] }
+
 func (b *Builder) alloc() int32 {
-	if n := len(b.free); n > 0 {
-		i := b.free[n-1]
-		b.free = b.free[:n-1]
-		b.slab[i] = Record{}
-		return i
+	for ; b.lowFree < len(b.chunks); b.lowFree++ {
+		c := &b.chunks[b.lowFree]
+		if c.recs == nil {
+			fillChunk(c)
+		}
+		if n := len(c.free); n > 0 {
+			if b.spare == b.lowFree {
+				b.spare = -1
+			}
+			off := c.free[n-1]
+			c.free = c.free[:n-1]
+			c.recs[off] = Record{}
+			b.live++
+			return int32(b.lowFree<<chunkShift | int(off))
+		}
 	}
-	b.slab = append(b.slab, Record{})
-	return int32(len(b.slab) - 1)
+	b.chunks = append(b.chunks, chunk{})
+	return b.alloc()
+}
+
+// fillChunk gives a chunk its records, all free, taken from the end.
+func fillChunk(c *chunk) {
+	c.recs = new([chunkLen]Record)
+	c.free = make([]uint16, chunkLen)
+	for k := range c.free {
+		c.free[k] = uint16(chunkLen - 1 - k)
+	}
+}
+
+// freeRec returns record i's slot to its chunk; a chunk that empties is
+// the spare if it is the lowest empty one, else dropped.
+func (b *Builder) freeRec(i int32) {
+	ci := int(i >> chunkShift)
+	c := &b.chunks[ci]
+	c.free = append(c.free, uint16(i&chunkMask))
+	b.live--
+	b.lowFree = min(b.lowFree, ci)
+	if len(c.free) < chunkLen {
+		return
+	}
+	drop := ci
+	switch {
+	case b.spare < 0:
+		b.spare = ci
+		return
+	case ci < b.spare:
+		drop, b.spare = b.spare, ci
+	}
+	b.chunks[drop] = chunk{}
+	b.dropped++
+	for len(b.chunks) > 0 && b.chunks[len(b.chunks)-1].recs == nil {
+		b.chunks = b.chunks[:len(b.chunks)-1]
+	}
+	b.lowFree = min(b.lowFree, len(b.chunks))
 }
 
 func (b *Builder) release(i int32) {
-	r := &b.slab[i]
+	r := b.rec(i)
 	delete(b.byID, r.ID)
 	if r.unjoined {
 		r.unjoined = false
@@ -53,15 +127,15 @@ func (b *Builder) release(i int32) {
 	if k := recordKey(r); r.Role == RolePassive && b.passive[k] == i {
 		delete(b.passive, k)
 	}
-	b.free = append(b.free, i)
+	b.freeRec(i)
 }
 
 // LRU of open records.
 func (b *Builder) lruPush(i int32) {
-	r := &b.slab[i]
+	r := b.rec(i)
 	r.prev, r.next = -1, b.head
 	if b.head >= 0 {
-		b.slab[b.head].prev = i
+		b.rec(b.head).prev = i
 	}
 	b.head = i
 	if b.tail < 0 {
@@ -71,14 +145,14 @@ func (b *Builder) lruPush(i int32) {
 }
 
 func (b *Builder) lruRemove(i int32) {
-	r := &b.slab[i]
+	r := b.rec(i)
 	if r.prev >= 0 {
-		b.slab[r.prev].next = r.next
+		b.rec(r.prev).next = r.next
 	} else {
 		b.head = r.next
 	}
 	if r.next >= 0 {
-		b.slab[r.next].prev = r.prev
+		b.rec(r.next).prev = r.prev
 	} else {
 		b.tail = r.prev
 	}
@@ -115,7 +189,7 @@ func (b *Builder) uncount(i int32, r *Record) {
 // HandshakeTimeout: its end was missed.
 func (b *Builder) evictStuckHandshakes(now uint64) {
 	for _, i := range b.inOrder(b.handshakeList()) {
-		r := &b.slab[i]
+		r := b.rec(i)
 		since := r.Start
 		if r.NSpan > 0 && r.Spans[r.NSpan-1].Enter != 0 {
 			since = r.Spans[r.NSpan-1].Enter
@@ -136,14 +210,14 @@ func (b *Builder) evictOldest() {
 	if tw := b.inOrder(b.timeWaitList()); len(tw) > 0 {
 		oldest := tw[0]
 		b.stats.Evictions[EvictCap]++
-		r := &b.slab[oldest]
+		r := b.rec(oldest)
 		b.finishTimeWait(oldest, twDue(r), TWAssumed)
 	}
 }
 
 func (b *Builder) evict(i int32, reason int) {
 	b.stats.Evictions[reason]++
-	r := &b.slab[i]
+	r := b.rec(i)
 	b.lruRemove(i)
 	b.unindex(i)
 	b.uncount(i, r)
@@ -178,7 +252,7 @@ func (b *Builder) handshakeList() []int32 {
 func (b *Builder) pick(m map[tupleKey]int32, keep func(r *Record) bool) []int32 {
 	b.scratch = b.scratch[:0]
 	for _, i := range m {
-		if keep(&b.slab[i]) {
+		if keep(b.rec(i)) {
 			b.scratch = append(b.scratch, i)
 		}
 	}
@@ -188,7 +262,7 @@ func (b *Builder) pick(m map[tupleKey]int32, keep func(r *Record) bool) []int32 
 // inOrder sorts records by when they last changed state, then by id.
 func (b *Builder) inOrder(idx []int32) []int32 {
 	at := func(i int32) uint64 {
-		r := &b.slab[i]
+		r := b.rec(i)
 		if r.TimeWaitEnter != 0 {
 			return r.TimeWaitEnter
 		}
@@ -201,7 +275,7 @@ func (b *Builder) inOrder(idx []int32) []int32 {
 		if c := cmp.Compare(at(x), at(y)); c != 0 {
 			return c
 		}
-		return cmp.Compare(b.slab[x].ID, b.slab[y].ID)
+		return cmp.Compare(b.rec(x).ID, b.rec(y).ID)
 	})
 	// The loops that use the list may change the maps: work on a copy.
 	return append(b.order[:0], idx...)

@@ -67,7 +67,7 @@ func (b *Builder) observeTimeWait(s *Socket) {
 	}
 	end := s.Time + uint64(s.ExpiresMs)*1_000_000
 	if i, ok := b.timeWait[k]; ok {
-		r := &b.slab[i]
+		r := b.rec(i)
 		if s.Time < r.TimeWaitEnter {
 			return // dumped before its FIN came: says nothing of TIME_WAIT
 		}
@@ -101,7 +101,7 @@ func (b *Builder) timeWaitDumpDone(netns uint32, time uint64) {
 		return r.NetNS == netns && r.twSeen != time && twSince(r)+dumpMargin <= time
 	})
 	for _, i := range gone {
-		r := &b.slab[i]
+		r := b.rec(i)
 		// Gone: at its timer's end if that has passed, else killed early
 		// (reused by a new connection, or reset) before this dump.
 		end := time
@@ -125,7 +125,7 @@ func (b *Builder) assumeTimeWaitEnds(now uint64) {
 		return !ok || polled <= twSince(r) || b.cfg.ExactTimeWait
 	})
 	for _, i := range due {
-		r := &b.slab[i]
+		r := b.rec(i)
 		b.timeWaitEnded(recordKey(r), twDue(r), TWAssumed)
 	}
 }
@@ -150,7 +150,7 @@ func (b *Builder) twSockEnded(e *probe.Event) {
 }
 
 func (b *Builder) finishTimeWait(i int32, ts uint64, how TimeWaitEnd) {
-	r := &b.slab[i]
+	r := b.rec(i)
 	delete(b.timeWait, recordKey(r))
 	r.TimeWait = how
 	r.TimeWaitExit = ts

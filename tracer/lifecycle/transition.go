@@ -15,9 +15,9 @@ func (b *Builder) transition(e *probe.Event) {
 	var r *Record
 	if !ok {
 		i = b.start(e)
-		r = &b.slab[i]
+		r = b.rec(i)
 	} else {
-		r = &b.slab[i]
+		r = b.rec(i)
 		if r.End != 0 {
 			// Events after CLOSE: the kernel reused nothing, so this is a
 			// new life the id cannot have; count it.
@@ -124,7 +124,7 @@ func (b *Builder) start(e *probe.Event) int32 {
 		b.evictOldest()
 	}
 	i := b.alloc()
-	r := &b.slab[i]
+	r := b.rec(i)
 	r.ID = e.ConnId
 	r.Family, r.Laddr, r.Raddr, r.Lport, r.Rport, r.NetNS = e.Family, e.Saddr, e.Daddr, e.Sport, e.Dport, e.Netns
 	r.Start = e.TsNs
@@ -219,7 +219,7 @@ func (b *Builder) sideEvent(e *probe.Event) {
 		b.stats.Unmatched++
 		return
 	}
-	r := &b.slab[i]
+	r := b.rec(i)
 	if r.End != 0 && r.heldUntil == 0 {
 		b.stats.LateResets++
 		return

@@ -18,18 +18,18 @@ import (
 // is valid only during its step; readers must not change it or keep it.
 func (b *Builder) Open() iter.Seq[*Record] {
 	return func(yield func(*Record) bool) {
-		for i := b.tail; i >= 0; i = b.slab[i].prev {
-			if !yield(&b.slab[i]) {
+		for i := b.tail; i >= 0; i = b.rec(i).prev {
+			if !yield(b.rec(i)) {
 				return
 			}
 		}
 		for _, i := range b.timeWait {
-			if !yield(&b.slab[i]) {
+			if !yield(b.rec(i)) {
 				return
 			}
 		}
 		for _, i := range b.held {
-			if r := &b.slab[i]; orphanCandidate(r) {
+			if r := b.rec(i); orphanCandidate(r) {
 				if !yield(r) {
 					return
 				}
@@ -47,7 +47,7 @@ func orphanCandidate(r *Record) bool { return r.orphanAt != 0 && !r.orphan && r.
 func (b *Builder) OpenCount() int {
 	n := b.open + len(b.timeWait)
 	for _, i := range b.held {
-		if orphanCandidate(&b.slab[i]) {
+		if orphanCandidate(b.rec(i)) {
 			n++
 		}
 	}
@@ -62,7 +62,7 @@ func (b *Builder) Lookup(id uint64) (*Record, bool) {
 	if !ok {
 		return nil, false
 	}
-	return &b.slab[i], true
+	return b.rec(i), true
 }
 
 // Peer returns the open record of the connection's other end when it is
