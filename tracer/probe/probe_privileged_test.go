@@ -6,6 +6,7 @@ package probe_test
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -323,6 +324,56 @@ func TestResetAbort(t *testing.T) {
 	}
 	if e := ep.client.States()[2]; e.SkErr != 0 {
 		t.Errorf("client CLOSE: socket error %d, want 0", e.SkErr)
+	}
+}
+
+// (c') many RST-closed connections one after another: the kernel hands a
+// socket's memory to the next connection (often the very next one), and
+// each reset must still name its own connection, not an earlier one that
+// had the same socket address.
+func TestResetsOfReusedSockets(t *testing.T) {
+	nettest.RequireBPF(t)
+	ns := nettest.NewNS(t)
+	col := openProbe(t, probe.Options{Filter: probe.Filter{NetNS: ns.Inode}})
+	ln := ns.Listen(t, "tcp4", "127.0.0.1:0")
+	srvPort := port(ln.Addr())
+	const n = 50
+	var cliPorts []uint16
+	if _, err := ns.Churn(ln, n, nil, func(p int) { cliPorts = append(cliPorts, uint16(p)) }); err != nil {
+		t.Fatal(err)
+	}
+	ln.Close()
+	col.WaitFor(t, "the listener closed", func(ev []probe.Event) bool { return nettest.Closed(ev, srvPort, 0) })
+	byPorts := map[[2]uint16]*nettest.Conn{}
+	for _, c := range nettest.Conns(col.Stop(t)) {
+		e := &c.Events[0]
+		for i := range c.Events {
+			if x := &c.Events[i]; x.Sport != e.Sport || x.Dport != e.Dport {
+				t.Errorf("connection %d holds events of two sockets:\n%s", c.ID, nettest.Dump(c.Events))
+				break
+			}
+		}
+		byPorts[[2]uint16{e.Sport, e.Dport}] = c
+	}
+	if len(byPorts) != 2*n+1 {
+		t.Errorf("%d connections, want %d clients, %d accepted and the listener", len(byPorts), n, n)
+	}
+	for _, p := range cliPorts {
+		for _, side := range []struct {
+			who   string
+			ports [2]uint16
+			want  []string
+		}{
+			{"client", [2]uint16{p, srvPort}, []string{"CLOSE->SYN_SENT", "SYN_SENT->ESTABLISHED", "ESTABLISHED->CLOSE", "reset_sent@CLOSE"}},
+			{"server", [2]uint16{srvPort, p}, []string{"LISTEN->SYN_RECV", "SYN_RECV->ESTABLISHED", "reset_received@ESTABLISHED", "ESTABLISHED->CLOSE"}},
+		} {
+			c := byPorts[side.ports]
+			if c == nil {
+				t.Errorf("no %s connection %d -> %d", side.who, side.ports[0], side.ports[1])
+				continue
+			}
+			wantAll(t, fmt.Sprintf("%s %d -> %d", side.who, side.ports[0], side.ports[1]), c, side.want)
+		}
 	}
 }
 
