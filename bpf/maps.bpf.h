@@ -169,13 +169,23 @@ static __always_inline __u64 new_conn_id(__u32 inst)
 }
 
 /* A closed connection into this CPU's ring, the instance's half, when its
- * events pass the filters (pass). */
+ * events pass the filters (pass). A slot the reset never took may still
+ * hold an earlier socket at the same address: that socket is freed, and
+ * the slab hands its memory to the next one, often the very next
+ * connection. Clear it first, or this socket's reset finds that
+ * connection instead. */
 static __always_inline void remember_closed(__u64 skp, const struct conn *c, bool pass, __u32 inst)
 {
 	__u32 zero = 0;
 	struct closed_ring *ring = bpf_map_lookup_elem(&last_closed, &zero);
 
-	if (ring && pass && inst < STATE_INSTANCES) {
+	if (!ring)
+		return;
+	for (int i = 0; i < STATE_INSTANCES * CLOSED_SLOTS; i++) {
+		if (ring->slot[i].sk == skp)
+			ring->slot[i].sk = 0;
+	}
+	if (pass && inst < STATE_INSTANCES) {
 		__u32 i = inst * CLOSED_SLOTS + (ring->next[inst] & (CLOSED_SLOTS - 1));
 		struct closed *slot = &ring->slot[i & (STATE_INSTANCES * CLOSED_SLOTS - 1)];
 		slot->sk = skp;

@@ -14,6 +14,7 @@ import (
 	"runtime"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -308,12 +309,28 @@ func (n *NS) DialFrom(network, local, remote string) (*net.TCPConn, error) {
 	return c.(*net.TCPConn), nil
 }
 
+// resetWait bounds Churn's wait for a client's RST at its server end:
+// loopback delivers it at once, or a deferred softirq within
+// milliseconds; only a stalled VM takes longer.
+const resetWait = 30 * time.Second
+
 // Churn makes up to n connections to ln from inside the namespace, one at
 // a time, each accepted then closed with a RST by the client (SO_LINGER
 // 0, so no TIME_WAIT piles up), until n are done or stop is closed. After
 // each, done (when not nil) gets the client's port. It returns how many
 // it made, and the first error.
+//
+// The server end is closed only once it has taken the client's RST, so
+// every connection makes the same events: the client's ESTABLISHED ->
+// CLOSE and reset_sent, the server's reset_received and ESTABLISHED ->
+// CLOSE. The RST is not always taken by the time the client's close()
+// returns: a kernel before 6.5 leaves the softirq that delivers it to
+// ksoftirqd whenever ksoftirqd is already running on the CPU (do_softirq's
+// ksoftirqd_running() check, since reverted), as it often is in an
+// emulated VM on a busy host. A server that closed then would go
+// ESTABLISHED -> FIN_WAIT1 first and take the RST there: one event more.
 func (n *NS) Churn(ln *net.TCPListener, count int, stop <-chan struct{}, done func(clientPort int)) (int, error) {
+	var b [1]byte
 	for i := 0; i < count; i++ {
 		select {
 		case <-stop:
@@ -336,6 +353,14 @@ func (n *NS) Churn(ln *net.TCPListener, count int, stop <-chan struct{}, done fu
 		}
 		port := c.LocalAddr().(*net.TCPAddr).Port
 		c.Close()
+		if err := s.SetReadDeadline(time.Now().Add(resetWait)); err != nil {
+			s.Close()
+			return i, err
+		}
+		if _, err := s.Read(b[:]); !errors.Is(err, syscall.ECONNRESET) {
+			s.Close()
+			return i, fmt.Errorf("server end of %d: read: %w; want the client's reset", port, err)
+		}
 		s.Close()
 		if done != nil {
 			done(port)
