@@ -41,8 +41,17 @@ run: build
 # traffic in their own network namespaces; without root they skip, unless
 # CI=true, where they fail.
 # Each test's verdict is printed, so a log shows the privileged ones ran.
+# TestMassGracefulClose runs alone, after the rest: while another process
+# attaches or detaches a program on inet_sock_set_state (the other
+# packages' tests, run beside it by go test), the kernel runs none of the
+# tracepoint's programs for some transitions, uncounted anywhere (seen on
+# 6.18: 70-330 of 24,000 clients' FIN_WAIT1->FIN_WAIT2->CLOSE, its own
+# independent counter short by as many). The agent's reconciliation
+# repairs that in the field; this test checks the event stream is whole.
+MASS_TEST := ^TestMassGracefulClose$$
 test: vet
-	$(GO) test -count=1 -v ./... 2>&1 | grep -vE '^=== (RUN|PAUSE|CONT|NAME)|^ +--- PASS: Fuzz[A-Za-z]+/'
+	$(GO) test -count=1 -v -skip '$(MASS_TEST)' ./... 2>&1 | grep -vE '^=== (RUN|PAUSE|CONT|NAME)|^ +--- PASS: Fuzz[A-Za-z]+/'
+	$(GO) test -count=1 -v -run '$(MASS_TEST)' ./tracer/session 2>&1 | grep -vE '^=== (RUN|PAUSE|CONT|NAME)'
 	$(GO) -C tools/image test -count=1 -v ./... 2>&1 | grep -vE '^=== (RUN|PAUSE|CONT|NAME)'
 
 # The privileged suites again on Debian's 6.1 kernel under qemu (TCG).
