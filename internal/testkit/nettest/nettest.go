@@ -24,16 +24,18 @@ import (
 func InCI() bool { return os.Getenv("CI") == "true" }
 
 // InKernelVM reports whether the tests run in .ci/kernels' qemu VM: a
-// busybox initramfs without iproute2's ss, nsenter or logrotate, and with
-// 1 GiB of memory.
+// busybox initramfs (busybox's nsenter, no logrotate) with, on x86-64,
+// the host's iproute2 ss and 4 GiB of memory; arm64's has no ss and
+// 1 GiB.
 func InKernelVM() bool {
 	h, _ := os.Hostname()
 	return h == "tcpfsm-vm"
 }
 
 // RequireTool skips a test that needs a command the machine lacks: in
-// the kernel VM, which runs the kernel's scenarios, not the host tools'
-// comparisons; elsewhere in CI it fails, since .ci/run installs them.
+// the kernel VM, whose initramfs carries only what the kernel's
+// scenarios need (arm64's has no ss); elsewhere in CI it fails, since
+// .ci/run installs them.
 func RequireTool(t testing.TB, name, pkg string) string {
 	t.Helper()
 	path, err := exec.LookPath(name)
