@@ -79,8 +79,10 @@ func TestMassGracefulClose(t *testing.T) {
 		OnEvent:    log.add,
 		NoSnapshot: true,
 	})
+	opened := time.Now()
 	m := ns.StartMass(t, procs, perProc)
 	pairs := m.Pairs()
+	t.Logf("%d pairs established in %v", pairs, time.Since(opened).Round(time.Millisecond))
 	start := time.Now()
 	m.CloseClients(t)
 	t.Logf("%d pairs closed in %v", pairs, time.Since(start).Round(time.Millisecond))
@@ -123,8 +125,8 @@ func TestMassGracefulClose(t *testing.T) {
 		}
 		return sum(got)+lost.Total() >= sum(made)
 	}
-	if !eventually(10*time.Second, received) {
-		t.Errorf("after 10 s: received %d state events + lost %d, the kernel made %d", sum(got), lost.Total(), sum(made))
+	if within := nettest.Slow(10 * time.Second); !eventually(within, received) {
+		t.Errorf("after %v: received %d state events + lost %d, the kernel made %d", within, sum(got), lost.Total(), sum(made))
 	}
 	t.Logf("the kernel made %d transitions (%d expected from the scenario, 10 a pair and 2 a listener), its counter skipped %d; tcpfsm received %d",
 		sum(made), 10*pairs+2*procs, kernelMisses, sum(got))
@@ -207,7 +209,7 @@ func TestMassGracefulClose(t *testing.T) {
 		t.Errorf("%d whole client lives + %d without FIN_WAIT1->FIN_WAIT2, %d server lives, %d listeners, %d other; want %d, of which %d±%d without (the kernel's count), %d, %d, 0",
 			clients, untoldClients, servers, listeners, wrong, pairs, untold, kernelMisses, pairs, procs)
 	}
-	closed := l.waitClosedN(t, 2*pairs, 10*time.Second)
+	closed := l.waitClosedN(t, 2*pairs, nettest.Slow(10*time.Second))
 
 	// The records: each closed gracefully, none flagged but those the
 	// kernel told a state short (their gap is the kernel's), and none
