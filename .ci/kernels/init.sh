@@ -70,7 +70,8 @@ log() { echo "tcpfsm-init: $*" >/dev/console; }
 	echo "kernel $(uname -r) $(uname -v)"
 	echo "init started ${boot_secs}s after boot"
 	echo "cmdline $(cat /proc/cmdline)"
-	echo "cpus $(grep -c ^processor /proc/cpuinfo)"
+	echo "cpus $(grep -c ^processor /proc/cpuinfo), memory $(awk '$1 == "MemTotal:" { print $2 " kB" }' /proc/meminfo)"
+	echo "tcp $(dmesg | grep -o 'TCP established hash table entries: [0-9]*'), tcp_max_orphans $(cat /proc/sys/net/ipv4/tcp_max_orphans), tcp_max_tw_buckets $(cat /proc/sys/net/ipv4/tcp_max_tw_buckets)"
 	if [ -f /sys/kernel/btf/vmlinux ]; then
 		echo "btf /sys/kernel/btf/vmlinux $(wc -c </sys/kernel/btf/vmlinux) bytes"
 	else

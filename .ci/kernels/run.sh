@@ -21,6 +21,9 @@
 #                          suites' budgets plus the boot allowance)
 #   --env NAME=VALUE       set NAME in the VM's environment (the tests');
 #                          repeatable, e.g. --env TCPFSM_MASS_PAIRS=6000
+#   --tcg-thread single|multi
+#                          qemu's TCG threading for the x86-64 VMs
+#                          (default multi: one host thread per vCPU)
 #   -h, --help
 # Arguments after -- go to every test binary, e.g. -- -test.run TestResetAbort
 # (test binaries take -test.run, not -run).
@@ -50,6 +53,7 @@ kernel_checks=false
 vm_timeout=
 test_args=()
 vm_env=()
+tcg_thread=multi
 while [ $# -gt 0 ]; do
 	case $1 in
 	--kernel) only+=("${2:?--kernel needs a value}"); shift 2 ;;
@@ -63,11 +67,14 @@ while [ $# -gt 0 ]; do
 	--timeout=*) vm_timeout=${1#*=}; shift ;;
 	--env) vm_env+=("${2:?--env needs NAME=VALUE}"); shift 2 ;;
 	--env=*) vm_env+=("${1#*=}"); shift ;;
+	--tcg-thread) tcg_thread=${2:?--tcg-thread needs single or multi}; shift 2 ;;
+	--tcg-thread=*) tcg_thread=${1#*=}; shift ;;
 	-h | --help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
 	--) shift; test_args=("$@"); break ;;
 	*) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
 	esac
 done
+case $tcg_thread in single | multi) ;; *) echo "run.sh: --tcg-thread single or multi" >&2; exit 2 ;; esac
 for e in ${vm_env[@]+"${vm_env[@]}"}; do
 	case $e in
 	[A-Za-z_]*=*) case ${e%%=*} in *[!A-Za-z0-9_]*) echo "run.sh: --env $e: want NAME=VALUE" >&2; exit 2 ;; esac ;;
@@ -422,7 +429,13 @@ run_kernel() {
 	# The x86-64 VMs have 4 GiB: TestMassGracefulClose's 48,000 sockets,
 	# its 64 MiB ring buffer and the helper processes beside the
 	# initramfs (which lives in that memory too). TCG maps guest memory
-	# as it is touched, so the host pays only for what is used.
+	# as it is touched, so the host pays only for what is used. And the
+	# host's TCP hash size (262,144, thash_entries): the kernel sizes it
+	# by memory (32,768 in 4 GiB) and derives from it every namespace's
+	# limits of time-wait sockets and orphans (half of it). At 16,384
+	# the mass close's 24,000 clients overflowed both: the rest were
+	# reset, not closed gracefully.
+	local thash=262144
 	case $arch in
 	amd64) console_dev=ttyS0 results_dev=/dev/ttyS1 mem=4096 ;;
 	arm64) console_dev=ttyAMA0 results_dev=/dev/hvc0 mem=1024 ;;
@@ -445,11 +458,11 @@ run_kernel() {
 	case $arch in
 	amd64)
 		timeout -k 10 "$limit" qemu-system-x86_64 \
-			-accel tcg,thread=multi -cpu max -m "$mem" -smp 2 -nographic -no-reboot \
+			-accel "tcg,thread=$tcg_thread" -cpu max -m "$mem" -smp 2 -nographic -no-reboot \
 			-monitor none -nic none \
 			-serial "file:$console" -serial "file:$results" \
 			-kernel "$kdir/vmlinuz" -initrd "$initrd" \
-			-append "console=$console_dev quiet panic=-1" </dev/null >"$kw/qemu.out" 2>&1
+			-append "console=$console_dev quiet panic=-1 thash_entries=$thash" </dev/null >"$kw/qemu.out" 2>&1
 		;;
 	arm64)
 		timeout -k 10 "$limit" qemu-system-aarch64 \
