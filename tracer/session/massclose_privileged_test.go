@@ -180,10 +180,25 @@ func TestMassGracefulClose(t *testing.T) {
 	if partial != 0 {
 		t.Errorf("%d events flagged partial: the kernel's per-socket table lost their connections' entries", partial)
 	}
-	var clients, untoldClients, servers, listeners, wrong int
+	var clients, untoldClients, servers, listeners, wrong, twEnds int
 	untoldIDs := map[uint64]bool{}
 	for _, c := range nettest.Conns(ev) {
 		got := c.Transitions()
+		if c.ID == 0 && len(got) == 0 {
+			// Time-wait sockets have no connection id: where the kernel
+			// has trampolines (the 6.1 and 6.12 VMs), inet_twsk_kill
+			// reports the TIME_WAITs it ends early, and in the 6.1 VM
+			// hundreds were (ss counted 23,133 TIME-WAIT of 24,000
+			// while the kernel sent 916 resets); the host reports none.
+			// Nothing else may come without an id.
+			for i := range c.Events {
+				if c.Events[i].EventType() != probe.TypeTimeWaitEnd {
+					t.Errorf("an event without a connection id: %s", nettest.Dump(c.Events[i:i+1]))
+				}
+			}
+			twEnds = len(c.Events)
+			continue
+		}
 		switch {
 		case slices.Equal(got, clientLife):
 			clients++
@@ -204,6 +219,11 @@ func TestMassGracefulClose(t *testing.T) {
 	}
 	// (Each of the kernel's two counts is short by at most the counter's
 	// skips.)
+	if twEnds > pairs {
+		t.Errorf("%d TIME_WAITs ended early, more than the %d clients", twEnds, pairs)
+	} else if twEnds > 0 {
+		t.Logf("%d TIME_WAITs ended early (inet_twsk_kill)", twEnds)
+	}
 	if clients+untoldClients != pairs || untoldClients < untold-int(kernelMisses) || untoldClients > untold+int(kernelMisses) ||
 		servers != pairs || listeners != procs || wrong != 0 {
 		t.Errorf("%d whole client lives + %d without FIN_WAIT1->FIN_WAIT2, %d server lives, %d listeners, %d other; want %d, of which %d±%d without (the kernel's count), %d, %d, 0",
