@@ -13,10 +13,11 @@
 #   extra flags; KIND "run" is any other
 #   command (TIMEOUT and RUN are "-").
 # /etc/tcpfsm/args:    extra go test flags, one a line.
+# /etc/tcpfsm/env:     NAME=VALUE, one a line, exported first (run.sh --env).
 # /etc/tcpfsm/results: the device the results go to (/dev/ttyS1 on x86-64,
 #   the virtio console /dev/hvc0 on arm64's virt machine).
 
-export PATH=/usr/local/bin:/bin:/sbin
+export PATH=/usr/local/bin:/usr/bin:/bin:/sbin
 export HOME=/root TMPDIR=/tmp CI=true
 # Whether the fentry programs must run here (BPF trampolines: Debian's
 # x86-64 6.1 and 6.12) or must be refused (its arm64 6.1), from the kernel
@@ -29,6 +30,12 @@ export TCPFSM_EXPECT_FENTRY
 # Go toolchain. The harness built it on the host; the tests use it.
 export TCPFSM_BINARY=/opt/tcpfsm/tcpfsm
 M='@@tcpfsm-vm@@'
+# run.sh --env NAME=VALUE, one a line (e.g. TCPFSM_MASS_PAIRS).
+if [ -f /etc/tcpfsm/env ]; then
+	while IFS= read -r kv; do
+		[ -n "$kv" ] && export "$kv"
+	done </etc/tcpfsm/env
+fi
 
 /bin/busybox --install -s /bin
 mkdir -p /proc /sys /dev /tmp /root
@@ -41,6 +48,11 @@ mount -t tracefs tracefs /sys/kernel/tracing
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 mount -t bpf bpf /sys/fs/bpf 2>/dev/null
 ip link set lo up
+# The kernel starts init with 1024 files (4096 hard); the tests' helper
+# processes hold up to 8,000 sockets each (TestMassGracefulClose), as on
+# the host, where systemd allows 524,288 and Go raises its soft limit to
+# the hard one.
+ulimit -n 65536
 hostname tcpfsm-vm
 # Modules Debian's cloud kernel does not build in: inet_diag and tcp_diag
 # (sock_diag for TCP), veth. Their file names give the load order.
@@ -58,7 +70,8 @@ log() { echo "tcpfsm-init: $*" >/dev/console; }
 	echo "kernel $(uname -r) $(uname -v)"
 	echo "init started ${boot_secs}s after boot"
 	echo "cmdline $(cat /proc/cmdline)"
-	echo "cpus $(grep -c ^processor /proc/cpuinfo)"
+	echo "cpus $(grep -c ^processor /proc/cpuinfo), memory $(awk '$1 == "MemTotal:" { print $2 " kB" }' /proc/meminfo)"
+	echo "tcp $(dmesg | grep -o 'TCP established hash table entries: [0-9]*'), tcp_max_orphans $(cat /proc/sys/net/ipv4/tcp_max_orphans), tcp_max_tw_buckets $(cat /proc/sys/net/ipv4/tcp_max_tw_buckets)"
 	if [ -f /sys/kernel/btf/vmlinux ]; then
 		echo "btf /sys/kernel/btf/vmlinux $(wc -c </sys/kernel/btf/vmlinux) bytes"
 	else
@@ -69,6 +82,8 @@ log() { echo "tcpfsm-init: $*" >/dev/console; }
 	echo "tracepoints sock: $(ls /sys/kernel/tracing/events/sock 2>/dev/null | grep -v -e '^enable$' -e '^filter$' | tr '\n' ' ')"
 	echo "tracepoints tcp: $(ls /sys/kernel/tracing/events/tcp 2>/dev/null | grep -v -e '^enable$' -e '^filter$' | tr '\n' ' ')"
 	echo "modules: $(cut -d' ' -f1 /proc/modules | tr '\n' ' ')"
+	# The host's iproute2 ss on x86-64 (the gauge tests compare with it).
+	if command -v ss >/dev/null; then echo "ss $(ss -V)"; else echo "ss none"; fi
 	echo "$M end facts rc=0"
 } >"$out" 2>&1
 

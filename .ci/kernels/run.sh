@@ -19,6 +19,11 @@
 #                          feature probe kernel` in the VM
 #   --timeout SECONDS      hard limit for each VM (default: the sum of its
 #                          suites' budgets plus the boot allowance)
+#   --env NAME=VALUE       set NAME in the VM's environment (the tests');
+#                          repeatable, e.g. --env TCPFSM_MASS_PAIRS=6000
+#   --tcg-thread single|multi
+#                          qemu's TCG threading for the x86-64 VMs
+#                          (default multi: one host thread per vCPU)
 #   -h, --help
 # Arguments after -- go to every test binary, e.g. -- -test.run TestResetAbort
 # (test binaries take -test.run, not -run).
@@ -47,6 +52,8 @@ packages=()
 kernel_checks=false
 vm_timeout=
 test_args=()
+vm_env=()
+tcg_thread=multi
 while [ $# -gt 0 ]; do
 	case $1 in
 	--kernel) only+=("${2:?--kernel needs a value}"); shift 2 ;;
@@ -58,9 +65,20 @@ while [ $# -gt 0 ]; do
 	--kernel-checks) kernel_checks=true; shift ;;
 	--timeout) vm_timeout=${2:?--timeout needs a value}; shift 2 ;;
 	--timeout=*) vm_timeout=${1#*=}; shift ;;
+	--env) vm_env+=("${2:?--env needs NAME=VALUE}"); shift 2 ;;
+	--env=*) vm_env+=("${1#*=}"); shift ;;
+	--tcg-thread) tcg_thread=${2:?--tcg-thread needs single or multi}; shift 2 ;;
+	--tcg-thread=*) tcg_thread=${1#*=}; shift ;;
 	-h | --help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
 	--) shift; test_args=("$@"); break ;;
 	*) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+	esac
+done
+case $tcg_thread in single | multi) ;; *) echo "run.sh: --tcg-thread single or multi" >&2; exit 2 ;; esac
+for e in ${vm_env[@]+"${vm_env[@]}"}; do
+	case $e in
+	[A-Za-z_]*=*) case ${e%%=*} in *[!A-Za-z0-9_]*) echo "run.sh: --env $e: want NAME=VALUE" >&2; exit 2 ;; esac ;;
+	*) echo "run.sh: --env $e: want NAME=VALUE" >&2; exit 2 ;;
 	esac
 done
 [ ${#packages[@]} -gt 0 ] || packages=(./tracer/probe ./tracer/session ./cmd/tcpfsm)
@@ -117,7 +135,11 @@ need=()
 for k in "${kernels[@]}"; do
 	read -r _ arch _ <<<"$k"
 	case $arch in
-	amd64) command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86) ;;
+	amd64)
+		command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+		# The x86-64 initramfs carries the host's ss (see with_libs).
+		command -v ss >/dev/null || need+=(iproute2)
+		;;
 	arm64) command -v qemu-system-aarch64 >/dev/null || need+=(qemu-system-arm) ;;
 	*) echo "run.sh: unknown architecture $arch in $here/kernels" >&2; exit 2 ;;
 	esac
@@ -201,6 +223,24 @@ arm64_busybox() {
 		rm -rf "$dl"
 	fi
 	echo "$d/busybox"
+}
+
+# with_libs ROOT FILE: FILE, its shared-library closure (ldd) and the
+# dynamic loader into the initramfs ROOT, each at the path the binary
+# asks for (symlinks followed: the copy is the file itself). x86-64 only:
+# the host's binaries are x86-64.
+with_libs() {
+	local root=$1 bin=$2 f libs
+	libs=$(ldd "$bin") || { echo "ldd $bin failed" >&2; return 1; }
+	if grep -q 'not found' <<<"$libs"; then
+		echo "ldd $bin: a library is missing on the host:" >&2
+		grep 'not found' <<<"$libs" >&2
+		return 1
+	fi
+	for f in "$bin" $(grep -o '/[^ ]*' <<<"$libs" | LC_ALL=C sort -u); do
+		mkdir -p "$root$(dirname "$f")"
+		cp -L "$f" "$root$f"
+	done
 }
 
 # Modules the tests need that Debian builds as modules: sock_diag for TCP
@@ -317,6 +357,16 @@ run_kernel() {
 	cp "$kdir"/modules/*.ko "$root/lib/modules/" 2>/dev/null || true
 	install -m 0755 "$b/tcpfsm" "$root/opt/tcpfsm/tcpfsm"
 	printf '127.0.0.1\tlocalhost\n::1\tlocalhost\n' >"$root/etc/hosts"
+	# iproute2's ss, the kernel's own count that the gauge tests compare
+	# with (nettest.RequireTool): the host's binary with its libraries
+	# and loader, at /usr/bin/ss. arm64's guest has none; those tests
+	# skip there.
+	if [ "$arch" = amd64 ]; then
+		local ss
+		ss=$(command -v ss) || { echo "run.sh: the x86-64 initramfs needs iproute2's ss on the host (apt-get install iproute2)" >&2; return 2; }
+		with_libs "$root" "$(readlink -f "$ss")" || { echo "run.sh: cannot copy $ss and its libraries into the initramfs" >&2; return 2; }
+		[ -x "$root/usr/bin/ss" ] || { mkdir -p "$root/usr/bin" && ln -s "$(readlink -f "$ss")" "$root/usr/bin/ss"; }
+	fi
 	# The tests read testdata relative to their package directory, as go
 	# test runs them; keep the repository's layout under /src.
 	(cd "$repo" && find . \( -path ./bin -o -path './.*' \) -prune -o -type d -name testdata -print -prune | sed 's|^\./||') |
@@ -344,12 +394,9 @@ run_kernel() {
 		# A one-off look with Debian's bpftool (x86-64 only): dynamically
 		# linked, so bring its libraries and loader along.
 		if [ "$arch" = amd64 ] && command -v bpftool >/dev/null; then
-			local bt f
+			local bt
 			bt=$(readlink -f "$(command -v bpftool)")
-			for f in "$bt" $(ldd "$bt" | grep -o '/[^ ]*'); do
-				mkdir -p "$root$(dirname "$f")"
-				cp -L "$f" "$root$f"
-			done
+			with_libs "$root" "$bt" || return 2
 			ln -sf "$bt" "$root/usr/local/bin/bpftool"
 			# bpftool reads the kernel's config from /boot.
 			mkdir -p "$root/boot"
@@ -365,6 +412,12 @@ run_kernel() {
 			vmsum=$((vmsum + 60))
 		fi
 	fi
+	# NAME=VALUE a line, exported by /init before the tests run.
+	if [ ${#vm_env[@]} -gt 0 ]; then
+		printf '%s\n' "${vm_env[@]}" >"$root/etc/tcpfsm/env"
+	else
+		: >"$root/etc/tcpfsm/env"
+	fi
 	if [ ${#test_args[@]} -gt 0 ]; then
 		printf '%s\n' "${test_args[@]}" >"$root/etc/tcpfsm/args"
 	else
@@ -372,10 +425,20 @@ run_kernel() {
 	fi
 	# Where /init writes the results: a second serial port on x86-64; on
 	# arm64's virt machine (one UART) a virtio console.
-	local qemu console_dev results_dev
+	local qemu console_dev results_dev mem
+	# The x86-64 VMs have 4 GiB: TestMassGracefulClose's 48,000 sockets,
+	# its 64 MiB ring buffer and the helper processes beside the
+	# initramfs (which lives in that memory too). TCG maps guest memory
+	# as it is touched, so the host pays only for what is used. And the
+	# host's TCP hash size (262,144, thash_entries): the kernel sizes it
+	# by memory (32,768 in 4 GiB) and derives from it every namespace's
+	# limits of time-wait sockets and orphans (half of it). At 16,384
+	# the mass close's 24,000 clients overflowed both: the rest were
+	# reset, not closed gracefully.
+	local thash=262144
 	case $arch in
-	amd64) console_dev=ttyS0 results_dev=/dev/ttyS1 ;;
-	arm64) console_dev=ttyAMA0 results_dev=/dev/hvc0 ;;
+	amd64) console_dev=ttyS0 results_dev=/dev/ttyS1 mem=4096 ;;
+	arm64) console_dev=ttyAMA0 results_dev=/dev/hvc0 mem=1024 ;;
 	esac
 	echo "$results_dev" >"$root/etc/tcpfsm/results"
 	echo "$fentry" >"$root/etc/tcpfsm/expect-fentry"
@@ -389,17 +452,17 @@ run_kernel() {
 	local limit=$vm_timeout
 	[ -n "$limit" ] || case $arch in amd64) limit=$((vmsum + 60)) ;; arm64) limit=$((vmsum + 120)) ;; esac
 	local console=$kw/console.log results=$kw/results.log
-	echo "$tag booting $krelease ($arch) under qemu (TCG, 2 CPUs, 1 GiB), limit ${limit}s, host load average $(cut -d' ' -f1-3 /proc/loadavg); console: $console"
+	echo "$tag booting $krelease ($arch) under qemu (TCG, 2 CPUs, $((mem / 1024)) GiB), limit ${limit}s, host load average $(cut -d' ' -f1-3 /proc/loadavg); console: $console"
 	local start=$SECONDS qrc
 	set +e
 	case $arch in
 	amd64)
 		timeout -k 10 "$limit" qemu-system-x86_64 \
-			-accel tcg,thread=multi -cpu max -m 1024 -smp 2 -nographic -no-reboot \
+			-accel "tcg,thread=$tcg_thread" -cpu max -m "$mem" -smp 2 -nographic -no-reboot \
 			-monitor none -nic none \
 			-serial "file:$console" -serial "file:$results" \
 			-kernel "$kdir/vmlinuz" -initrd "$initrd" \
-			-append "console=$console_dev quiet panic=-1" </dev/null >"$kw/qemu.out" 2>&1
+			-append "console=$console_dev quiet panic=-1 thash_entries=$thash" </dev/null >"$kw/qemu.out" 2>&1
 		;;
 	arm64)
 		timeout -k 10 "$limit" qemu-system-aarch64 \

@@ -20,12 +20,15 @@ var stopSignals = []os.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP}
 // function ends the watch.
 func stopOn(p *probe.Probe, d time.Duration, tick func()) func() {
 	done := make(chan struct{})
+	// Before the goroutine starts: a signal sent once stopOn has returned
+	// is handled, not left to the default action (which kills), however
+	// late the goroutine is scheduled.
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, stopSignals...)
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		sig := make(chan os.Signal, 1)
-		signal.Notify(sig, stopSignals...)
 		defer signal.Stop(sig)
 		var timeout <-chan time.Time
 		if d > 0 {

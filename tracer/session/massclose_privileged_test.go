@@ -79,8 +79,10 @@ func TestMassGracefulClose(t *testing.T) {
 		OnEvent:    log.add,
 		NoSnapshot: true,
 	})
+	opened := time.Now()
 	m := ns.StartMass(t, procs, perProc)
 	pairs := m.Pairs()
+	t.Logf("%d pairs established in %v", pairs, time.Since(opened).Round(time.Millisecond))
 	start := time.Now()
 	m.CloseClients(t)
 	t.Logf("%d pairs closed in %v", pairs, time.Since(start).Round(time.Millisecond))
@@ -123,8 +125,8 @@ func TestMassGracefulClose(t *testing.T) {
 		}
 		return sum(got)+lost.Total() >= sum(made)
 	}
-	if !eventually(10*time.Second, received) {
-		t.Errorf("after 10 s: received %d state events + lost %d, the kernel made %d", sum(got), lost.Total(), sum(made))
+	if within := nettest.Slow(10 * time.Second); !eventually(within, received) {
+		t.Errorf("after %v: received %d state events + lost %d, the kernel made %d", within, sum(got), lost.Total(), sum(made))
 	}
 	t.Logf("the kernel made %d transitions (%d expected from the scenario, 10 a pair and 2 a listener), its counter skipped %d; tcpfsm received %d",
 		sum(made), 10*pairs+2*procs, kernelMisses, sum(got))
@@ -178,10 +180,25 @@ func TestMassGracefulClose(t *testing.T) {
 	if partial != 0 {
 		t.Errorf("%d events flagged partial: the kernel's per-socket table lost their connections' entries", partial)
 	}
-	var clients, untoldClients, servers, listeners, wrong int
+	var clients, untoldClients, servers, listeners, wrong, twEnds int
 	untoldIDs := map[uint64]bool{}
 	for _, c := range nettest.Conns(ev) {
 		got := c.Transitions()
+		if c.ID == 0 && len(got) == 0 {
+			// Time-wait sockets have no connection id: where the kernel
+			// has trampolines (the 6.1 and 6.12 VMs), inet_twsk_kill
+			// reports the TIME_WAITs it ends early, and in the 6.1 VM
+			// hundreds were (ss counted 23,133 TIME-WAIT of 24,000
+			// while the kernel sent 916 resets); the host reports none.
+			// Nothing else may come without an id.
+			for i := range c.Events {
+				if c.Events[i].EventType() != probe.TypeTimeWaitEnd {
+					t.Errorf("an event without a connection id: %s", nettest.Dump(c.Events[i:i+1]))
+				}
+			}
+			twEnds = len(c.Events)
+			continue
+		}
 		switch {
 		case slices.Equal(got, clientLife):
 			clients++
@@ -202,12 +219,17 @@ func TestMassGracefulClose(t *testing.T) {
 	}
 	// (Each of the kernel's two counts is short by at most the counter's
 	// skips.)
+	if twEnds > pairs {
+		t.Errorf("%d TIME_WAITs ended early, more than the %d clients", twEnds, pairs)
+	} else if twEnds > 0 {
+		t.Logf("%d TIME_WAITs ended early (inet_twsk_kill)", twEnds)
+	}
 	if clients+untoldClients != pairs || untoldClients < untold-int(kernelMisses) || untoldClients > untold+int(kernelMisses) ||
 		servers != pairs || listeners != procs || wrong != 0 {
 		t.Errorf("%d whole client lives + %d without FIN_WAIT1->FIN_WAIT2, %d server lives, %d listeners, %d other; want %d, of which %d±%d without (the kernel's count), %d, %d, 0",
 			clients, untoldClients, servers, listeners, wrong, pairs, untold, kernelMisses, pairs, procs)
 	}
-	closed := l.waitClosedN(t, 2*pairs, 10*time.Second)
+	closed := l.waitClosedN(t, 2*pairs, nettest.Slow(10*time.Second))
 
 	// The records: each closed gracefully, none flagged but those the
 	// kernel told a state short (their gap is the kernel's), and none

@@ -281,8 +281,8 @@ func (p *Peer) Line(t testing.TB) string {
 			t.Fatalf("helper %s: read output: %v; stderr: %s", p.Comm, r.err, p.stderr.String())
 		}
 		return r.s
-	case <-time.After(30 * time.Second):
-		t.Fatalf("helper %s: no output within 30s", p.Comm)
+	case <-time.After(Slow(30 * time.Second)):
+		t.Fatalf("helper %s: no output within %v", p.Comm, Slow(30*time.Second))
 	}
 	return ""
 }

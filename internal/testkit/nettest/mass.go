@@ -57,7 +57,7 @@ func closeOnEOF(network, addr string, count int) error {
 	}
 	defer ln.Close()
 	fmt.Printf("port %d\n", ln.Addr().(*net.TCPAddr).Port)
-	ln.(*net.TCPListener).SetDeadline(time.Now().Add(60 * time.Second))
+	ln.(*net.TCPListener).SetDeadline(time.Now().Add(Slow(60 * time.Second)))
 	var wg sync.WaitGroup
 	errs := make(chan error, count)
 	for i := 0; i < count; i++ {
@@ -68,7 +68,7 @@ func closeOnEOF(network, addr string, count int) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c.SetReadDeadline(time.Now().Add(2 * time.Minute))
+			c.SetReadDeadline(time.Now().Add(Slow(2 * time.Minute)))
 			_, err := io.Copy(io.Discard, c)
 			if cerr := c.Close(); err == nil {
 				err = cerr

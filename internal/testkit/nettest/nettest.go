@@ -25,16 +25,29 @@ import (
 func InCI() bool { return os.Getenv("CI") == "true" }
 
 // InKernelVM reports whether the tests run in .ci/kernels' qemu VM: a
-// busybox initramfs without iproute2's ss, nsenter or logrotate, and with
-// 1 GiB of memory.
+// busybox initramfs (busybox's nsenter, no logrotate) with, on x86-64,
+// the host's iproute2 ss and 4 GiB of memory; arm64's has no ss and
+// 1 GiB.
 func InKernelVM() bool {
 	h, _ := os.Hostname()
 	return h == "tcpfsm-vm"
 }
 
+// Slow stretches a bound on waiting for the kernel or a helper process
+// by 4 in the kernel VM, whose software emulation runs programs 5 to 20
+// times slower than the host (.ci/kernels/README.md): 8,000 loopback
+// connects take one process about 60 s there.
+func Slow(d time.Duration) time.Duration {
+	if InKernelVM() {
+		return 4 * d
+	}
+	return d
+}
+
 // RequireTool skips a test that needs a command the machine lacks: in
-// the kernel VM, which runs the kernel's scenarios, not the host tools'
-// comparisons; elsewhere in CI it fails, since .ci/run installs them.
+// the kernel VM, whose initramfs carries only what the kernel's
+// scenarios need (arm64's has no ss); elsewhere in CI it fails, since
+// .ci/run installs them.
 func RequireTool(t testing.TB, name, pkg string) string {
 	t.Helper()
 	path, err := exec.LookPath(name)
