@@ -185,8 +185,14 @@ static __always_inline int handle_other(struct sock *sk, __u8 type)
 		return 0; /* only the handshake's retransmits are events */
 
 	struct conn *c = bpf_map_lookup_elem(&conns, &skp);
-	if (!c && type == EVENT_RESET_SENT && state == TCP_CLOSE)
+	if (!c && type == EVENT_RESET_SENT && state == TCP_CLOSE) {
 		c = take_closed(skp);
+		/* The slab may have handed the closed socket's memory to a
+		 * socket of another namespace whose close the ring did not
+		 * see (filtered out, or skipped by the kernel): not ours. */
+		if (c && read_netns(&t) != c->netns)
+			return 0;
+	}
 	if (!c)
 		return 0;
 	buf = scratch_slot(type - 1);
