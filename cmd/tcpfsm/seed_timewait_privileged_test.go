@@ -4,9 +4,9 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
@@ -170,20 +170,24 @@ func TestAgentSeedsTimeWaitSockets(t *testing.T) {
 		}
 	}
 
-	// life --all lists them too.
-	life := exec.Command(bin, "life", "--all", "--netns", ns.Path())
-	var out strings.Builder
-	life.Stdout, life.Stderr = &out, &out
-	if err := life.Start(); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(1500 * time.Millisecond)
+	// life --all lists them too (at its end). Ctrl-C once life has
+	// attached (startTracer waits for that line; its signal handlers
+	// follow it), not after a fixed time, which the kernel VMs' emulated
+	// program load outlasts: the signal then kills life before it
+	// handles any.
+	life, stdout, _ := startTracer(t, bin, "life", "--all", "--netns", ns.Path())
+	out := &lockedBuffer{}
+	copied := make(chan struct{})
+	go func() {
+		_, _ = io.Copy(out, stdout)
+		close(copied)
+	}()
+	time.Sleep(300 * time.Millisecond)
 	if err := life.Process.Signal(os.Interrupt); err != nil {
 		t.Fatal(err)
 	}
-	if err := life.Wait(); err != nil {
-		t.Fatalf("life after SIGINT: %v\n%s", err, out.String())
-	}
+	<-copied
+	waitExit(t, life)
 	var lifeTW, lifeFW2 int
 	for _, l := range strings.Split(out.String(), "\n") {
 		f := strings.Fields(l)
