@@ -24,8 +24,9 @@ import (
 // does (its orphans die of the namespace's 2 s tcp_fin_timeout).
 // finTimeoutSeen is the 2 s tcp_fin_timeout as the records can show it:
 // the death is read off sock_diag's timer, in whole milliseconds of
-// jiffies, so it may land up to a few ms before the 2 s.
-const finTimeoutSeen = uint64(2*time.Second - 10*time.Millisecond)
+// jiffies, so it may land up to a few ms before the 2 s
+// (nettest.DumpTimerSlack).
+var finTimeoutSeen = uint64(2*time.Second - nettest.DumpTimerSlack())
 
 func TestFinWait2RecordedPollsReplay(t *testing.T) {
 	nettest.RequireBPF(t)

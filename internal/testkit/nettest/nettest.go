@@ -381,3 +381,15 @@ func (n *NS) Churn(ln *net.TCPListener, count int, stop <-chan struct{}, done fu
 	}
 	return count, nil
 }
+
+// DumpTimerSlack is how far before its true time a death read off a
+// sock_diag timer may land: the dump's time is taken in user space
+// before the kernel reads the timer (whole ms of jiffies). A few ms on
+// a real machine; under the kernel VMs' emulation the kernel reads it
+// tens of ms later (seen: 13 ms on 6.12 under TCG).
+func DumpTimerSlack() time.Duration {
+	if InKernelVM() {
+		return 50 * time.Millisecond
+	}
+	return 10 * time.Millisecond
+}
