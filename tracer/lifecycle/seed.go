@@ -87,11 +87,11 @@ func (b *Builder) trackedFor(s *Socket) bool {
 
 // seedRecord opens a record for a socket a dump listed, in the state the
 // dump saw, counted in the gauges at once.
-func (b *Builder) seedRecord(s *Socket) int32 {
-	if s.State == probe.StateClose || s.State > probe.MaxState {
-		return -1
-	}
-	if b.open >= b.cfg.MaxTracked || b.Tracked() >= b.cfg.MaxTracked {
+// allocSeed takes a record for a socket a dump found (making room under
+// MaxTracked first), with its seed id, endpoints and find time: what
+// every seed, full socket or time-wait, starts from.
+func (b *Builder) allocSeed(s *Socket) (int32, *Record) {
+	if b.open >= b.cfg.MaxTracked || b.records() >= b.cfg.MaxTracked {
 		b.evictOldest()
 	}
 	i := b.alloc()
@@ -102,6 +102,14 @@ func (b *Builder) seedRecord(s *Socket) int32 {
 	r.Start, r.foundAt = s.Time, s.Time
 	r.lostAtStart = b.lost
 	r.prev, r.next, r.tupNext = -1, -1, -1
+	return i, r
+}
+
+func (b *Builder) seedRecord(s *Socket) int32 {
+	if s.State == probe.StateClose || s.State > probe.MaxState {
+		return -1
+	}
+	i, r := b.allocSeed(s)
 	r.Seeded, r.unjoined = true, true
 	b.unjoinedN++
 	if s.Pid != 0 {

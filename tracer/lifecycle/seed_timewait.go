@@ -39,17 +39,7 @@ func (b *Builder) seedTimeWait(s *Socket) int32 {
 	if s.State != probe.StateTimeWait && s.State != probe.StateFinWait2 {
 		return -1
 	}
-	if b.open >= b.cfg.MaxTracked || b.records() >= b.cfg.MaxTracked {
-		b.evictOldest()
-	}
-	i := b.alloc()
-	r := b.rec(i)
-	b.seedSeq++
-	r.ID = SeedIDBit | b.seedSeq
-	r.NetNS, r.Family, r.Laddr, r.Raddr, r.Lport, r.Rport = s.NetNS, s.Family, s.Laddr, s.Raddr, s.Lport, s.Rport
-	r.Start, r.foundAt = s.Time, s.Time
-	r.lostAtStart = b.lost
-	r.prev, r.next, r.tupNext = -1, -1, -1
+	i, r := b.allocSeed(s)
 	r.Seeded = true
 	b.flag(r, AnomalyPartial)
 	// Both reached a time-wait socket through ESTABLISHED and our FIN.
