@@ -190,7 +190,6 @@ func seedPairs() int {
 func TestAgentSeedsPreexistingSockets(t *testing.T) {
 	nettest.RequireTool(t, "ss", "iproute2") // the kernel's own count, compared
 	nettest.RequireBPF(t)
-	notInKernelVM(t) // 20,000 sockets: the host's test
 	bin := buildBinary(t)
 	ns := nettest.NewNS(t)
 	pairs := seedPairs()
@@ -201,8 +200,10 @@ func TestAgentSeedsPreexistingSockets(t *testing.T) {
 		filepath.Join(t.TempDir(), "log"), "--max-tracked", "131072"}})
 	ready := a.waitReady(t)
 	k := compareWithKernel(t, a, ns)
-	if d := time.Since(ready); d > 2*time.Second {
-		t.Errorf("compared %v after /readyz, want within 2 s", d)
+	// In the emulated VMs a scrape and two dumps of 20,000 sockets take
+	// longer than 2 s themselves: there the bound is stretched.
+	if d, want := time.Since(ready), nettest.Slow(2*time.Second); d > want {
+		t.Errorf("compared %v after /readyz, want within %v", d, want)
 	}
 	seedLog := ""
 	for _, l := range strings.Split(a.stderr.String(), "\n") {
