@@ -16,10 +16,8 @@ import (
 // unread), the dump listed the socket in FIN_WAIT1 and its chunk arrived,
 // all before the drain looked for chunks: applied then, the chunk would
 // correct the record to FIN_WAIT1, and the event read next would enter
-// FIN_WAIT1 a second time (seen on 6.12: one of 2,000 clients of
-// TestAgentFinWait2UntilThePeerCloses with the states SYN_SENT ESTABLISHED
-// FIN_WAIT1 FIN_WAIT1 FIN_WAIT2 TIME_WAIT). A chunk taken in one drain is
-// applied in the next, after everything read in between.
+// FIN_WAIT1 a second time. A chunk taken in one drain is applied in the
+// next, after everything read in between.
 func TestReconcileChunkAfterTheEventsBeforeIt(t *testing.T) {
 	var h lastFinished
 	s := &Session{in: newIngest(&h, lifecycle.Config{}, nil)}
