@@ -23,9 +23,24 @@
  * transitions were lost. Noting the call itself leaves no such gap: a call
  * the main program did not note was not run by it. The ring has several
  * slots because the main program can run for another call (an interrupt)
- * between its run and the nested one's for the same call; if that nested
- * run is skipped too (the nested instance was busy), its note stays behind
- * and is overwritten later.
+ * between its run and the nested one's for the same call.
+ *
+ * An interrupt can also land while the nested instance runs (after the
+ * main program finished for the same call, before the nested one found
+ * its note): the main program runs for each transition of that softirq
+ * and the nested one is skipped for each, so none of their notes is
+ * dropped, and they pile up above the pending call's. Searched four deep,
+ * the pending note was not found under four of them, and the nested
+ * instance did the call a second time (seen on 6.12 under qemu: one
+ * client's ESTABLISHED->FIN_WAIT1 twice, 440 us apart, with four
+ * recursion misses of the nested instance). So the nested instance marks
+ * itself busy while it runs, and the main program, finding the mark, notes
+ * nothing: its nested run is skipped for certain. What the mark cannot
+ * cover (an interrupt in the kernel's part of the nested run, before its
+ * first instruction) the search covers: it looks through the whole ring,
+ * newest first. A note left behind by a skipped nested run is from a call
+ * that is over; it only matches a later call of the same socket address
+ * and states, when the kernel also skipped the main program for that one.
  */
 #ifndef __TCPFSM_NEST_BPF_H
 #define __TCPFSM_NEST_BPF_H
@@ -33,12 +48,10 @@
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 
-#define NEST_PENDING 8 /* a power of two */
-/* How deep the nested instance looks: calls still pending are the newest
- * few (one, plus one per interrupt between a main run and its nested run),
- * while notes left behind by a skipped nested run sit above top and are
- * never looked at before they are overwritten. */
-#define NEST_SEARCH 4
+/* Calls pending are the newest few (one, plus one per interrupt between a
+ * main run and its nested run); the rest of the ring is room for notes
+ * left behind by skipped nested runs. A power of two. */
+#define NEST_PENDING 32
 
 struct pending_call {
 	__u64 sk;
@@ -47,8 +60,8 @@ struct pending_call {
 };
 
 struct nest {
-	__u32 top; /* calls noted so far; the next note goes at top % NEST_PENDING */
-	__u32 _pad;
+	__u32 top;     /* calls noted so far; the next note goes at top % NEST_PENDING */
+	__u32 busy;    /* the nested instance is running on this CPU */
 	__u64 handled; /* calls the nested instance handled itself */
 	struct pending_call call[NEST_PENDING];
 };
@@ -66,14 +79,15 @@ static __always_inline struct nest *nest_this_cpu(void)
 	return bpf_map_lookup_elem(&nest, &zero);
 }
 
-/* The main program notes its call before anything else. Nothing else
- * writes a note: the main program never nests in itself, and the nested
- * instance only moves top down. */
+/* The main program notes its call before anything else, unless it runs
+ * inside the nested instance's run (an interrupt), whose call it cannot
+ * be. Nothing else writes a note: the main program never nests in
+ * itself, and the nested instance only moves top down. */
 static __always_inline void nest_note(__u64 sk, int oldstate, int newstate)
 {
 	struct nest *n = nest_this_cpu();
 
-	if (!n)
+	if (!n || *(volatile __u32 *)&n->busy)
 		return;
 	__u32 top = *(volatile __u32 *)&n->top;
 	struct pending_call *c = &n->call[top & (NEST_PENDING - 1)];
@@ -94,17 +108,14 @@ static __always_inline bool nest_is(const struct pending_call *c, __u64 sk, int 
  * there. When it is (nearly always the newest one), it is dropped with any
  * left above it, and cleared, so that only notes of calls still pending
  * can match. (The loader clears the notes the main program made before
- * this instance was attached: they would never be dropped.) A skipped call is counted, since it stands for one of the
- * main program's recursion misses.
+ * this instance was attached: they would never be dropped.) A skipped
+ * call is counted, since it stands for one of the main program's
+ * recursion misses. The caller has marked the instance busy (nest_enter).
  */
-static __always_inline bool nest_caught(__u64 sk, int oldstate, int newstate)
+static __always_inline bool nest_caught(struct nest *n, __u64 sk, int oldstate, int newstate)
 {
-	struct nest *n = nest_this_cpu();
-
-	if (!n)
-		return false;
 	__u32 top = *(volatile __u32 *)&n->top;
-	for (__u32 i = 1; i <= NEST_SEARCH; i++) {
+	for (__u32 i = 1; i <= NEST_PENDING; i++) {
 		struct pending_call *c = &n->call[(top - i) & (NEST_PENDING - 1)];
 
 		if (nest_is(c, sk, oldstate, newstate)) {
@@ -115,6 +126,22 @@ static __always_inline bool nest_caught(__u64 sk, int oldstate, int newstate)
 	}
 	n->handled++; /* this instance never nests in itself */
 	return true;
+}
+
+/* The nested instance's run begins and ends: the main program notes no
+ * call in between (nest_note). */
+static __always_inline struct nest *nest_enter(void)
+{
+	struct nest *n = nest_this_cpu();
+
+	if (n)
+		*(volatile __u32 *)&n->busy = 1;
+	return n;
+}
+
+static __always_inline void nest_leave(struct nest *n)
+{
+	*(volatile __u32 *)&n->busy = 0;
 }
 
 #endif /* __TCPFSM_NEST_BPF_H */

@@ -306,10 +306,15 @@ int raw_inet_sock_set_state(struct bpf_raw_tracepoint_args *ctx)
 SEC("raw_tracepoint/inet_sock_set_state")
 int raw_nested_inet_sock_set_state(struct bpf_raw_tracepoint_args *ctx)
 {
-	if (!nest_caught(ctx->args[0], (int)ctx->args[1], (int)ctx->args[2]))
+	struct nest *n = nest_enter();
+
+	if (!n)
 		return 0;
-	return handle((struct sock *)ctx->args[0], (int)ctx->args[1], (int)ctx->args[2],
-		      STATE_NESTED);
+	if (nest_caught(n, ctx->args[0], (int)ctx->args[1], (int)ctx->args[2]))
+		handle((struct sock *)ctx->args[0], (int)ctx->args[1], (int)ctx->args[2],
+		       STATE_NESTED);
+	nest_leave(n);
+	return 0;
 }
 
 /* A classic tracepoint's programs share one per-CPU guard (bpf_prog_active),

@@ -140,7 +140,11 @@ for k in "${kernels[@]}"; do
 		# The x86-64 initramfs carries the host's ss (see with_libs).
 		command -v ss >/dev/null || need+=(iproute2)
 		;;
-	arm64) command -v qemu-system-aarch64 >/dev/null || need+=(qemu-system-arm) ;;
+	arm64)
+		command -v qemu-system-aarch64 >/dev/null || need+=(qemu-system-arm)
+		# readelf walks the arm64 ss's libraries (arm64_ss).
+		command -v readelf >/dev/null || need+=(binutils)
+		;;
 	*) echo "run.sh: unknown architecture $arch in $here/kernels" >&2; exit 2 ;;
 	esac
 done
@@ -223,6 +227,95 @@ arm64_busybox() {
 		rm -rf "$dl"
 	fi
 	echo "$d/busybox"
+}
+
+# Debian's iproute2 for arm64 and the packages of the libraries its ss
+# links (bookworm: what the host's ss links too). arm64_ss checks the
+# closure itself and names any library these do not bring.
+ss_arm64_packages="iproute2 libc6 libselinux1 libtirpc3 libbsd0 libmnl0 libcap2 libpcre2-8-0
+	libgssapi-krb5-2 libmd0 libkrb5-3 libk5crypto3 libcom-err2 libkrb5support0 libkeyutils1"
+
+# in_tree ROOT PATH: PATH as a file of the unpacked tree ROOT, its
+# symlinks followed inside ROOT (an absolute link means ROOT/link, never
+# the host's file of that name).
+in_tree() {
+	local root=$1 p=$2 n=0 l
+	while [ -L "$root$p" ] && [ "$n" -lt 40 ]; do
+		l=$(readlink "$root$p")
+		case $l in /*) p=$l ;; *) p=$(dirname "$p")/$l ;; esac
+		n=$((n + 1))
+	done
+	[ -f "$root$p" ] && [ ! -L "$root$p" ] && echo "$root$p"
+}
+
+# arm64_ss: a directory tree with Debian's arm64 ss at usr/bin/ss, the
+# shared libraries it needs (its NEEDED entries, walked with readelf:
+# ldd cannot run an arm64 binary) and the loader it names, each at the
+# path of its package, cached in $cache/ss-arm64_VERSION (VERSION:
+# iproute2's) like the kernels; the .debs' names and sums in its
+# packages file.
+arm64_ss() {
+	local v d
+	v=$($apt_online && candidate iproute2 arm64 || true)
+	if [ -z "$v" ]; then
+		d=$(ls -d "$cache"/ss-arm64_*/.complete 2>/dev/null | sed 's|/.complete$||' | sort -V | tail -n1)
+		[ -n "$d" ] || { echo "no arm64 ss cached in $cache and apt names no iproute2:arm64 (offline?)" >&2; return 1; }
+		echo "[arm64] WARNING: apt cannot name iproute2:arm64; using the cached $(basename "$d")" >&2
+		echo "$d/root"
+		return 0
+	fi
+	d=$cache/ss-arm64_$v
+	if [ ! -f "$d/.complete" ]; then
+		echo "[arm64] fetching iproute2:arm64 $v and its libraries into $d" >&2
+		local dl p pv x f interp need soname found todo done_libs=" "
+		dl=$(mktemp -d "$cache/.download.XXXXXX")
+		mkdir -p "$dl/x"
+		chown _apt "$dl" 2>/dev/null || true
+		: >"$dl/packages"
+		for p in $ss_arm64_packages; do
+			pv=$(candidate "$p" arm64)
+			[ -n "$pv" ] || { rm -rf "$dl"; echo "apt knows no $p:arm64" >&2; return 1; }
+			(cd "$dl" && apt-get "${apt_opts[@]}" download -qq "$p:arm64=$pv" >/dev/null) ||
+				{ rm -rf "$dl"; echo "apt-get download $p:arm64=$pv failed" >&2; return 1; }
+		done
+		for x in "$dl"/*.deb; do
+			dpkg-deb -x "$x" "$dl/x"
+			echo "$(basename "$x") $(sha256sum "$x" | cut -d' ' -f1)" >>"$dl/packages"
+		done
+		rm -rf "$d" && mkdir -p "$d/root"
+		# ss (the package's /bin/ss) at /usr/bin/ss, as on x86-64, then
+		# the loader it names and each library a file of the tree needs,
+		# from the directories the loader searches.
+		found=$(in_tree "$dl/x" /bin/ss || in_tree "$dl/x" /usr/bin/ss) || { rm -rf "$dl" "$d"; echo "iproute2:arm64 $v has no ss" >&2; return 1; }
+		interp=$(readelf -l "$found" | sed -n 's/.*\[Requesting program interpreter: \(.*\)\]/\1/p')
+		[ -n "$interp" ] || { rm -rf "$dl" "$d"; echo "readelf finds no interpreter in arm64 ss" >&2; return 1; }
+		todo="/usr/bin/ss $interp"
+		while [ -n "$todo" ]; do
+			set -- $todo
+			f=$1
+			shift
+			todo=$*
+			if [ "$f" != /usr/bin/ss ]; then
+				found=$(in_tree "$dl/x" "$f") || { rm -rf "$dl" "$d"; echo "arm64 ss needs $f, which none of $ss_arm64_packages has" >&2; return 1; }
+			fi
+			mkdir -p "$d/root$(dirname "$f")"
+			cp "$found" "$d/root$f"
+			for soname in $(readelf -d "$found" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p'); do
+				case $done_libs in *" $soname "*) continue ;; esac
+				done_libs="$done_libs$soname "
+				need=
+				for p in /lib/aarch64-linux-gnu /usr/lib/aarch64-linux-gnu; do
+					[ -e "$dl/x$p/$soname" ] && { need=$p/$soname; break; }
+				done
+				[ -n "$need" ] || { rm -rf "$dl" "$d"; echo "arm64 ss needs $soname (for $f), which none of $ss_arm64_packages has" >&2; return 1; }
+				todo="$todo $need"
+			done
+		done
+		cp "$dl/packages" "$d/packages"
+		echo "$v" >"$d/.complete"
+		rm -rf "$dl"
+	fi
+	echo "$d/root"
 }
 
 # with_libs ROOT FILE: FILE, its shared-library closure (ldd) and the
@@ -359,14 +452,21 @@ run_kernel() {
 	printf '127.0.0.1\tlocalhost\n::1\tlocalhost\n' >"$root/etc/hosts"
 	# iproute2's ss, the kernel's own count that the gauge tests compare
 	# with (nettest.RequireTool): the host's binary with its libraries
-	# and loader, at /usr/bin/ss. arm64's guest has none; those tests
-	# skip there.
-	if [ "$arch" = amd64 ]; then
+	# and loader, at /usr/bin/ss; arm64's is Debian's arm64 build with
+	# its libraries and loader (arm64_ss).
+	case $arch in
+	amd64)
 		local ss
 		ss=$(command -v ss) || { echo "run.sh: the x86-64 initramfs needs iproute2's ss on the host (apt-get install iproute2)" >&2; return 2; }
 		with_libs "$root" "$(readlink -f "$ss")" || { echo "run.sh: cannot copy $ss and its libraries into the initramfs" >&2; return 2; }
 		[ -x "$root/usr/bin/ss" ] || { mkdir -p "$root/usr/bin" && ln -s "$(readlink -f "$ss")" "$root/usr/bin/ss"; }
-	fi
+		;;
+	arm64)
+		local sstree
+		sstree=$(arm64_ss) || { echo "run.sh: no arm64 ss for the initramfs" >&2; return 2; }
+		cp -a "$sstree"/. "$root"/
+		;;
+	esac
 	# The tests read testdata relative to their package directory, as go
 	# test runs them; keep the repository's layout under /src.
 	(cd "$repo" && find . \( -path ./bin -o -path './.*' \) -prune -o -type d -name testdata -print -prune | sed 's|^\./||') |

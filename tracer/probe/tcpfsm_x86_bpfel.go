@@ -120,9 +120,9 @@ type tcpfsmListenerKey struct {
 type tcpfsmNest struct {
 	_       structs.HostLayout
 	Top     uint32
-	Pad     uint32
+	Busy    uint32
 	Handled uint64
-	Call    [8]struct {
+	Call    [32]struct {
 		_        structs.HostLayout
 		Sk       uint64
 		Oldstate uint32

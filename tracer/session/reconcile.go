@@ -17,6 +17,13 @@ import (
 // the rules), so the event path never waits for a dump and a replay
 // repairs what the live run repaired.
 //
+// A message from the reconciler is applied in the drain after the one that
+// took it: a socket the dump listed after a transition may have had the
+// transition's event submitted after the reader last emptied the ring,
+// so it is read, and applied, before the socket only at the next drain.
+// Applied at once, the socket would correct its record to the state the
+// event then enters a second time.
+//
 // The inputs of one reconciliation: a DumpDone PurposeReconcileBegin per
 // namespace, at the time the dumps began (before the first of them); the
 // sockets (PurposeReconcile, that same time); per namespace a DumpDone
@@ -51,6 +58,8 @@ type reconciler struct {
 	next  time.Time // when the next one is due
 	busy  bool
 	cur   reconRequest
+	// held: the messages the last drain took, applied by the next one.
+	held  []reconMsg
 	f     probe.Filter
 	hooks reconHooks
 	miss  []bool // holdBack's
@@ -174,45 +183,62 @@ func (quitError) Error() string { return "closing" }
 
 var errQuit error = quitError{}
 
-// reconcile starts a due reconciliation and applies what the reconciler
-// sent since, a few chunks per drain so that events keep flowing.
+// reconcile applies what the previous drain took from the reconciler,
+// starts a due reconciliation, and takes what the reconciler sent since,
+// a few chunks per drain so that events keep flowing.
 func (s *Session) reconcile() error {
 	r := s.recon
+	for i := range r.held {
+		if err := s.reconApply(&r.held[i]); err != nil {
+			return err
+		}
+		r.held[i] = reconMsg{}
+	}
+	r.held = r.held[:0]
 	if !r.busy && time.Now().After(r.next) {
 		if err := s.startReconcile(); err != nil {
 			return err
 		}
 	}
 	for n := 0; r.busy && n < 4; n++ {
-		var m reconMsg
 		select {
-		case m = <-r.out:
+		case m := <-r.out:
+			r.held = append(r.held, m)
+			if m.last {
+				return nil
+			}
 		default:
 			return nil
 		}
-		if m.owned {
-			if err := s.reconOwned(&m); err != nil {
-				return err
-			}
+	}
+	return nil
+}
+
+// reconApply feeds one message of the reconciler to the builder.
+func (s *Session) reconApply(m *reconMsg) error {
+	r := s.recon
+	if m.owned {
+		if err := s.reconOwned(m); err != nil {
+			return err
 		}
-		for i := range m.sockets {
-			if err := s.socketInput(&m.sockets[i]); err != nil {
-				return err
-			}
+	}
+	for i := range m.sockets {
+		if err := s.socketInput(&m.sockets[i]); err != nil {
+			return err
 		}
-		if m.done {
-			purpose := lifecycle.PurposeReconcile
-			if m.failed {
-				purpose = lifecycle.PurposeReconcileAbort
-			}
-			if err := s.dumpDoneInput(m.netns, purpose, r.cur.time); err != nil {
-				return err
-			}
+	}
+	if m.done {
+		purpose := lifecycle.PurposeReconcile
+		if m.failed {
+			purpose = lifecycle.PurposeReconcileAbort
 		}
-		if m.last {
-			r.busy = false
-			r.next = time.Now().Add(r.every)
+		if err := s.dumpDoneInput(m.netns, purpose, r.cur.time); err != nil {
+			return err
 		}
+	}
+	if m.last {
+		r.busy = false
+		r.next = time.Now().Add(r.every)
 	}
 	return nil
 }
