@@ -37,3 +37,19 @@ func TestAppendUintIsStrconv(t *testing.T) {
 		}
 	}
 }
+
+func BenchmarkAppendUint(b *testing.B) {
+	buf := make([]byte, 0, 64)
+	for _, v := range []uint64{7, 80, 4026531840, 1_764_000_000_123_456_789, 9_223_372_036_854_775_807} {
+		b.Run(strconv.FormatUint(v, 10)+"/appendUint", func(b *testing.B) {
+			for i := 0; i < b.N; i++ {
+				buf = appendUint(buf[:0], v+uint64(i&1))
+			}
+		})
+		b.Run(strconv.FormatUint(v, 10)+"/strconv", func(b *testing.B) {
+			for i := 0; i < b.N; i++ {
+				buf = strconv.AppendUint(buf[:0], v+uint64(i&1), 10)
+			}
+		})
+	}
+}
