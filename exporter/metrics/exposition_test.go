@@ -105,7 +105,7 @@ func churn(m *metrics.Metrics, n int) {
 	ts := uint64(1e9)
 	lo := netip.MustParseAddr("127.0.0.1").As4()
 	feed := func(e probe.Event) {
-		ts += 10_000 + uint64(e.ConnId%7)*1_000
+		ts += 10_000 + e.ConnId%7*1_000
 		e.TsNs = ts
 		m.Event(&e)
 		b.Event(&e)
