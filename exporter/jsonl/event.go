@@ -5,8 +5,6 @@
 package jsonl
 
 import (
-	"strconv"
-	"time"
 	"unicode/utf8"
 
 	"github.com/tcpfsm/tcpfsm/tracer/clock"
@@ -24,14 +22,20 @@ func AppendEvent(b []byte, e *probe.Event, c clock.Clock) []byte {
 // the owner's container, when m is not nil: "container" (runtime:id),
 // "container_name", "image" and "k8s" after "cgroup_id" (meta.go).
 func AppendEventMeta(b []byte, e *probe.Event, c clock.Clock, m *metadata.Meta) []byte {
-	b = append(b, `{"time":"`...)
-	b = c.Wall(e.TsNs).UTC().AppendFormat(b, time.RFC3339Nano)
+	return AppendEventMetaFields(append(b, '{'), e, c, m)
+}
+
+// AppendEventMetaFields is AppendEventMeta without the opening brace, as
+// AppendRecordFields.
+func AppendEventMetaFields(b []byte, e *probe.Event, c clock.Clock, m *metadata.Meta) []byte {
+	b = append(b, `"time":"`...)
+	b = AppendRFC3339Nano(b, c.BootNs+int64(e.TsNs))
 	b = append(b, `","ts_ns":`...)
-	b = strconv.AppendUint(b, e.TsNs, 10)
+	b = appendUint(b, e.TsNs)
 	b = append(b, `,"type":"`...)
 	b = append(b, probe.EventType(e.Type).String()...)
 	b = append(b, `","conn_id":`...)
-	b = strconv.AppendUint(b, e.ConnId, 10)
+	b = appendUint(b, e.ConnId)
 	b = append(b, `,"family":"`...)
 	if e.Family == probe.AFInet {
 		b = append(b, "ipv4"...)
@@ -41,29 +45,29 @@ func AppendEventMeta(b []byte, e *probe.Event, c clock.Clock, m *metadata.Meta) 
 	b = append(b, `","laddr":"`...)
 	b = e.LocalAddr().AppendTo(b)
 	b = append(b, `","lport":`...)
-	b = strconv.AppendUint(b, uint64(e.Sport), 10)
+	b = appendUint(b, uint64(e.Sport))
 	b = append(b, `,"raddr":"`...)
 	b = e.RemoteAddr().AppendTo(b)
 	b = append(b, `","rport":`...)
-	b = strconv.AppendUint(b, uint64(e.Dport), 10)
+	b = appendUint(b, uint64(e.Dport))
 	b = append(b, `,"netns":`...)
-	b = strconv.AppendUint(b, uint64(e.Netns), 10)
+	b = appendUint(b, uint64(e.Netns))
 	b = append(b, `,"old":"`...)
 	b = append(b, e.OldState().String()...)
 	b = append(b, `","new":"`...)
 	b = append(b, e.NewState().String()...)
 	b = append(b, `","old_state_ns":`...)
-	b = strconv.AppendUint(b, e.DeltaNs, 10)
+	b = appendUint(b, e.DeltaNs)
 	b = append(b, `,"owner":"`...)
 	b = append(b, e.OwnerSource().String()...)
 	b = append(b, `","pid":`...)
-	b = strconv.AppendUint(b, uint64(e.Pid), 10)
+	b = appendUint(b, uint64(e.Pid))
 	b = append(b, `,"tid":`...)
-	b = strconv.AppendUint(b, uint64(e.Tid), 10)
+	b = appendUint(b, uint64(e.Tid))
 	b = append(b, `,"comm":`...)
 	b = AppendString(b, e.CommBytes())
 	b = append(b, `,"cgroup_id":`...)
-	b = strconv.AppendUint(b, e.CgroupId, 10)
+	b = appendUint(b, e.CgroupId)
 	if m != nil {
 		b = append(b, `,"container":"`...)
 		b = append(b, m.Runtime...)
@@ -74,21 +78,21 @@ func AppendEventMeta(b []byte, e *probe.Event, c clock.Clock, m *metadata.Meta) 
 		b = appendK8s(b, "k8s", m)
 	}
 	b = append(b, `,"tx_bytes":`...)
-	b = strconv.AppendUint(b, e.TxBytes(), 10)
+	b = appendUint(b, e.TxBytes())
 	b = append(b, `,"rx_bytes":`...)
-	b = strconv.AppendUint(b, e.RxBytes(), 10)
+	b = appendUint(b, e.RxBytes())
 	b = append(b, `,"bytes_acked":`...)
-	b = strconv.AppendUint(b, e.BytesAcked, 10)
+	b = appendUint(b, e.BytesAcked)
 	b = append(b, `,"bytes_received":`...)
-	b = strconv.AppendUint(b, e.BytesReceived, 10)
+	b = appendUint(b, e.BytesReceived)
 	b = append(b, `,"srtt_us":`...)
-	b = strconv.AppendUint(b, uint64(e.SrttUs), 10)
+	b = appendUint(b, uint64(e.SrttUs))
 	b = append(b, `,"total_retrans":`...)
-	b = strconv.AppendUint(b, uint64(e.TotalRetrans), 10)
+	b = appendUint(b, uint64(e.TotalRetrans))
 	b = append(b, `,"segs_in":`...)
-	b = strconv.AppendUint(b, uint64(e.SegsIn), 10)
+	b = appendUint(b, uint64(e.SegsIn))
 	b = append(b, `,"segs_out":`...)
-	b = strconv.AppendUint(b, uint64(e.SegsOut), 10)
+	b = appendUint(b, uint64(e.SegsOut))
 	b = append(b, `,"flags":[`...)
 	first := true
 	for _, f := range flagNames {

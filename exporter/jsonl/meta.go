@@ -22,11 +22,11 @@ import (
 // appendContainerFields appends ,"container_name":…,"image":… of m.
 func appendContainerFields(b []byte, m *metadata.Meta) []byte {
 	if m.Name != "" {
-		b = appendKey(b, "container_name")
+		b = append(b, `,"container_name":`...)
 		b = AppendString(b, m.Name)
 	}
 	if m.Image != "" {
-		b = appendKey(b, "image")
+		b = append(b, `,"image":`...)
 		b = AppendString(b, m.Image)
 	}
 	return b
@@ -61,16 +61,16 @@ func appendK8s(b []byte, key string, m *metadata.Meta) []byte {
 	if w := &p.Workload; w.Kind != "" {
 		b = append(b, `,"workload":{"kind":`...)
 		b = AppendString(b, w.Kind)
-		b = appendKey(b, "name")
+		b = append(b, `,"name":`...)
 		b = AppendString(b, w.Name)
 		if w.Source != "" {
-			b = appendKey(b, "source")
+			b = append(b, `,"source":`...)
 			b = AppendString(b, w.Source)
 		}
 		b = append(b, '}')
 	}
 	if len(p.Labels) > 0 {
-		b = appendKey(b, "labels")
+		b = append(b, `,"labels":`...)
 		b = appendLabels(b, p.Labels)
 	}
 	return append(b, '}')

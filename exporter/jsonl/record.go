@@ -3,7 +3,6 @@ package jsonl
 import (
 	"strconv"
 	"syscall"
-	"time"
 
 	"github.com/tcpfsm/tcpfsm/tracer/clock"
 	"github.com/tcpfsm/tcpfsm/tracer/lifecycle"
@@ -15,59 +14,66 @@ import (
 // The container runtime's names, when the record carries them, are as
 // meta.go says.
 func AppendRecord(b []byte, r *lifecycle.Record, c clock.Clock) []byte {
-	b = append(b, `{"id":`...)
-	b = strconv.AppendUint(b, r.ID, 10)
-	b = appendKey(b, "start")
+	return AppendRecordFields(append(b, '{'), r, c)
+}
+
+// AppendRecordFields is AppendRecord without the opening brace: for a
+// caller that writes fields of its own first (the agent's log lines,
+// slog's keys and a comma), so that the object needs no second copy.
+func AppendRecordFields(b []byte, r *lifecycle.Record, c clock.Clock) []byte {
+	b = append(b, `"id":`...)
+	b = appendUint(b, r.ID)
+	b = append(b, `,"start":`...)
 	b = appendTime(b, c, r.Start)
-	b = appendKey(b, "end")
+	b = append(b, `,"end":`...)
 	if r.End != 0 {
 		b = appendTime(b, c, r.End)
 	} else {
 		b = append(b, "null"...)
 	}
-	b = appendKey(b, "role")
+	b = append(b, `,"role":`...)
 	b = appendStr(b, r.Role.String())
-	b = appendKey(b, "family")
+	b = append(b, `,"family":`...)
 	if r.Family == 2 {
 		b = append(b, `"ipv4"`...)
 	} else {
 		b = append(b, `"ipv6"`...)
 	}
-	b = appendKey(b, "laddr")
+	b = append(b, `,"laddr":`...)
 	b = append(b, '"')
 	b = r.LocalAddr().AppendTo(b)
 	b = append(b, '"')
-	b = appendKey(b, "lport")
-	b = strconv.AppendUint(b, uint64(r.Lport), 10)
-	b = appendKey(b, "raddr")
+	b = append(b, `,"lport":`...)
+	b = appendUint(b, uint64(r.Lport))
+	b = append(b, `,"raddr":`...)
 	b = append(b, '"')
 	b = r.RemoteAddr().AppendTo(b)
 	b = append(b, '"')
-	b = appendKey(b, "rport")
-	b = strconv.AppendUint(b, uint64(r.Rport), 10)
-	b = appendKey(b, "netns")
-	b = strconv.AppendUint(b, uint64(r.NetNS), 10)
+	b = append(b, `,"rport":`...)
+	b = appendUint(b, uint64(r.Rport))
+	b = append(b, `,"netns":`...)
+	b = appendUint(b, uint64(r.NetNS))
 
-	b = appendKey(b, "owner")
+	b = append(b, `,"owner":`...)
 	if r.OwnerKnown() {
 		b = append(b, `{"pid":`...)
-		b = strconv.AppendUint(b, uint64(r.Pid), 10)
-		b = appendKey(b, "comm")
+		b = appendUint(b, uint64(r.Pid))
+		b = append(b, `,"comm":`...)
 		b = AppendString(b, r.CommBytes())
-		b = appendKey(b, "cgroup_id")
-		b = strconv.AppendUint(b, r.CgroupID, 10)
+		b = append(b, `,"cgroup_id":`...)
+		b = appendUint(b, r.CgroupID)
 		if r.Cgroup != "" {
-			b = appendKey(b, "cgroup")
+			b = append(b, `,"cgroup":`...)
 			b = AppendString(b, r.Cgroup)
 		}
 		if r.Container != "" {
-			b = appendKey(b, "container")
+			b = append(b, `,"container":`...)
 			b = AppendString(b, r.Container)
 		}
 		if r.Meta != nil {
 			b = appendContainerFields(b, r.Meta)
 		}
-		b = appendKey(b, "source")
+		b = append(b, `,"source":`...)
 		b = appendStr(b, r.Owner.String())
 		b = append(b, '}')
 		b = appendK8s(b, "k8s", r.Meta)
@@ -79,18 +85,18 @@ func AppendRecord(b []byte, r *lifecycle.Record, c clock.Clock) []byte {
 	// What a record first seen midway cannot know is null: its
 	// handshake, its whole lifetime, its time in ESTABLISHED when it was
 	// found there.
-	b = appendKey(b, "handshake_ns")
+	b = append(b, `,"handshake_ns":`...)
 	b = appendKnown(b, r.HandshakeNs, r.LifetimeKnown() || r.HandshakeNs != 0)
-	b = appendKey(b, "handshake_rtt_us")
-	b = strconv.AppendUint(b, uint64(r.HandshakeRTTUs), 10)
-	b = appendKey(b, "syn_retransmits")
-	b = strconv.AppendUint(b, uint64(r.SynRetransmits), 10)
-	b = appendKey(b, "established_ns")
+	b = append(b, `,"handshake_rtt_us":`...)
+	b = appendUint(b, uint64(r.HandshakeRTTUs))
+	b = append(b, `,"syn_retransmits":`...)
+	b = appendUint(b, uint64(r.SynRetransmits))
+	b = append(b, `,"established_ns":`...)
 	b = appendKnown(b, r.EstablishedNs(), r.EstablishedKnown())
-	b = appendKey(b, "lifetime_ns")
+	b = append(b, `,"lifetime_ns":`...)
 	b = appendKnown(b, r.LifetimeNs(), r.LifetimeKnown())
 
-	b = appendKey(b, "states")
+	b = append(b, `,"states":`...)
 	b = append(b, '[')
 	for i, sp := range r.SpanList() {
 		if i > 0 {
@@ -98,15 +104,15 @@ func AppendRecord(b []byte, r *lifecycle.Record, c clock.Clock) []byte {
 		}
 		b = append(b, `{"state":`...)
 		b = appendStr(b, sp.State.String())
-		b = appendKey(b, "at_ns")
+		b = append(b, `,"at_ns":`...)
 		if sp.Enter != 0 && sp.Enter >= r.Start {
-			b = strconv.AppendUint(b, sp.Enter-r.Start, 10)
+			b = appendUint(b, sp.Enter-r.Start)
 		} else {
 			b = append(b, "null"...)
 		}
-		b = appendKey(b, "dwell_ns")
+		b = append(b, `,"dwell_ns":`...)
 		if sp.Exit != 0 && sp.Enter != 0 {
-			b = strconv.AppendUint(b, sp.Dwell(), 10)
+			b = appendUint(b, sp.Dwell())
 		} else {
 			b = append(b, "null"...)
 		}
@@ -114,30 +120,30 @@ func AppendRecord(b []byte, r *lifecycle.Record, c clock.Clock) []byte {
 	}
 	b = append(b, ']')
 
-	b = appendKey(b, "closed_by")
+	b = append(b, `,"closed_by":`...)
 	b = appendStr(b, r.Initiator.String())
-	b = appendKey(b, "close")
+	b = append(b, `,"close":`...)
 	b = appendStr(b, r.Kind.String())
-	b = appendKey(b, "error")
+	b = append(b, `,"error":`...)
 	if r.SkErr != 0 {
 		b = appendStr(b, errnoName(r.SkErr))
 	} else {
 		b = append(b, "null"...)
 	}
-	b = appendKey(b, "tx_bytes")
-	b = strconv.AppendUint(b, r.TxBytes, 10)
-	b = appendKey(b, "rx_bytes")
-	b = strconv.AppendUint(b, r.RxBytes, 10)
-	b = appendKey(b, "srtt_us")
-	b = strconv.AppendUint(b, uint64(r.SrttUs), 10)
-	b = appendKey(b, "retransmits")
-	b = strconv.AppendUint(b, uint64(r.Retransmits), 10)
-	b = appendKey(b, "segs_in")
-	b = strconv.AppendUint(b, uint64(r.SegsIn), 10)
-	b = appendKey(b, "segs_out")
-	b = strconv.AppendUint(b, uint64(r.SegsOut), 10)
+	b = append(b, `,"tx_bytes":`...)
+	b = appendUint(b, r.TxBytes)
+	b = append(b, `,"rx_bytes":`...)
+	b = appendUint(b, r.RxBytes)
+	b = append(b, `,"srtt_us":`...)
+	b = appendUint(b, uint64(r.SrttUs))
+	b = append(b, `,"retransmits":`...)
+	b = appendUint(b, uint64(r.Retransmits))
+	b = append(b, `,"segs_in":`...)
+	b = appendUint(b, uint64(r.SegsIn))
+	b = append(b, `,"segs_out":`...)
+	b = appendUint(b, uint64(r.SegsOut))
 
-	b = appendKey(b, "time_wait")
+	b = append(b, `,"time_wait":`...)
 	if r.TimeWait == lifecycle.TWNone {
 		b = append(b, "null"...)
 	} else {
@@ -145,17 +151,17 @@ func AppendRecord(b []byte, r *lifecycle.Record, c clock.Clock) []byte {
 		// duration a lower bound, since a dump found it.
 		b = append(b, `{"enter_ns":`...)
 		b = appendKnown(b, r.TimeWaitEnter-r.Start, r.TimeWaitEnter != 0)
-		b = appendKey(b, "duration_ns")
+		b = append(b, `,"duration_ns":`...)
 		b = appendKnown(b, r.TimeWaitNs(), r.TimeWaitExit != 0 && r.TimeWaitEnter != 0)
 		if r.TimeWaitEnter == 0 {
-			b = appendKey(b, "duration_ns_at_least")
+			b = append(b, `,"duration_ns_at_least":`...)
 			b = appendKnown(b, r.TimeWaitAtLeastNs(), r.TimeWaitExit != 0)
 		}
-		b = appendKey(b, "end")
+		b = append(b, `,"end":`...)
 		b = appendStr(b, r.TimeWait.String())
 		b = append(b, '}')
 	}
-	b = appendKey(b, "anomalies")
+	b = append(b, `,"anomalies":`...)
 	b = append(b, '[')
 	var names [8]string
 	for i, n := range r.Anomalies.Names(names[:0]) {
@@ -165,7 +171,7 @@ func AppendRecord(b []byte, r *lifecycle.Record, c clock.Clock) []byte {
 		b = appendStr(b, n)
 	}
 	b = append(b, ']')
-	b = appendKey(b, "seeded")
+	b = append(b, `,"seeded":`...)
 	b = strconv.AppendBool(b, r.Seeded)
 	return append(b, "}\n"...)
 }
@@ -175,13 +181,7 @@ func appendKnown(b []byte, v uint64, known bool) []byte {
 	if !known {
 		return append(b, "null"...)
 	}
-	return strconv.AppendUint(b, v, 10)
-}
-
-func appendKey(b []byte, k string) []byte {
-	b = append(b, ',', '"')
-	b = append(b, k...)
-	return append(b, '"', ':')
+	return appendUint(b, v)
 }
 
 // appendStr appends a string known to need no escaping.
@@ -191,9 +191,11 @@ func appendStr(b []byte, s string) []byte {
 	return append(b, '"')
 }
 
+// appendTime appends a monotonic timestamp's wall clock time, quoted:
+// c.Wall(mono).UTC() in time.RFC3339Nano.
 func appendTime(b []byte, c clock.Clock, mono uint64) []byte {
 	b = append(b, '"')
-	b = c.Wall(mono).UTC().AppendFormat(b, time.RFC3339Nano)
+	b = AppendRFC3339Nano(b, c.BootNs+int64(mono))
 	return append(b, '"')
 }
 
@@ -218,4 +220,12 @@ func errnoName(e uint16) string {
 		return "EPROTO"
 	}
 	return "errno " + strconv.Itoa(int(e))
+}
+
+// appendKey appends a comma and a key: for keys not known in advance
+// (the constant ones are appended whole).
+func appendKey(b []byte, k string) []byte {
+	b = append(b, ',', '"')
+	b = append(b, k...)
+	return append(b, '"', ':')
 }

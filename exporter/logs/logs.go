@@ -67,15 +67,14 @@ func mix(x uint64) uint64 {
 	return x ^ x>>31
 }
 
-// prefix starts a line with slog's keys and returns where the record's
-// object will start.
-func (w *Writer) prefix(msg string) int {
+// prefix starts a line with slog's keys and a comma, after which come
+// the object's fields.
+func (w *Writer) prefix(msg string) {
 	w.buf = append(w.buf[:0], `{"time":"`...)
-	w.buf = time.Now().UTC().AppendFormat(w.buf, time.RFC3339Nano)
+	w.buf = jsonl.AppendRFC3339Nano(w.buf, time.Now().UnixNano())
 	w.buf = append(w.buf, `","level":"INFO","msg":"`...)
 	w.buf = append(w.buf, msg...)
 	w.buf = append(w.buf, `",`...)
-	return len(w.buf)
 }
 
 // Closed does nothing: a record is logged once, when finished.
@@ -92,9 +91,9 @@ func (w *Writer) Finished(r *lifecycle.Record) {
 		w.Sampled++
 		return
 	}
-	n := w.prefix("connection")
-	w.buf = jsonl.AppendRecord(w.buf, r, w.clock)
-	w.write(n)
+	w.prefix("connection")
+	w.buf = jsonl.AppendRecordFields(w.buf, r, w.clock)
+	w.write()
 }
 
 // Event logs a transition when transitions are on.
@@ -108,18 +107,16 @@ func (w *Writer) EventMeta(e *probe.Event, m *metadata.Meta) {
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	n := w.prefix("transition")
-	w.buf = jsonl.AppendEventMeta(w.buf, e, w.clock, m)
-	w.write(n)
+	w.prefix("transition")
+	w.buf = jsonl.AppendEventMetaFields(w.buf, e, w.clock, m)
+	w.write()
 }
 
-// write joins the prefix and the object that starts at n: the object's
-// opening brace goes, the prefix's trailing comma stands for it.
-func (w *Writer) write(n int) {
+// write hands the line to w.
+func (w *Writer) write() {
 	if w.err != nil {
 		return
 	}
-	w.buf = append(w.buf[:n], w.buf[n+1:]...)
 	if _, err := w.w.Write(w.buf); err != nil {
 		w.err = err
 		return

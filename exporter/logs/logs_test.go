@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/tcpfsm/tcpfsm/exporter/jsonl"
 	"github.com/tcpfsm/tcpfsm/tracer/clock"
@@ -99,5 +100,37 @@ func TestTransitions(t *testing.T) {
 	w.Flush()
 	if out.Len() != 0 {
 		t.Errorf("transitions off, wrote %q", out.String())
+	}
+}
+
+// A connection line is slog's keys, then the life -o json object's
+// fields byte for byte, its opening brace replaced by their comma; its
+// time is RFC 3339 with nanoseconds in UTC, as time.Format writes it.
+func TestConnectionLineBytes(t *testing.T) {
+	var out bytes.Buffer
+	c := clock.Clock{BootNs: 1_700_000_000e9}
+	w := New(&out, c, Options{})
+	r := record(7)
+	before := time.Now()
+	w.Finished(r)
+	after := time.Now()
+	if err := w.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	line := out.String()
+	head, rest, ok := strings.Cut(line, `","level":"INFO","msg":"connection",`)
+	if !ok || !strings.HasPrefix(head, `{"time":"`) {
+		t.Fatalf("not slog's keys first: %q", line)
+	}
+	if want := string(jsonl.AppendRecord(nil, r, c)[1:]); rest != want {
+		t.Errorf("record fields\n got %s\nwant %s", rest, want)
+	}
+	stamp := strings.TrimPrefix(head, `{"time":"`)
+	at, err := time.Parse(time.RFC3339Nano, stamp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if at.Before(before.Truncate(0)) || at.After(after.Truncate(0)) || at.UTC().Format(time.RFC3339Nano) != stamp {
+		t.Errorf("time %q: not the logging time (%v to %v) in RFC 3339 UTC", stamp, before, after)
 	}
 }

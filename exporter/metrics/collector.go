@@ -129,13 +129,13 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	n := len(m.opts.Labels)
 	m.mu.Lock()
 	for k, v := range m.opened {
-		counter(d.opened, float64(v), append([]string{k.role}, k.opt[:n]...)...)
+		counter(d.opened, float64(*v), append([]string{k.role}, k.opt[:n]...)...)
 	}
 	for k, v := range m.closed {
-		counter(d.closed, float64(v), append([]string{k.role, k.initiator, k.kind}, k.opt[:n]...)...)
+		counter(d.closed, float64(*v), append([]string{k.role, k.initiator, k.kind}, k.opt[:n]...)...)
 	}
 	for k, v := range m.failures {
-		counter(d.failures, float64(v), append([]string{failureNames[k.reason]}, k.opt[:n]...)...)
+		counter(d.failures, float64(*v), append([]string{failureNames[k.reason]}, k.opt[:n]...)...)
 	}
 	counter(d.bytesSent, float64(m.bytesSent))
 	counter(d.bytesRecv, float64(m.bytesRecv))

@@ -112,16 +112,26 @@ type Metrics struct {
 	resets      [resetDirections]atomic.Uint64
 	synRetrans  atomic.Uint64
 
-	mu                   sync.Mutex
-	opened               map[labelKey]uint64
-	closed               map[labelKey]uint64
-	failures             map[failureKey]uint64
+	mu       sync.Mutex
+	opened   map[labelKey]*uint64
+	closed   map[labelKey]*uint64
+	failures map[failureKey]*uint64
+	// Without optional labels, each counter's series once it exists, by
+	// role, initiator and kind (bounded enums), so that a record hashes
+	// no label values; under mu, as the maps.
+	plainOpened          [roleSeries]*uint64
+	plainClosed          [plainRoles][plainInitiators][plainKinds]*uint64
+	plainFailures        [failureReasons]*uint64
 	bytesSent, bytesRecv uint64
 	attributionMisses    uint64
 	budgets              map[Label]*budget
 
 	handshake, lifetime, stateDur *prometheus.HistogramVec
 	lastExemplar                  [exemplarHistograms]atomic.Int64 // unix ns of each histogram's last exemplar
+	// The clock Closed read for the exemplar checks, and its record's id:
+	// a record finished right after its close (no TIME_WAIT) reuses it.
+	closedNow atomic.Int64
+	closedID  atomic.Uint64
 	// Each series' observer once it exists, so that a record's
 	// observations hash no label values: the state durations by state,
 	// handshake and lifetime by role when there are no optional labels.
@@ -160,6 +170,13 @@ const (
 	roleSeries
 )
 
+// The bounds of plainClosed: every role, initiator and kind there is.
+const (
+	plainRoles      = 4
+	plainInitiators = 4
+	plainKinds      = 16
+)
+
 // Reset directions, indexing resets.
 const (
 	resetSent = iota
@@ -196,10 +213,10 @@ func New(opts Options, build BuildInfo, snapshot func() Snapshot) *Metrics {
 		opts.LabelLimit = DefaultLabelLimit
 	}
 	m := &Metrics{opts: opts, snapshot: snapshot, build: build,
-		opened: map[labelKey]uint64{}, closed: map[labelKey]uint64{}, budgets: map[Label]*budget{},
-		failures: map[failureKey]uint64{}}
+		opened: map[labelKey]*uint64{}, closed: map[labelKey]*uint64{}, budgets: map[Label]*budget{},
+		failures: map[failureKey]*uint64{}}
 	for r := range failureReasons {
-		m.failures[failureKey{reason: r}] = 0 // every reason, from the start
+		m.plainFailures[r] = seriesCounter(m.failures, failureKey{reason: r}) // every reason, from the start
 	}
 	for _, l := range opts.Labels {
 		m.budgets[l] = &budget{limit: opts.LabelLimit, values: map[string]string{}}
@@ -221,6 +238,26 @@ func New(opts Options, build BuildInfo, snapshot func() Snapshot) *Metrics {
 		"Time connections spent in each state, TIME_WAIT included.", "state")
 	m.descs = newDescs(opt)
 	return m
+}
+
+// seriesCounter is k's counter in mp, made at its first use; call with mu
+// held.
+func seriesCounter[K comparable](mp map[K]*uint64, k K) *uint64 {
+	if c := mp[k]; c != nil {
+		return c
+	}
+	c := new(uint64)
+	mp[k] = c
+	return c
+}
+
+// plainCounter is a counter of a series without optional labels through
+// its slot (looked up once); call with mu held.
+func plainCounter[K comparable](slot **uint64, mp map[K]*uint64, k K) *uint64 {
+	if *slot == nil {
+		*slot = seriesCounter(mp, k)
+	}
+	return *slot
 }
 
 func (m *Metrics) optionalNames() []string {
@@ -325,22 +362,29 @@ func (m *Metrics) event(e *probe.Event, md *metadata.Meta, withMeta bool) {
 func (m *Metrics) countOpened(e *probe.Event, role string, md *metadata.Meta, withMeta bool) {
 	m.mu.Lock()
 	k := labelKey{role: role}
-	if len(m.budgets) > 0 {
-		var port uint16
+	if len(m.budgets) == 0 {
+		i := roleSeriesActive
 		if role == "passive" {
-			port = e.Sport
+			i = roleSeriesPassive
 		}
-		var comm []byte
-		container := ""
-		if e.OwnerKnown() {
-			comm = e.CommBytes()
-			if !withMeta && m.opts.ContainerOf != nil {
-				container = m.opts.ContainerOf(e.CgroupId)
-			}
-		}
-		k.opt = m.optionalValues(port, comm, container, md)
+		*plainCounter(&m.plainOpened[i], m.opened, k)++
+		m.mu.Unlock()
+		return
 	}
-	m.opened[k]++
+	var port uint16
+	if role == "passive" {
+		port = e.Sport
+	}
+	var comm []byte
+	container := ""
+	if e.OwnerKnown() {
+		comm = e.CommBytes()
+		if !withMeta && m.opts.ContainerOf != nil {
+			container = m.opts.ContainerOf(e.CgroupId)
+		}
+	}
+	k.opt = m.optionalValues(port, comm, container, md)
+	*seriesCounter(m.opened, k)++
 	m.mu.Unlock()
 }
 
@@ -408,18 +452,18 @@ func (m *Metrics) Closed(r *lifecycle.Record) {
 	role := r.Role.String()
 	m.mu.Lock()
 	opt := m.recordLabels(r)
-	m.closed[labelKey{role: role, initiator: r.Initiator.String(), kind: r.Kind.String(), opt: opt}]++
+	m.countClosed(r, role, &opt)
 	if r.Role == lifecycle.RoleActive {
 		switch r.Kind {
 		case lifecycle.KindRefused:
-			m.failures[failureKey{failRefused, opt}]++
+			m.countFailure(failRefused, &opt)
 		case lifecycle.KindConnectTimeout:
-			m.failures[failureKey{failTimeout, opt}]++
+			m.countFailure(failTimeout, &opt)
 		case lifecycle.KindAbortedHandshake:
-			m.failures[failureKey{failOther, opt}]++
+			m.countFailure(failOther, &opt)
 		case lifecycle.KindResetReceived:
 			if r.HandshakeNs == 0 {
-				m.failures[failureKey{failReset, opt}]++
+				m.countFailure(failReset, &opt)
 			}
 		}
 	}
@@ -431,6 +475,8 @@ func (m *Metrics) Closed(r *lifecycle.Record) {
 	m.mu.Unlock()
 
 	now := m.exemplarClock()
+	m.closedNow.Store(now)
+	m.closedID.Store(r.ID)
 	if r.HandshakeNs > 0 {
 		o := m.roleObserver(m.handshake, &m.handshakeByRole, r.Role, role, &opt)
 		m.observe(exemplarHandshake, o, float64(r.HandshakeNs)/1e9, r.ID, now)
@@ -439,6 +485,25 @@ func (m *Metrics) Closed(r *lifecycle.Record) {
 		o := m.roleObserver(m.lifetime, &m.lifetimeByRole, r.Role, role, &opt)
 		m.observe(exemplarLifetime, o, float64(d)/1e9, r.ID, now)
 	}
+}
+
+// countClosed counts a close in its series; call with mu held.
+func (m *Metrics) countClosed(r *lifecycle.Record, role string, opt *[maxOptional]string) {
+	k := labelKey{role: role, initiator: r.Initiator.String(), kind: r.Kind.String(), opt: *opt}
+	if len(m.budgets) == 0 && r.Role < plainRoles && r.Initiator < plainInitiators && r.Kind < plainKinds {
+		*plainCounter(&m.plainClosed[r.Role][r.Initiator][r.Kind], m.closed, k)++
+		return
+	}
+	*seriesCounter(m.closed, k)++
+}
+
+// countFailure counts a connect failure; call with mu held.
+func (m *Metrics) countFailure(reason int, opt *[maxOptional]string) {
+	if len(m.budgets) == 0 {
+		*m.plainFailures[reason]++
+		return
+	}
+	*seriesCounter(m.failures, failureKey{reason, *opt})++
 }
 
 // roleObserver is a record's series of vec (handshake or lifetime): by
@@ -481,7 +546,13 @@ func (m *Metrics) Finished(r *lifecycle.Record) {
 	if r.Role == lifecycle.RoleListener {
 		return
 	}
-	now := m.exemplarClock()
+	var now int64
+	if m.closedID.Load() == r.ID {
+		now = m.closedNow.Load() // just closed: the same moment
+	}
+	if now == 0 {
+		now = m.exemplarClock()
+	}
 	for _, sp := range r.SpanList() {
 		if sp.Enter == 0 || sp.Exit == 0 || sp.State > probe.MaxState {
 			continue

@@ -10,13 +10,13 @@ func (m *Metrics) Totals() connview.Totals {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for _, v := range m.opened {
-		t.Opened += v
+		t.Opened += *v
 	}
 	for _, v := range m.closed {
-		t.Closed += v
+		t.Closed += *v
 	}
 	for _, v := range m.failures {
-		t.ConnectFailures += v
+		t.ConnectFailures += *v
 	}
 	return t
 }

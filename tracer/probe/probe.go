@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"strings"
 	"time"
 
@@ -290,6 +291,14 @@ func (p *Probe) Read(handle func(raw []byte) error, drained func() error) error 
 				return err
 			}
 			if rec.Remaining == 0 && drained != nil {
+				// Yield at each drain: a reader that never yields keeps
+				// the runtime's monitor thread (sysmon) at its shortest
+				// sleep, 20 us, preempting it and retaking its P (under
+				// full churn 3,800 of its wakeups in 3 s, 550 with this;
+				// context switches -40 %, the agent's CPU -5 to -9 %).
+				// A yield with nothing else to run costs well under a
+				// microsecond.
+				runtime.Gosched()
 				if err := drained(); err != nil {
 					return err
 				}
