@@ -1,6 +1,7 @@
 package lifecycle
 
 import (
+	"hash/maphash"
 	"time"
 
 	"github.com/tcpfsm/tcpfsm/tracer/probe"
@@ -107,10 +108,12 @@ type Builder struct {
 
 	held      []int32            // closed, waiting out ResetHold, in close order
 	timeWait  map[tupleKey]int32 // records in TIME_WAIT
-	passive   map[tupleKey]int32 // open accepted connections, to tell a twin
+	passive   map[uint64]int32   // open accepted connections, to tell a twin (tupleindex.go)
+	passiveX  map[tupleKey]int32 // ... those whose hash another tuple holds
 	handshake map[int32]struct{} // records in SYN_SENT or SYN_RECV
 
-	byTuple   map[tupleKey]int32 // open records by endpoints (seed.go)
+	byTuple   map[uint64]int32 // open records by their endpoints' hash (tupleindex.go)
+	hashSeed  maphash.Seed
 	seedSeq   uint64
 	unjoinedN int                  // seeded records no event joined yet
 	recon     map[uint32]*reconRun // reconciliation dumps under way (reconcile.go)
@@ -143,9 +146,11 @@ func NewBuilder(cfg Config, h Handler) *Builder {
 		tail:        -1,
 		spare:       -1,
 		timeWait:    map[tupleKey]int32{},
-		passive:     map[tupleKey]int32{},
+		passive:     map[uint64]int32{},
+		passiveX:    map[tupleKey]int32{},
 		handshake:   map[int32]struct{}{},
-		byTuple:     map[tupleKey]int32{},
+		byTuple:     map[uint64]int32{},
+		hashSeed:    maphash.MakeSeed(),
 		recon:       map[uint32]*reconRun{},
 		listening:   map[listenKey]bool{},
 		orphans:     map[tupleKey]int32{},

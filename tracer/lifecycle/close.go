@@ -25,8 +25,8 @@ func (b *Builder) closeRecord(i int32) {
 	}
 	k := recordKey(r)
 	if r.Role == RolePassive {
-		if j, ok := b.passive[k]; ok && j == i {
-			delete(b.passive, k)
+		if j, ok := b.passiveOf(k); ok && j == i {
+			b.dropPassive(k, i)
 		} else if ok && !r.established && !r.resetSent && !r.resetReceived && r.SkErr == 0 {
 			// Its twin holds the connection: the kernel lost a race
 			// creating this socket and closed it at once.

@@ -76,7 +76,7 @@ func (b *Builder) observeReconcile(s *Socket) {
 	if s.State == probe.StateListen {
 		b.listening[listenKey{s.NetNS, s.Lport}] = true
 	}
-	for i := b.tupleHead(k); i >= 0; i = b.rec(i).tupNext {
+	for i := b.tupleHead(k); i >= 0; i = b.tupleNext(i, k) {
 		r := b.rec(i)
 		if r.reconSeen == run.start {
 			continue // a listener sharing the endpoints, matched already
@@ -122,7 +122,7 @@ func (b *Builder) reconcileTimeWait(run *reconRun, s *Socket, k tupleKey) {
 	if _, ok := run.closed[k]; ok {
 		return // its record closed during the dump and enters TIME_WAIT
 	}
-	if _, ok := b.byTuple[k]; ok {
+	if b.tupleHead(k) >= 0 {
 		return // an open record: it closed before the dump, its event is due
 	}
 	// Closed unseen (its events lost, or a connection the snapshot

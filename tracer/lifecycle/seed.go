@@ -35,7 +35,7 @@ func (b *Builder) Reserve(n int) {
 		b.byID = make(map[uint64]int32, n)
 	}
 	if len(b.byTuple) == 0 {
-		b.byTuple = make(map[tupleKey]int32, n)
+		b.byTuple = make(map[uint64]int32, n)
 	}
 }
 
@@ -62,7 +62,7 @@ func (b *Builder) observeSnapshot(s *Socket) {
 // only (tracer/session).
 func (b *Builder) Holds(s *Socket) bool {
 	k := s.key()
-	if _, ok := b.byTuple[k]; ok {
+	if b.tupleHead(k) >= 0 {
 		return true
 	}
 	if _, ok := b.timeWait[k]; ok {
@@ -76,7 +76,8 @@ func (b *Builder) Holds(s *Socket) bool {
 // endpoints, other than a seed of the same dump (listeners sharing a
 // port with SO_REUSEPORT list the same endpoints more than once).
 func (b *Builder) trackedFor(s *Socket) bool {
-	for i := b.tupleHead(s.key()); i >= 0; i = b.rec(i).tupNext {
+	k := s.key()
+	for i := b.tupleHead(k); i >= 0; i = b.tupleNext(i, k) {
 		r := b.rec(i)
 		if !(r.unjoined && r.Start == s.Time) {
 			return true
@@ -155,8 +156,8 @@ func (b *Builder) join(e *probe.Event) (int32, bool) {
 		return -1, false // a new socket, and no seed it could replace: no lookup
 	}
 	k := eventKey(e)
-	head, ok := b.byTuple[k]
-	if !ok {
+	head := b.tupleHead(k)
+	if head < 0 {
 		return -1, false
 	}
 	old := e.OldState()
@@ -164,7 +165,7 @@ func (b *Builder) join(e *probe.Event) (int32, bool) {
 		if b.unjoinedN == 0 {
 			return -1, false
 		}
-		for i := head; i >= 0; i = b.rec(i).tupNext {
+		for i := head; i >= 0; i = b.tupleNext(i, k) {
 			if r := b.rec(i); r.unjoined && r.Role != RoleListener {
 				b.dropSeed(i)
 				b.stats.SeedsReplaced++
@@ -175,7 +176,7 @@ func (b *Builder) join(e *probe.Event) (int32, bool) {
 	}
 	// Listeners may share endpoints: take one no event has joined yet.
 	i := head
-	for j := head; j >= 0; j = b.rec(j).tupNext {
+	for j := head; j >= 0; j = b.tupleNext(j, k) {
 		if b.rec(j).unjoined {
 			i = j
 			break
@@ -224,8 +225,8 @@ func (b *Builder) adopt(i int32, id uint64) {
 // connection's reset comes before its CLOSE. Its state is the next
 // state event's to tell.
 func (b *Builder) joinSide(e *probe.Event) (int32, bool) {
-	i, ok := b.byTuple[eventKey(e)]
-	if !ok || b.rec(i).Role == RoleListener {
+	i := b.tupleHead(eventKey(e))
+	if i < 0 || b.rec(i).Role == RoleListener {
 		return -1, false
 	}
 	b.adopt(i, e.ConnId)
@@ -252,51 +253,5 @@ func (b *Builder) guessRole(r *Record) {
 		r.Role = RolePassive
 	case b.listening[listenKey{r.NetNS, r.Rport}] && r.Laddr == r.Raddr:
 		r.Role = RoleActive
-	}
-}
-
-// index and unindex keep the open records by their endpoints; records
-// sharing endpoints (listeners with SO_REUSEPORT) are chained.
-func (b *Builder) index(i int32) {
-	r := b.rec(i)
-	k := recordKey(r)
-	if head, ok := b.byTuple[k]; ok {
-		r.tupNext = head
-	} else {
-		r.tupNext = -1
-	}
-	b.byTuple[k] = i
-	r.indexed = true
-}
-
-// tupleHead is the first open record with these endpoints, -1 for none.
-func (b *Builder) tupleHead(k tupleKey) int32 {
-	if i, ok := b.byTuple[k]; ok {
-		return i
-	}
-	return -1
-}
-
-func (b *Builder) unindex(i int32) {
-	r := b.rec(i)
-	if !r.indexed {
-		return
-	}
-	r.indexed = false
-	k := recordKey(r)
-	head := b.byTuple[k]
-	if head == i {
-		if r.tupNext >= 0 {
-			b.byTuple[k] = r.tupNext
-		} else {
-			delete(b.byTuple, k)
-		}
-		return
-	}
-	for j := head; j >= 0; j = b.rec(j).tupNext {
-		if b.rec(j).tupNext == i {
-			b.rec(j).tupNext = r.tupNext
-			return
-		}
 	}
 }

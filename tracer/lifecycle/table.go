@@ -124,8 +124,8 @@ func (b *Builder) release(i int32) {
 	}
 	b.unindex(i)
 	b.dropOrphan(i)
-	if k := recordKey(r); r.Role == RolePassive && b.passive[k] == i {
-		delete(b.passive, k)
+	if r.Role == RolePassive {
+		b.dropPassive(recordKey(r), i)
 	}
 	b.freeRec(i)
 }

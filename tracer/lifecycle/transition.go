@@ -67,9 +67,7 @@ func (b *Builder) transition(e *probe.Event) {
 	case probe.StateSynRecv:
 		if old == probe.StateListen {
 			r.Role = RolePassive
-			if _, ok := b.passive[recordKey(r)]; !ok {
-				b.passive[recordKey(r)] = i
-			}
+			b.setPassive(recordKey(r), i)
 		}
 	case probe.StateListen:
 		r.Role = RoleListener

@@ -1,0 +1,112 @@
+package lifecycle
+
+import "hash/maphash"
+
+// The indexes by endpoints, keyed by a hash of the tuple instead of the
+// tuple (44 B): a map entry of a uint64 costs about 23 B per connection
+// where one of the tuple cost 73. The records hold their tuple, so a hit
+// is checked against it, and two tuples of one hash are told apart.
+//
+// byTuple: every open record whose tuple has the hash, chained newest
+// first through tupNext; records sharing a tuple (listeners with
+// SO_REUSEPORT) keep that order among themselves. passive: the first
+// open accepted connection of a tuple, to tell a twin; a tuple whose
+// hash another tuple holds there goes in passiveX (hash collisions: in
+// practice never).
+
+func (b *Builder) tupleHash(k tupleKey) uint64 { return maphash.Comparable(b.hashSeed, k) }
+
+// index and unindex keep the open records by their endpoints.
+func (b *Builder) index(i int32) {
+	r := b.rec(i)
+	h := b.tupleHash(recordKey(r))
+	if head, ok := b.byTuple[h]; ok {
+		r.tupNext = head
+	} else {
+		r.tupNext = -1
+	}
+	b.byTuple[h] = i
+	r.indexed = true
+}
+
+func (b *Builder) unindex(i int32) {
+	r := b.rec(i)
+	if !r.indexed {
+		return
+	}
+	r.indexed = false
+	h := b.tupleHash(recordKey(r))
+	head := b.byTuple[h]
+	if head == i {
+		if r.tupNext >= 0 {
+			b.byTuple[h] = r.tupNext
+		} else {
+			delete(b.byTuple, h)
+		}
+		return
+	}
+	for j := head; j >= 0; j = b.rec(j).tupNext {
+		if b.rec(j).tupNext == i {
+			b.rec(j).tupNext = r.tupNext
+			return
+		}
+	}
+}
+
+// tupleHead is the first (newest) open record with these endpoints, -1
+// for none; tupleNext the one after record i.
+func (b *Builder) tupleHead(k tupleKey) int32 {
+	head, ok := b.byTuple[b.tupleHash(k)]
+	if !ok {
+		return -1
+	}
+	return b.sameTuple(head, k)
+}
+
+func (b *Builder) tupleNext(i int32, k tupleKey) int32 { return b.sameTuple(b.rec(i).tupNext, k) }
+
+// sameTuple is the first record from i on its chain with tuple k, -1 for none.
+func (b *Builder) sameTuple(i int32, k tupleKey) int32 {
+	for ; i >= 0; i = b.rec(i).tupNext {
+		if recordKey(b.rec(i)) == k {
+			return i
+		}
+	}
+	return -1
+}
+
+// passiveOf is the open accepted connection registered for k.
+func (b *Builder) passiveOf(k tupleKey) (int32, bool) {
+	if i, ok := b.passive[b.tupleHash(k)]; ok && recordKey(b.rec(i)) == k {
+		return i, true
+	}
+	i, ok := b.passiveX[k]
+	return i, ok
+}
+
+// setPassive registers record i for k unless one is.
+func (b *Builder) setPassive(k tupleKey, i int32) {
+	if _, ok := b.passiveOf(k); ok {
+		return
+	}
+	if h := b.tupleHash(k); !b.hasPassive(h) {
+		b.passive[h] = i
+		return
+	}
+	b.passiveX[k] = i
+}
+
+func (b *Builder) hasPassive(h uint64) bool {
+	_, ok := b.passive[h]
+	return ok
+}
+
+// dropPassive unregisters record i if it is k's.
+func (b *Builder) dropPassive(k tupleKey, i int32) {
+	h := b.tupleHash(k)
+	if j, ok := b.passive[h]; ok && j == i {
+		delete(b.passive, h)
+	} else if j, ok := b.passiveX[k]; ok && j == i {
+		delete(b.passiveX, k)
+	}
+}
