@@ -123,8 +123,8 @@ type Builder struct {
 	orphans     map[tupleKey]int32
 	orphanFlows map[flowKey]int32
 	finTimeout  map[uint32]time.Duration
-	twPolled    map[uint32]uint64 // netns -> time of its last complete TIME_WAIT dump
-	cgroups     map[uint64]cgroupInfo
+	twPolled    map[uint32]uint64      // netns -> time of its last complete TIME_WAIT dump
+	cgroups     map[uint64]*cgroupInfo // shared by the slots that carry one
 	lost        uint64
 	lostAt      uint64 // b.now when lost last grew
 	now         uint64
@@ -134,6 +134,9 @@ type Builder struct {
 	stats  Stats
 
 	scratch, order []int32 // reused by inOrder
+	out            Record  // a record handed to the handler (slot.go)
+	looked         *Record // Lookup's last copy, of record lookedAt
+	lookedAt       int32
 }
 
 // NewBuilder returns a builder that hands records to h.
@@ -157,7 +160,7 @@ func NewBuilder(cfg Config, h Handler) *Builder {
 		orphanFlows: map[flowKey]int32{},
 		finTimeout:  map[uint32]time.Duration{},
 		twPolled:    map[uint32]uint64{},
-		cgroups:     map[uint64]cgroupInfo{},
+		cgroups:     map[uint64]*cgroupInfo{},
 	}
 }
 
@@ -190,7 +193,8 @@ func (b *Builder) StateCount(s probe.State) int {
 // connections carry both. Naming containers is the cgroups package's job;
 // the builder is told the result.
 func (b *Builder) Cgroup(id uint64, path, container string) {
-	b.cgroups[id] = cgroupInfo{path, container}
+	// A new entry: the slots annotated with the old one keep its names.
+	b.cgroups[id] = &cgroupInfo{path, container}
 }
 
 type cgroupInfo struct{ path, container string }

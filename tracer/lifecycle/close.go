@@ -51,10 +51,7 @@ func (b *Builder) conclude(i int32) {
 	}
 	if r.TimeWait == TWPending {
 		r.TimeWaitEnter = r.End
-		if r.NSpan < MaxSpans {
-			r.Spans[r.NSpan] = Span{State: probe.StateTimeWait, Enter: r.End}
-			r.NSpan++
-		}
+		r.addSpan(Span{State: probe.StateTimeWait, Enter: r.End})
 		if old, ok := b.timeWait[recordKey(r)]; ok && sameAsTWSeed(b.rec(old), r) {
 			// A dump listed its time-wait socket before this close was
 			// applied, and seeded a record for it: this is the one.
@@ -67,7 +64,7 @@ func (b *Builder) conclude(i int32) {
 		b.timeWait[recordKey(r)] = i
 	}
 	b.annotate(r)
-	b.h.Closed(r)
+	b.closed(r)
 	b.peerClosed(r)
 	if r.TimeWait != TWPending {
 		b.finish(i)
@@ -75,7 +72,7 @@ func (b *Builder) conclude(i int32) {
 }
 
 // classify decides the initiator and the kind of close.
-func (b *Builder) classify(r *Record) {
+func (b *Builder) classify(r *slot) {
 	err := syscall.Errno(r.SkErr)
 	switch {
 	case r.Role == RoleListener:
@@ -132,16 +129,16 @@ func (b *Builder) classify(r *Record) {
 // annotate fills what the builder knows from other inputs. Lost events
 // flag only the records that show they missed one (noteGap), not every
 // record alive when the loss happened.
-func (b *Builder) annotate(r *Record) {
-	if c, ok := b.cgroups[r.CgroupID]; ok && r.Cgroup == "" {
-		r.Cgroup, r.Container = c.path, c.container
+func (b *Builder) annotate(r *slot) {
+	if c, ok := b.cgroups[r.CgroupID]; ok && (r.cg == nil || r.cg.path == "") {
+		r.cg = c
 	}
 }
 
 // unverified flags a record handed out open (at the end, or evicted)
 // that lived through a loss no reconciliation has checked since: its
 // close may be among the lost events, and nothing says otherwise.
-func (b *Builder) unverified(r *Record) {
+func (b *Builder) unverified(r *slot) {
 	if b.lost > r.lostAtStart && r.reconSeen <= b.lostAt {
 		b.flag(r, AnomalyEventsLost)
 	}
@@ -152,7 +149,15 @@ func (b *Builder) finish(i int32) {
 	if r.Kind == KindOpen && r.End == 0 {
 		b.annotate(r)
 	}
-	r.Emitted = b.now
-	b.h.Finished(r)
+	r.record(&b.out, b.now)
+	b.h.Finished(&b.out)
 	b.release(i)
+}
+
+// closed hands r out as closed. The handler may attach the owner's
+// names (Meta, Peer): the slot keeps them for its Finished.
+func (b *Builder) closed(r *slot) {
+	r.record(&b.out, 0)
+	b.h.Closed(&b.out)
+	r.Meta, r.Peer = b.out.Meta, b.out.Peer
 }

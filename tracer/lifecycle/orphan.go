@@ -88,7 +88,7 @@ func (b *Builder) orphanLeft(netns uint32) uint64 {
 // time-wait socket in its FIN_WAIT2 substate: without the peer's FIN
 // (the kernel sets SOCK_DONE only for it), error or reset; with fentry,
 // when tcp_time_wait said so.
-func (b *Builder) orphanClose(r *Record, e *probe.Event) bool {
+func (b *Builder) orphanClose(r *slot, e *probe.Event) bool {
 	if r.State != probe.StateFinWait2 || e.SkErr != 0 || r.resetSent || r.resetReceived {
 		return false
 	}
@@ -177,8 +177,8 @@ func (b *Builder) leaveFinWait2(i int32, ts uint64) {
 	if r.orphan {
 		b.lruRemove(i)
 	}
-	if n := r.NSpan; n > 0 {
-		r.Spans[n-1].Exit = ts
+	if n := r.lastSpan(); n >= 0 {
+		r.setExit(n, ts)
 	}
 	b.uncount(i, r)
 	r.State = probe.StateClose
@@ -234,7 +234,7 @@ func (b *Builder) orphanDied(i int32, ts uint64) {
 // peerOrphan finds the orphan at the other end of r, a record in netns with
 // r's key: in the same namespace first (loopback), else in the one
 // namespace whose orphan has the reversed endpoints.
-func (b *Builder) peerOrphan(r *Record) (int32, bool) {
+func (b *Builder) peerOrphan(r *slot) (int32, bool) {
 	if len(b.orphans) == 0 {
 		return 0, false
 	}
@@ -250,7 +250,7 @@ func (b *Builder) peerOrphan(r *Record) (int32, bool) {
 
 // peerClosed: r, the end that got our FIN, closed; when its peer is one
 // of our orphans, r's close tells how the orphan's FIN_WAIT2 ended.
-func (b *Builder) peerClosed(r *Record) {
+func (b *Builder) peerClosed(r *slot) {
 	if !r.sawCloseWait || r.Role == RoleListener {
 		return
 	}
@@ -283,10 +283,10 @@ func (b *Builder) peerClosed(r *Record) {
 }
 
 // spanEnter is when r last entered state s, 0 when unknown or never.
-func spanEnter(r *Record, s probe.State) uint64 {
+func spanEnter(r *slot, s probe.State) uint64 {
 	for j := int(r.NSpan) - 1; j >= 0; j-- {
-		if r.Spans[j].State == s {
-			return r.Spans[j].Enter
+		if r.spanState[j] == s {
+			return r.enter[j]
 		}
 	}
 	return 0
@@ -315,7 +315,7 @@ func (b *Builder) observeOrphan(i int32, s *Socket) {
 // orphanDumpDone ends the orphans of a namespace a complete time-wait
 // dump no longer lists.
 func (b *Builder) orphanDumpDone(netns uint32, time uint64) {
-	gone := b.pick(b.orphans, func(r *Record) bool {
+	gone := b.pick(b.orphans, func(r *slot) bool {
 		return r.orphan && r.NetNS == netns && r.twSeen != time && r.orphanAt+dumpMargin <= time
 	})
 	for _, i := range gone {
@@ -342,7 +342,7 @@ func (b *Builder) assumeOrphanEnds(now uint64) {
 	if len(b.orphans) == 0 {
 		return
 	}
-	due := b.pick(b.orphans, func(r *Record) bool {
+	due := b.pick(b.orphans, func(r *slot) bool {
 		if !r.orphan || now < b.orphanDeath(r)+orphanGrace {
 			return false
 		}
@@ -357,7 +357,7 @@ func (b *Builder) assumeOrphanEnds(now uint64) {
 
 // orphanDeath is when an orphan's time-wait socket is to die: its timer
 // as a dump read it, else tcp_fin_timeout after its CLOSE.
-func (b *Builder) orphanDeath(r *Record) uint64 {
+func (b *Builder) orphanDeath(r *slot) uint64 {
 	if r.twExpected != 0 {
 		return r.twExpected
 	}

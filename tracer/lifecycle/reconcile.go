@@ -53,7 +53,7 @@ func (b *Builder) reconcileBegin(netns uint32, time uint64) {
 }
 
 // closedDuringDump remembers a tuple closed while its namespace is dumped.
-func (b *Builder) closedDuringDump(r *Record) {
+func (b *Builder) closedDuringDump(r *slot) {
 	if run := b.recon[r.NetNS]; run != nil {
 		run.closed[recordKey(r)] = struct{}{}
 	}
@@ -137,17 +137,14 @@ func (b *Builder) reconcileTimeWait(run *reconRun, s *Socket, k tupleKey) {
 
 // correct moves a record to the state the kernel reports, entered at an
 // unknown time, found in it at t.
-func (b *Builder) correct(i int32, r *Record, s probe.State, t uint64) {
+func (b *Builder) correct(i int32, r *slot, s probe.State, t uint64) {
 	if s == probe.StateClose || s > probe.MaxState {
 		return
 	}
 	b.uncount(i, r)
 	r.State = s
-	if r.NSpan < MaxSpans {
-		r.Spans[r.NSpan] = Span{State: s}
-		r.NSpan++
-	} else {
-		r.Spans[MaxSpans-1] = Span{State: s}
+	if !r.addSpan(Span{State: s}) {
+		r.setSpan(MaxSpans-1, Span{State: s})
 	}
 	r.foundAt = t
 	r.established = r.established || synchronized(s)
@@ -197,6 +194,6 @@ func (b *Builder) endUnobserved(i int32, t uint64) {
 	b.flag(r, AnomalyEventsLost)
 	b.stats.Reconciled[ReconcileEnded]++
 	b.annotate(r)
-	b.h.Closed(r)
+	b.closed(r)
 	b.finish(i)
 }

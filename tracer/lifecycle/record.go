@@ -180,24 +180,21 @@ func (s *Span) Dwell() uint64 {
 // Record is one connection's whole story. Times are CLOCK_MONOTONIC ns,
 // as the kernel stamps events; durations are ns.
 type Record struct {
-	ID        uint64
-	Role      Role
-	Family    uint8
-	Laddr     [16]byte
-	Raddr     [16]byte
-	Lport     uint16
-	Rport     uint16
-	NetNS     uint32
-	Pid       uint32
-	Comm      [16]byte
-	CgroupID  uint64
-	Cgroup    string // cgroup v2 path, when known
-	Container string // runtime:id, when the cgroup path names one
+	ID       uint64
+	Role     Role
+	Family   uint8
+	Laddr    [16]byte
+	Raddr    [16]byte
+	Lport    uint16
+	Rport    uint16
+	NetNS    uint32
+	Pid      uint32
+	Comm     [16]byte
+	CgroupID uint64
 
-	Start uint64 // first event
-	End   uint64 // the transition to CLOSE; 0 while open
-	Spans [MaxSpans]Span
-	NSpan uint8
+	Start uint64      // first event
+	End   uint64      // the transition to CLOSE; 0 while open
+	NSpan uint8       // Spans used
 	State probe.State // the state now: CLOSE once closed
 	Owner probe.OwnerSource
 
@@ -223,11 +220,6 @@ type Record struct {
 	TimeWaitEnter uint64
 	TimeWaitExit  uint64
 
-	// Emitted is the builder's clock when the record was handed out, so
-	// readers of a record still open can tell how long it has been in
-	// its state (0 until then).
-	Emitted uint64
-
 	// Meta names the owner's container, Peer the pod at the other end
 	// (tracer/metadata), when the container runtime told them. The
 	// builder never sets them: the session attaches them where a record
@@ -237,7 +229,7 @@ type Record struct {
 	Meta, Peer *metadata.Meta
 
 	// what the builder needs while the record is open; by size, so the
-	// record has no padding (it is most of the memory per connection)
+	// slot has no padding (it is most of the memory per connection)
 	lostAtStart uint64
 	heldUntil   uint64
 	twSeen      uint64 // sock_diag: last dump that listed it
@@ -260,6 +252,18 @@ type Record struct {
 	indexed, unjoined                                  bool // in byTuple; seeded and no event yet
 	orphan                                             bool
 	endKind                                            Kind
+
+	// The fields above are the builder's slot (slot.go: its core, in
+	// this order); those below it keeps in a form of its own while it
+	// holds the record, and fills where it hands one out.
+
+	Spans     [MaxSpans]Span
+	Cgroup    string // cgroup v2 path, when known
+	Container string // runtime:id, when the cgroup path names one
+	// Emitted is the builder's clock when the record was handed out, so
+	// readers of a record still open can tell how long it has been in
+	// its state (0 until then).
+	Emitted uint64
 }
 
 // LocalAddr and RemoteAddr return the endpoints' addresses.

@@ -91,7 +91,7 @@ func (b *Builder) trackedFor(s *Socket) bool {
 // allocSeed takes a record for a socket a dump found (making room under
 // MaxTracked first), with its seed id, endpoints and find time: what
 // every seed, full socket or time-wait, starts from.
-func (b *Builder) allocSeed(s *Socket) (int32, *Record) {
+func (b *Builder) allocSeed(s *Socket) (int32, *slot) {
 	if b.open >= b.cfg.MaxTracked || b.records() >= b.cfg.MaxTracked {
 		b.evictOldest()
 	}
@@ -118,7 +118,7 @@ func (b *Builder) seedRecord(s *Socket) int32 {
 	}
 	b.flag(r, AnomalyPartial)
 	r.State = s.State
-	r.Spans[0] = Span{State: s.State} // entered at an unknown time
+	r.setSpan(0, Span{State: s.State}) // entered at an unknown time
 	r.NSpan = 1
 	r.established = synchronized(s.State)
 	if s.State == probe.StateListen {
@@ -192,13 +192,13 @@ func (b *Builder) join(e *probe.Event) (int32, bool) {
 // firstEvent: a seed's first state event says which state the socket
 // was in until now; the dump may have listed it just before or after
 // this change, so that is no mismatch.
-func (b *Builder) firstEvent(i int32, r *Record, old probe.State) {
+func (b *Builder) firstEvent(i int32, r *slot, old probe.State) {
 	r.unjoined = false
 	b.unjoinedN--
 	b.stats.SeededStart++
 	if r.State != old && old != probe.StateClose && old <= probe.MaxState && r.NSpan == 1 {
 		b.uncount(i, r)
-		r.State, r.Spans[0].State = old, old
+		r.State, r.spanState[0] = old, old
 		r.established = r.established || synchronized(old)
 		b.count(i, r)
 	}
@@ -244,7 +244,7 @@ func (b *Builder) dropSeed(i int32) {
 
 // guessRole: a connection whose local port is a listener's was accepted;
 // one that reaches a local listener on the same address was connected.
-func (b *Builder) guessRole(r *Record) {
+func (b *Builder) guessRole(r *slot) {
 	if r.Role != RoleUnknown {
 		return
 	}

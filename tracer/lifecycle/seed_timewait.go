@@ -29,7 +29,7 @@ import "github.com/tcpfsm/tcpfsm/tracer/probe"
 
 // twSeed reports whether a record was seeded from a time-wait socket and
 // no event has touched it since.
-func twSeed(r *Record) bool {
+func twSeed(r *slot) bool {
 	return r.Seeded && r.lastEv == 0 && (r.orphan || r.TimeWait == TWPending)
 }
 
@@ -45,7 +45,7 @@ func (b *Builder) seedTimeWait(s *Socket) int32 {
 	// Both reached a time-wait socket through ESTABLISHED and our FIN.
 	r.established, r.sawFinWait1 = true, true
 	r.twSeen, r.twExpected = s.Time, s.Time+uint64(s.ExpiresMs)*1_000_000
-	r.Spans[0] = Span{State: s.State} // entered at an unknown time
+	r.setSpan(0, Span{State: s.State}) // entered at an unknown time
 	r.NSpan = 1
 	b.byID[r.ID] = i
 	b.guessRole(r)
@@ -74,13 +74,13 @@ func (b *Builder) seedTimeWait(s *Socket) int32 {
 // the dump began, or started midway. The kernel holds one socket per
 // endpoints, so a connection that opened since then took the endpoints
 // over (a connect() or a SYN reusing a TIME_WAIT).
-func sameAsTWSeed(seed, r *Record) bool {
+func sameAsTWSeed(seed, r *slot) bool {
 	return twSeed(seed) && (r.Start < seed.Start || r.Anomalies&AnomalyPartial != 0 && !r.Seeded)
 }
 
 // dropTWSeed forgets a time-wait seed that turned out to be the time-wait
 // socket of record r: r takes its timer; nothing is handed out.
-func (b *Builder) dropTWSeed(i int32, r *Record) {
+func (b *Builder) dropTWSeed(i int32, r *slot) {
 	seed := b.rec(i)
 	r.twSeen, r.twExpected = seed.twSeen, seed.twExpected
 	if seed.orphan {
@@ -97,7 +97,7 @@ func (b *Builder) dropTWSeed(i int32, r *Record) {
 
 // twDue is when a record in TIME_WAIT is due to leave it: TimeWaitLen
 // after its entry, or, for a seed whose entry is unknown, its timer.
-func twDue(r *Record) uint64 {
+func twDue(r *slot) uint64 {
 	if r.TimeWaitEnter == 0 {
 		return r.twExpected
 	}
@@ -106,7 +106,7 @@ func twDue(r *Record) uint64 {
 
 // twSince is when the builder first knew a record in TIME_WAIT was in
 // it: its entry, or when a dump found it there.
-func twSince(r *Record) uint64 {
+func twSince(r *slot) uint64 {
 	if r.TimeWaitEnter == 0 {
 		return r.Start
 	}

@@ -44,7 +44,7 @@ func (b *Builder) TimeWaitNetNS(dst []uint32) []uint32 {
 // the connection to a time-wait socket: the kernel does so only from
 // FIN_WAIT2 and CLOSING, and never when the close was a reset or a
 // timeout.
-func (b *Builder) reconstructTimeWait(r *Record) bool {
+func (b *Builder) reconstructTimeWait(r *slot) bool {
 	if b.cfg.ExactTimeWait || r.Kind == KindResetSent || r.Kind == KindResetReceived || r.Kind == KindTimeout ||
 		r.endKind != KindOpen {
 		return false
@@ -52,7 +52,7 @@ func (b *Builder) reconstructTimeWait(r *Record) bool {
 	if r.NSpan == 0 {
 		return false
 	}
-	last := r.Spans[r.NSpan-1].State
+	last := r.spanState[r.lastSpan()]
 	return last == probe.StateFinWait2 || last == probe.StateClosing
 }
 
@@ -97,7 +97,7 @@ func (b *Builder) timeWaitDumpDone(netns uint32, time uint64) {
 	if b.cfg.ExactTimeWait {
 		return
 	}
-	gone := b.pick(b.timeWait, func(r *Record) bool {
+	gone := b.pick(b.timeWait, func(r *slot) bool {
 		return r.NetNS == netns && r.twSeen != time && twSince(r)+dumpMargin <= time
 	})
 	for _, i := range gone {
@@ -116,7 +116,7 @@ func (b *Builder) timeWaitDumpDone(netns uint32, time uint64) {
 // observation ended by now: none can come (fentry missed it, or no dump
 // sees the namespace).
 func (b *Builder) assumeTimeWaitEnds(now uint64) {
-	due := b.pick(b.timeWait, func(r *Record) bool {
+	due := b.pick(b.timeWait, func(r *slot) bool {
 		if now < twDue(r)+timeWaitGrace {
 			return false
 		}
@@ -154,8 +154,8 @@ func (b *Builder) finishTimeWait(i int32, ts uint64, how TimeWaitEnd) {
 	delete(b.timeWait, recordKey(r))
 	r.TimeWait = how
 	r.TimeWaitExit = ts
-	if n := r.NSpan; n > 0 && r.Spans[n-1].State == probe.StateTimeWait {
-		r.Spans[n-1].Exit = ts
+	if n := r.lastSpan(); n >= 0 && r.spanState[n] == probe.StateTimeWait {
+		r.setExit(n, ts)
 	}
 	b.finish(i)
 }

@@ -12,7 +12,7 @@ func (b *Builder) transition(e *probe.Event) {
 	if !ok {
 		i, ok = b.join(e)
 	}
-	var r *Record
+	var r *slot
 	if !ok {
 		i = b.start(e)
 		r = b.rec(i)
@@ -79,10 +79,10 @@ func (b *Builder) transition(e *probe.Event) {
 			// retransmits as its retransmit count.
 			r.SynRetransmits = e.TotalRetrans
 		}
-		if n := r.NSpan; n >= 2 {
-			hs := &r.Spans[n-2]
-			if (hs.State == probe.StateSynSent || hs.State == probe.StateSynRecv) && hs.Enter != 0 {
-				r.HandshakeNs = e.TsNs - hs.Enter
+		if n := r.lastSpan(); n >= 1 {
+			hs, enter := r.spanState[n-1], r.enter[n-1]
+			if (hs == probe.StateSynSent || hs == probe.StateSynRecv) && enter != 0 {
+				r.HandshakeNs = e.TsNs - enter
 			}
 		}
 	case probe.StateFinWait1:
@@ -145,7 +145,7 @@ func (b *Builder) start(e *probe.Event) int32 {
 		b.flag(r, AnomalyEventsLost)
 	}
 	r.State = old
-	r.Spans[0] = Span{State: old}
+	r.setSpan(0, Span{State: old})
 	r.NSpan = 1
 	r.established = synchronized(old)
 	if old != probe.StateClose {
@@ -156,9 +156,9 @@ func (b *Builder) start(e *probe.Event) int32 {
 }
 
 // setState closes the current span and opens one for the new state.
-func (b *Builder) setState(i int32, r *Record, s probe.State, ts uint64) {
-	if r.NSpan > 0 {
-		r.Spans[r.NSpan-1].Exit = ts
+func (b *Builder) setState(i int32, r *slot, s probe.State, ts uint64) {
+	if n := r.lastSpan(); n >= 0 {
+		r.setExit(n, ts)
 	}
 	b.uncount(i, r)
 	r.State = s
@@ -166,18 +166,15 @@ func (b *Builder) setState(i int32, r *Record, s probe.State, ts uint64) {
 		return
 	}
 	b.count(i, r)
-	if r.NSpan < MaxSpans {
-		r.Spans[r.NSpan] = Span{State: s, Enter: ts}
-		r.NSpan++
-	} else {
+	if !r.addSpan(Span{State: s, Enter: ts}) {
 		// More states than a connection can pass through: keep the last.
-		r.Spans[MaxSpans-1] = Span{State: s, Enter: ts}
+		r.setSpan(MaxSpans-1, Span{State: s, Enter: ts})
 		b.flag(r, AnomalyInvalidTransition)
 	}
 }
 
 // updateOwner takes the event's owner when it knows better.
-func (b *Builder) updateOwner(r *Record, e *probe.Event) {
+func (b *Builder) updateOwner(r *slot, e *probe.Event) {
 	src := e.OwnerSource()
 	if src == probe.OwnerUnknown {
 		return
@@ -195,7 +192,7 @@ func (b *Builder) updateOwner(r *Record, e *probe.Event) {
 	}
 }
 
-func (b *Builder) flag(r *Record, a Anomaly) {
+func (b *Builder) flag(r *slot, a Anomaly) {
 	if r.Anomalies&a == 0 {
 		r.Anomalies |= a
 		for k := 0; k < anomalyKinds; k++ {
