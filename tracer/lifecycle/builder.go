@@ -4,6 +4,7 @@ import (
 	"hash/maphash"
 	"time"
 
+	"github.com/tcpfsm/tcpfsm/tracer/metadata"
 	"github.com/tcpfsm/tcpfsm/tracer/probe"
 )
 
@@ -133,6 +134,13 @@ type Builder struct {
 	states [probe.MaxState + 1]int
 	stats  Stats
 
+	// what slots keep outside themselves (slot.go, owners.go)
+	owners    []ownerEntry // [0]: none
+	ownerOf   map[ownerKey]int32
+	ownerFree []int32
+	exits     map[int32]*[MaxSpans]uint64
+	attached  map[int32][2]*metadata.Meta
+
 	scratch, order []int32 // reused by inOrder
 	out            Record  // a record handed to the handler (slot.go)
 	looked         *Record // Lookup's last copy, of record lookedAt
@@ -161,6 +169,10 @@ func NewBuilder(cfg Config, h Handler) *Builder {
 		finTimeout:  map[uint32]time.Duration{},
 		twPolled:    map[uint32]uint64{},
 		cgroups:     map[uint64]*cgroupInfo{},
+		owners:      make([]ownerEntry, 1),
+		ownerOf:     map[ownerKey]int32{},
+		exits:       map[int32]*[MaxSpans]uint64{},
+		attached:    map[int32][2]*metadata.Meta{},
 	}
 }
 

@@ -51,7 +51,7 @@ func (b *Builder) conclude(i int32) {
 	}
 	if r.TimeWait == TWPending {
 		r.TimeWaitEnter = r.End
-		r.addSpan(Span{State: probe.StateTimeWait, Enter: r.End})
+		b.addSpan(i, r, Span{State: probe.StateTimeWait, Enter: r.End})
 		if old, ok := b.timeWait[recordKey(r)]; ok && sameAsTWSeed(b.rec(old), r) {
 			// A dump listed its time-wait socket before this close was
 			// applied, and seeded a record for it: this is the one.
@@ -64,7 +64,7 @@ func (b *Builder) conclude(i int32) {
 		b.timeWait[recordKey(r)] = i
 	}
 	b.annotate(r)
-	b.closed(r)
+	b.closed(i)
 	b.peerClosed(r)
 	if r.TimeWait != TWPending {
 		b.finish(i)
@@ -130,7 +130,7 @@ func (b *Builder) classify(r *slot) {
 // flag only the records that show they missed one (noteGap), not every
 // record alive when the loss happened.
 func (b *Builder) annotate(r *slot) {
-	if c, ok := b.cgroups[r.CgroupID]; ok && (r.cg == nil || r.cg.path == "") {
+	if c, ok := b.cgroups[b.cgroupID(r)]; ok && (r.cg == nil || r.cg.path == "") {
 		r.cg = c
 	}
 }
@@ -149,15 +149,15 @@ func (b *Builder) finish(i int32) {
 	if r.Kind == KindOpen && r.End == 0 {
 		b.annotate(r)
 	}
-	r.record(&b.out, b.now)
+	b.fill(i, &b.out, b.now)
 	b.h.Finished(&b.out)
 	b.release(i)
 }
 
-// closed hands r out as closed. The handler may attach the owner's
-// names (Meta, Peer): the slot keeps them for its Finished.
-func (b *Builder) closed(r *slot) {
-	r.record(&b.out, 0)
+// closed hands record i out as closed. The handler may attach the
+// owner's names (Meta, Peer): the builder keeps them for its Finished.
+func (b *Builder) closed(i int32) {
+	b.fill(i, &b.out, 0)
 	b.h.Closed(&b.out)
-	r.Meta, r.Peer = b.out.Meta, b.out.Peer
+	b.attach(i, b.rec(i), &b.out)
 }

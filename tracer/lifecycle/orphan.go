@@ -177,8 +177,8 @@ func (b *Builder) leaveFinWait2(i int32, ts uint64) {
 	if r.orphan {
 		b.lruRemove(i)
 	}
-	if n := r.lastSpan(); n >= 0 {
-		r.setExit(n, ts)
+	if r.NSpan > 0 {
+		b.setExit(i, r, ts)
 	}
 	b.uncount(i, r)
 	r.State = probe.StateClose

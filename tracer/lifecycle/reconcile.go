@@ -143,8 +143,8 @@ func (b *Builder) correct(i int32, r *slot, s probe.State, t uint64) {
 	}
 	b.uncount(i, r)
 	r.State = s
-	if !r.addSpan(Span{State: s}) {
-		r.setSpan(MaxSpans-1, Span{State: s})
+	if !b.addSpan(i, r, Span{State: s}) {
+		b.replaceLast(i, r, Span{State: s})
 	}
 	r.foundAt = t
 	r.established = r.established || synchronized(s)
@@ -194,6 +194,6 @@ func (b *Builder) endUnobserved(i int32, t uint64) {
 	b.flag(r, AnomalyEventsLost)
 	b.stats.Reconciled[ReconcileEnded]++
 	b.annotate(r)
-	b.closed(r)
+	b.closed(i)
 	b.finish(i)
 }

@@ -180,17 +180,14 @@ func (s *Span) Dwell() uint64 {
 // Record is one connection's whole story. Times are CLOCK_MONOTONIC ns,
 // as the kernel stamps events; durations are ns.
 type Record struct {
-	ID       uint64
-	Role     Role
-	Family   uint8
-	Laddr    [16]byte
-	Raddr    [16]byte
-	Lport    uint16
-	Rport    uint16
-	NetNS    uint32
-	Pid      uint32
-	Comm     [16]byte
-	CgroupID uint64
+	ID     uint64
+	Role   Role
+	Family uint8
+	Laddr  [16]byte
+	Raddr  [16]byte
+	Lport  uint16
+	Rport  uint16
+	NetNS  uint32
 
 	Start uint64      // first event
 	End   uint64      // the transition to CLOSE; 0 while open
@@ -219,14 +216,6 @@ type Record struct {
 
 	TimeWaitEnter uint64
 	TimeWaitExit  uint64
-
-	// Meta names the owner's container, Peer the pod at the other end
-	// (tracer/metadata), when the container runtime told them. The
-	// builder never sets them: the session attaches them where a record
-	// is handed out (tracer/session's metadata stage), never on the
-	// per-event path. They point to values shared between records and
-	// never changed; nil when unknown.
-	Meta, Peer *metadata.Meta
 
 	// what the builder needs while the record is open; by size, so the
 	// slot has no padding (it is most of the memory per connection)
@@ -257,6 +246,11 @@ type Record struct {
 	// this order); those below it keeps in a form of its own while it
 	// holds the record, and fills where it hands one out.
 
+	// The owner: its process, comm and cgroup.
+	Pid      uint32
+	Comm     [16]byte
+	CgroupID uint64
+
 	Spans     [MaxSpans]Span
 	Cgroup    string // cgroup v2 path, when known
 	Container string // runtime:id, when the cgroup path names one
@@ -264,6 +258,14 @@ type Record struct {
 	// readers of a record still open can tell how long it has been in
 	// its state (0 until then).
 	Emitted uint64
+
+	// Meta names the owner's container, Peer the pod at the other end
+	// (tracer/metadata), when the container runtime told them. The
+	// builder never sets them: the session attaches them where a record
+	// is handed out (tracer/session's metadata stage), never on the
+	// per-event path. They point to values shared between records and
+	// never changed; nil when unknown.
+	Meta, Peer *metadata.Meta
 }
 
 // LocalAddr and RemoteAddr return the endpoints' addresses.

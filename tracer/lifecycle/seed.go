@@ -114,12 +114,12 @@ func (b *Builder) seedRecord(s *Socket) int32 {
 	r.Seeded, r.unjoined = true, true
 	b.unjoinedN++
 	if s.Pid != 0 {
-		r.Pid, r.Comm, r.CgroupID, r.Owner = s.Pid, s.Comm, s.CgroupID, probe.OwnerTask
+		b.setOwner(r, ownerKey{s.CgroupID, s.Pid, s.Comm})
+		r.Owner = probe.OwnerTask
 	}
 	b.flag(r, AnomalyPartial)
 	r.State = s.State
-	r.setSpan(0, Span{State: s.State}) // entered at an unknown time
-	r.NSpan = 1
+	b.addSpan(i, r, Span{State: s.State}) // entered at an unknown time
 	r.established = synchronized(s.State)
 	if s.State == probe.StateListen {
 		r.Role = RoleListener

@@ -45,8 +45,7 @@ func (b *Builder) seedTimeWait(s *Socket) int32 {
 	// Both reached a time-wait socket through ESTABLISHED and our FIN.
 	r.established, r.sawFinWait1 = true, true
 	r.twSeen, r.twExpected = s.Time, s.Time+uint64(s.ExpiresMs)*1_000_000
-	r.setSpan(0, Span{State: s.State}) // entered at an unknown time
-	r.NSpan = 1
+	b.addSpan(i, r, Span{State: s.State}) // entered at an unknown time
 	b.byID[r.ID] = i
 	b.guessRole(r)
 	k := s.key()

@@ -31,6 +31,7 @@ func (b *Builder) shrink() {
 	b.timeWait = shrunk(b.timeWait, &p.timeWait, &b.released)
 	b.orphans = shrunk(b.orphans, &p.orphans, &b.released)
 	b.orphanFlows = shrunk(b.orphanFlows, &p.orphanFlows, &b.released)
+	b.shrinkOwners()
 	if b.dropped > b.droppedSeen {
 		b.released += (b.dropped - b.droppedSeen) * uint64(chunkBytes)
 		b.droppedSeen = b.dropped

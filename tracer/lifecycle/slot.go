@@ -8,27 +8,27 @@ import (
 )
 
 // The builder's slot: how it holds a record, open or closing, in its
-// table (table.go). A Record is most of the memory per connection, and
-// some of it is only wanted where a record is handed out: the spans, 24 B
-// each where 17 hold them (their states apart), the cgroup path and
-// container (two strings: the slot points to the builder's entry for the
-// cgroup instead), and Emitted. A Record is filled from its slot where
-// the builder hands one out (record).
+// table (table.go). The records are most of the memory per connection,
+// and some of a Record is only wanted where one is handed out, or is the
+// same for many: a slot keeps the spans' entries and states and the last
+// span's exit (every other exit is the next span's entry), names its
+// owner (owners.go) and its cgroup's names (the builder's entry) by
+// reference, and leaves out Emitted. What is rare stays outside it, in
+// the builder: the exits of spans that do not follow one another, and
+// the Meta and Peer a Closed handler attached. A Record is filled from
+// its slot where the builder hands one out (fill).
 
 // core is a Record's first fields, the same in the same order (a test
 // checks): a slot's core is copied into a Record's at once.
 type core struct {
-	ID       uint64
-	Role     Role
-	Family   uint8
-	Laddr    [16]byte
-	Raddr    [16]byte
-	Lport    uint16
-	Rport    uint16
-	NetNS    uint32
-	Pid      uint32
-	Comm     [16]byte
-	CgroupID uint64
+	ID     uint64
+	Role   Role
+	Family uint8
+	Laddr  [16]byte
+	Raddr  [16]byte
+	Lport  uint16
+	Rport  uint16
+	NetNS  uint32
 
 	Start uint64
 	End   uint64
@@ -55,8 +55,6 @@ type core struct {
 	TimeWaitEnter uint64
 	TimeWaitExit  uint64
 
-	Meta, Peer *metadata.Meta
-
 	lostAtStart     uint64
 	heldUntil       uint64
 	twSeen          uint64
@@ -80,44 +78,120 @@ type core struct {
 
 type slot struct {
 	core
-	enter, exit [MaxSpans]uint64
-	spanState   [MaxSpans]probe.State
-	cg          *cgroupInfo // the cgroup's path and container, once annotated
+	enter    [MaxSpans]uint64 // the spans' entries
+	lastExit uint64           // the last span's exit; the others' are the next one's entry
+	cg       *cgroupInfo      // the cgroup's path and container, once annotated
+	own      int32            // the owner (owners.go), 0 for none
+	// spanState are the spans' states. apart: the spans' exits are in
+	// Builder.exits, for a span whose exit is not the next one's entry
+	// (a reconciliation's correction, more spans than MaxSpans: never
+	// in a connection's normal life). attached: Meta and Peer are in
+	// Builder.attached.
+	spanState       [MaxSpans]probe.State
+	apart, attached bool
 }
 
-// record fills r from the slot; emitted is r.Emitted.
-func (c *slot) record(r *Record, emitted uint64) {
+// fill fills r from slot i; emitted is r.Emitted.
+func (b *Builder) fill(i int32, r *Record, emitted uint64) {
+	c := b.rec(i)
 	*(*core)(unsafe.Pointer(r)) = c.core
+	o := &b.owners[c.own]
+	r.Pid, r.Comm, r.CgroupID = o.pid, o.comm, o.cgroupID
 	for k := range r.Spans {
-		r.Spans[k] = c.span(k)
+		r.Spans[k] = Span{}
+		if k < int(c.NSpan) {
+			r.Spans[k] = Span{State: c.spanState[k], Enter: c.enter[k], Exit: b.exitOf(i, c, k)}
+		}
 	}
 	r.Cgroup, r.Container = "", ""
 	if c.cg != nil {
 		r.Cgroup, r.Container = c.cg.path, c.cg.container
 	}
 	r.Emitted = emitted
+	r.Meta, r.Peer = nil, nil
+	if c.attached {
+		m := b.attached[i]
+		r.Meta, r.Peer = m[0], m[1]
+	}
 }
 
-// span is span k; setSpan sets it, setExit its exit.
-func (c *slot) span(k int) Span {
-	return Span{State: c.spanState[k], Enter: c.enter[k], Exit: c.exit[k]}
+// attach keeps what a handler attached to record i's copy r (Meta, Peer).
+func (b *Builder) attach(i int32, c *slot, r *Record) {
+	switch {
+	case r.Meta != nil || r.Peer != nil:
+		b.attached[i] = [2]*metadata.Meta{r.Meta, r.Peer}
+		c.attached = true
+	case c.attached:
+		delete(b.attached, i)
+		c.attached = false
+	}
 }
-
-func (c *slot) setSpan(k int, s Span) {
-	c.spanState[k], c.enter[k], c.exit[k] = s.State, s.Enter, s.Exit
-}
-
-func (c *slot) setExit(k int, ts uint64) { c.exit[k] = ts }
 
 // lastSpan is the last used span's index, -1 for none.
 func (c *slot) lastSpan() int { return int(c.NSpan) - 1 }
 
-// addSpan appends a span when there is room, reports whether there was.
-func (c *slot) addSpan(s Span) bool {
-	if c.NSpan >= MaxSpans {
+// exitOf is span k's exit.
+func (b *Builder) exitOf(i int32, c *slot, k int) uint64 {
+	switch {
+	case c.apart:
+		return b.exits[i][k]
+	case k == c.lastSpan():
+		return c.lastExit
+	}
+	return c.enter[k+1]
+}
+
+// setExit sets the last span's exit.
+func (b *Builder) setExit(i int32, c *slot, ts uint64) {
+	if c.apart {
+		b.exits[i][c.lastSpan()] = ts
+		return
+	}
+	c.lastExit = ts
+}
+
+// addSpan appends a span when there is room, and reports whether there was.
+func (b *Builder) addSpan(i int32, c *slot, s Span) bool {
+	n := int(c.NSpan)
+	if n >= MaxSpans {
 		return false
 	}
-	c.setSpan(int(c.NSpan), s)
+	if n > 0 && !c.apart && c.lastExit != s.Enter {
+		b.keepApart(i, c)
+	}
 	c.NSpan++
+	c.spanState[n], c.enter[n] = s.State, s.Enter
+	b.setExit(i, c, s.Exit)
 	return true
+}
+
+// replaceLast puts s in the last span's place.
+func (b *Builder) replaceLast(i int32, c *slot, s Span) {
+	n := c.lastSpan()
+	if n > 0 && !c.apart && c.enter[n] != s.Enter {
+		b.keepApart(i, c) // span n-1's exit was span n's entry
+	}
+	c.spanState[n], c.enter[n] = s.State, s.Enter
+	b.setExit(i, c, s.Exit)
+}
+
+// keepApart moves slot i's exits to Builder.exits.
+func (b *Builder) keepApart(i int32, c *slot) {
+	var ex [MaxSpans]uint64
+	for k := 0; k < int(c.NSpan); k++ {
+		ex[k] = b.exitOf(i, c, k)
+	}
+	b.exits[i] = &ex
+	c.apart = true
+}
+
+// forget drops what slot i keeps outside itself.
+func (b *Builder) forget(i int32, c *slot) {
+	if c.apart {
+		delete(b.exits, i)
+	}
+	if c.attached {
+		delete(b.attached, i)
+	}
+	b.unrefOwner(c.own)
 }

@@ -6,7 +6,7 @@ import (
 	"unsafe"
 )
 
-// TestSlotCoreIsRecordPrefix: slot.record copies a core over a Record's
+// TestSlotCoreIsRecordPrefix: Builder.fill copies a slot's core over a Record's
 // first fields, which must be core's, in its order, at its offsets.
 func TestSlotCoreIsRecordPrefix(t *testing.T) {
 	ct, rt := reflect.TypeFor[core](), reflect.TypeFor[Record]()
@@ -22,9 +22,9 @@ func TestSlotCoreIsRecordPrefix(t *testing.T) {
 	// Every other Record field is filled by slot.record.
 	for k := ct.NumField(); k < rt.NumField(); k++ {
 		switch n := rt.Field(k).Name; n {
-		case "Spans", "Cgroup", "Container", "Emitted":
+		case "Pid", "Comm", "CgroupID", "Spans", "Cgroup", "Container", "Emitted", "Meta", "Peer":
 		default:
-			t.Errorf("Record.%s: not in core, not filled by slot.record", n)
+			t.Errorf("Record.%s: not in core, not filled by Builder.fill", n)
 		}
 	}
 	t.Logf("Record %d B, slot %d B", unsafe.Sizeof(Record{}), unsafe.Sizeof(slot{}))

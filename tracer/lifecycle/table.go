@@ -127,6 +127,7 @@ func (b *Builder) release(i int32) {
 	if r.Role == RolePassive {
 		b.dropPassive(recordKey(r), i)
 	}
+	b.forget(i, r)
 	b.freeRec(i)
 }
 

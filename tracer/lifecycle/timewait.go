@@ -155,7 +155,7 @@ func (b *Builder) finishTimeWait(i int32, ts uint64, how TimeWaitEnd) {
 	r.TimeWait = how
 	r.TimeWaitExit = ts
 	if n := r.lastSpan(); n >= 0 && r.spanState[n] == probe.StateTimeWait {
-		r.setExit(n, ts)
+		b.setExit(i, r, ts)
 	}
 	b.finish(i)
 }

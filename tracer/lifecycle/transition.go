@@ -145,8 +145,7 @@ func (b *Builder) start(e *probe.Event) int32 {
 		b.flag(r, AnomalyEventsLost)
 	}
 	r.State = old
-	r.setSpan(0, Span{State: old})
-	r.NSpan = 1
+	b.addSpan(i, r, Span{State: old})
 	r.established = synchronized(old)
 	if old != probe.StateClose {
 		b.count(i, r)
@@ -157,8 +156,8 @@ func (b *Builder) start(e *probe.Event) int32 {
 
 // setState closes the current span and opens one for the new state.
 func (b *Builder) setState(i int32, r *slot, s probe.State, ts uint64) {
-	if n := r.lastSpan(); n >= 0 {
-		r.setExit(n, ts)
+	if r.NSpan > 0 {
+		b.setExit(i, r, ts)
 	}
 	b.uncount(i, r)
 	r.State = s
@@ -166,9 +165,9 @@ func (b *Builder) setState(i int32, r *slot, s probe.State, ts uint64) {
 		return
 	}
 	b.count(i, r)
-	if !r.addSpan(Span{State: s, Enter: ts}) {
+	if !b.addSpan(i, r, Span{State: s, Enter: ts}) {
 		// More states than a connection can pass through: keep the last.
-		r.setSpan(MaxSpans-1, Span{State: s, Enter: ts})
+		b.replaceLast(i, r, Span{State: s, Enter: ts})
 		b.flag(r, AnomalyInvalidTransition)
 	}
 }
@@ -185,7 +184,7 @@ func (b *Builder) updateOwner(r *slot, e *probe.Event) {
 	if !better {
 		return
 	}
-	r.Pid, r.Comm, r.CgroupID = e.Pid, e.Comm, e.CgroupId
+	b.setOwner(r, ownerKey{e.CgroupId, e.Pid, e.Comm})
 	r.Owner = src
 	if src == probe.OwnerCarried {
 		r.Owner = probe.OwnerTask

@@ -21,13 +21,13 @@ import (
 func (b *Builder) Open() iter.Seq[*Record] {
 	return func(yield func(*Record) bool) {
 		var batch []Record
-		b.eachOpen(func(c *slot) bool {
+		b.eachOpen(func(i int32, c *slot) bool {
 			if len(batch) == 0 {
 				batch = make([]Record, min(64, max(1, b.OpenCount())))
 			}
 			r := &batch[0]
 			batch = batch[1:]
-			c.record(r, 0)
+			b.fill(i, r, 0)
 			return yield(r)
 		})
 	}
@@ -39,29 +39,29 @@ func (b *Builder) Open() iter.Seq[*Record] {
 func (b *Builder) Visit() iter.Seq[*Record] {
 	return func(yield func(*Record) bool) {
 		r := new(Record)
-		b.eachOpen(func(c *slot) bool {
-			c.record(r, 0)
+		b.eachOpen(func(i int32, c *slot) bool {
+			b.fill(i, r, 0)
 			return yield(r)
 		})
 	}
 }
 
-// eachOpen calls f with the slot of each record Open visits, in order,
+// eachOpen calls f with the index and slot of each record Open visits, in order,
 // until f returns false.
-func (b *Builder) eachOpen(f func(*slot) bool) {
+func (b *Builder) eachOpen(f func(int32, *slot) bool) {
 	for i := b.tail; i >= 0; i = b.rec(i).prev {
-		if !f(b.rec(i)) {
+		if !f(i, b.rec(i)) {
 			return
 		}
 	}
 	for _, i := range b.timeWait {
-		if !f(b.rec(i)) {
+		if !f(i, b.rec(i)) {
 			return
 		}
 	}
 	for _, i := range b.held {
 		if r := b.rec(i); orphanCandidate(&r.core) {
-			if !f(r) {
+			if !f(i, r) {
 				return
 			}
 		}
@@ -96,7 +96,7 @@ func (b *Builder) Lookup(id uint64) (*Record, bool) {
 	if b.looked == nil || b.lookedAt != i {
 		b.looked, b.lookedAt = new(Record), i
 	}
-	b.rec(i).record(b.looked, 0)
+	b.fill(i, b.looked, 0)
 	return b.looked, true
 }
 
@@ -105,11 +105,11 @@ func (b *Builder) Lookup(id uint64) (*Record, bool) {
 // ladders. It looks at every open record: for one connection at a time.
 func (b *Builder) Peer(r *Record) (*Record, bool) {
 	var found *Record
-	b.eachOpen(func(o *slot) bool {
+	b.eachOpen(func(i int32, o *slot) bool {
 		if o.ID != r.ID && o.Family == r.Family && o.Lport == r.Rport && o.Rport == r.Lport &&
 			o.Laddr == r.Raddr && o.Raddr == r.Laddr && o.Role != RoleListener {
 			found = new(Record)
-			o.record(found, 0)
+			b.fill(i, found, 0)
 			return false
 		}
 		return true
