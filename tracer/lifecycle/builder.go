@@ -139,6 +139,7 @@ type Builder struct {
 	ownerOf   map[ownerKey]int32
 	ownerFree []int32
 	exits     map[int32]*[MaxSpans]uint64
+	closings  closingTable
 	attached  map[int32][2]*metadata.Meta
 
 	scratch, order []int32 // reused by inOrder
@@ -247,7 +248,7 @@ func (b *Builder) advance(now uint64) {
 	done := 0
 	for done < len(b.held) {
 		i := b.held[done]
-		if b.rec(i).heldUntil > now {
+		if b.cl(b.rec(i)).heldUntil > now {
 			break
 		}
 		done++

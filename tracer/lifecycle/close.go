@@ -13,15 +13,15 @@ import (
 // closeRecord classifies a closed record once its reset hold is over.
 func (b *Builder) closeRecord(i int32) {
 	r := b.rec(i)
-	r.heldUntil = 0
-	if r.orphanAt != 0 && !r.orphan {
+	b.closingOf(r).heldUntil = 0
+	if b.cl(r).orphanAt != 0 && !r.orphan {
 		if !r.resetSent && !r.resetReceived {
 			b.becomeOrphan(i)
 			return
 		}
 		// A reset after the CLOSE: no time-wait socket took it.
-		r.finAt = 0
-		b.leaveFinWait2(i, r.orphanAt)
+		b.closingOf(r).finAt = 0
+		b.leaveFinWait2(i, b.cl(r).orphanAt)
 	}
 	k := recordKey(r)
 	if r.Role == RolePassive {
@@ -50,7 +50,7 @@ func (b *Builder) conclude(i int32) {
 		r.TimeWait = TWPending
 	}
 	if r.TimeWait == TWPending {
-		r.TimeWaitEnter = r.End
+		b.closingOf(r).TimeWaitEnter = r.End
 		b.addSpan(i, r, Span{State: probe.StateTimeWait, Enter: r.End})
 		if old, ok := b.timeWait[recordKey(r)]; ok && sameAsTWSeed(b.rec(old), r) {
 			// A dump listed its time-wait socket before this close was

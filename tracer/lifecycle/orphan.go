@@ -102,7 +102,7 @@ func (b *Builder) orphanClose(r *slot, e *probe.Event) bool {
 // dumps find it while it waits out its reset hold.
 func (b *Builder) addOrphan(i int32, ts uint64) {
 	r := b.rec(i)
-	r.orphanAt = ts
+	b.closingOf(r).orphanAt = ts
 	k := recordKey(r)
 	if old, ok := b.orphans[k]; ok && old != i && sameAsTWSeed(b.rec(old), r) {
 		// The dump that seeded it listed this connection's own time-wait
@@ -128,9 +128,9 @@ func (b *Builder) becomeOrphan(i int32) {
 	r := b.rec(i)
 	r.orphan = true
 	b.lruPush(i)
-	if r.finAt != 0 {
-		at := r.finAt
-		r.finAt = 0
+	if b.cl(r).finAt != 0 {
+		at := b.cl(r).finAt
+		b.closingOf(r).finAt = 0
 		b.orphanFin(i, at)
 	}
 }
@@ -138,7 +138,7 @@ func (b *Builder) becomeOrphan(i int32) {
 // dropOrphan forgets a candidate's or an orphan's indexes.
 func (b *Builder) dropOrphan(i int32) {
 	r := b.rec(i)
-	if r.orphanAt == 0 {
+	if b.cl(r).orphanAt == 0 {
 		return
 	}
 	k := recordKey(r)
@@ -170,8 +170,8 @@ func (b *Builder) dropOrphan(i int32) {
 // leaveFinWait2 ends an orphan's FIN_WAIT2 at ts: it is closed now.
 func (b *Builder) leaveFinWait2(i int32, ts uint64) {
 	r := b.rec(i)
-	if ts < r.orphanAt {
-		ts = r.orphanAt
+	if ts < b.cl(r).orphanAt {
+		ts = b.cl(r).orphanAt
 	}
 	b.dropOrphan(i)
 	if r.orphan {
@@ -183,7 +183,7 @@ func (b *Builder) leaveFinWait2(i int32, ts uint64) {
 	b.uncount(i, r)
 	r.State = probe.StateClose
 	r.End = ts
-	r.orphanAt, r.orphan = 0, false
+	b.closingOf(r).orphanAt, r.orphan = 0, false
 }
 
 // orphanFin: the peer's FIN reached the orphan's time-wait socket at ts;
@@ -192,8 +192,8 @@ func (b *Builder) orphanFin(i int32, ts uint64) {
 	r := b.rec(i)
 	if !r.orphan {
 		// Still waiting out its reset hold: closeRecord decides then.
-		if r.finAt == 0 || ts < r.finAt {
-			r.finAt = ts
+		if b.cl(r).finAt == 0 || ts < b.cl(r).finAt {
+			b.closingOf(r).finAt = ts
 		}
 		return
 	}
@@ -220,9 +220,9 @@ func (b *Builder) orphanDied(i int32, ts uint64) {
 	r := b.rec(i)
 	// A dump's timer is exact (the kernel's timers never fire early);
 	// one assumed from tcp_fin_timeout is given the grace.
-	death, slack := r.twExpected, uint64(0)
+	death, slack := b.cl(r).twExpected, uint64(0)
 	if death == 0 {
-		death, slack = r.orphanAt+b.orphanLeft(r.NetNS), orphanGrace
+		death, slack = b.cl(r).orphanAt+b.orphanLeft(r.NetNS), orphanGrace
 	}
 	if death <= ts+slack {
 		b.orphanEnded(i, min(death, ts), KindFinWait2Timeout)
@@ -299,7 +299,8 @@ func (b *Builder) observeOrphan(i int32, s *Socket) {
 	r := b.rec(i)
 	end := s.Time + uint64(s.ExpiresMs)*1_000_000
 	if s.State != probe.StateTimeWait {
-		r.twSeen, r.twExpected = s.Time, end
+		cl := b.closingOf(r)
+		cl.twSeen, cl.twExpected = s.Time, end
 		return
 	}
 	fin := s.Time
@@ -308,7 +309,8 @@ func (b *Builder) observeOrphan(i int32, s *Socket) {
 	}
 	b.orphanFin(i, max(fin, spanEnter(r, probe.StateFinWait2)))
 	if r.TimeWait == TWPending {
-		r.twSeen, r.twExpected = s.Time, end
+		cl := b.closingOf(r)
+		cl.twSeen, cl.twExpected = s.Time, end
 	}
 }
 
@@ -316,7 +318,7 @@ func (b *Builder) observeOrphan(i int32, s *Socket) {
 // dump no longer lists.
 func (b *Builder) orphanDumpDone(netns uint32, time uint64) {
 	gone := b.pick(b.orphans, func(r *slot) bool {
-		return r.orphan && r.NetNS == netns && r.twSeen != time && r.orphanAt+dumpMargin <= time
+		return r.orphan && r.NetNS == netns && b.cl(r).twSeen != time && b.cl(r).orphanAt+dumpMargin <= time
 	})
 	for _, i := range gone {
 		b.orphanDied(i, time)
@@ -328,7 +330,7 @@ func (b *Builder) orphanTWEnd(i int32, ts uint64, substate probe.State) {
 	if substate == probe.StateTimeWait {
 		// Its FIN came unseen, at the latest TimeWaitLen before.
 		r := b.rec(i)
-		fin := max(r.orphanAt, ts-min(ts, TimeWaitLen))
+		fin := max(b.cl(r).orphanAt, ts-min(ts, TimeWaitLen))
 		b.orphanFin(i, fin)
 		b.timeWaitEnded(recordKey(r), ts, TWExact)
 		return
@@ -348,7 +350,7 @@ func (b *Builder) assumeOrphanEnds(now uint64) {
 		}
 		// Where sock_diag sees the netns (lately), its dumps decide.
 		polled, ok := b.twPolled[r.NetNS]
-		return !ok || polled <= r.orphanAt || now >= polled+orphanDumpStale
+		return !ok || polled <= b.cl(r).orphanAt || now >= polled+orphanDumpStale
 	})
 	for _, i := range due {
 		b.orphanEnded(i, b.orphanDeath(b.rec(i)), KindFinWait2Timeout)
@@ -358,10 +360,10 @@ func (b *Builder) assumeOrphanEnds(now uint64) {
 // orphanDeath is when an orphan's time-wait socket is to die: its timer
 // as a dump read it, else tcp_fin_timeout after its CLOSE.
 func (b *Builder) orphanDeath(r *slot) uint64 {
-	if r.twExpected != 0 {
-		return r.twExpected
+	if b.cl(r).twExpected != 0 {
+		return b.cl(r).twExpected
 	}
-	return r.orphanAt + b.orphanLeft(r.NetNS)
+	return b.cl(r).orphanAt + b.orphanLeft(r.NetNS)
 }
 
 // OrphanCount is how many records are orphans in FIN_WAIT2 now.

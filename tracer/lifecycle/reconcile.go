@@ -114,7 +114,8 @@ func (b *Builder) reconcileTimeWait(run *reconRun, s *Socket, k tupleKey) {
 	end := s.Time + uint64(s.ExpiresMs)*1_000_000
 	if i, ok := b.timeWait[k]; ok {
 		r := b.rec(i)
-		r.twSeen, r.twExpected = s.Time, end
+		cl := b.closingOf(r)
+		cl.twSeen, cl.twExpected = s.Time, end
 		r.twFinWait2 = s.State == probe.StateFinWait2
 		r.reconSeen = run.start
 		return
@@ -169,7 +170,7 @@ func (b *Builder) reconcileDone(netns uint32) {
 		r := b.rec(i)
 		// Orphans have no full socket to list: the time-wait dump ends them
 		// (timeWaitDumpDone, below) with their own kinds.
-		if r.NetNS == netns && r.reconSeen != run.start && r.lastEv < run.start && r.Start < run.start && r.orphanAt == 0 {
+		if r.NetNS == netns && r.reconSeen != run.start && r.lastEv < run.start && r.Start < run.start && b.cl(r).orphanAt == 0 {
 			b.scratch = append(b.scratch, i)
 		}
 	}

@@ -214,25 +214,17 @@ type Record struct {
 	Retransmits      uint32
 	SegsIn, SegsOut  uint32
 
-	TimeWaitEnter uint64
-	TimeWaitExit  uint64
-
 	// what the builder needs while the record is open; by size, so the
 	// slot has no padding (it is most of the memory per connection)
 	lostAtStart uint64
-	heldUntil   uint64
-	twSeen      uint64 // sock_diag: last dump that listed it
-	twExpected  uint64 // ... its timer's end
 	alias       uint64 // a seeded record's kernel connection id, once joined
 	lastEv      uint64 // time of its last event
 	reconSeen   uint64 // start of the last reconciliation dump that listed it
 	foundAt     uint64 // when a dump found it in its state (entry unknown)
-	// orphans in FIN_WAIT2 (orphan.go): orphanAt the full socket's CLOSE
-	// (0: none), orphan once past its reset hold, finAt the peer's FIN
-	// learnt during the hold, endKind the close an orphan ended with.
-	orphanAt, finAt uint64
-	prev, next      int32 // LRU, slab indices
-	tupNext         int32 // next open record with the same endpoints
+	// orphans in FIN_WAIT2 (orphan.go): orphan once past its reset
+	// hold, endKind the close an orphan ended with.
+	prev, next int32 // LRU, slab indices
+	tupNext    int32 // next open record with the same endpoints
 
 	sawFinWait1, sawCloseWait, sawClosing, established bool
 	resetSent, resetReceived                           bool
@@ -245,6 +237,14 @@ type Record struct {
 	// The fields above are the builder's slot (slot.go: its core, in
 	// this order); those below it keeps in a form of its own while it
 	// holds the record, and fills where it hands one out.
+
+	TimeWaitEnter uint64
+	TimeWaitExit  uint64
+	// what the builder needs once it closed (closing.go)
+	heldUntil       uint64
+	twSeen          uint64 // sock_diag: last dump that listed it
+	twExpected      uint64 // ... its timer's end
+	orphanAt, finAt uint64 // orphans in FIN_WAIT2 (orphan.go)
 
 	// The owner: its process, comm and cgroup.
 	Pid      uint32

@@ -44,7 +44,8 @@ func (b *Builder) seedTimeWait(s *Socket) int32 {
 	b.flag(r, AnomalyPartial)
 	// Both reached a time-wait socket through ESTABLISHED and our FIN.
 	r.established, r.sawFinWait1 = true, true
-	r.twSeen, r.twExpected = s.Time, s.Time+uint64(s.ExpiresMs)*1_000_000
+	cl := b.closingOf(r)
+	cl.twSeen, cl.twExpected = s.Time, s.Time+uint64(s.ExpiresMs)*1_000_000
 	b.addSpan(i, r, Span{State: s.State}) // entered at an unknown time
 	b.byID[r.ID] = i
 	b.guessRole(r)
@@ -81,7 +82,8 @@ func sameAsTWSeed(seed, r *slot) bool {
 // socket of record r: r takes its timer; nothing is handed out.
 func (b *Builder) dropTWSeed(i int32, r *slot) {
 	seed := b.rec(i)
-	r.twSeen, r.twExpected = seed.twSeen, seed.twExpected
+	cl := b.closingOf(r)
+	cl.twSeen, cl.twExpected = b.cl(seed).twSeen, b.cl(seed).twExpected
 	if seed.orphan {
 		b.lruRemove(i)
 	}
@@ -96,18 +98,19 @@ func (b *Builder) dropTWSeed(i int32, r *slot) {
 
 // twDue is when a record in TIME_WAIT is due to leave it: TimeWaitLen
 // after its entry, or, for a seed whose entry is unknown, its timer.
-func twDue(r *slot) uint64 {
-	if r.TimeWaitEnter == 0 {
-		return r.twExpected
+func (b *Builder) twDue(r *slot) uint64 {
+	cl := b.cl(r)
+	if cl.TimeWaitEnter == 0 {
+		return cl.twExpected
 	}
-	return r.TimeWaitEnter + TimeWaitLen
+	return cl.TimeWaitEnter + TimeWaitLen
 }
 
 // twSince is when the builder first knew a record in TIME_WAIT was in
 // it: its entry, or when a dump found it there.
-func twSince(r *slot) uint64 {
-	if r.TimeWaitEnter == 0 {
-		return r.Start
+func (b *Builder) twSince(r *slot) uint64 {
+	if enter := b.cl(r).TimeWaitEnter; enter != 0 {
+		return enter
 	}
-	return r.TimeWaitEnter
+	return r.Start
 }

@@ -52,20 +52,13 @@ type core struct {
 	Retransmits      uint32
 	SegsIn, SegsOut  uint32
 
-	TimeWaitEnter uint64
-	TimeWaitExit  uint64
-
-	lostAtStart     uint64
-	heldUntil       uint64
-	twSeen          uint64
-	twExpected      uint64
-	alias           uint64
-	lastEv          uint64
-	reconSeen       uint64
-	foundAt         uint64
-	orphanAt, finAt uint64
-	prev, next      int32
-	tupNext         int32
+	lostAtStart uint64
+	alias       uint64
+	lastEv      uint64
+	reconSeen   uint64
+	foundAt     uint64
+	prev, next  int32
+	tupNext     int32
 
 	sawFinWait1, sawCloseWait, sawClosing, established bool
 	resetSent, resetReceived                           bool
@@ -82,6 +75,7 @@ type slot struct {
 	lastExit uint64           // the last span's exit; the others' are the next one's entry
 	cg       *cgroupInfo      // the cgroup's path and container, once annotated
 	own      int32            // the owner (owners.go), 0 for none
+	cl       int32            // what it needs once closed (closing.go), 0 for none
 	// spanState are the spans' states. apart: the spans' exits are in
 	// Builder.exits, for a span whose exit is not the next one's entry
 	// (a reconciliation's correction, more spans than MaxSpans: never
@@ -108,6 +102,9 @@ func (b *Builder) fill(i int32, r *Record, emitted uint64) {
 		r.Cgroup, r.Container = c.cg.path, c.cg.container
 	}
 	r.Emitted = emitted
+	cl := b.cl(c)
+	r.TimeWaitEnter, r.TimeWaitExit = cl.TimeWaitEnter, cl.TimeWaitExit
+	r.heldUntil, r.twSeen, r.twExpected, r.orphanAt, r.finAt = cl.heldUntil, cl.twSeen, cl.twExpected, cl.orphanAt, cl.finAt
 	r.Meta, r.Peer = nil, nil
 	if c.attached {
 		m := b.attached[i]
@@ -194,4 +191,5 @@ func (b *Builder) forget(i int32, c *slot) {
 		delete(b.attached, i)
 	}
 	b.unrefOwner(c.own)
+	b.closings.give(c.cl)
 }

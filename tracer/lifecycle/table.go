@@ -212,7 +212,7 @@ func (b *Builder) evictOldest() {
 		oldest := tw[0]
 		b.stats.Evictions[EvictCap]++
 		r := b.rec(oldest)
-		b.finishTimeWait(oldest, twDue(r), TWAssumed)
+		b.finishTimeWait(oldest, b.twDue(r), TWAssumed)
 	}
 }
 
@@ -264,8 +264,8 @@ func (b *Builder) pick(m map[tupleKey]int32, keep func(r *slot) bool) []int32 {
 func (b *Builder) inOrder(idx []int32) []int32 {
 	at := func(i int32) uint64 {
 		r := b.rec(i)
-		if r.TimeWaitEnter != 0 {
-			return r.TimeWaitEnter
+		if b.cl(r).TimeWaitEnter != 0 {
+			return b.cl(r).TimeWaitEnter
 		}
 		if n := r.lastSpan(); n >= 0 {
 			return r.enter[n]

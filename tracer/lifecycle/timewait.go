@@ -68,11 +68,11 @@ func (b *Builder) observeTimeWait(s *Socket) {
 	end := s.Time + uint64(s.ExpiresMs)*1_000_000
 	if i, ok := b.timeWait[k]; ok {
 		r := b.rec(i)
-		if s.Time < r.TimeWaitEnter {
+		if s.Time < b.cl(r).TimeWaitEnter {
 			return // dumped before its FIN came: says nothing of TIME_WAIT
 		}
-		r.twSeen = s.Time
-		r.twExpected = end
+		b.closingOf(r).twSeen = s.Time
+		b.closingOf(r).twExpected = end
 		r.twFinWait2 = s.State == probe.StateFinWait2
 		return
 	}
@@ -98,15 +98,15 @@ func (b *Builder) timeWaitDumpDone(netns uint32, time uint64) {
 		return
 	}
 	gone := b.pick(b.timeWait, func(r *slot) bool {
-		return r.NetNS == netns && r.twSeen != time && twSince(r)+dumpMargin <= time
+		return r.NetNS == netns && b.cl(r).twSeen != time && b.twSince(r)+dumpMargin <= time
 	})
 	for _, i := range gone {
 		r := b.rec(i)
 		// Gone: at its timer's end if that has passed, else killed early
 		// (reused by a new connection, or reset) before this dump.
 		end := time
-		if r.twExpected != 0 && r.twExpected <= time {
-			end = r.twExpected
+		if b.cl(r).twExpected != 0 && b.cl(r).twExpected <= time {
+			end = b.cl(r).twExpected
 		}
 		b.finishTimeWait(i, end, TWSockDiag)
 	}
@@ -117,16 +117,16 @@ func (b *Builder) timeWaitDumpDone(netns uint32, time uint64) {
 // sees the namespace).
 func (b *Builder) assumeTimeWaitEnds(now uint64) {
 	due := b.pick(b.timeWait, func(r *slot) bool {
-		if now < twDue(r)+timeWaitGrace {
+		if now < b.twDue(r)+timeWaitGrace {
 			return false
 		}
 		// Where sock_diag sees the netns, its dumps decide.
 		polled, ok := b.twPolled[r.NetNS]
-		return !ok || polled <= twSince(r) || b.cfg.ExactTimeWait
+		return !ok || polled <= b.twSince(r) || b.cfg.ExactTimeWait
 	})
 	for _, i := range due {
 		r := b.rec(i)
-		b.timeWaitEnded(recordKey(r), twDue(r), TWAssumed)
+		b.timeWaitEnded(recordKey(r), b.twDue(r), TWAssumed)
 	}
 }
 
@@ -153,7 +153,7 @@ func (b *Builder) finishTimeWait(i int32, ts uint64, how TimeWaitEnd) {
 	r := b.rec(i)
 	delete(b.timeWait, recordKey(r))
 	r.TimeWait = how
-	r.TimeWaitExit = ts
+	b.closingOf(r).TimeWaitExit = ts
 	if n := r.lastSpan(); n >= 0 && r.spanState[n] == probe.StateTimeWait {
 		b.setExit(i, r, ts)
 	}

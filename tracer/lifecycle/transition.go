@@ -111,7 +111,7 @@ func (b *Builder) transition(e *probe.Event) {
 		b.lruRemove(i)
 		b.unindex(i)
 		b.closedDuringDump(r)
-		r.heldUntil = e.TsNs + uint64(b.cfg.ResetHold)
+		b.closingOf(r).heldUntil = e.TsNs + uint64(b.cfg.ResetHold)
 		b.held = append(b.held, i)
 	}
 }
@@ -214,7 +214,7 @@ func (b *Builder) sideEvent(e *probe.Event) {
 		return
 	}
 	r := b.rec(i)
-	if r.End != 0 && r.heldUntil == 0 {
+	if r.End != 0 && b.cl(r).heldUntil == 0 {
 		b.stats.LateResets++
 		return
 	}

@@ -60,7 +60,7 @@ func (b *Builder) eachOpen(f func(int32, *slot) bool) {
 		}
 	}
 	for _, i := range b.held {
-		if r := b.rec(i); orphanCandidate(&r.core) {
+		if r := b.rec(i); b.orphanCandidate(r) {
 			if !f(i, r) {
 				return
 			}
@@ -71,13 +71,15 @@ func (b *Builder) eachOpen(f func(int32, *slot) bool) {
 // orphanCandidate: a CLOSE from FIN_WAIT2 waiting out its reset hold to
 // become an orphan (orphan.go). The gauges count it in FIN_WAIT2, so the
 // readers of what is open see it too.
-func orphanCandidate(r *core) bool { return r.orphanAt != 0 && !r.orphan && r.End == 0 }
+func (b *Builder) orphanCandidate(r *slot) bool {
+	return !r.orphan && r.End == 0 && b.cl(r).orphanAt != 0
+}
 
 // OpenCount is how many records Open visits.
 func (b *Builder) OpenCount() int {
 	n := b.open + len(b.timeWait)
 	for _, i := range b.held {
-		if orphanCandidate(&b.rec(i).core) {
+		if b.orphanCandidate(b.rec(i)) {
 			n++
 		}
 	}
