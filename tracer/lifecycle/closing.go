@@ -1,9 +1,9 @@
 package lifecycle
 
 // What a record needs from its close on (its reset hold, its orphan's
-// FIN_WAIT2, its TIME_WAIT), 56 B an open connection never uses: kept in
-// a table of its own, taken at the first write (closingOf) and let go
-// with the record. Its entries live in chunks, so a pointer to one stays
+// FIN_WAIT2, its TIME_WAIT, the entries of its last spans), 88 B an open
+// connection does not use: kept in a table of its own, taken at the
+// first write (closingOf) and let go with the record. Its entries live in chunks, so a pointer to one stays
 // valid while others are taken.
 
 type closing struct {
@@ -14,6 +14,10 @@ type closing struct {
 	// orphans in FIN_WAIT2 (orphan.go): orphanAt the full socket's CLOSE
 	// (0: none), finAt the peer's FIN learnt during the hold.
 	orphanAt, finAt uint64
+	// the entries of spans past a slot's inlineSpans (slot.go): the
+	// states after FIN_WAIT2 or LAST_ACK, or more corrections than a
+	// connection has states
+	enter [MaxSpans - inlineSpans]uint64
 }
 
 const closingChunk = 256

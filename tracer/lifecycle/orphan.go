@@ -261,14 +261,14 @@ func (b *Builder) peerClosed(r *slot) {
 	o := b.rec(i)
 	// The same connection: the orphan's FIN came before the peer went to
 	// CLOSE_WAIT.
-	if fw1, cw := spanEnter(o, probe.StateFinWait1), spanEnter(r, probe.StateCloseWait); fw1 != 0 && cw != 0 && cw < fw1 {
+	if fw1, cw := b.spanEnter(o, probe.StateFinWait1), b.spanEnter(r, probe.StateCloseWait); fw1 != 0 && cw != 0 && cw < fw1 {
 		return
 	}
 	switch r.Kind {
 	case KindGraceful:
 		// Its FIN was acknowledged: our time-wait socket took it, as the
 		// peer sent it on entering LAST_ACK.
-		at := spanEnter(r, probe.StateLastAck)
+		at := b.spanEnter(r, probe.StateLastAck)
 		if at == 0 {
 			at = r.End
 		}
@@ -283,10 +283,10 @@ func (b *Builder) peerClosed(r *slot) {
 }
 
 // spanEnter is when r last entered state s, 0 when unknown or never.
-func spanEnter(r *slot, s probe.State) uint64 {
+func (b *Builder) spanEnter(r *slot, s probe.State) uint64 {
 	for j := int(r.NSpan) - 1; j >= 0; j-- {
 		if r.spanState[j] == s {
-			return r.enter[j]
+			return b.enterOf(r, j)
 		}
 	}
 	return 0
@@ -307,7 +307,7 @@ func (b *Builder) observeOrphan(i int32, s *Socket) {
 	if end > TimeWaitLen && end-TimeWaitLen < fin {
 		fin = end - TimeWaitLen
 	}
-	b.orphanFin(i, max(fin, spanEnter(r, probe.StateFinWait2)))
+	b.orphanFin(i, max(fin, b.spanEnter(r, probe.StateFinWait2)))
 	if r.TimeWait == TWPending {
 		cl := b.closingOf(r)
 		cl.twSeen, cl.twExpected = s.Time, end

@@ -69,13 +69,17 @@ type core struct {
 	endKind                                            Kind
 }
 
+// inlineSpans is how many spans' entries a slot holds: a connection
+// open and established has had two or three states.
+const inlineSpans = 4
+
 type slot struct {
 	core
-	enter    [MaxSpans]uint64 // the spans' entries
-	lastExit uint64           // the last span's exit; the others' are the next one's entry
-	cg       *cgroupInfo      // the cgroup's path and container, once annotated
-	own      int32            // the owner (owners.go), 0 for none
-	cl       int32            // what it needs once closed (closing.go), 0 for none
+	enter    [inlineSpans]uint64 // the first spans' entries
+	lastExit uint64              // the last span's exit; the others' are the next one's entry
+	cg       *cgroupInfo         // the cgroup's path and container, once annotated
+	own      int32               // the owner (owners.go), 0 for none
+	cl       int32               // what it needs once closed (closing.go), 0 for none
 	// spanState are the spans' states. apart: the spans' exits are in
 	// Builder.exits, for a span whose exit is not the next one's entry
 	// (a reconciliation's correction, more spans than MaxSpans: never
@@ -94,7 +98,7 @@ func (b *Builder) fill(i int32, r *Record, emitted uint64) {
 	for k := range r.Spans {
 		r.Spans[k] = Span{}
 		if k < int(c.NSpan) {
-			r.Spans[k] = Span{State: c.spanState[k], Enter: c.enter[k], Exit: b.exitOf(i, c, k)}
+			r.Spans[k] = Span{State: c.spanState[k], Enter: b.enterOf(c, k), Exit: b.exitOf(i, c, k)}
 		}
 	}
 	r.Cgroup, r.Container = "", ""
@@ -135,7 +139,7 @@ func (b *Builder) exitOf(i int32, c *slot, k int) uint64 {
 	case k == c.lastSpan():
 		return c.lastExit
 	}
-	return c.enter[k+1]
+	return b.enterOf(c, k+1)
 }
 
 // setExit sets the last span's exit.
@@ -157,7 +161,8 @@ func (b *Builder) addSpan(i int32, c *slot, s Span) bool {
 		b.keepApart(i, c)
 	}
 	c.NSpan++
-	c.spanState[n], c.enter[n] = s.State, s.Enter
+	c.spanState[n] = s.State
+	b.setEnter(c, n, s.Enter)
 	b.setExit(i, c, s.Exit)
 	return true
 }
@@ -165,11 +170,29 @@ func (b *Builder) addSpan(i int32, c *slot, s Span) bool {
 // replaceLast puts s in the last span's place.
 func (b *Builder) replaceLast(i int32, c *slot, s Span) {
 	n := c.lastSpan()
-	if n > 0 && !c.apart && c.enter[n] != s.Enter {
+	if n > 0 && !c.apart && b.enterOf(c, n) != s.Enter {
 		b.keepApart(i, c) // span n-1's exit was span n's entry
 	}
-	c.spanState[n], c.enter[n] = s.State, s.Enter
+	c.spanState[n] = s.State
+	b.setEnter(c, n, s.Enter)
 	b.setExit(i, c, s.Exit)
+}
+
+// enterOf is span k's entry; setEnter sets it. A slot holds the first
+// inlineSpans, its closing entry the others (closing.go).
+func (b *Builder) enterOf(c *slot, k int) uint64 {
+	if k < inlineSpans {
+		return c.enter[k]
+	}
+	return b.cl(c).enter[k-inlineSpans]
+}
+
+func (b *Builder) setEnter(c *slot, k int, ts uint64) {
+	if k < inlineSpans {
+		c.enter[k] = ts
+		return
+	}
+	b.closingOf(c).enter[k-inlineSpans] = ts
 }
 
 // keepApart moves slot i's exits to Builder.exits.

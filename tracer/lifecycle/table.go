@@ -192,8 +192,8 @@ func (b *Builder) evictStuckHandshakes(now uint64) {
 	for _, i := range b.inOrder(b.handshakeList()) {
 		r := b.rec(i)
 		since := r.Start
-		if n := r.lastSpan(); n >= 0 && r.enter[n] != 0 {
-			since = r.enter[n]
+		if n := r.lastSpan(); n >= 0 && b.enterOf(r, n) != 0 {
+			since = b.enterOf(r, n)
 		}
 		if now > since+uint64(b.cfg.HandshakeTimeout) {
 			b.evict(i, EvictHandshakeTimeout)
@@ -268,7 +268,7 @@ func (b *Builder) inOrder(idx []int32) []int32 {
 			return b.cl(r).TimeWaitEnter
 		}
 		if n := r.lastSpan(); n >= 0 {
-			return r.enter[n]
+			return b.enterOf(r, n)
 		}
 		return r.Start
 	}

@@ -80,7 +80,7 @@ func (b *Builder) transition(e *probe.Event) {
 			r.SynRetransmits = e.TotalRetrans
 		}
 		if n := r.lastSpan(); n >= 1 {
-			hs, enter := r.spanState[n-1], r.enter[n-1]
+			hs, enter := r.spanState[n-1], b.enterOf(r, n-1)
 			if (hs == probe.StateSynSent || hs == probe.StateSynRecv) && enter != 0 {
 				r.HandshakeNs = e.TsNs - enter
 			}
