@@ -14,8 +14,8 @@ import (
 func (b *Builder) closeRecord(i int32) {
 	r := b.rec(i)
 	b.closingOf(r).heldUntil = 0
-	if b.cl(r).orphanAt != 0 && !r.orphan {
-		if !r.resetSent && !r.resetReceived {
+	if b.cl(r).orphanAt != 0 && !r.is(fOrphan) {
+		if !r.is(fResetSent) && !r.is(fResetReceived) {
 			b.becomeOrphan(i)
 			return
 		}
@@ -27,7 +27,7 @@ func (b *Builder) closeRecord(i int32) {
 	if r.Role == RolePassive {
 		if j, ok := b.passiveOf(k); ok && j == i {
 			b.dropPassive(k, i)
-		} else if ok && !r.established && !r.resetSent && !r.resetReceived && r.SkErr == 0 {
+		} else if ok && !r.is(fEstablished) && !r.is(fResetSent) && !r.is(fResetReceived) && r.SkErr == 0 {
 			// Its twin holds the connection: the kernel lost a race
 			// creating this socket and closed it at once.
 			b.stats.TwinChildren++
@@ -78,27 +78,27 @@ func (b *Builder) classify(r *slot) {
 	case r.Role == RoleListener:
 		r.Kind = KindListenerClosed
 		return
-	case r.sawClosing:
+	case r.is(fSawClosing):
 		r.Initiator = InitiatorBoth
-	case r.sawFinWait1:
+	case r.is(fSawFinWait1):
 		r.Initiator = InitiatorLocal
-	case r.sawCloseWait:
+	case r.is(fSawCloseWait):
 		r.Initiator = InitiatorRemote
-	case r.resetSent:
+	case r.is(fResetSent):
 		r.Initiator = InitiatorLocal
-	case r.resetReceived || err == syscall.ECONNRESET || err == syscall.EPIPE || err == syscall.ECONNREFUSED:
+	case r.is(fResetReceived) || err == syscall.ECONNRESET || err == syscall.EPIPE || err == syscall.ECONNREFUSED:
 		r.Initiator = InitiatorRemote
 	case err == syscall.ETIMEDOUT:
 		r.Initiator = InitiatorLocal
 	}
 
-	if !r.established {
+	if !r.is(fEstablished) {
 		switch {
-		case r.Role == RoleActive && (err == syscall.ECONNREFUSED || r.resetReceived):
+		case r.Role == RoleActive && (err == syscall.ECONNREFUSED || r.is(fResetReceived)):
 			r.Kind = KindRefused
 		case err == syscall.ETIMEDOUT:
 			r.Kind = KindConnectTimeout
-		case r.resetReceived:
+		case r.is(fResetReceived):
 			r.Kind = KindResetReceived
 		default:
 			r.Kind = KindAbortedHandshake
@@ -109,15 +109,15 @@ func (b *Builder) classify(r *slot) {
 		return
 	}
 	switch {
-	case r.resetReceived || err == syscall.ECONNRESET || err == syscall.EPIPE:
+	case r.is(fResetReceived) || err == syscall.ECONNRESET || err == syscall.EPIPE:
 		r.Kind = KindResetReceived
-	case r.resetSent:
+	case r.is(fResetSent):
 		r.Kind = KindResetSent
 	case err == syscall.ETIMEDOUT:
 		r.Kind = KindTimeout
-	case r.sawClosing:
+	case r.is(fSawClosing):
 		r.Kind = KindSimultaneous
-	case r.sawFinWait1 || r.sawCloseWait:
+	case r.is(fSawFinWait1) || r.is(fSawCloseWait):
 		r.Kind = KindGraceful
 	default:
 		// Closed from ESTABLISHED with no reset seen either way.

@@ -89,7 +89,7 @@ func (b *Builder) orphanLeft(netns uint32) uint64 {
 // (the kernel sets SOCK_DONE only for it), error or reset; with fentry,
 // when tcp_time_wait said so.
 func (b *Builder) orphanClose(r *slot, e *probe.Event) bool {
-	if r.State != probe.StateFinWait2 || e.SkErr != 0 || r.resetSent || r.resetReceived {
+	if r.State != probe.StateFinWait2 || e.SkErr != 0 || r.is(fResetSent) || r.is(fResetReceived) {
 		return false
 	}
 	if b.cfg.ExactTimeWait {
@@ -108,7 +108,7 @@ func (b *Builder) addOrphan(i int32, ts uint64) {
 		// The dump that seeded it listed this connection's own time-wait
 		// socket before its CLOSE was applied (seed_timewait.go).
 		b.dropTWSeed(old, r)
-	} else if ok && old != i && b.rec(old).orphan {
+	} else if ok && old != i && b.rec(old).is(fOrphan) {
 		// The kernel cannot hold two time-wait sockets of one tuple: the
 		// older one is gone.
 		b.orphanDied(old, ts)
@@ -126,7 +126,7 @@ func (b *Builder) addOrphan(i int32, ts uint64) {
 // an orphan in FIN_WAIT2, open again until its end is known.
 func (b *Builder) becomeOrphan(i int32) {
 	r := b.rec(i)
-	r.orphan = true
+	r.set(fOrphan, true)
 	b.lruPush(i)
 	if b.cl(r).finAt != 0 {
 		at := b.cl(r).finAt
@@ -174,7 +174,7 @@ func (b *Builder) leaveFinWait2(i int32, ts uint64) {
 		ts = b.cl(r).orphanAt
 	}
 	b.dropOrphan(i)
-	if r.orphan {
+	if r.is(fOrphan) {
 		b.lruRemove(i)
 	}
 	if r.NSpan > 0 {
@@ -183,14 +183,15 @@ func (b *Builder) leaveFinWait2(i int32, ts uint64) {
 	b.uncount(i, r)
 	r.State = probe.StateClose
 	r.End = ts
-	b.closingOf(r).orphanAt, r.orphan = 0, false
+	b.closingOf(r).orphanAt = 0
+	r.set(fOrphan, false)
 }
 
 // orphanFin: the peer's FIN reached the orphan's time-wait socket at ts;
 // it is in TIME_WAIT from then.
 func (b *Builder) orphanFin(i int32, ts uint64) {
 	r := b.rec(i)
-	if !r.orphan {
+	if !r.is(fOrphan) {
 		// Still waiting out its reset hold: closeRecord decides then.
 		if b.cl(r).finAt == 0 || ts < b.cl(r).finAt {
 			b.closingOf(r).finAt = ts
@@ -206,7 +207,7 @@ func (b *Builder) orphanFin(i int32, ts uint64) {
 // peer's FIN, its close of this kind.
 func (b *Builder) orphanEnded(i int32, ts uint64, kind Kind) {
 	r := b.rec(i)
-	if !r.orphan {
+	if !r.is(fOrphan) {
 		return // in its reset hold: its peer and dumps come later
 	}
 	b.leaveFinWait2(i, ts)
@@ -251,7 +252,7 @@ func (b *Builder) peerOrphan(r *slot) (int32, bool) {
 // peerClosed: r, the end that got our FIN, closed; when its peer is one
 // of our orphans, r's close tells how the orphan's FIN_WAIT2 ended.
 func (b *Builder) peerClosed(r *slot) {
-	if !r.sawCloseWait || r.Role == RoleListener {
+	if !r.is(fSawCloseWait) || r.Role == RoleListener {
 		return
 	}
 	i, ok := b.peerOrphan(r)
@@ -318,7 +319,7 @@ func (b *Builder) observeOrphan(i int32, s *Socket) {
 // dump no longer lists.
 func (b *Builder) orphanDumpDone(netns uint32, time uint64) {
 	gone := b.pick(b.orphans, func(r *slot) bool {
-		return r.orphan && r.NetNS == netns && b.cl(r).twSeen != time && b.cl(r).orphanAt+dumpMargin <= time
+		return r.is(fOrphan) && r.NetNS == netns && b.cl(r).twSeen != time && b.cl(r).orphanAt+dumpMargin <= time
 	})
 	for _, i := range gone {
 		b.orphanDied(i, time)
@@ -345,7 +346,7 @@ func (b *Builder) assumeOrphanEnds(now uint64) {
 		return
 	}
 	due := b.pick(b.orphans, func(r *slot) bool {
-		if !r.orphan || now < b.orphanDeath(r)+orphanGrace {
+		if !r.is(fOrphan) || now < b.orphanDeath(r)+orphanGrace {
 			return false
 		}
 		// Where sock_diag sees the netns (lately), its dumps decide.

@@ -116,7 +116,7 @@ func (b *Builder) reconcileTimeWait(run *reconRun, s *Socket, k tupleKey) {
 		r := b.rec(i)
 		cl := b.closingOf(r)
 		cl.twSeen, cl.twExpected = s.Time, end
-		r.twFinWait2 = s.State == probe.StateFinWait2
+		r.set(fTwFinWait2, s.State == probe.StateFinWait2)
 		r.reconSeen = run.start
 		return
 	}
@@ -148,7 +148,7 @@ func (b *Builder) correct(i int32, r *slot, s probe.State, t uint64) {
 		b.replaceLast(i, r, Span{State: s})
 	}
 	r.foundAt = t
-	r.established = r.established || synchronized(s)
+	r.set(fEstablished, r.is(fEstablished) || synchronized(s))
 	if s == probe.StateListen {
 		r.Role = RoleListener
 	}

@@ -226,13 +226,8 @@ type Record struct {
 	prev, next int32 // LRU, slab indices
 	tupNext    int32 // next open record with the same endpoints
 
-	sawFinWait1, sawCloseWait, sawClosing, established bool
-	resetSent, resetReceived                           bool
-	twFinWait2                                         bool
-	counted                                            bool // in the per-state gauge
-	indexed, unjoined                                  bool // in byTuple; seeded and no event yet
-	orphan                                             bool
-	endKind                                            Kind
+	flags   flags // what it went through, and the builder's marks (slot.go)
+	endKind Kind
 
 	// The fields above are the builder's slot (slot.go: its core, in
 	// this order); those below it keeps in a form of its own while it

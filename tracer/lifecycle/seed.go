@@ -79,7 +79,7 @@ func (b *Builder) trackedFor(s *Socket) bool {
 	k := s.key()
 	for i := b.tupleHead(k); i >= 0; i = b.tupleNext(i, k) {
 		r := b.rec(i)
-		if !(r.unjoined && r.Start == s.Time) {
+		if !(r.is(fUnjoined) && r.Start == s.Time) {
 			return true
 		}
 	}
@@ -111,7 +111,8 @@ func (b *Builder) seedRecord(s *Socket) int32 {
 		return -1
 	}
 	i, r := b.allocSeed(s)
-	r.Seeded, r.unjoined = true, true
+	r.Seeded = true
+	r.set(fUnjoined, true)
 	b.unjoinedN++
 	if s.Pid != 0 {
 		b.setOwner(r, ownerKey{s.CgroupID, s.Pid, s.Comm})
@@ -120,7 +121,7 @@ func (b *Builder) seedRecord(s *Socket) int32 {
 	b.flag(r, AnomalyPartial)
 	r.State = s.State
 	b.addSpan(i, r, Span{State: s.State}) // entered at an unknown time
-	r.established = synchronized(s.State)
+	r.set(fEstablished, synchronized(s.State))
 	if s.State == probe.StateListen {
 		r.Role = RoleListener
 	}
@@ -166,7 +167,7 @@ func (b *Builder) join(e *probe.Event) (int32, bool) {
 			return -1, false
 		}
 		for i := head; i >= 0; i = b.tupleNext(i, k) {
-			if r := b.rec(i); r.unjoined && r.Role != RoleListener {
+			if r := b.rec(i); r.is(fUnjoined) && r.Role != RoleListener {
 				b.dropSeed(i)
 				b.stats.SeedsReplaced++
 				break
@@ -177,12 +178,12 @@ func (b *Builder) join(e *probe.Event) (int32, bool) {
 	// Listeners may share endpoints: take one no event has joined yet.
 	i := head
 	for j := head; j >= 0; j = b.tupleNext(j, k) {
-		if b.rec(j).unjoined {
+		if b.rec(j).is(fUnjoined) {
 			i = j
 			break
 		}
 	}
-	if r := b.rec(i); !r.unjoined {
+	if r := b.rec(i); !r.is(fUnjoined) {
 		b.stats.Rejoined++
 	}
 	b.adopt(i, e.ConnId)
@@ -193,13 +194,13 @@ func (b *Builder) join(e *probe.Event) (int32, bool) {
 // was in until now; the dump may have listed it just before or after
 // this change, so that is no mismatch.
 func (b *Builder) firstEvent(i int32, r *slot, old probe.State) {
-	r.unjoined = false
+	r.set(fUnjoined, false)
 	b.unjoinedN--
 	b.stats.SeededStart++
 	if r.State != old && old != probe.StateClose && old <= probe.MaxState && r.NSpan == 1 {
 		b.uncount(i, r)
 		r.State, r.spanState[0] = old, old
-		r.established = r.established || synchronized(old)
+		r.set(fEstablished, r.is(fEstablished) || synchronized(old))
 		b.count(i, r)
 	}
 }
@@ -209,7 +210,7 @@ func (b *Builder) firstEvent(i int32, r *slot, old probe.State) {
 // another record keeps its id and gets this one as an alias.
 func (b *Builder) adopt(i int32, id uint64) {
 	r := b.rec(i)
-	if r.unjoined && r.alias == 0 {
+	if r.is(fUnjoined) && r.alias == 0 {
 		r.alias, r.ID = r.ID, id
 	} else if r.ID != id {
 		if r.alias != 0 && r.alias&SeedIDBit == 0 {

@@ -30,7 +30,7 @@ import "github.com/tcpfsm/tcpfsm/tracer/probe"
 // twSeed reports whether a record was seeded from a time-wait socket and
 // no event has touched it since.
 func twSeed(r *slot) bool {
-	return r.Seeded && r.lastEv == 0 && (r.orphan || r.TimeWait == TWPending)
+	return r.Seeded && r.lastEv == 0 && (r.is(fOrphan) || r.TimeWait == TWPending)
 }
 
 // seedTimeWait opens a record for a time-wait socket s of a dump that no
@@ -43,7 +43,8 @@ func (b *Builder) seedTimeWait(s *Socket) int32 {
 	r.Seeded = true
 	b.flag(r, AnomalyPartial)
 	// Both reached a time-wait socket through ESTABLISHED and our FIN.
-	r.established, r.sawFinWait1 = true, true
+	r.set(fEstablished, true)
+	r.set(fSawFinWait1, true)
 	cl := b.closingOf(r)
 	cl.twSeen, cl.twExpected = s.Time, s.Time+uint64(s.ExpiresMs)*1_000_000
 	b.addSpan(i, r, Span{State: s.State}) // entered at an unknown time
@@ -55,7 +56,7 @@ func (b *Builder) seedTimeWait(s *Socket) int32 {
 		b.count(i, r)
 		// An orphan since at least the dump: orphanAt bounds its times.
 		b.addOrphan(i, s.Time)
-		r.orphan = true
+		r.set(fOrphan, true)
 		b.lruPush(i)
 	} else {
 		r.State = probe.StateClose
@@ -84,7 +85,7 @@ func (b *Builder) dropTWSeed(i int32, r *slot) {
 	seed := b.rec(i)
 	cl := b.closingOf(r)
 	cl.twSeen, cl.twExpected = b.cl(seed).twSeen, b.cl(seed).twExpected
-	if seed.orphan {
+	if seed.is(fOrphan) {
 		b.lruRemove(i)
 	}
 	b.uncount(i, seed)

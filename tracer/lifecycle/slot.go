@@ -60,13 +60,8 @@ type core struct {
 	prev, next  int32
 	tupNext     int32
 
-	sawFinWait1, sawCloseWait, sawClosing, established bool
-	resetSent, resetReceived                           bool
-	twFinWait2                                         bool
-	counted                                            bool
-	indexed, unjoined                                  bool
-	orphan                                             bool
-	endKind                                            Kind
+	flags   flags // what it went through, and the builder's marks (slot.go)
+	endKind Kind
 }
 
 // inlineSpans is how many spans' entries a slot holds: a connection
@@ -80,13 +75,41 @@ type slot struct {
 	cg       *cgroupInfo         // the cgroup's path and container, once annotated
 	own      int32               // the owner (owners.go), 0 for none
 	cl       int32               // what it needs once closed (closing.go), 0 for none
-	// spanState are the spans' states. apart: the spans' exits are in
-	// Builder.exits, for a span whose exit is not the next one's entry
-	// (a reconciliation's correction, more spans than MaxSpans: never
-	// in a connection's normal life). attached: Meta and Peer are in
-	// Builder.attached.
-	spanState       [MaxSpans]probe.State
-	apart, attached bool
+	// the spans' states
+	spanState [MaxSpans]probe.State
+}
+
+// flags are a record's booleans. fApart: the spans' exits are in
+// Builder.exits, for a span whose exit is not the next one's entry (a
+// reconciliation's correction, more spans than MaxSpans: never in a
+// connection's normal life). fAttached: Meta and Peer are in
+// Builder.attached.
+type flags uint16
+
+const (
+	fSawFinWait1 flags = 1 << iota
+	fSawCloseWait
+	fSawClosing
+	fEstablished
+	fResetSent
+	fResetReceived
+	fTwFinWait2
+	fCounted  // in the per-state gauge
+	fIndexed  // in byTuple
+	fUnjoined // seeded and no event yet
+	fOrphan   // an orphan in FIN_WAIT2 past its reset hold (orphan.go)
+	fApart
+	fAttached
+)
+
+func (c *core) is(f flags) bool { return c.flags&f != 0 }
+
+func (c *core) set(f flags, on bool) {
+	if on {
+		c.flags |= f
+	} else {
+		c.flags &^= f
+	}
 }
 
 // fill fills r from slot i; emitted is r.Emitted.
@@ -110,7 +133,7 @@ func (b *Builder) fill(i int32, r *Record, emitted uint64) {
 	r.TimeWaitEnter, r.TimeWaitExit = cl.TimeWaitEnter, cl.TimeWaitExit
 	r.heldUntil, r.twSeen, r.twExpected, r.orphanAt, r.finAt = cl.heldUntil, cl.twSeen, cl.twExpected, cl.orphanAt, cl.finAt
 	r.Meta, r.Peer = nil, nil
-	if c.attached {
+	if c.is(fAttached) {
 		m := b.attached[i]
 		r.Meta, r.Peer = m[0], m[1]
 	}
@@ -121,10 +144,10 @@ func (b *Builder) attach(i int32, c *slot, r *Record) {
 	switch {
 	case r.Meta != nil || r.Peer != nil:
 		b.attached[i] = [2]*metadata.Meta{r.Meta, r.Peer}
-		c.attached = true
-	case c.attached:
+		c.set(fAttached, true)
+	case c.is(fAttached):
 		delete(b.attached, i)
-		c.attached = false
+		c.set(fAttached, false)
 	}
 }
 
@@ -134,7 +157,7 @@ func (c *slot) lastSpan() int { return int(c.NSpan) - 1 }
 // exitOf is span k's exit.
 func (b *Builder) exitOf(i int32, c *slot, k int) uint64 {
 	switch {
-	case c.apart:
+	case c.is(fApart):
 		return b.exits[i][k]
 	case k == c.lastSpan():
 		return c.lastExit
@@ -144,7 +167,7 @@ func (b *Builder) exitOf(i int32, c *slot, k int) uint64 {
 
 // setExit sets the last span's exit.
 func (b *Builder) setExit(i int32, c *slot, ts uint64) {
-	if c.apart {
+	if c.is(fApart) {
 		b.exits[i][c.lastSpan()] = ts
 		return
 	}
@@ -157,7 +180,7 @@ func (b *Builder) addSpan(i int32, c *slot, s Span) bool {
 	if n >= MaxSpans {
 		return false
 	}
-	if n > 0 && !c.apart && c.lastExit != s.Enter {
+	if n > 0 && !c.is(fApart) && c.lastExit != s.Enter {
 		b.keepApart(i, c)
 	}
 	c.NSpan++
@@ -170,7 +193,7 @@ func (b *Builder) addSpan(i int32, c *slot, s Span) bool {
 // replaceLast puts s in the last span's place.
 func (b *Builder) replaceLast(i int32, c *slot, s Span) {
 	n := c.lastSpan()
-	if n > 0 && !c.apart && b.enterOf(c, n) != s.Enter {
+	if n > 0 && !c.is(fApart) && b.enterOf(c, n) != s.Enter {
 		b.keepApart(i, c) // span n-1's exit was span n's entry
 	}
 	c.spanState[n] = s.State
@@ -202,15 +225,15 @@ func (b *Builder) keepApart(i int32, c *slot) {
 		ex[k] = b.exitOf(i, c, k)
 	}
 	b.exits[i] = &ex
-	c.apart = true
+	c.set(fApart, true)
 }
 
 // forget drops what slot i keeps outside itself.
 func (b *Builder) forget(i int32, c *slot) {
-	if c.apart {
+	if c.is(fApart) {
 		delete(b.exits, i)
 	}
-	if c.attached {
+	if c.is(fAttached) {
 		delete(b.attached, i)
 	}
 	b.unrefOwner(c.own)

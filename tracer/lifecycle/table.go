@@ -115,8 +115,8 @@ func (b *Builder) freeRec(i int32) {
 func (b *Builder) release(i int32) {
 	r := b.rec(i)
 	delete(b.byID, r.ID)
-	if r.unjoined {
-		r.unjoined = false
+	if r.is(fUnjoined) {
+		r.set(fUnjoined, false)
 		b.unjoinedN--
 	}
 	if r.alias != 0 && b.byID[r.alias] == i {
@@ -170,7 +170,7 @@ func (b *Builder) touch(i int32) {
 
 // count and uncount keep the per-state gauge and the handshake set.
 func (b *Builder) count(i int32, r *slot) {
-	r.counted = true
+	r.set(fCounted, true)
 	b.states[r.State]++
 	if r.State == probe.StateSynSent || r.State == probe.StateSynRecv {
 		b.handshake[i] = struct{}{}
@@ -178,10 +178,10 @@ func (b *Builder) count(i int32, r *slot) {
 }
 
 func (b *Builder) uncount(i int32, r *slot) {
-	if !r.counted {
+	if !r.is(fCounted) {
 		return
 	}
-	r.counted = false
+	r.set(fCounted, false)
 	b.states[r.State]--
 	delete(b.handshake, i)
 }

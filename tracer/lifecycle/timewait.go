@@ -73,7 +73,7 @@ func (b *Builder) observeTimeWait(s *Socket) {
 		}
 		b.closingOf(r).twSeen = s.Time
 		b.closingOf(r).twExpected = end
-		r.twFinWait2 = s.State == probe.StateFinWait2
+		r.set(fTwFinWait2, s.State == probe.StateFinWait2)
 		return
 	}
 	// A time-wait socket tcpfsm did not see enter. From before the

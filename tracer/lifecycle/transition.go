@@ -24,7 +24,7 @@ func (b *Builder) transition(e *probe.Event) {
 			b.stats.Unmatched++
 			return
 		}
-		if r.unjoined {
+		if r.is(fUnjoined) {
 			b.firstEvent(i, r, old)
 		}
 		if r.State != old {
@@ -72,7 +72,7 @@ func (b *Builder) transition(e *probe.Event) {
 	case probe.StateListen:
 		r.Role = RoleListener
 	case probe.StateEstablished:
-		r.established = true
+		r.set(fEstablished, true)
 		r.HandshakeRTTUs = e.SrttUs
 		if old == probe.StateSynRecv && r.Role == RolePassive {
 			// An accepted socket starts with its request's SYN-ACK
@@ -86,15 +86,15 @@ func (b *Builder) transition(e *probe.Event) {
 			}
 		}
 	case probe.StateFinWait1:
-		if !r.sawCloseWait {
-			r.sawFinWait1 = true
+		if !r.is(fSawCloseWait) {
+			r.set(fSawFinWait1, true)
 		}
 	case probe.StateCloseWait:
-		if !r.sawFinWait1 {
-			r.sawCloseWait = true
+		if !r.is(fSawFinWait1) {
+			r.set(fSawCloseWait, true)
 		}
 	case probe.StateClosing:
-		r.sawClosing = true
+		r.set(fSawClosing, true)
 	case probe.StateClose:
 		if candidate {
 			// Its reset hold tells whether a time-wait socket took it
@@ -106,7 +106,7 @@ func (b *Builder) transition(e *probe.Event) {
 		r.SkErr = e.SkErr
 		if e.Flags&probe.FlagTimeWait != 0 && !candidate {
 			r.TimeWait = TWPending
-			r.twFinWait2 = e.Flags&probe.FlagTWFinWait2 != 0
+			r.set(fTwFinWait2, e.Flags&probe.FlagTWFinWait2 != 0)
 		}
 		b.lruRemove(i)
 		b.unindex(i)
@@ -146,7 +146,7 @@ func (b *Builder) start(e *probe.Event) int32 {
 	}
 	r.State = old
 	b.addSpan(i, r, Span{State: old})
-	r.established = synchronized(old)
+	r.set(fEstablished, synchronized(old))
 	if old != probe.StateClose {
 		b.count(i, r)
 	}
@@ -221,9 +221,9 @@ func (b *Builder) sideEvent(e *probe.Event) {
 	r.lastEv = e.TsNs
 	switch probe.EventType(e.Type) {
 	case probe.TypeResetSent:
-		r.resetSent = true
+		r.set(fResetSent, true)
 	case probe.TypeResetReceived:
-		r.resetReceived = true
+		r.set(fResetReceived, true)
 	case probe.TypeSynRetransmit:
 		r.SynRetransmits++
 	}

@@ -26,15 +26,15 @@ func (b *Builder) index(i int32) {
 		r.tupNext = -1
 	}
 	b.byTuple[h] = i
-	r.indexed = true
+	r.set(fIndexed, true)
 }
 
 func (b *Builder) unindex(i int32) {
 	r := b.rec(i)
-	if !r.indexed {
+	if !r.is(fIndexed) {
 		return
 	}
-	r.indexed = false
+	r.set(fIndexed, false)
 	h := b.tupleHash(recordKey(r))
 	head := b.byTuple[h]
 	if head == i {

@@ -72,7 +72,7 @@ func (b *Builder) eachOpen(f func(int32, *slot) bool) {
 // become an orphan (orphan.go). The gauges count it in FIN_WAIT2, so the
 // readers of what is open see it too.
 func (b *Builder) orphanCandidate(r *slot) bool {
-	return !r.orphan && r.End == 0 && b.cl(r).orphanAt != 0
+	return !r.is(fOrphan) && r.End == 0 && b.cl(r).orphanAt != 0
 }
 
 // OpenCount is how many records Open visits.
