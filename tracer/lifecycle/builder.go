@@ -109,8 +109,7 @@ type Builder struct {
 
 	held      []int32            // closed, waiting out ResetHold, in close order
 	timeWait  map[tupleKey]int32 // records in TIME_WAIT
-	passive   map[uint64]int32   // open accepted connections, to tell a twin (tupleindex.go)
-	passiveX  map[tupleKey]int32 // ... those whose hash another tuple holds
+	passive   map[tupleKey]int32 // registered accepted connections no longer open (tupleindex.go)
 	handshake map[int32]struct{} // records in SYN_SENT or SYN_RECV
 
 	byTuple   map[uint64]int32 // open records by their endpoints' hash (tupleindex.go)
@@ -158,8 +157,7 @@ func NewBuilder(cfg Config, h Handler) *Builder {
 		tail:        -1,
 		spare:       -1,
 		timeWait:    map[tupleKey]int32{},
-		passive:     map[uint64]int32{},
-		passiveX:    map[tupleKey]int32{},
+		passive:     map[tupleKey]int32{},
 		handshake:   map[int32]struct{}{},
 		byTuple:     map[uint64]int32{},
 		hashSeed:    maphash.MakeSeed(),

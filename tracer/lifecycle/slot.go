@@ -100,6 +100,7 @@ const (
 	fOrphan   // an orphan in FIN_WAIT2 past its reset hold (orphan.go)
 	fApart
 	fAttached
+	fPassive // the accepted connection registered for its endpoints (tupleindex.go)
 )
 
 func (c *core) is(f flags) bool { return c.flags&f != 0 }

@@ -124,9 +124,7 @@ func (b *Builder) release(i int32) {
 	}
 	b.unindex(i)
 	b.dropOrphan(i)
-	if r.Role == RolePassive {
-		b.dropPassive(recordKey(r), i)
-	}
+	b.dropPassive(recordKey(r), i)
 	b.forget(i, r)
 	b.freeRec(i)
 }

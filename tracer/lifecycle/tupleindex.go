@@ -9,10 +9,10 @@ import "hash/maphash"
 //
 // byTuple: every open record whose tuple has the hash, chained newest
 // first through tupNext; records sharing a tuple (listeners with
-// SO_REUSEPORT) keep that order among themselves. passive: the first
-// open accepted connection of a tuple, to tell a twin; a tuple whose
-// hash another tuple holds there goes in passiveX (hash collisions: in
-// practice never).
+// SO_REUSEPORT) keep that order among themselves. The first accepted
+// connection of a tuple is registered, to tell a twin: marked fPassive,
+// and found in byTuple while open, in passive after (closed and waiting
+// out its reset hold, or an orphan).
 
 func (b *Builder) tupleHash(k tupleKey) uint64 { return maphash.Comparable(b.hashSeed, k) }
 
@@ -35,6 +35,9 @@ func (b *Builder) unindex(i int32) {
 		return
 	}
 	r.set(fIndexed, false)
+	if r.is(fPassive) {
+		b.passive[recordKey(r)] = i
+	}
 	h := b.tupleHash(recordKey(r))
 	head := b.byTuple[h]
 	if head == i {
@@ -75,38 +78,34 @@ func (b *Builder) sameTuple(i int32, k tupleKey) int32 {
 	return -1
 }
 
-// passiveOf is the open accepted connection registered for k.
+// passiveOf is the accepted connection registered for k: the record
+// marked fPassive among the open ones with these endpoints, or in
+// passive once it is not open.
 func (b *Builder) passiveOf(k tupleKey) (int32, bool) {
-	if i, ok := b.passive[b.tupleHash(k)]; ok && recordKey(b.rec(i)) == k {
-		return i, true
+	for i := b.tupleHead(k); i >= 0; i = b.tupleNext(i, k) {
+		if b.rec(i).is(fPassive) {
+			return i, true
+		}
 	}
-	i, ok := b.passiveX[k]
+	i, ok := b.passive[k]
 	return i, ok
 }
 
-// setPassive registers record i for k unless one is.
+// setPassive registers record i (open) for k unless one is.
 func (b *Builder) setPassive(k tupleKey, i int32) {
-	if _, ok := b.passiveOf(k); ok {
-		return
+	if _, ok := b.passiveOf(k); !ok {
+		b.rec(i).set(fPassive, true)
 	}
-	if h := b.tupleHash(k); !b.hasPassive(h) {
-		b.passive[h] = i
-		return
-	}
-	b.passiveX[k] = i
-}
-
-func (b *Builder) hasPassive(h uint64) bool {
-	_, ok := b.passive[h]
-	return ok
 }
 
 // dropPassive unregisters record i if it is k's.
 func (b *Builder) dropPassive(k tupleKey, i int32) {
-	h := b.tupleHash(k)
-	if j, ok := b.passive[h]; ok && j == i {
-		delete(b.passive, h)
-	} else if j, ok := b.passiveX[k]; ok && j == i {
-		delete(b.passiveX, k)
+	r := b.rec(i)
+	if !r.is(fPassive) {
+		return
+	}
+	r.set(fPassive, false)
+	if j, ok := b.passive[k]; ok && j == i {
+		delete(b.passive, k)
 	}
 }
