@@ -1,6 +1,8 @@
 package lifecycle
 
 import (
+	"github.com/tcpfsm/tcpfsm/tracer/metadata"
+	"github.com/tcpfsm/tcpfsm/tracer/probe"
 	"reflect"
 	"testing"
 	"unsafe"
@@ -29,4 +31,78 @@ func TestSlotCoreIsRecordPrefix(t *testing.T) {
 		}
 	}
 	t.Logf("Record %d B, slot %d B", unsafe.Sizeof(Record{}), unsafe.Sizeof(slot{}))
+}
+
+// attacher attaches a Meta at Closed, as the session's metadata stage does.
+type attacher struct {
+	sink
+	m metadata.Meta
+}
+
+func (a *attacher) Closed(r *Record) {
+	r.Meta = &a.m
+	a.sink.Closed(r)
+}
+
+// TestSlotsLetGoOfWhatTheyHoldOutside: closings, owners, exits apart,
+// attached names and registrations go with the records.
+func TestSlotsLetGoOfWhatTheyHoldOutside(t *testing.T) {
+	a := &attacher{}
+	b := NewBuilder(Config{}, a)
+	const n = 3000
+	for k := uint64(0); k < n; k++ {
+		c, s := 2*k+1, 2*k+2 // client, server
+		port := func(e probe.Event) probe.Event {
+			if e.Sport == 40000 {
+				e.Sport = uint16(10000 + k)
+			} else {
+				e.Dport = uint16(10000 + k)
+			}
+			e.Pid += uint32(k % 7) // a few owners
+			return e
+		}
+		at := 10 * k
+		evs := []probe.Event{
+			st(c, at+1, CLOSE, SS, withOwner(probe.OwnerTask, 100, "client")),
+			st(s, at+2, LST, SR, withOwner(probe.OwnerListener, 200, "server")),
+			st(c, at+3, SS, EST, withFlags(probe.FlagSynAcked)),
+			st(s, at+3, SR, EST),
+			st(c, at+4, EST, FW1),
+			st(s, at+4, EST, CW),
+			st(c, at+5, FW1, FW2),
+			st(s, at+5, CW, LA),
+			st(s, at+6, LA, CLOSE),
+			st(c, at+6, FW2, CLOSE, withFlags(probe.FlagTimeWait)),
+		}
+		if k%10 == 0 { // more states than MaxSpans: exits kept apart
+			evs = evs[:2]
+			for j := uint64(0); j < MaxSpans; j++ {
+				evs = append(evs, st(c, at+3+j, SS, SS))
+			}
+		}
+		for i := range evs {
+			e := port(evs[i])
+			b.Event(&e)
+		}
+	}
+	if len(b.exits) == 0 || b.closings.used == 0 || len(b.ownerOf) == 0 {
+		t.Fatalf("nothing outside the slots: exits %d closings %d owners %d", len(b.exits), b.closings.used, len(b.ownerOf))
+	}
+	for now := uint64(40 * n * ms); now < 200_000*ms+40*n*ms; now += 1000 * ms {
+		b.Tick(now)
+	}
+	b.Flush()
+	if b.live != 0 || b.closings.used != 0 || len(b.ownerOf) != 0 || len(b.exits) != 0 || len(b.attached) != 0 ||
+		len(b.passive) != 0 || len(b.byTuple) != 0 || len(b.byID) != 0 {
+		t.Fatalf("left: live %d closings %d owners %d exits %d attached %d passive %d byTuple %d byID %d",
+			b.live, b.closings.used, len(b.ownerOf), len(b.exits), len(b.attached), len(b.passive), len(b.byTuple), len(b.byID))
+	}
+	if len(a.finished) != 2*n {
+		t.Errorf("%d records finished, want %d", len(a.finished), 2*n)
+	}
+	for _, r := range a.finished {
+		if r.Kind != KindEvicted && r.End != 0 && r.Meta != &a.m {
+			t.Fatalf("record %d finished without the Meta its Closed got: %+v", r.ID, r)
+		}
+	}
 }
