@@ -139,7 +139,9 @@ type Builder struct {
 	ownerFree []int32
 	exits     map[int32]*[MaxSpans]uint64
 	closings  closingTable
-	attached  map[int32][2]*metadata.Meta
+	// closing chunks dropped that Released counted
+	closingsSeen uint64
+	attached     map[int32][2]*metadata.Meta
 
 	scratch, order []int32 // reused by inOrder
 	out            Record  // a record handed to the handler (slot.go)

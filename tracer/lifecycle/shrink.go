@@ -32,6 +32,11 @@ func (b *Builder) shrink() {
 	b.orphans = shrunk(b.orphans, &p.orphans, &b.released)
 	b.orphanFlows = shrunk(b.orphanFlows, &p.orphanFlows, &b.released)
 	b.shrinkOwners()
+
+	if n := b.closings.dropped; n > b.closingsSeen {
+		b.released += (n - b.closingsSeen) * uint64(closingChunkBytes)
+		b.closingsSeen = n
+	}
 	if b.dropped > b.droppedSeen {
 		b.released += (b.dropped - b.droppedSeen) * uint64(chunkBytes)
 		b.droppedSeen = b.dropped
