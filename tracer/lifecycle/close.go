@@ -130,8 +130,10 @@ func (b *Builder) classify(r *slot) {
 // flag only the records that show they missed one (noteGap), not every
 // record alive when the loss happened.
 func (b *Builder) annotate(r *slot) {
-	if c, ok := b.cgroups[b.cgroupID(r)]; ok && (r.cg == nil || r.cg.path == "") {
-		r.cg = c
+	if c, ok := b.cgroups[b.cgroupID(r)]; ok {
+		if cg := b.cl(r).cg; cg == nil || cg.path == "" {
+			b.closingOf(r).cg = c
+		}
 	}
 }
 

@@ -19,7 +19,9 @@ type closing struct {
 	// the entries of spans past a slot's inlineSpans (slot.go): the
 	// states after FIN_WAIT2 or LAST_ACK, or more corrections than a
 	// connection has states
-	enter [MaxSpans - inlineSpans]uint64
+	enter    [MaxSpans - inlineSpans]uint64
+	lastExit uint64      // the last span's exit (slot.go)
+	cg       *cgroupInfo // the cgroup's path and container, once annotated
 }
 
 // The entries live in chunks taken lowest first and dropped as they

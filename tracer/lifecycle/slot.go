@@ -70,11 +70,9 @@ const inlineSpans = 4
 
 type slot struct {
 	core
-	enter    [inlineSpans]uint64 // the first spans' entries
-	lastExit uint64              // the last span's exit; the others' are the next one's entry
-	cg       *cgroupInfo         // the cgroup's path and container, once annotated
-	own      int32               // the owner (owners.go), 0 for none
-	cl       int32               // what it needs once closed (closing.go), 0 for none
+	enter [inlineSpans]uint64 // the first spans' entries
+	own   int32               // the owner (owners.go), 0 for none
+	cl    int32               // what it needs once closed (closing.go), 0 for none
 	// the spans' states
 	spanState [MaxSpans]probe.State
 }
@@ -103,6 +101,10 @@ const (
 	fPassive // the accepted connection registered for its endpoints (tupleindex.go)
 )
 
+// slotMarks say where a slot keeps things, not what the record went
+// through: they depend on what handlers attached, not on the inputs only.
+const slotMarks = fApart | fAttached
+
 func (c *core) is(f flags) bool { return c.flags&f != 0 }
 
 func (c *core) set(f flags, on bool) {
@@ -117,6 +119,7 @@ func (c *core) set(f flags, on bool) {
 func (b *Builder) fill(i int32, r *Record, emitted uint64) {
 	c := b.rec(i)
 	*(*core)(unsafe.Pointer(r)) = c.core
+	r.flags &^= slotMarks // where the slot keeps things is not the record's
 	o := &b.owners[c.own]
 	r.Pid, r.Comm, r.CgroupID = o.pid, o.comm, o.cgroupID
 	for k := range r.Spans {
@@ -126,11 +129,11 @@ func (b *Builder) fill(i int32, r *Record, emitted uint64) {
 		}
 	}
 	r.Cgroup, r.Container = "", ""
-	if c.cg != nil {
-		r.Cgroup, r.Container = c.cg.path, c.cg.container
+	cl := b.cl(c)
+	if cl.cg != nil {
+		r.Cgroup, r.Container = cl.cg.path, cl.cg.container
 	}
 	r.Emitted = emitted
-	cl := b.cl(c)
 	r.TimeWaitEnter, r.TimeWaitExit = cl.TimeWaitEnter, cl.TimeWaitExit
 	r.heldUntil, r.twSeen, r.twExpected, r.orphanAt, r.finAt = cl.heldUntil, cl.twSeen, cl.twExpected, cl.orphanAt, cl.finAt
 	r.Meta, r.Peer = nil, nil
@@ -161,28 +164,43 @@ func (b *Builder) exitOf(i int32, c *slot, k int) uint64 {
 	case c.is(fApart):
 		return b.exits[i][k]
 	case k == c.lastSpan():
-		return c.lastExit
+		return b.cl(c).lastExit
 	}
 	return b.enterOf(c, k+1)
 }
 
-// setExit sets the last span's exit.
+// setExit sets the last span's exit. The last span of an open record is
+// one it is still in: its exit, 0, needs no closing entry.
 func (b *Builder) setExit(i int32, c *slot, ts uint64) {
-	if c.is(fApart) {
+	switch {
+	case c.is(fApart):
 		b.exits[i][c.lastSpan()] = ts
-		return
+	case ts != 0 || c.cl != 0:
+		b.closingOf(c).lastExit = ts
 	}
-	c.lastExit = ts
 }
 
-// addSpan appends a span when there is room, and reports whether there was.
+// addSpan appends a span when there is room, and reports whether there
+// was; the last span's exit stays what it was.
 func (b *Builder) addSpan(i int32, c *slot, s Span) bool {
+	var prev uint64
+	if c.NSpan > 0 {
+		prev = b.exitOf(i, c, c.lastSpan())
+	}
+	return b.addSpanAfter(i, c, s, prev)
+}
+
+// addSpanAfter appends a span, the last one's exit prevExit.
+func (b *Builder) addSpanAfter(i int32, c *slot, s Span, prevExit uint64) bool {
 	n := int(c.NSpan)
 	if n >= MaxSpans {
 		return false
 	}
-	if n > 0 && !c.is(fApart) && c.lastExit != s.Enter {
+	if n > 0 && !c.is(fApart) && prevExit != s.Enter {
 		b.keepApart(i, c)
+	}
+	if n > 0 && c.is(fApart) {
+		b.exits[i][n-1] = prevExit
 	}
 	c.NSpan++
 	c.spanState[n] = s.State

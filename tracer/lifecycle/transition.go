@@ -156,16 +156,17 @@ func (b *Builder) start(e *probe.Event) int32 {
 
 // setState closes the current span and opens one for the new state.
 func (b *Builder) setState(i int32, r *slot, s probe.State, ts uint64) {
-	if r.NSpan > 0 {
-		b.setExit(i, r, ts)
-	}
 	b.uncount(i, r)
 	r.State = s
 	if s == probe.StateClose {
+		if r.NSpan > 0 {
+			b.setExit(i, r, ts)
+		}
 		return
 	}
 	b.count(i, r)
-	if !b.addSpan(i, r, Span{State: s, Enter: ts}) {
+	// The current span's exit is ts: the next span's entry.
+	if !b.addSpanAfter(i, r, Span{State: s, Enter: ts}, ts) {
 		// More states than a connection can pass through: keep the last.
 		b.replaceLast(i, r, Span{State: s, Enter: ts})
 		b.flag(r, AnomalyInvalidTransition)
