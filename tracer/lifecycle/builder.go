@@ -139,9 +139,10 @@ type Builder struct {
 	ownerFree []int32
 	exits     map[int32]*[MaxSpans]uint64
 	closings  closingTable
+	rares     sideTable[rare]
 	// closing chunks dropped that Released counted
-	closingsSeen uint64
-	attached     map[int32][2]*metadata.Meta
+	closingsSeen, raresSeen uint64
+	attached                map[int32][2]*metadata.Meta
 
 	scratch, order []int32 // reused by inOrder
 	out            Record  // a record handed to the handler (slot.go)

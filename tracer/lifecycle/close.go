@@ -141,7 +141,7 @@ func (b *Builder) annotate(r *slot) {
 // that lived through a loss no reconciliation has checked since: its
 // close may be among the lost events, and nothing says otherwise.
 func (b *Builder) unverified(r *slot) {
-	if b.lost > r.lostAtStart && r.reconSeen <= b.lostAt {
+	if b.lost > b.rr(r).lostAtStart && r.reconSeen <= b.lostAt {
 		b.flag(r, AnomalyEventsLost)
 	}
 }

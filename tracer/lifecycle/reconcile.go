@@ -147,7 +147,7 @@ func (b *Builder) correct(i int32, r *slot, s probe.State, t uint64) {
 	if !b.addSpan(i, r, Span{State: s}) {
 		b.replaceLast(i, r, Span{State: s})
 	}
-	r.foundAt = t
+	b.rareOf(r).foundAt = t
 	r.set(fEstablished, r.is(fEstablished) || synchronized(s))
 	if s == probe.StateListen {
 		r.Role = RoleListener

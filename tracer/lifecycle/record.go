@@ -216,11 +216,8 @@ type Record struct {
 
 	// what the builder needs while the record is open; by size, so the
 	// slot has no padding (it is most of the memory per connection)
-	lostAtStart uint64
-	alias       uint64 // a seeded record's kernel connection id, once joined
-	lastEv      uint64 // time of its last event
-	reconSeen   uint64 // start of the last reconciliation dump that listed it
-	foundAt     uint64 // when a dump found it in its state (entry unknown)
+	lastEv    uint64 // time of its last event
+	reconSeen uint64 // start of the last reconciliation dump that listed it
 	// orphans in FIN_WAIT2 (orphan.go): orphan once past its reset
 	// hold, endKind the close an orphan ended with.
 	prev, next int32 // LRU, slab indices
@@ -235,6 +232,10 @@ type Record struct {
 
 	TimeWaitEnter uint64
 	TimeWaitExit  uint64
+	// what few records need (rare.go)
+	alias       uint64 // a seeded record's kernel connection id, once joined
+	foundAt     uint64 // when a dump found it in its state (entry unknown)
+	lostAtStart uint64
 	// what the builder needs once it closed (closing.go)
 	heldUntil       uint64
 	twSeen          uint64 // sock_diag: last dump that listed it

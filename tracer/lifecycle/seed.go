@@ -100,8 +100,9 @@ func (b *Builder) allocSeed(s *Socket) (int32, *slot) {
 	b.seedSeq++
 	r.ID = SeedIDBit | b.seedSeq
 	r.NetNS, r.Family, r.Laddr, r.Raddr, r.Lport, r.Rport = s.NetNS, s.Family, s.Laddr, s.Raddr, s.Lport, s.Rport
-	r.Start, r.foundAt = s.Time, s.Time
-	r.lostAtStart = b.lost
+	r.Start = s.Time
+	b.rareOf(r).foundAt = s.Time
+	b.setLostAtStart(r)
 	r.prev, r.next, r.tupNext = -1, -1, -1
 	return i, r
 }
@@ -210,13 +211,13 @@ func (b *Builder) firstEvent(i int32, r *slot, old probe.State) {
 // another record keeps its id and gets this one as an alias.
 func (b *Builder) adopt(i int32, id uint64) {
 	r := b.rec(i)
-	if r.is(fUnjoined) && r.alias == 0 {
-		r.alias, r.ID = r.ID, id
+	if alias := b.rr(r).alias; r.is(fUnjoined) && alias == 0 {
+		b.rareOf(r).alias, r.ID = r.ID, id
 	} else if r.ID != id {
-		if r.alias != 0 && r.alias&SeedIDBit == 0 {
-			delete(b.byID, r.alias)
+		if alias != 0 && alias&SeedIDBit == 0 {
+			delete(b.byID, alias)
 		}
-		r.alias = id
+		b.rareOf(r).alias = id
 	}
 	b.byID[id] = i
 }

@@ -37,6 +37,10 @@ func (b *Builder) shrink() {
 		b.released += (n - b.closingsSeen) * uint64(closingChunkBytes)
 		b.closingsSeen = n
 	}
+	if n := b.rares.dropped; n > b.raresSeen {
+		b.released += (n - b.raresSeen) * uint64(rareChunkBytes)
+		b.raresSeen = n
+	}
 	if b.dropped > b.droppedSeen {
 		b.released += (b.dropped - b.droppedSeen) * uint64(chunkBytes)
 		b.droppedSeen = b.dropped

@@ -52,13 +52,10 @@ type core struct {
 	Retransmits      uint32
 	SegsIn, SegsOut  uint32
 
-	lostAtStart uint64
-	alias       uint64
-	lastEv      uint64
-	reconSeen   uint64
-	foundAt     uint64
-	prev, next  int32
-	tupNext     int32
+	lastEv     uint64
+	reconSeen  uint64
+	prev, next int32
+	tupNext    int32
 
 	flags   flags // what it went through, and the builder's marks (slot.go)
 	endKind Kind
@@ -73,6 +70,7 @@ type slot struct {
 	enter [inlineSpans]uint64 // the first spans' entries
 	own   int32               // the owner (owners.go), 0 for none
 	cl    int32               // what it needs once closed (closing.go), 0 for none
+	rr    int32               // what few records need (rare.go), 0 for none
 	// the spans' states
 	spanState [MaxSpans]probe.State
 }
@@ -134,6 +132,8 @@ func (b *Builder) fill(i int32, r *Record, emitted uint64) {
 		r.Cgroup, r.Container = cl.cg.path, cl.cg.container
 	}
 	r.Emitted = emitted
+	rr := b.rr(c)
+	r.alias, r.foundAt, r.lostAtStart = rr.alias, rr.foundAt, rr.lostAtStart
 	r.TimeWaitEnter, r.TimeWaitExit = cl.TimeWaitEnter, cl.TimeWaitExit
 	r.heldUntil, r.twSeen, r.twExpected, r.orphanAt, r.finAt = cl.heldUntil, cl.twSeen, cl.twExpected, cl.orphanAt, cl.finAt
 	r.Meta, r.Peer = nil, nil
@@ -257,4 +257,5 @@ func (b *Builder) forget(i int32, c *slot) {
 	}
 	b.unrefOwner(c.own)
 	b.closings.give(c.cl)
+	b.rares.give(c.rr)
 }

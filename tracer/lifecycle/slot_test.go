@@ -24,7 +24,7 @@ func TestSlotCoreIsRecordPrefix(t *testing.T) {
 	// Every other Record field is filled by slot.record.
 	for k := ct.NumField(); k < rt.NumField(); k++ {
 		switch n := rt.Field(k).Name; n {
-		case "TimeWaitEnter", "TimeWaitExit", "heldUntil", "twSeen", "twExpected", "orphanAt", "finAt",
+		case "alias", "foundAt", "lostAtStart", "TimeWaitEnter", "TimeWaitExit", "heldUntil", "twSeen", "twExpected", "orphanAt", "finAt",
 			"Pid", "Comm", "CgroupID", "Spans", "Cgroup", "Container", "Emitted", "Meta", "Peer":
 		default:
 			t.Errorf("Record.%s: not in core, not filled by Builder.fill", n)
@@ -92,7 +92,7 @@ func TestSlotsLetGoOfWhatTheyHoldOutside(t *testing.T) {
 		b.Tick(now)
 	}
 	b.Flush()
-	if b.live != 0 || b.closings.used != 0 || len(b.ownerOf) != 0 || len(b.exits) != 0 || len(b.attached) != 0 ||
+	if b.live != 0 || b.closings.used != 0 || b.rares.used != 0 || len(b.ownerOf) != 0 || len(b.exits) != 0 || len(b.attached) != 0 ||
 		len(b.passive) != 0 || len(b.byTuple) != 0 || len(b.byID) != 0 {
 		t.Fatalf("left: live %d closings %d owners %d exits %d attached %d passive %d byTuple %d byID %d",
 			b.live, b.closings.used, len(b.ownerOf), len(b.exits), len(b.attached), len(b.passive), len(b.byTuple), len(b.byID))

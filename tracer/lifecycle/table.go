@@ -119,8 +119,8 @@ func (b *Builder) release(i int32) {
 		r.set(fUnjoined, false)
 		b.unjoinedN--
 	}
-	if r.alias != 0 && b.byID[r.alias] == i {
-		delete(b.byID, r.alias)
+	if alias := b.rr(r).alias; alias != 0 && b.byID[alias] == i {
+		delete(b.byID, alias)
 	}
 	b.unindex(i)
 	b.dropOrphan(i)

@@ -29,7 +29,7 @@ func (b *Builder) transition(e *probe.Event) {
 		}
 		if r.State != old {
 			b.flag(r, AnomalyStateMismatch)
-			if b.lost > r.lostAtStart {
+			if b.lost > b.rr(r).lostAtStart {
 				// The transitions between the two were among the lost.
 				b.flag(r, AnomalyEventsLost)
 			}
@@ -126,7 +126,7 @@ func (b *Builder) start(e *probe.Event) int32 {
 	r.ID = e.ConnId
 	r.Family, r.Laddr, r.Raddr, r.Lport, r.Rport, r.NetNS = e.Family, e.Saddr, e.Daddr, e.Sport, e.Dport, e.Netns
 	r.Start = e.TsNs
-	r.lostAtStart = b.lost
+	b.setLostAtStart(r)
 	r.prev, r.next, r.tupNext = -1, -1, -1
 	b.byID[r.ID] = i
 	b.lruPush(i)
