@@ -1,7 +1,7 @@
 package lifecycle
 
 import (
-	"hash/maphash"
+	"math/rand/v2"
 	"time"
 
 	"github.com/tcpfsm/tcpfsm/tracer/metadata"
@@ -113,7 +113,7 @@ type Builder struct {
 	handshake map[int32]struct{} // records in SYN_SENT or SYN_RECV
 
 	byTuple   map[uint64]int32 // open records by their endpoints' hash (tupleindex.go)
-	hashSeed  maphash.Seed
+	hashSeed  uint64           // tupleHash's
 	seedSeq   uint64
 	unjoinedN int                  // seeded records no event joined yet
 	recon     map[uint32]*reconRun // reconciliation dumps under way (reconcile.go)
@@ -137,6 +137,7 @@ type Builder struct {
 	owners    []ownerEntry // [0]: none
 	ownerOf   map[ownerKey]int32
 	ownerFree []int32
+	lastOwner int32 // the owner setOwner set last
 	exits     map[int32]*[MaxSpans]uint64
 	closings  closingTable
 	rares     sideTable[rare]
@@ -163,7 +164,7 @@ func NewBuilder(cfg Config, h Handler) *Builder {
 		passive:     map[tupleKey]int32{},
 		handshake:   map[int32]struct{}{},
 		byTuple:     map[uint64]int32{},
-		hashSeed:    maphash.MakeSeed(),
+		hashSeed:    rand.Uint64(),
 		recon:       map[uint32]*reconRun{},
 		listening:   map[listenKey]bool{},
 		orphans:     map[tupleKey]int32{},

@@ -25,14 +25,16 @@ func (b *Builder) closeRecord(i int32) {
 	}
 	k := recordKey(r)
 	if r.Role == RolePassive {
-		if j, ok := b.passiveOf(k); ok && j == i {
-			b.dropPassive(k, i)
-		} else if ok && !r.is(fEstablished) && !r.is(fResetSent) && !r.is(fResetReceived) && r.SkErr == 0 {
-			// Its twin holds the connection: the kernel lost a race
-			// creating this socket and closed it at once.
-			b.stats.TwinChildren++
-			b.release(i)
-			return
+		if r.is(fPassive) {
+			b.dropPassive(k, i) // the one registered for k
+		} else if !r.is(fEstablished) && !r.is(fResetSent) && !r.is(fResetReceived) && r.SkErr == 0 {
+			if _, ok := b.passiveOf(k); ok {
+				// Its twin holds the connection: the kernel lost a race
+				// creating this socket and closed it at once.
+				b.stats.TwinChildren++
+				b.release(i)
+				return
+			}
 		}
 	}
 	b.conclude(i)

@@ -27,13 +27,16 @@ type closingTable = sideTable[closing]
 
 const closingChunkBytes = sideChunkLen * int(unsafe.Sizeof(closing{}))
 
-// cl is slot c's closing entry, zero when it has none: to read.
-func (b *Builder) cl(c *slot) closing {
+// cl is slot c's closing entry, or noClosing when it has none: to read
+// only (a test checks noClosing stays zero).
+func (b *Builder) cl(c *slot) *closing {
 	if c.cl == 0 {
-		return closing{}
+		return &noClosing
 	}
-	return *b.closings.at(c.cl)
+	return b.closings.at(c.cl)
 }
+
+var noClosing closing
 
 // closingOf is slot c's closing entry, taken now if it has none: to write.
 func (b *Builder) closingOf(c *slot) *closing {

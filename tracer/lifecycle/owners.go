@@ -22,9 +22,13 @@ func (b *Builder) setOwner(c *slot, k ownerKey) {
 	}
 	var j int32
 	if k != (ownerKey{}) {
-		var ok bool
-		if j, ok = b.ownerOf[k]; !ok {
-			j = b.newOwner(k)
+		// The last owner set is most often the next one's: no lookup.
+		if j = b.lastOwner; b.owners[j].ownerKey != k {
+			var ok bool
+			if j, ok = b.ownerOf[k]; !ok {
+				j = b.newOwner(k)
+			}
+			b.lastOwner = j
 		}
 		b.owners[j].refs++
 	}
@@ -66,7 +70,7 @@ func (b *Builder) cgroupID(c *slot) uint64 { return b.owners[c.own].cgroupID }
 // shrinkOwners lets the table go once no slot names an owner.
 func (b *Builder) shrinkOwners() {
 	if len(b.ownerOf) == 0 && len(b.owners) > shrinkMin {
-		b.owners, b.ownerFree = b.owners[:1:1], nil
+		b.owners, b.ownerFree, b.lastOwner = b.owners[:1:1], nil, 0
 		b.ownerOf = map[ownerKey]int32{}
 	}
 }

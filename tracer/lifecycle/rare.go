@@ -14,13 +14,16 @@ type rare struct {
 
 const rareChunkBytes = sideChunkLen * 24
 
-// rr is slot c's rare entry, zero when it has none: to read.
-func (b *Builder) rr(c *slot) rare {
+// rr is slot c's rare entry, or noRare when it has none: to read only
+// (a test checks noRare stays zero).
+func (b *Builder) rr(c *slot) *rare {
 	if c.rr == 0 {
-		return rare{}
+		return &noRare
 	}
-	return *b.rares.at(c.rr)
+	return b.rares.at(c.rr)
 }
+
+var noRare rare
 
 // rareOf is slot c's rare entry, taken now if it has none: to write.
 func (b *Builder) rareOf(c *slot) *rare {

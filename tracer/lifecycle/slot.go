@@ -120,14 +120,29 @@ func (b *Builder) fill(i int32, r *Record, emitted uint64) {
 	r.flags &^= slotMarks // where the slot keeps things is not the record's
 	o := &b.owners[c.own]
 	r.Pid, r.Comm, r.CgroupID = o.pid, o.comm, o.cgroupID
-	for k := range r.Spans {
-		r.Spans[k] = Span{}
-		if k < int(c.NSpan) {
-			r.Spans[k] = Span{State: c.spanState[k], Enter: b.enterOf(c, k), Exit: b.exitOf(i, c, k)}
+	cl := b.cl(c)
+	n := int(c.NSpan)
+	var enter [MaxSpans]uint64
+	copy(enter[:], c.enter[:])
+	copy(enter[inlineSpans:], cl.enter[:])
+	for k := range n {
+		sp := &r.Spans[k]
+		sp.State, sp.Enter = c.spanState[k], enter[k]
+		switch {
+		case k < n-1:
+			sp.Exit = enter[k+1]
+		default:
+			sp.Exit = cl.lastExit
 		}
 	}
+	if c.is(fApart) {
+		ex := b.exits[i]
+		for k := range n {
+			r.Spans[k].Exit = ex[k]
+		}
+	}
+	clear(r.Spans[n:])
 	r.Cgroup, r.Container = "", ""
-	cl := b.cl(c)
 	if cl.cg != nil {
 		r.Cgroup, r.Container = cl.cg.path, cl.cg.container
 	}

@@ -97,6 +97,9 @@ func TestSlotsLetGoOfWhatTheyHoldOutside(t *testing.T) {
 		t.Fatalf("left: live %d closings %d owners %d exits %d attached %d passive %d byTuple %d byID %d",
 			b.live, b.closings.used, len(b.ownerOf), len(b.exits), len(b.attached), len(b.passive), len(b.byTuple), len(b.byID))
 	}
+	if noClosing != (closing{}) || noRare != (rare{}) {
+		t.Errorf("written to through a reader: %+v %+v", noClosing, noRare)
+	}
 	if len(b.closings.chunks) > 1 {
 		t.Errorf("%d closing chunks left, want the spare at most", len(b.closings.chunks))
 	}
