@@ -1,7 +1,8 @@
 package lifecycle
 
 import (
-	"math/rand/v2"
+	"crypto/rand"
+	"encoding/binary"
 	"time"
 
 	"github.com/tcpfsm/tcpfsm/tracer/metadata"
@@ -164,7 +165,7 @@ func NewBuilder(cfg Config, h Handler) *Builder {
 		passive:     map[tupleKey]int32{},
 		handshake:   map[int32]struct{}{},
 		byTuple:     map[uint64]int32{},
-		hashSeed:    rand.Uint64(),
+		hashSeed:    hashSeed(),
 		recon:       map[uint32]*reconRun{},
 		listening:   map[listenKey]bool{},
 		orphans:     map[tupleKey]int32{},
@@ -305,3 +306,10 @@ func (b *Builder) Flush() {
 // SetExactTimeWait says whether the kernel reports TIME_WAIT itself; set
 // before the first event.
 func (b *Builder) SetExactTimeWait(on bool) { b.cfg.ExactTimeWait = on }
+
+// hashSeed is a random seed for tupleHash.
+func hashSeed() uint64 {
+	var b [8]byte
+	_, _ = rand.Read(b[:]) // never fails (crypto/rand)
+	return binary.LittleEndian.Uint64(b[:])
+}
