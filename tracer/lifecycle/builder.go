@@ -148,6 +148,7 @@ type Builder struct {
 
 	scratch, order []int32 // reused by inOrder
 	out            Record  // a record handed to the handler (slot.go)
+	outFor         int32   // the record out holds after its Closed, -1: none (finishClosed)
 	looked         *Record // Lookup's last copy, of record lookedAt
 	lookedAt       int32
 }
@@ -161,6 +162,7 @@ func NewBuilder(cfg Config, h Handler) *Builder {
 		head:        -1,
 		tail:        -1,
 		spare:       -1,
+		outFor:      -1,
 		timeWait:    map[tupleKey]int32{},
 		passive:     map[tupleKey]int32{},
 		handshake:   map[int32]struct{}{},

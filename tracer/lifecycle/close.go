@@ -69,7 +69,7 @@ func (b *Builder) conclude(i int32) {
 	b.closed(i)
 	b.peerClosed(r)
 	if r.TimeWait != TWPending {
-		b.finish(i)
+		b.finishClosed(i)
 	}
 }
 
@@ -154,6 +154,21 @@ func (b *Builder) finish(i int32) {
 		b.annotate(r)
 	}
 	b.fill(i, &b.out, b.now)
+	b.outFor = -1
+	b.h.Finished(&b.out)
+	b.release(i)
+}
+
+// finishClosed finishes record i right after its Closed: the copy
+// handed out then is still in b.out (unless another record was handed
+// out since), and nothing but Emitted changed.
+func (b *Builder) finishClosed(i int32) {
+	if b.outFor != i {
+		b.finish(i)
+		return
+	}
+	b.outFor = -1
+	b.out.Emitted = b.now
 	b.h.Finished(&b.out)
 	b.release(i)
 }
@@ -162,6 +177,8 @@ func (b *Builder) finish(i int32) {
 // owner's names (Meta, Peer): the builder keeps them for its Finished.
 func (b *Builder) closed(i int32) {
 	b.fill(i, &b.out, 0)
+	b.outFor = -1
 	b.h.Closed(&b.out)
 	b.attach(i, b.rec(i), &b.out)
+	b.outFor = i
 }

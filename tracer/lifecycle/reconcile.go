@@ -196,5 +196,5 @@ func (b *Builder) endUnobserved(i int32, t uint64) {
 	b.stats.Reconciled[ReconcileEnded]++
 	b.annotate(r)
 	b.closed(i)
-	b.finish(i)
+	b.finishClosed(i)
 }
