@@ -52,7 +52,7 @@ func (b *Builder) conclude(i int32) {
 		r.TimeWait = TWPending
 	}
 	if r.TimeWait == TWPending {
-		b.closingOf(r).TimeWaitEnter = r.End
+		r.TimeWaitEnter = r.End
 		b.addSpan(i, r, Span{State: probe.StateTimeWait, Enter: r.End})
 		if old, ok := b.timeWait[recordKey(r)]; ok && sameAsTWSeed(b.rec(old), r) {
 			// A dump listed its time-wait socket before this close was

@@ -8,10 +8,10 @@ import "unsafe"
 // taken at the first write (closingOf) and let go with the record.
 
 type closing struct {
-	TimeWaitEnter, TimeWaitExit uint64
-	heldUntil                   uint64
-	twSeen                      uint64 // sock_diag: last dump that listed it
-	twExpected                  uint64 // ... its timer's end
+	TimeWaitExit uint64
+	heldUntil    uint64
+	twSeen       uint64 // sock_diag: last dump that listed it
+	twExpected   uint64 // ... its timer's end
 	// orphans in FIN_WAIT2 (orphan.go): orphanAt the full socket's CLOSE
 	// (0: none), finAt the peer's FIN learnt during the hold.
 	orphanAt, finAt uint64

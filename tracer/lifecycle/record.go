@@ -214,6 +214,8 @@ type Record struct {
 	Retransmits      uint32
 	SegsIn, SegsOut  uint32
 
+	TimeWaitEnter uint64 // in the slot: the TIME_WAIT sweep reads it for every record in TIME_WAIT
+
 	// what the builder needs while the record is open; by size, so the
 	// slot has no padding (it is most of the memory per connection)
 	lastEv    uint64 // time of its last event
@@ -230,8 +232,7 @@ type Record struct {
 	// this order); those below it keeps in a form of its own while it
 	// holds the record, and fills where it hands one out.
 
-	TimeWaitEnter uint64
-	TimeWaitExit  uint64
+	TimeWaitExit uint64
 	// what few records need (rare.go)
 	alias       uint64 // a seeded record's kernel connection id, once joined
 	foundAt     uint64 // when a dump found it in its state (entry unknown)

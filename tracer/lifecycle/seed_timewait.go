@@ -100,17 +100,16 @@ func (b *Builder) dropTWSeed(i int32, r *slot) {
 // twDue is when a record in TIME_WAIT is due to leave it: TimeWaitLen
 // after its entry, or, for a seed whose entry is unknown, its timer.
 func (b *Builder) twDue(r *slot) uint64 {
-	cl := b.cl(r)
-	if cl.TimeWaitEnter == 0 {
-		return cl.twExpected
+	if r.TimeWaitEnter == 0 {
+		return b.cl(r).twExpected
 	}
-	return cl.TimeWaitEnter + TimeWaitLen
+	return r.TimeWaitEnter + TimeWaitLen
 }
 
 // twSince is when the builder first knew a record in TIME_WAIT was in
 // it: its entry, or when a dump found it there.
 func (b *Builder) twSince(r *slot) uint64 {
-	if enter := b.cl(r).TimeWaitEnter; enter != 0 {
+	if enter := r.TimeWaitEnter; enter != 0 {
 		return enter
 	}
 	return r.Start

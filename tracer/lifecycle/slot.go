@@ -52,6 +52,8 @@ type core struct {
 	Retransmits      uint32
 	SegsIn, SegsOut  uint32
 
+	TimeWaitEnter uint64
+
 	lastEv     uint64
 	reconSeen  uint64
 	prev, next int32
@@ -149,7 +151,7 @@ func (b *Builder) fill(i int32, r *Record, emitted uint64) {
 	r.Emitted = emitted
 	rr := b.rr(c)
 	r.alias, r.foundAt, r.lostAtStart = rr.alias, rr.foundAt, rr.lostAtStart
-	r.TimeWaitEnter, r.TimeWaitExit = cl.TimeWaitEnter, cl.TimeWaitExit
+	r.TimeWaitExit = cl.TimeWaitExit
 	r.heldUntil, r.twSeen, r.twExpected, r.orphanAt, r.finAt = cl.heldUntil, cl.twSeen, cl.twExpected, cl.orphanAt, cl.finAt
 	r.Meta, r.Peer = nil, nil
 	if c.is(fAttached) {

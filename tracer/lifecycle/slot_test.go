@@ -24,7 +24,7 @@ func TestSlotCoreIsRecordPrefix(t *testing.T) {
 	// Every other Record field is filled by slot.record.
 	for k := ct.NumField(); k < rt.NumField(); k++ {
 		switch n := rt.Field(k).Name; n {
-		case "alias", "foundAt", "lostAtStart", "TimeWaitEnter", "TimeWaitExit", "heldUntil", "twSeen", "twExpected", "orphanAt", "finAt",
+		case "alias", "foundAt", "lostAtStart", "TimeWaitExit", "heldUntil", "twSeen", "twExpected", "orphanAt", "finAt",
 			"Pid", "Comm", "CgroupID", "Spans", "Cgroup", "Container", "Emitted", "Meta", "Peer":
 		default:
 			t.Errorf("Record.%s: not in core, not filled by Builder.fill", n)

@@ -262,8 +262,8 @@ func (b *Builder) pick(m map[tupleKey]int32, keep func(r *slot) bool) []int32 {
 func (b *Builder) inOrder(idx []int32) []int32 {
 	at := func(i int32) uint64 {
 		r := b.rec(i)
-		if b.cl(r).TimeWaitEnter != 0 {
-			return b.cl(r).TimeWaitEnter
+		if r.TimeWaitEnter != 0 {
+			return r.TimeWaitEnter
 		}
 		if n := r.lastSpan(); n >= 0 {
 			return b.enterOf(r, n)

@@ -68,7 +68,7 @@ func (b *Builder) observeTimeWait(s *Socket) {
 	end := s.Time + uint64(s.ExpiresMs)*1_000_000
 	if i, ok := b.timeWait[k]; ok {
 		r := b.rec(i)
-		if s.Time < b.cl(r).TimeWaitEnter {
+		if s.Time < r.TimeWaitEnter {
 			return // dumped before its FIN came: says nothing of TIME_WAIT
 		}
 		b.closingOf(r).twSeen = s.Time
