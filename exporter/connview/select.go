@@ -25,6 +25,7 @@ type Selection struct {
 
 	items []item
 	heap  []cand
+	kept  []lifecycle.Record // the candidates' copies, by cand.at
 	m     matcher
 }
 
@@ -35,10 +36,11 @@ type item struct {
 }
 
 // cand is a connection in the running top-K: its sort key, its id (the
-// tie-break, lower first) and where it is in the builder.
+// tie-break, lower first) and where its copy is in kept (the builder
+// lends each record for one step of its iteration only).
 type cand struct {
 	key, id uint64
-	r       *lifecycle.Record
+	at      int
 }
 
 // better orders candidates: larger key first, then lower id.
@@ -56,20 +58,25 @@ func (s *Selection) Select(b *lifecycle.Builder, q *Query, th *Thresholds, now u
 	s.Now, s.Matched, s.Open = now, 0, 0
 	s.items = s.items[:0]
 	s.heap = s.heap[:0]
+	s.kept = s.kept[:0]
 	s.m.reset(b, q, th, now)
 	k := q.limit()
-	for r := range b.Open() {
+	for r := range b.Visit() {
 		s.Open++
 		if !s.m.match(r) {
 			continue
 		}
 		s.Matched++
-		c := cand{key: sortKey(r, q.Sort, now), id: r.ID, r: r}
+		c := cand{key: sortKey(r, q.Sort, now), id: r.ID}
 		switch {
 		case len(s.heap) < k:
+			c.at = len(s.kept)
+			s.kept = append(s.kept, *r)
 			s.heap = append(s.heap, c)
 			siftUp(s.heap, len(s.heap)-1)
 		case better(&c, &s.heap[0]):
+			c.at = s.heap[0].at
+			s.kept[c.at] = *r
 			s.heap[0] = c
 			siftDown(s.heap, 0)
 		}
@@ -81,14 +88,16 @@ func (s *Selection) Select(b *lifecycle.Builder, q *Query, th *Thresholds, now u
 		return 1
 	})
 	for _, c := range s.heap {
-		path, container := b.CgroupOf(c.r.CgroupID)
-		if c.r.Cgroup != "" {
-			path, container = c.r.Cgroup, c.r.Container
+		r := &s.kept[c.at]
+		path, container := b.CgroupOf(r.CgroupID)
+		if r.Cgroup != "" {
+			path, container = r.Cgroup, r.Container
 		}
-		s.items = append(s.items, item{rec: *c.r, cgroup: path, container: container})
+		s.items = append(s.items, item{rec: *r, cgroup: path, container: container})
 	}
-	// No pointer into the builder outlives the lock.
-	clear(s.heap)
+	// No pointer into the builder outlives the lock, nor the copies'
+	// names past the selection.
+	clear(s.kept)
 	s.m.b = nil
 }
 

@@ -62,7 +62,7 @@ func (s *Stuck) Count(b *lifecycle.Builder, th *Thresholds, by GroupBy, now uint
 			s.add(groupKey{state: st})
 		}
 	}
-	for r := range b.Open() {
+	for r := range b.Visit() {
 		state, _ := r.Current()
 		if !th.Watched(state) {
 			continue

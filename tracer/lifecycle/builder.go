@@ -1,8 +1,11 @@
 package lifecycle
 
 import (
+	"crypto/rand"
+	"encoding/binary"
 	"time"
 
+	"github.com/tcpfsm/tcpfsm/tracer/metadata"
 	"github.com/tcpfsm/tcpfsm/tracer/probe"
 )
 
@@ -107,10 +110,11 @@ type Builder struct {
 
 	held      []int32            // closed, waiting out ResetHold, in close order
 	timeWait  map[tupleKey]int32 // records in TIME_WAIT
-	passive   map[tupleKey]int32 // open accepted connections, to tell a twin
+	passive   map[tupleKey]int32 // registered accepted connections no longer open (tupleindex.go)
 	handshake map[int32]struct{} // records in SYN_SENT or SYN_RECV
 
-	byTuple   map[tupleKey]int32 // open records by endpoints (seed.go)
+	byTuple   map[uint64]int32 // open records by their endpoints' hash (tupleindex.go)
+	hashSeed  uint64           // tupleHash's
 	seedSeq   uint64
 	unjoinedN int                  // seeded records no event joined yet
 	recon     map[uint32]*reconRun // reconciliation dumps under way (reconcile.go)
@@ -120,8 +124,8 @@ type Builder struct {
 	orphans     map[tupleKey]int32
 	orphanFlows map[flowKey]int32
 	finTimeout  map[uint32]time.Duration
-	twPolled    map[uint32]uint64 // netns -> time of its last complete TIME_WAIT dump
-	cgroups     map[uint64]cgroupInfo
+	twPolled    map[uint32]uint64      // netns -> time of its last complete TIME_WAIT dump
+	cgroups     map[uint64]*cgroupInfo // shared by the slots that carry one
 	lost        uint64
 	lostAt      uint64 // b.now when lost last grew
 	now         uint64
@@ -130,7 +134,23 @@ type Builder struct {
 	states [probe.MaxState + 1]int
 	stats  Stats
 
+	// what slots keep outside themselves (slot.go, owners.go)
+	owners    []ownerEntry // [0]: none
+	ownerOf   map[ownerKey]int32
+	ownerFree []int32
+	lastOwner int32 // the owner setOwner set last
+	exits     map[int32]*[MaxSpans]uint64
+	closings  closingTable
+	rares     sideTable[rare]
+	// closing chunks dropped that Released counted
+	closingsSeen, raresSeen uint64
+	attached                map[int32][2]*metadata.Meta
+
 	scratch, order []int32 // reused by inOrder
+	out            Record  // a record handed to the handler (slot.go)
+	outFor         int32   // the record out holds after its Closed, -1: none (finishClosed)
+	looked         *Record // Lookup's last copy, of record lookedAt
+	lookedAt       int32
 }
 
 // NewBuilder returns a builder that hands records to h.
@@ -142,17 +162,23 @@ func NewBuilder(cfg Config, h Handler) *Builder {
 		head:        -1,
 		tail:        -1,
 		spare:       -1,
+		outFor:      -1,
 		timeWait:    map[tupleKey]int32{},
 		passive:     map[tupleKey]int32{},
 		handshake:   map[int32]struct{}{},
-		byTuple:     map[tupleKey]int32{},
+		byTuple:     map[uint64]int32{},
+		hashSeed:    hashSeed(),
 		recon:       map[uint32]*reconRun{},
 		listening:   map[listenKey]bool{},
 		orphans:     map[tupleKey]int32{},
 		orphanFlows: map[flowKey]int32{},
 		finTimeout:  map[uint32]time.Duration{},
 		twPolled:    map[uint32]uint64{},
-		cgroups:     map[uint64]cgroupInfo{},
+		cgroups:     map[uint64]*cgroupInfo{},
+		owners:      make([]ownerEntry, 1),
+		ownerOf:     map[ownerKey]int32{},
+		exits:       map[int32]*[MaxSpans]uint64{},
+		attached:    map[int32][2]*metadata.Meta{},
 	}
 }
 
@@ -185,7 +211,8 @@ func (b *Builder) StateCount(s probe.State) int {
 // connections carry both. Naming containers is the cgroups package's job;
 // the builder is told the result.
 func (b *Builder) Cgroup(id uint64, path, container string) {
-	b.cgroups[id] = cgroupInfo{path, container}
+	// A new entry: the slots annotated with the old one keep its names.
+	b.cgroups[id] = &cgroupInfo{path, container}
 }
 
 type cgroupInfo struct{ path, container string }
@@ -226,7 +253,7 @@ func (b *Builder) advance(now uint64) {
 	done := 0
 	for done < len(b.held) {
 		i := b.held[done]
-		if b.rec(i).heldUntil > now {
+		if b.cl(b.rec(i)).heldUntil > now {
 			break
 		}
 		done++
@@ -281,3 +308,10 @@ func (b *Builder) Flush() {
 // SetExactTimeWait says whether the kernel reports TIME_WAIT itself; set
 // before the first event.
 func (b *Builder) SetExactTimeWait(on bool) { b.cfg.ExactTimeWait = on }
+
+// hashSeed is a random seed for tupleHash.
+func hashSeed() uint64 {
+	var b [8]byte
+	_, _ = rand.Read(b[:]) // never fails (crypto/rand)
+	return binary.LittleEndian.Uint64(b[:])
+}

@@ -13,26 +13,28 @@ import (
 // closeRecord classifies a closed record once its reset hold is over.
 func (b *Builder) closeRecord(i int32) {
 	r := b.rec(i)
-	r.heldUntil = 0
-	if r.orphanAt != 0 && !r.orphan {
-		if !r.resetSent && !r.resetReceived {
+	b.closingOf(r).heldUntil = 0
+	if b.cl(r).orphanAt != 0 && !r.is(fOrphan) {
+		if !r.is(fResetSent) && !r.is(fResetReceived) {
 			b.becomeOrphan(i)
 			return
 		}
 		// A reset after the CLOSE: no time-wait socket took it.
-		r.finAt = 0
-		b.leaveFinWait2(i, r.orphanAt)
+		b.closingOf(r).finAt = 0
+		b.leaveFinWait2(i, b.cl(r).orphanAt)
 	}
 	k := recordKey(r)
 	if r.Role == RolePassive {
-		if j, ok := b.passive[k]; ok && j == i {
-			delete(b.passive, k)
-		} else if ok && !r.established && !r.resetSent && !r.resetReceived && r.SkErr == 0 {
-			// Its twin holds the connection: the kernel lost a race
-			// creating this socket and closed it at once.
-			b.stats.TwinChildren++
-			b.release(i)
-			return
+		if r.is(fPassive) {
+			b.dropPassive(k, i) // the one registered for k
+		} else if !r.is(fEstablished) && !r.is(fResetSent) && !r.is(fResetReceived) && r.SkErr == 0 {
+			if _, ok := b.passiveOf(k); ok {
+				// Its twin holds the connection: the kernel lost a race
+				// creating this socket and closed it at once.
+				b.stats.TwinChildren++
+				b.release(i)
+				return
+			}
 		}
 	}
 	b.conclude(i)
@@ -51,10 +53,7 @@ func (b *Builder) conclude(i int32) {
 	}
 	if r.TimeWait == TWPending {
 		r.TimeWaitEnter = r.End
-		if r.NSpan < MaxSpans {
-			r.Spans[r.NSpan] = Span{State: probe.StateTimeWait, Enter: r.End}
-			r.NSpan++
-		}
+		b.addSpan(i, r, Span{State: probe.StateTimeWait, Enter: r.End})
 		if old, ok := b.timeWait[recordKey(r)]; ok && sameAsTWSeed(b.rec(old), r) {
 			// A dump listed its time-wait socket before this close was
 			// applied, and seeded a record for it: this is the one.
@@ -67,41 +66,41 @@ func (b *Builder) conclude(i int32) {
 		b.timeWait[recordKey(r)] = i
 	}
 	b.annotate(r)
-	b.h.Closed(r)
+	b.closed(i)
 	b.peerClosed(r)
 	if r.TimeWait != TWPending {
-		b.finish(i)
+		b.finishClosed(i)
 	}
 }
 
 // classify decides the initiator and the kind of close.
-func (b *Builder) classify(r *Record) {
+func (b *Builder) classify(r *slot) {
 	err := syscall.Errno(r.SkErr)
 	switch {
 	case r.Role == RoleListener:
 		r.Kind = KindListenerClosed
 		return
-	case r.sawClosing:
+	case r.is(fSawClosing):
 		r.Initiator = InitiatorBoth
-	case r.sawFinWait1:
+	case r.is(fSawFinWait1):
 		r.Initiator = InitiatorLocal
-	case r.sawCloseWait:
+	case r.is(fSawCloseWait):
 		r.Initiator = InitiatorRemote
-	case r.resetSent:
+	case r.is(fResetSent):
 		r.Initiator = InitiatorLocal
-	case r.resetReceived || err == syscall.ECONNRESET || err == syscall.EPIPE || err == syscall.ECONNREFUSED:
+	case r.is(fResetReceived) || err == syscall.ECONNRESET || err == syscall.EPIPE || err == syscall.ECONNREFUSED:
 		r.Initiator = InitiatorRemote
 	case err == syscall.ETIMEDOUT:
 		r.Initiator = InitiatorLocal
 	}
 
-	if !r.established {
+	if !r.is(fEstablished) {
 		switch {
-		case r.Role == RoleActive && (err == syscall.ECONNREFUSED || r.resetReceived):
+		case r.Role == RoleActive && (err == syscall.ECONNREFUSED || r.is(fResetReceived)):
 			r.Kind = KindRefused
 		case err == syscall.ETIMEDOUT:
 			r.Kind = KindConnectTimeout
-		case r.resetReceived:
+		case r.is(fResetReceived):
 			r.Kind = KindResetReceived
 		default:
 			r.Kind = KindAbortedHandshake
@@ -112,15 +111,15 @@ func (b *Builder) classify(r *Record) {
 		return
 	}
 	switch {
-	case r.resetReceived || err == syscall.ECONNRESET || err == syscall.EPIPE:
+	case r.is(fResetReceived) || err == syscall.ECONNRESET || err == syscall.EPIPE:
 		r.Kind = KindResetReceived
-	case r.resetSent:
+	case r.is(fResetSent):
 		r.Kind = KindResetSent
 	case err == syscall.ETIMEDOUT:
 		r.Kind = KindTimeout
-	case r.sawClosing:
+	case r.is(fSawClosing):
 		r.Kind = KindSimultaneous
-	case r.sawFinWait1 || r.sawCloseWait:
+	case r.is(fSawFinWait1) || r.is(fSawCloseWait):
 		r.Kind = KindGraceful
 	default:
 		// Closed from ESTABLISHED with no reset seen either way.
@@ -132,17 +131,19 @@ func (b *Builder) classify(r *Record) {
 // annotate fills what the builder knows from other inputs. Lost events
 // flag only the records that show they missed one (noteGap), not every
 // record alive when the loss happened.
-func (b *Builder) annotate(r *Record) {
-	if c, ok := b.cgroups[r.CgroupID]; ok && r.Cgroup == "" {
-		r.Cgroup, r.Container = c.path, c.container
+func (b *Builder) annotate(r *slot) {
+	if c, ok := b.cgroups[b.cgroupID(r)]; ok {
+		if cg := b.cl(r).cg; cg == nil || cg.path == "" {
+			b.closingOf(r).cg = c
+		}
 	}
 }
 
 // unverified flags a record handed out open (at the end, or evicted)
 // that lived through a loss no reconciliation has checked since: its
 // close may be among the lost events, and nothing says otherwise.
-func (b *Builder) unverified(r *Record) {
-	if b.lost > r.lostAtStart && r.reconSeen <= b.lostAt {
+func (b *Builder) unverified(r *slot) {
+	if b.lost > b.rr(r).lostAtStart && r.reconSeen <= b.lostAt {
 		b.flag(r, AnomalyEventsLost)
 	}
 }
@@ -152,7 +153,32 @@ func (b *Builder) finish(i int32) {
 	if r.Kind == KindOpen && r.End == 0 {
 		b.annotate(r)
 	}
-	r.Emitted = b.now
-	b.h.Finished(r)
+	b.fill(i, &b.out, b.now)
+	b.outFor = -1
+	b.h.Finished(&b.out)
 	b.release(i)
+}
+
+// finishClosed finishes record i right after its Closed: the copy
+// handed out then is still in b.out (unless another record was handed
+// out since), and nothing but Emitted changed.
+func (b *Builder) finishClosed(i int32) {
+	if b.outFor != i {
+		b.finish(i)
+		return
+	}
+	b.outFor = -1
+	b.out.Emitted = b.now
+	b.h.Finished(&b.out)
+	b.release(i)
+}
+
+// closed hands record i out as closed. The handler may attach the
+// owner's names (Meta, Peer): the builder keeps them for its Finished.
+func (b *Builder) closed(i int32) {
+	b.fill(i, &b.out, 0)
+	b.outFor = -1
+	b.h.Closed(&b.out)
+	b.attach(i, b.rec(i), &b.out)
+	b.outFor = i
 }

@@ -88,8 +88,8 @@ func (b *Builder) orphanLeft(netns uint32) uint64 {
 // time-wait socket in its FIN_WAIT2 substate: without the peer's FIN
 // (the kernel sets SOCK_DONE only for it), error or reset; with fentry,
 // when tcp_time_wait said so.
-func (b *Builder) orphanClose(r *Record, e *probe.Event) bool {
-	if r.State != probe.StateFinWait2 || e.SkErr != 0 || r.resetSent || r.resetReceived {
+func (b *Builder) orphanClose(r *slot, e *probe.Event) bool {
+	if r.State != probe.StateFinWait2 || e.SkErr != 0 || r.is(fResetSent) || r.is(fResetReceived) {
 		return false
 	}
 	if b.cfg.ExactTimeWait {
@@ -102,13 +102,13 @@ func (b *Builder) orphanClose(r *Record, e *probe.Event) bool {
 // dumps find it while it waits out its reset hold.
 func (b *Builder) addOrphan(i int32, ts uint64) {
 	r := b.rec(i)
-	r.orphanAt = ts
+	b.closingOf(r).orphanAt = ts
 	k := recordKey(r)
 	if old, ok := b.orphans[k]; ok && old != i && sameAsTWSeed(b.rec(old), r) {
 		// The dump that seeded it listed this connection's own time-wait
 		// socket before its CLOSE was applied (seed_timewait.go).
 		b.dropTWSeed(old, r)
-	} else if ok && old != i && b.rec(old).orphan {
+	} else if ok && old != i && b.rec(old).is(fOrphan) {
 		// The kernel cannot hold two time-wait sockets of one tuple: the
 		// older one is gone.
 		b.orphanDied(old, ts)
@@ -126,11 +126,11 @@ func (b *Builder) addOrphan(i int32, ts uint64) {
 // an orphan in FIN_WAIT2, open again until its end is known.
 func (b *Builder) becomeOrphan(i int32) {
 	r := b.rec(i)
-	r.orphan = true
+	r.set(fOrphan, true)
 	b.lruPush(i)
-	if r.finAt != 0 {
-		at := r.finAt
-		r.finAt = 0
+	if b.cl(r).finAt != 0 {
+		at := b.cl(r).finAt
+		b.closingOf(r).finAt = 0
 		b.orphanFin(i, at)
 	}
 }
@@ -138,7 +138,7 @@ func (b *Builder) becomeOrphan(i int32) {
 // dropOrphan forgets a candidate's or an orphan's indexes.
 func (b *Builder) dropOrphan(i int32) {
 	r := b.rec(i)
-	if r.orphanAt == 0 {
+	if b.cl(r).orphanAt == 0 {
 		return
 	}
 	k := recordKey(r)
@@ -170,30 +170,31 @@ func (b *Builder) dropOrphan(i int32) {
 // leaveFinWait2 ends an orphan's FIN_WAIT2 at ts: it is closed now.
 func (b *Builder) leaveFinWait2(i int32, ts uint64) {
 	r := b.rec(i)
-	if ts < r.orphanAt {
-		ts = r.orphanAt
+	if ts < b.cl(r).orphanAt {
+		ts = b.cl(r).orphanAt
 	}
 	b.dropOrphan(i)
-	if r.orphan {
+	if r.is(fOrphan) {
 		b.lruRemove(i)
 	}
-	if n := r.NSpan; n > 0 {
-		r.Spans[n-1].Exit = ts
+	if r.NSpan > 0 {
+		b.setExit(i, r, ts)
 	}
 	b.uncount(i, r)
 	r.State = probe.StateClose
 	r.End = ts
-	r.orphanAt, r.orphan = 0, false
+	b.closingOf(r).orphanAt = 0
+	r.set(fOrphan, false)
 }
 
 // orphanFin: the peer's FIN reached the orphan's time-wait socket at ts;
 // it is in TIME_WAIT from then.
 func (b *Builder) orphanFin(i int32, ts uint64) {
 	r := b.rec(i)
-	if !r.orphan {
+	if !r.is(fOrphan) {
 		// Still waiting out its reset hold: closeRecord decides then.
-		if r.finAt == 0 || ts < r.finAt {
-			r.finAt = ts
+		if b.cl(r).finAt == 0 || ts < b.cl(r).finAt {
+			b.closingOf(r).finAt = ts
 		}
 		return
 	}
@@ -206,7 +207,7 @@ func (b *Builder) orphanFin(i int32, ts uint64) {
 // peer's FIN, its close of this kind.
 func (b *Builder) orphanEnded(i int32, ts uint64, kind Kind) {
 	r := b.rec(i)
-	if !r.orphan {
+	if !r.is(fOrphan) {
 		return // in its reset hold: its peer and dumps come later
 	}
 	b.leaveFinWait2(i, ts)
@@ -220,9 +221,9 @@ func (b *Builder) orphanDied(i int32, ts uint64) {
 	r := b.rec(i)
 	// A dump's timer is exact (the kernel's timers never fire early);
 	// one assumed from tcp_fin_timeout is given the grace.
-	death, slack := r.twExpected, uint64(0)
+	death, slack := b.cl(r).twExpected, uint64(0)
 	if death == 0 {
-		death, slack = r.orphanAt+b.orphanLeft(r.NetNS), orphanGrace
+		death, slack = b.cl(r).orphanAt+b.orphanLeft(r.NetNS), orphanGrace
 	}
 	if death <= ts+slack {
 		b.orphanEnded(i, min(death, ts), KindFinWait2Timeout)
@@ -234,7 +235,7 @@ func (b *Builder) orphanDied(i int32, ts uint64) {
 // peerOrphan finds the orphan at the other end of r, a record in netns with
 // r's key: in the same namespace first (loopback), else in the one
 // namespace whose orphan has the reversed endpoints.
-func (b *Builder) peerOrphan(r *Record) (int32, bool) {
+func (b *Builder) peerOrphan(r *slot) (int32, bool) {
 	if len(b.orphans) == 0 {
 		return 0, false
 	}
@@ -250,8 +251,8 @@ func (b *Builder) peerOrphan(r *Record) (int32, bool) {
 
 // peerClosed: r, the end that got our FIN, closed; when its peer is one
 // of our orphans, r's close tells how the orphan's FIN_WAIT2 ended.
-func (b *Builder) peerClosed(r *Record) {
-	if !r.sawCloseWait || r.Role == RoleListener {
+func (b *Builder) peerClosed(r *slot) {
+	if !r.is(fSawCloseWait) || r.Role == RoleListener {
 		return
 	}
 	i, ok := b.peerOrphan(r)
@@ -261,14 +262,14 @@ func (b *Builder) peerClosed(r *Record) {
 	o := b.rec(i)
 	// The same connection: the orphan's FIN came before the peer went to
 	// CLOSE_WAIT.
-	if fw1, cw := spanEnter(o, probe.StateFinWait1), spanEnter(r, probe.StateCloseWait); fw1 != 0 && cw != 0 && cw < fw1 {
+	if fw1, cw := b.spanEnter(o, probe.StateFinWait1), b.spanEnter(r, probe.StateCloseWait); fw1 != 0 && cw != 0 && cw < fw1 {
 		return
 	}
 	switch r.Kind {
 	case KindGraceful:
 		// Its FIN was acknowledged: our time-wait socket took it, as the
 		// peer sent it on entering LAST_ACK.
-		at := spanEnter(r, probe.StateLastAck)
+		at := b.spanEnter(r, probe.StateLastAck)
 		if at == 0 {
 			at = r.End
 		}
@@ -283,10 +284,10 @@ func (b *Builder) peerClosed(r *Record) {
 }
 
 // spanEnter is when r last entered state s, 0 when unknown or never.
-func spanEnter(r *Record, s probe.State) uint64 {
+func (b *Builder) spanEnter(r *slot, s probe.State) uint64 {
 	for j := int(r.NSpan) - 1; j >= 0; j-- {
-		if r.Spans[j].State == s {
-			return r.Spans[j].Enter
+		if r.spanState[j] == s {
+			return b.enterOf(r, j)
 		}
 	}
 	return 0
@@ -299,24 +300,26 @@ func (b *Builder) observeOrphan(i int32, s *Socket) {
 	r := b.rec(i)
 	end := s.Time + uint64(s.ExpiresMs)*1_000_000
 	if s.State != probe.StateTimeWait {
-		r.twSeen, r.twExpected = s.Time, end
+		cl := b.closingOf(r)
+		cl.twSeen, cl.twExpected = s.Time, end
 		return
 	}
 	fin := s.Time
 	if end > TimeWaitLen && end-TimeWaitLen < fin {
 		fin = end - TimeWaitLen
 	}
-	b.orphanFin(i, max(fin, spanEnter(r, probe.StateFinWait2)))
+	b.orphanFin(i, max(fin, b.spanEnter(r, probe.StateFinWait2)))
 	if r.TimeWait == TWPending {
-		r.twSeen, r.twExpected = s.Time, end
+		cl := b.closingOf(r)
+		cl.twSeen, cl.twExpected = s.Time, end
 	}
 }
 
 // orphanDumpDone ends the orphans of a namespace a complete time-wait
 // dump no longer lists.
 func (b *Builder) orphanDumpDone(netns uint32, time uint64) {
-	gone := b.pick(b.orphans, func(r *Record) bool {
-		return r.orphan && r.NetNS == netns && r.twSeen != time && r.orphanAt+dumpMargin <= time
+	gone := b.pick(b.orphans, func(r *slot) bool {
+		return r.is(fOrphan) && r.NetNS == netns && b.cl(r).twSeen != time && b.cl(r).orphanAt+dumpMargin <= time
 	})
 	for _, i := range gone {
 		b.orphanDied(i, time)
@@ -328,7 +331,7 @@ func (b *Builder) orphanTWEnd(i int32, ts uint64, substate probe.State) {
 	if substate == probe.StateTimeWait {
 		// Its FIN came unseen, at the latest TimeWaitLen before.
 		r := b.rec(i)
-		fin := max(r.orphanAt, ts-min(ts, TimeWaitLen))
+		fin := max(b.cl(r).orphanAt, ts-min(ts, TimeWaitLen))
 		b.orphanFin(i, fin)
 		b.timeWaitEnded(recordKey(r), ts, TWExact)
 		return
@@ -342,13 +345,13 @@ func (b *Builder) assumeOrphanEnds(now uint64) {
 	if len(b.orphans) == 0 {
 		return
 	}
-	due := b.pick(b.orphans, func(r *Record) bool {
-		if !r.orphan || now < b.orphanDeath(r)+orphanGrace {
+	due := b.pick(b.orphans, func(r *slot) bool {
+		if !r.is(fOrphan) || now < b.orphanDeath(r)+orphanGrace {
 			return false
 		}
 		// Where sock_diag sees the netns (lately), its dumps decide.
 		polled, ok := b.twPolled[r.NetNS]
-		return !ok || polled <= r.orphanAt || now >= polled+orphanDumpStale
+		return !ok || polled <= b.cl(r).orphanAt || now >= polled+orphanDumpStale
 	})
 	for _, i := range due {
 		b.orphanEnded(i, b.orphanDeath(b.rec(i)), KindFinWait2Timeout)
@@ -357,11 +360,11 @@ func (b *Builder) assumeOrphanEnds(now uint64) {
 
 // orphanDeath is when an orphan's time-wait socket is to die: its timer
 // as a dump read it, else tcp_fin_timeout after its CLOSE.
-func (b *Builder) orphanDeath(r *Record) uint64 {
-	if r.twExpected != 0 {
-		return r.twExpected
+func (b *Builder) orphanDeath(r *slot) uint64 {
+	if b.cl(r).twExpected != 0 {
+		return b.cl(r).twExpected
 	}
-	return r.orphanAt + b.orphanLeft(r.NetNS)
+	return b.cl(r).orphanAt + b.orphanLeft(r.NetNS)
 }
 
 // OrphanCount is how many records are orphans in FIN_WAIT2 now.

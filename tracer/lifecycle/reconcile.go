@@ -53,7 +53,7 @@ func (b *Builder) reconcileBegin(netns uint32, time uint64) {
 }
 
 // closedDuringDump remembers a tuple closed while its namespace is dumped.
-func (b *Builder) closedDuringDump(r *Record) {
+func (b *Builder) closedDuringDump(r *slot) {
 	if run := b.recon[r.NetNS]; run != nil {
 		run.closed[recordKey(r)] = struct{}{}
 	}
@@ -76,7 +76,7 @@ func (b *Builder) observeReconcile(s *Socket) {
 	if s.State == probe.StateListen {
 		b.listening[listenKey{s.NetNS, s.Lport}] = true
 	}
-	for i := b.tupleHead(k); i >= 0; i = b.rec(i).tupNext {
+	for i := b.tupleHead(k); i >= 0; i = b.tupleNext(i, k) {
 		r := b.rec(i)
 		if r.reconSeen == run.start {
 			continue // a listener sharing the endpoints, matched already
@@ -114,15 +114,16 @@ func (b *Builder) reconcileTimeWait(run *reconRun, s *Socket, k tupleKey) {
 	end := s.Time + uint64(s.ExpiresMs)*1_000_000
 	if i, ok := b.timeWait[k]; ok {
 		r := b.rec(i)
-		r.twSeen, r.twExpected = s.Time, end
-		r.twFinWait2 = s.State == probe.StateFinWait2
+		cl := b.closingOf(r)
+		cl.twSeen, cl.twExpected = s.Time, end
+		r.set(fTwFinWait2, s.State == probe.StateFinWait2)
 		r.reconSeen = run.start
 		return
 	}
 	if _, ok := run.closed[k]; ok {
 		return // its record closed during the dump and enters TIME_WAIT
 	}
-	if _, ok := b.byTuple[k]; ok {
+	if b.tupleHead(k) >= 0 {
 		return // an open record: it closed before the dump, its event is due
 	}
 	// Closed unseen (its events lost, or a connection the snapshot
@@ -137,20 +138,17 @@ func (b *Builder) reconcileTimeWait(run *reconRun, s *Socket, k tupleKey) {
 
 // correct moves a record to the state the kernel reports, entered at an
 // unknown time, found in it at t.
-func (b *Builder) correct(i int32, r *Record, s probe.State, t uint64) {
+func (b *Builder) correct(i int32, r *slot, s probe.State, t uint64) {
 	if s == probe.StateClose || s > probe.MaxState {
 		return
 	}
 	b.uncount(i, r)
 	r.State = s
-	if r.NSpan < MaxSpans {
-		r.Spans[r.NSpan] = Span{State: s}
-		r.NSpan++
-	} else {
-		r.Spans[MaxSpans-1] = Span{State: s}
+	if !b.addSpan(i, r, Span{State: s}) {
+		b.replaceLast(i, r, Span{State: s})
 	}
-	r.foundAt = t
-	r.established = r.established || synchronized(s)
+	b.rareOf(r).foundAt = t
+	r.set(fEstablished, r.is(fEstablished) || synchronized(s))
 	if s == probe.StateListen {
 		r.Role = RoleListener
 	}
@@ -172,7 +170,7 @@ func (b *Builder) reconcileDone(netns uint32) {
 		r := b.rec(i)
 		// Orphans have no full socket to list: the time-wait dump ends them
 		// (timeWaitDumpDone, below) with their own kinds.
-		if r.NetNS == netns && r.reconSeen != run.start && r.lastEv < run.start && r.Start < run.start && r.orphanAt == 0 {
+		if r.NetNS == netns && r.reconSeen != run.start && r.lastEv < run.start && r.Start < run.start && b.cl(r).orphanAt == 0 {
 			b.scratch = append(b.scratch, i)
 		}
 	}
@@ -197,6 +195,6 @@ func (b *Builder) endUnobserved(i int32, t uint64) {
 	b.flag(r, AnomalyEventsLost)
 	b.stats.Reconciled[ReconcileEnded]++
 	b.annotate(r)
-	b.h.Closed(r)
-	b.finish(i)
+	b.closed(i)
+	b.finishClosed(i)
 }

@@ -180,24 +180,18 @@ func (s *Span) Dwell() uint64 {
 // Record is one connection's whole story. Times are CLOCK_MONOTONIC ns,
 // as the kernel stamps events; durations are ns.
 type Record struct {
-	ID        uint64
-	Role      Role
-	Family    uint8
-	Laddr     [16]byte
-	Raddr     [16]byte
-	Lport     uint16
-	Rport     uint16
-	NetNS     uint32
-	Pid       uint32
-	Comm      [16]byte
-	CgroupID  uint64
-	Cgroup    string // cgroup v2 path, when known
-	Container string // runtime:id, when the cgroup path names one
+	ID     uint64
+	Role   Role
+	Family uint8
+	Laddr  [16]byte
+	Raddr  [16]byte
+	Lport  uint16
+	Rport  uint16
+	NetNS  uint32
 
-	Start uint64 // first event
-	End   uint64 // the transition to CLOSE; 0 while open
-	Spans [MaxSpans]Span
-	NSpan uint8
+	Start uint64      // first event
+	End   uint64      // the transition to CLOSE; 0 while open
+	NSpan uint8       // Spans used
 	State probe.State // the state now: CLOSE once closed
 	Owner probe.OwnerSource
 
@@ -220,9 +214,43 @@ type Record struct {
 	Retransmits      uint32
 	SegsIn, SegsOut  uint32
 
-	TimeWaitEnter uint64
-	TimeWaitExit  uint64
+	TimeWaitEnter uint64 // in the slot: the TIME_WAIT sweep reads it for every record in TIME_WAIT
 
+	// what the builder needs while the record is open; by size, so the
+	// slot has no padding (it is most of the memory per connection)
+	lastEv    uint64 // time of its last event
+	reconSeen uint64 // start of the last reconciliation dump that listed it
+	// orphans in FIN_WAIT2 (orphan.go): orphan once past its reset
+	// hold, endKind the close an orphan ended with.
+	prev, next int32 // LRU, slab indices
+	tupNext    int32 // next open record with the same endpoints
+
+	flags   flags // what it went through, and the builder's marks (slot.go)
+	endKind Kind
+
+	// The fields above are the builder's slot (slot.go: its core, in
+	// this order); those below it keeps in a form of its own while it
+	// holds the record, and fills where it hands one out.
+
+	TimeWaitExit uint64
+	// what few records need (rare.go)
+	alias       uint64 // a seeded record's kernel connection id, once joined
+	foundAt     uint64 // when a dump found it in its state (entry unknown)
+	lostAtStart uint64
+	// what the builder needs once it closed (closing.go)
+	heldUntil       uint64
+	twSeen          uint64 // sock_diag: last dump that listed it
+	twExpected      uint64 // ... its timer's end
+	orphanAt, finAt uint64 // orphans in FIN_WAIT2 (orphan.go)
+
+	// The owner: its process, comm and cgroup.
+	Pid      uint32
+	Comm     [16]byte
+	CgroupID uint64
+
+	Spans     [MaxSpans]Span
+	Cgroup    string // cgroup v2 path, when known
+	Container string // runtime:id, when the cgroup path names one
 	// Emitted is the builder's clock when the record was handed out, so
 	// readers of a record still open can tell how long it has been in
 	// its state (0 until then).
@@ -235,31 +263,6 @@ type Record struct {
 	// per-event path. They point to values shared between records and
 	// never changed; nil when unknown.
 	Meta, Peer *metadata.Meta
-
-	// what the builder needs while the record is open; by size, so the
-	// record has no padding (it is most of the memory per connection)
-	lostAtStart uint64
-	heldUntil   uint64
-	twSeen      uint64 // sock_diag: last dump that listed it
-	twExpected  uint64 // ... its timer's end
-	alias       uint64 // a seeded record's kernel connection id, once joined
-	lastEv      uint64 // time of its last event
-	reconSeen   uint64 // start of the last reconciliation dump that listed it
-	foundAt     uint64 // when a dump found it in its state (entry unknown)
-	// orphans in FIN_WAIT2 (orphan.go): orphanAt the full socket's CLOSE
-	// (0: none), orphan once past its reset hold, finAt the peer's FIN
-	// learnt during the hold, endKind the close an orphan ended with.
-	orphanAt, finAt uint64
-	prev, next      int32 // LRU, slab indices
-	tupNext         int32 // next open record with the same endpoints
-
-	sawFinWait1, sawCloseWait, sawClosing, established bool
-	resetSent, resetReceived                           bool
-	twFinWait2                                         bool
-	counted                                            bool // in the per-state gauge
-	indexed, unjoined                                  bool // in byTuple; seeded and no event yet
-	orphan                                             bool
-	endKind                                            Kind
 }
 
 // LocalAddr and RemoteAddr return the endpoints' addresses.

@@ -35,7 +35,7 @@ func (b *Builder) Reserve(n int) {
 		b.byID = make(map[uint64]int32, n)
 	}
 	if len(b.byTuple) == 0 {
-		b.byTuple = make(map[tupleKey]int32, n)
+		b.byTuple = make(map[uint64]int32, n)
 	}
 }
 
@@ -62,7 +62,7 @@ func (b *Builder) observeSnapshot(s *Socket) {
 // only (tracer/session).
 func (b *Builder) Holds(s *Socket) bool {
 	k := s.key()
-	if _, ok := b.byTuple[k]; ok {
+	if b.tupleHead(k) >= 0 {
 		return true
 	}
 	if _, ok := b.timeWait[k]; ok {
@@ -76,9 +76,10 @@ func (b *Builder) Holds(s *Socket) bool {
 // endpoints, other than a seed of the same dump (listeners sharing a
 // port with SO_REUSEPORT list the same endpoints more than once).
 func (b *Builder) trackedFor(s *Socket) bool {
-	for i := b.tupleHead(s.key()); i >= 0; i = b.rec(i).tupNext {
+	k := s.key()
+	for i := b.tupleHead(k); i >= 0; i = b.tupleNext(i, k) {
 		r := b.rec(i)
-		if !(r.unjoined && r.Start == s.Time) {
+		if !(r.is(fUnjoined) && r.Start == s.Time) {
 			return true
 		}
 	}
@@ -90,7 +91,7 @@ func (b *Builder) trackedFor(s *Socket) bool {
 // allocSeed takes a record for a socket a dump found (making room under
 // MaxTracked first), with its seed id, endpoints and find time: what
 // every seed, full socket or time-wait, starts from.
-func (b *Builder) allocSeed(s *Socket) (int32, *Record) {
+func (b *Builder) allocSeed(s *Socket) (int32, *slot) {
 	if b.open >= b.cfg.MaxTracked || b.records() >= b.cfg.MaxTracked {
 		b.evictOldest()
 	}
@@ -99,8 +100,9 @@ func (b *Builder) allocSeed(s *Socket) (int32, *Record) {
 	b.seedSeq++
 	r.ID = SeedIDBit | b.seedSeq
 	r.NetNS, r.Family, r.Laddr, r.Raddr, r.Lport, r.Rport = s.NetNS, s.Family, s.Laddr, s.Raddr, s.Lport, s.Rport
-	r.Start, r.foundAt = s.Time, s.Time
-	r.lostAtStart = b.lost
+	r.Start = s.Time
+	b.rareOf(r).foundAt = s.Time
+	b.setLostAtStart(r)
 	r.prev, r.next, r.tupNext = -1, -1, -1
 	return i, r
 }
@@ -110,16 +112,17 @@ func (b *Builder) seedRecord(s *Socket) int32 {
 		return -1
 	}
 	i, r := b.allocSeed(s)
-	r.Seeded, r.unjoined = true, true
+	r.Seeded = true
+	r.set(fUnjoined, true)
 	b.unjoinedN++
 	if s.Pid != 0 {
-		r.Pid, r.Comm, r.CgroupID, r.Owner = s.Pid, s.Comm, s.CgroupID, probe.OwnerTask
+		b.setOwner(r, ownerKey{s.CgroupID, s.Pid, s.Comm})
+		r.Owner = probe.OwnerTask
 	}
 	b.flag(r, AnomalyPartial)
 	r.State = s.State
-	r.Spans[0] = Span{State: s.State} // entered at an unknown time
-	r.NSpan = 1
-	r.established = synchronized(s.State)
+	b.addSpan(i, r, Span{State: s.State}) // entered at an unknown time
+	r.set(fEstablished, synchronized(s.State))
 	if s.State == probe.StateListen {
 		r.Role = RoleListener
 	}
@@ -155,8 +158,8 @@ func (b *Builder) join(e *probe.Event) (int32, bool) {
 		return -1, false // a new socket, and no seed it could replace: no lookup
 	}
 	k := eventKey(e)
-	head, ok := b.byTuple[k]
-	if !ok {
+	head := b.tupleHead(k)
+	if head < 0 {
 		return -1, false
 	}
 	old := e.OldState()
@@ -164,8 +167,8 @@ func (b *Builder) join(e *probe.Event) (int32, bool) {
 		if b.unjoinedN == 0 {
 			return -1, false
 		}
-		for i := head; i >= 0; i = b.rec(i).tupNext {
-			if r := b.rec(i); r.unjoined && r.Role != RoleListener {
+		for i := head; i >= 0; i = b.tupleNext(i, k) {
+			if r := b.rec(i); r.is(fUnjoined) && r.Role != RoleListener {
 				b.dropSeed(i)
 				b.stats.SeedsReplaced++
 				break
@@ -175,13 +178,13 @@ func (b *Builder) join(e *probe.Event) (int32, bool) {
 	}
 	// Listeners may share endpoints: take one no event has joined yet.
 	i := head
-	for j := head; j >= 0; j = b.rec(j).tupNext {
-		if b.rec(j).unjoined {
+	for j := head; j >= 0; j = b.tupleNext(j, k) {
+		if b.rec(j).is(fUnjoined) {
 			i = j
 			break
 		}
 	}
-	if r := b.rec(i); !r.unjoined {
+	if r := b.rec(i); !r.is(fUnjoined) {
 		b.stats.Rejoined++
 	}
 	b.adopt(i, e.ConnId)
@@ -191,14 +194,14 @@ func (b *Builder) join(e *probe.Event) (int32, bool) {
 // firstEvent: a seed's first state event says which state the socket
 // was in until now; the dump may have listed it just before or after
 // this change, so that is no mismatch.
-func (b *Builder) firstEvent(i int32, r *Record, old probe.State) {
-	r.unjoined = false
+func (b *Builder) firstEvent(i int32, r *slot, old probe.State) {
+	r.set(fUnjoined, false)
 	b.unjoinedN--
 	b.stats.SeededStart++
 	if r.State != old && old != probe.StateClose && old <= probe.MaxState && r.NSpan == 1 {
 		b.uncount(i, r)
-		r.State, r.Spans[0].State = old, old
-		r.established = r.established || synchronized(old)
+		r.State, r.spanState[0] = old, old
+		r.set(fEstablished, r.is(fEstablished) || synchronized(old))
 		b.count(i, r)
 	}
 }
@@ -208,13 +211,13 @@ func (b *Builder) firstEvent(i int32, r *Record, old probe.State) {
 // another record keeps its id and gets this one as an alias.
 func (b *Builder) adopt(i int32, id uint64) {
 	r := b.rec(i)
-	if r.unjoined && r.alias == 0 {
-		r.alias, r.ID = r.ID, id
+	if alias := b.rr(r).alias; r.is(fUnjoined) && alias == 0 {
+		b.rareOf(r).alias, r.ID = r.ID, id
 	} else if r.ID != id {
-		if r.alias != 0 && r.alias&SeedIDBit == 0 {
-			delete(b.byID, r.alias)
+		if alias != 0 && alias&SeedIDBit == 0 {
+			delete(b.byID, alias)
 		}
-		r.alias = id
+		b.rareOf(r).alias = id
 	}
 	b.byID[id] = i
 }
@@ -224,8 +227,8 @@ func (b *Builder) adopt(i int32, id uint64) {
 // connection's reset comes before its CLOSE. Its state is the next
 // state event's to tell.
 func (b *Builder) joinSide(e *probe.Event) (int32, bool) {
-	i, ok := b.byTuple[eventKey(e)]
-	if !ok || b.rec(i).Role == RoleListener {
+	i := b.tupleHead(eventKey(e))
+	if i < 0 || b.rec(i).Role == RoleListener {
 		return -1, false
 	}
 	b.adopt(i, e.ConnId)
@@ -243,7 +246,7 @@ func (b *Builder) dropSeed(i int32) {
 
 // guessRole: a connection whose local port is a listener's was accepted;
 // one that reaches a local listener on the same address was connected.
-func (b *Builder) guessRole(r *Record) {
+func (b *Builder) guessRole(r *slot) {
 	if r.Role != RoleUnknown {
 		return
 	}
@@ -252,51 +255,5 @@ func (b *Builder) guessRole(r *Record) {
 		r.Role = RolePassive
 	case b.listening[listenKey{r.NetNS, r.Rport}] && r.Laddr == r.Raddr:
 		r.Role = RoleActive
-	}
-}
-
-// index and unindex keep the open records by their endpoints; records
-// sharing endpoints (listeners with SO_REUSEPORT) are chained.
-func (b *Builder) index(i int32) {
-	r := b.rec(i)
-	k := recordKey(r)
-	if head, ok := b.byTuple[k]; ok {
-		r.tupNext = head
-	} else {
-		r.tupNext = -1
-	}
-	b.byTuple[k] = i
-	r.indexed = true
-}
-
-// tupleHead is the first open record with these endpoints, -1 for none.
-func (b *Builder) tupleHead(k tupleKey) int32 {
-	if i, ok := b.byTuple[k]; ok {
-		return i
-	}
-	return -1
-}
-
-func (b *Builder) unindex(i int32) {
-	r := b.rec(i)
-	if !r.indexed {
-		return
-	}
-	r.indexed = false
-	k := recordKey(r)
-	head := b.byTuple[k]
-	if head == i {
-		if r.tupNext >= 0 {
-			b.byTuple[k] = r.tupNext
-		} else {
-			delete(b.byTuple, k)
-		}
-		return
-	}
-	for j := head; j >= 0; j = b.rec(j).tupNext {
-		if b.rec(j).tupNext == i {
-			b.rec(j).tupNext = r.tupNext
-			return
-		}
 	}
 }

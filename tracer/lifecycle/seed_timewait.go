@@ -29,8 +29,8 @@ import "github.com/tcpfsm/tcpfsm/tracer/probe"
 
 // twSeed reports whether a record was seeded from a time-wait socket and
 // no event has touched it since.
-func twSeed(r *Record) bool {
-	return r.Seeded && r.lastEv == 0 && (r.orphan || r.TimeWait == TWPending)
+func twSeed(r *slot) bool {
+	return r.Seeded && r.lastEv == 0 && (r.is(fOrphan) || r.TimeWait == TWPending)
 }
 
 // seedTimeWait opens a record for a time-wait socket s of a dump that no
@@ -43,10 +43,11 @@ func (b *Builder) seedTimeWait(s *Socket) int32 {
 	r.Seeded = true
 	b.flag(r, AnomalyPartial)
 	// Both reached a time-wait socket through ESTABLISHED and our FIN.
-	r.established, r.sawFinWait1 = true, true
-	r.twSeen, r.twExpected = s.Time, s.Time+uint64(s.ExpiresMs)*1_000_000
-	r.Spans[0] = Span{State: s.State} // entered at an unknown time
-	r.NSpan = 1
+	r.set(fEstablished, true)
+	r.set(fSawFinWait1, true)
+	cl := b.closingOf(r)
+	cl.twSeen, cl.twExpected = s.Time, s.Time+uint64(s.ExpiresMs)*1_000_000
+	b.addSpan(i, r, Span{State: s.State}) // entered at an unknown time
 	b.byID[r.ID] = i
 	b.guessRole(r)
 	k := s.key()
@@ -55,7 +56,7 @@ func (b *Builder) seedTimeWait(s *Socket) int32 {
 		b.count(i, r)
 		// An orphan since at least the dump: orphanAt bounds its times.
 		b.addOrphan(i, s.Time)
-		r.orphan = true
+		r.set(fOrphan, true)
 		b.lruPush(i)
 	} else {
 		r.State = probe.StateClose
@@ -74,16 +75,17 @@ func (b *Builder) seedTimeWait(s *Socket) int32 {
 // the dump began, or started midway. The kernel holds one socket per
 // endpoints, so a connection that opened since then took the endpoints
 // over (a connect() or a SYN reusing a TIME_WAIT).
-func sameAsTWSeed(seed, r *Record) bool {
+func sameAsTWSeed(seed, r *slot) bool {
 	return twSeed(seed) && (r.Start < seed.Start || r.Anomalies&AnomalyPartial != 0 && !r.Seeded)
 }
 
 // dropTWSeed forgets a time-wait seed that turned out to be the time-wait
 // socket of record r: r takes its timer; nothing is handed out.
-func (b *Builder) dropTWSeed(i int32, r *Record) {
+func (b *Builder) dropTWSeed(i int32, r *slot) {
 	seed := b.rec(i)
-	r.twSeen, r.twExpected = seed.twSeen, seed.twExpected
-	if seed.orphan {
+	cl := b.closingOf(r)
+	cl.twSeen, cl.twExpected = b.cl(seed).twSeen, b.cl(seed).twExpected
+	if seed.is(fOrphan) {
 		b.lruRemove(i)
 	}
 	b.uncount(i, seed)
@@ -97,18 +99,18 @@ func (b *Builder) dropTWSeed(i int32, r *Record) {
 
 // twDue is when a record in TIME_WAIT is due to leave it: TimeWaitLen
 // after its entry, or, for a seed whose entry is unknown, its timer.
-func twDue(r *Record) uint64 {
+func (b *Builder) twDue(r *slot) uint64 {
 	if r.TimeWaitEnter == 0 {
-		return r.twExpected
+		return b.cl(r).twExpected
 	}
 	return r.TimeWaitEnter + TimeWaitLen
 }
 
 // twSince is when the builder first knew a record in TIME_WAIT was in
 // it: its entry, or when a dump found it there.
-func twSince(r *Record) uint64 {
-	if r.TimeWaitEnter == 0 {
-		return r.Start
+func (b *Builder) twSince(r *slot) uint64 {
+	if enter := r.TimeWaitEnter; enter != 0 {
+		return enter
 	}
-	return r.TimeWaitEnter
+	return r.Start
 }

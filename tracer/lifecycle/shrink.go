@@ -31,6 +31,16 @@ func (b *Builder) shrink() {
 	b.timeWait = shrunk(b.timeWait, &p.timeWait, &b.released)
 	b.orphans = shrunk(b.orphans, &p.orphans, &b.released)
 	b.orphanFlows = shrunk(b.orphanFlows, &p.orphanFlows, &b.released)
+	b.shrinkOwners()
+
+	if n := b.closings.dropped; n > b.closingsSeen {
+		b.released += (n - b.closingsSeen) * uint64(closingChunkBytes)
+		b.closingsSeen = n
+	}
+	if n := b.rares.dropped; n > b.raresSeen {
+		b.released += (n - b.raresSeen) * uint64(rareChunkBytes)
+		b.raresSeen = n
+	}
 	if b.dropped > b.droppedSeen {
 		b.released += (b.dropped - b.droppedSeen) * uint64(chunkBytes)
 		b.droppedSeen = b.dropped

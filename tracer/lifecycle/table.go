@@ -24,7 +24,7 @@ func eventKey(e *probe.Event) tupleKey {
 	return tupleKey{e.Netns, e.Family, e.Saddr, e.Daddr, e.Sport, e.Dport}
 }
 
-func recordKey(r *Record) tupleKey {
+func recordKey(r *slot) tupleKey {
 	return tupleKey{r.NetNS, r.Family, r.Laddr, r.Raddr, r.Lport, r.Rport}
 }
 
@@ -45,15 +45,15 @@ const (
 )
 
 type chunk struct {
-	recs *[chunkLen]Record // nil: dropped, or never used
-	free []uint16          // offsets of the free records
+	recs *[chunkLen]slot // nil: dropped, or never used
+	free []uint16        // offsets of the free records
 }
 
 // chunkBytes is the memory of one chunk of records.
-const chunkBytes = chunkLen * int(unsafe.Sizeof(Record{}))
+const chunkBytes = chunkLen * int(unsafe.Sizeof(slot{}))
 
 // rec is record i.
-func (b *Builder) rec(i int32) *Record { return &b.chunks[i>>chunkShift].recs[i&chunkMask] }
+func (b *Builder) rec(i int32) *slot { return &b.chunks[i>>chunkShift].recs[i&chunkMask] }
 
 func (b *Builder) alloc() int32 {
 	for ; b.lowFree < len(b.chunks); b.lowFree++ {
@@ -67,7 +67,7 @@ func (b *Builder) alloc() int32 {
 			}
 			off := c.free[n-1]
 			c.free = c.free[:n-1]
-			c.recs[off] = Record{}
+			c.recs[off] = slot{}
 			b.live++
 			return int32(b.lowFree<<chunkShift | int(off))
 		}
@@ -78,7 +78,7 @@ func (b *Builder) alloc() int32 {
 
 // fillChunk gives a chunk its records, all free, taken from the end.
 func fillChunk(c *chunk) {
-	c.recs = new([chunkLen]Record)
+	c.recs = new([chunkLen]slot)
 	c.free = make([]uint16, chunkLen)
 	for k := range c.free {
 		c.free[k] = uint16(chunkLen - 1 - k)
@@ -115,18 +115,17 @@ func (b *Builder) freeRec(i int32) {
 func (b *Builder) release(i int32) {
 	r := b.rec(i)
 	delete(b.byID, r.ID)
-	if r.unjoined {
-		r.unjoined = false
+	if r.is(fUnjoined) {
+		r.set(fUnjoined, false)
 		b.unjoinedN--
 	}
-	if r.alias != 0 && b.byID[r.alias] == i {
-		delete(b.byID, r.alias)
+	if alias := b.rr(r).alias; alias != 0 && b.byID[alias] == i {
+		delete(b.byID, alias)
 	}
 	b.unindex(i)
 	b.dropOrphan(i)
-	if k := recordKey(r); r.Role == RolePassive && b.passive[k] == i {
-		delete(b.passive, k)
-	}
+	b.dropPassive(recordKey(r), i)
+	b.forget(i, r)
 	b.freeRec(i)
 }
 
@@ -168,19 +167,19 @@ func (b *Builder) touch(i int32) {
 }
 
 // count and uncount keep the per-state gauge and the handshake set.
-func (b *Builder) count(i int32, r *Record) {
-	r.counted = true
+func (b *Builder) count(i int32, r *slot) {
+	r.set(fCounted, true)
 	b.states[r.State]++
 	if r.State == probe.StateSynSent || r.State == probe.StateSynRecv {
 		b.handshake[i] = struct{}{}
 	}
 }
 
-func (b *Builder) uncount(i int32, r *Record) {
-	if !r.counted {
+func (b *Builder) uncount(i int32, r *slot) {
+	if !r.is(fCounted) {
 		return
 	}
-	r.counted = false
+	r.set(fCounted, false)
 	b.states[r.State]--
 	delete(b.handshake, i)
 }
@@ -191,8 +190,8 @@ func (b *Builder) evictStuckHandshakes(now uint64) {
 	for _, i := range b.inOrder(b.handshakeList()) {
 		r := b.rec(i)
 		since := r.Start
-		if r.NSpan > 0 && r.Spans[r.NSpan-1].Enter != 0 {
-			since = r.Spans[r.NSpan-1].Enter
+		if n := r.lastSpan(); n >= 0 && b.enterOf(r, n) != 0 {
+			since = b.enterOf(r, n)
 		}
 		if now > since+uint64(b.cfg.HandshakeTimeout) {
 			b.evict(i, EvictHandshakeTimeout)
@@ -211,7 +210,7 @@ func (b *Builder) evictOldest() {
 		oldest := tw[0]
 		b.stats.Evictions[EvictCap]++
 		r := b.rec(oldest)
-		b.finishTimeWait(oldest, twDue(r), TWAssumed)
+		b.finishTimeWait(oldest, b.twDue(r), TWAssumed)
 	}
 }
 
@@ -249,7 +248,7 @@ func (b *Builder) handshakeList() []int32 {
 // pick lists, in order, the records of m that keep selects: a sweep
 // sorts only the records it acts on, not all it looks at (60000 records
 // in TIME_WAIT take ~100 ms to sort, their slots out of cache).
-func (b *Builder) pick(m map[tupleKey]int32, keep func(r *Record) bool) []int32 {
+func (b *Builder) pick(m map[tupleKey]int32, keep func(r *slot) bool) []int32 {
 	b.scratch = b.scratch[:0]
 	for _, i := range m {
 		if keep(b.rec(i)) {
@@ -266,8 +265,8 @@ func (b *Builder) inOrder(idx []int32) []int32 {
 		if r.TimeWaitEnter != 0 {
 			return r.TimeWaitEnter
 		}
-		if r.NSpan > 0 {
-			return r.Spans[r.NSpan-1].Enter
+		if n := r.lastSpan(); n >= 0 {
+			return b.enterOf(r, n)
 		}
 		return r.Start
 	}

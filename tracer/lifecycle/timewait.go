@@ -44,7 +44,7 @@ func (b *Builder) TimeWaitNetNS(dst []uint32) []uint32 {
 // the connection to a time-wait socket: the kernel does so only from
 // FIN_WAIT2 and CLOSING, and never when the close was a reset or a
 // timeout.
-func (b *Builder) reconstructTimeWait(r *Record) bool {
+func (b *Builder) reconstructTimeWait(r *slot) bool {
 	if b.cfg.ExactTimeWait || r.Kind == KindResetSent || r.Kind == KindResetReceived || r.Kind == KindTimeout ||
 		r.endKind != KindOpen {
 		return false
@@ -52,7 +52,7 @@ func (b *Builder) reconstructTimeWait(r *Record) bool {
 	if r.NSpan == 0 {
 		return false
 	}
-	last := r.Spans[r.NSpan-1].State
+	last := r.spanState[r.lastSpan()]
 	return last == probe.StateFinWait2 || last == probe.StateClosing
 }
 
@@ -71,9 +71,9 @@ func (b *Builder) observeTimeWait(s *Socket) {
 		if s.Time < r.TimeWaitEnter {
 			return // dumped before its FIN came: says nothing of TIME_WAIT
 		}
-		r.twSeen = s.Time
-		r.twExpected = end
-		r.twFinWait2 = s.State == probe.StateFinWait2
+		b.closingOf(r).twSeen = s.Time
+		b.closingOf(r).twExpected = end
+		r.set(fTwFinWait2, s.State == probe.StateFinWait2)
 		return
 	}
 	// A time-wait socket tcpfsm did not see enter. From before the
@@ -97,16 +97,16 @@ func (b *Builder) timeWaitDumpDone(netns uint32, time uint64) {
 	if b.cfg.ExactTimeWait {
 		return
 	}
-	gone := b.pick(b.timeWait, func(r *Record) bool {
-		return r.NetNS == netns && r.twSeen != time && twSince(r)+dumpMargin <= time
+	gone := b.pick(b.timeWait, func(r *slot) bool {
+		return r.NetNS == netns && b.cl(r).twSeen != time && b.twSince(r)+dumpMargin <= time
 	})
 	for _, i := range gone {
 		r := b.rec(i)
 		// Gone: at its timer's end if that has passed, else killed early
 		// (reused by a new connection, or reset) before this dump.
 		end := time
-		if r.twExpected != 0 && r.twExpected <= time {
-			end = r.twExpected
+		if b.cl(r).twExpected != 0 && b.cl(r).twExpected <= time {
+			end = b.cl(r).twExpected
 		}
 		b.finishTimeWait(i, end, TWSockDiag)
 	}
@@ -116,17 +116,17 @@ func (b *Builder) timeWaitDumpDone(netns uint32, time uint64) {
 // observation ended by now: none can come (fentry missed it, or no dump
 // sees the namespace).
 func (b *Builder) assumeTimeWaitEnds(now uint64) {
-	due := b.pick(b.timeWait, func(r *Record) bool {
-		if now < twDue(r)+timeWaitGrace {
+	due := b.pick(b.timeWait, func(r *slot) bool {
+		if now < b.twDue(r)+timeWaitGrace {
 			return false
 		}
 		// Where sock_diag sees the netns, its dumps decide.
 		polled, ok := b.twPolled[r.NetNS]
-		return !ok || polled <= twSince(r) || b.cfg.ExactTimeWait
+		return !ok || polled <= b.twSince(r) || b.cfg.ExactTimeWait
 	})
 	for _, i := range due {
 		r := b.rec(i)
-		b.timeWaitEnded(recordKey(r), twDue(r), TWAssumed)
+		b.timeWaitEnded(recordKey(r), b.twDue(r), TWAssumed)
 	}
 }
 
@@ -153,9 +153,9 @@ func (b *Builder) finishTimeWait(i int32, ts uint64, how TimeWaitEnd) {
 	r := b.rec(i)
 	delete(b.timeWait, recordKey(r))
 	r.TimeWait = how
-	r.TimeWaitExit = ts
-	if n := r.NSpan; n > 0 && r.Spans[n-1].State == probe.StateTimeWait {
-		r.Spans[n-1].Exit = ts
+	b.closingOf(r).TimeWaitExit = ts
+	if n := r.lastSpan(); n >= 0 && r.spanState[n] == probe.StateTimeWait {
+		b.setExit(i, r, ts)
 	}
 	b.finish(i)
 }

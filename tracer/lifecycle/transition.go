@@ -12,7 +12,7 @@ func (b *Builder) transition(e *probe.Event) {
 	if !ok {
 		i, ok = b.join(e)
 	}
-	var r *Record
+	var r *slot
 	if !ok {
 		i = b.start(e)
 		r = b.rec(i)
@@ -24,12 +24,12 @@ func (b *Builder) transition(e *probe.Event) {
 			b.stats.Unmatched++
 			return
 		}
-		if r.unjoined {
+		if r.is(fUnjoined) {
 			b.firstEvent(i, r, old)
 		}
 		if r.State != old {
 			b.flag(r, AnomalyStateMismatch)
-			if b.lost > r.lostAtStart {
+			if b.lost > b.rr(r).lostAtStart {
 				// The transitions between the two were among the lost.
 				b.flag(r, AnomalyEventsLost)
 			}
@@ -67,36 +67,34 @@ func (b *Builder) transition(e *probe.Event) {
 	case probe.StateSynRecv:
 		if old == probe.StateListen {
 			r.Role = RolePassive
-			if _, ok := b.passive[recordKey(r)]; !ok {
-				b.passive[recordKey(r)] = i
-			}
+			b.setPassive(recordKey(r), i)
 		}
 	case probe.StateListen:
 		r.Role = RoleListener
 	case probe.StateEstablished:
-		r.established = true
+		r.set(fEstablished, true)
 		r.HandshakeRTTUs = e.SrttUs
 		if old == probe.StateSynRecv && r.Role == RolePassive {
 			// An accepted socket starts with its request's SYN-ACK
 			// retransmits as its retransmit count.
 			r.SynRetransmits = e.TotalRetrans
 		}
-		if n := r.NSpan; n >= 2 {
-			hs := &r.Spans[n-2]
-			if (hs.State == probe.StateSynSent || hs.State == probe.StateSynRecv) && hs.Enter != 0 {
-				r.HandshakeNs = e.TsNs - hs.Enter
+		if n := r.lastSpan(); n >= 1 {
+			hs, enter := r.spanState[n-1], b.enterOf(r, n-1)
+			if (hs == probe.StateSynSent || hs == probe.StateSynRecv) && enter != 0 {
+				r.HandshakeNs = e.TsNs - enter
 			}
 		}
 	case probe.StateFinWait1:
-		if !r.sawCloseWait {
-			r.sawFinWait1 = true
+		if !r.is(fSawCloseWait) {
+			r.set(fSawFinWait1, true)
 		}
 	case probe.StateCloseWait:
-		if !r.sawFinWait1 {
-			r.sawCloseWait = true
+		if !r.is(fSawFinWait1) {
+			r.set(fSawCloseWait, true)
 		}
 	case probe.StateClosing:
-		r.sawClosing = true
+		r.set(fSawClosing, true)
 	case probe.StateClose:
 		if candidate {
 			// Its reset hold tells whether a time-wait socket took it
@@ -108,12 +106,12 @@ func (b *Builder) transition(e *probe.Event) {
 		r.SkErr = e.SkErr
 		if e.Flags&probe.FlagTimeWait != 0 && !candidate {
 			r.TimeWait = TWPending
-			r.twFinWait2 = e.Flags&probe.FlagTWFinWait2 != 0
+			r.set(fTwFinWait2, e.Flags&probe.FlagTWFinWait2 != 0)
 		}
 		b.lruRemove(i)
 		b.unindex(i)
 		b.closedDuringDump(r)
-		r.heldUntil = e.TsNs + uint64(b.cfg.ResetHold)
+		b.closingOf(r).heldUntil = e.TsNs + uint64(b.cfg.ResetHold)
 		b.held = append(b.held, i)
 	}
 }
@@ -128,7 +126,7 @@ func (b *Builder) start(e *probe.Event) int32 {
 	r.ID = e.ConnId
 	r.Family, r.Laddr, r.Raddr, r.Lport, r.Rport, r.NetNS = e.Family, e.Saddr, e.Daddr, e.Sport, e.Dport, e.Netns
 	r.Start = e.TsNs
-	r.lostAtStart = b.lost
+	b.setLostAtStart(r)
 	r.prev, r.next, r.tupNext = -1, -1, -1
 	b.byID[r.ID] = i
 	b.lruPush(i)
@@ -147,9 +145,8 @@ func (b *Builder) start(e *probe.Event) int32 {
 		b.flag(r, AnomalyEventsLost)
 	}
 	r.State = old
-	r.Spans[0] = Span{State: old}
-	r.NSpan = 1
-	r.established = synchronized(old)
+	b.addSpan(i, r, Span{State: old})
+	r.set(fEstablished, synchronized(old))
 	if old != probe.StateClose {
 		b.count(i, r)
 	}
@@ -158,28 +155,26 @@ func (b *Builder) start(e *probe.Event) int32 {
 }
 
 // setState closes the current span and opens one for the new state.
-func (b *Builder) setState(i int32, r *Record, s probe.State, ts uint64) {
-	if r.NSpan > 0 {
-		r.Spans[r.NSpan-1].Exit = ts
-	}
+func (b *Builder) setState(i int32, r *slot, s probe.State, ts uint64) {
 	b.uncount(i, r)
 	r.State = s
 	if s == probe.StateClose {
+		if r.NSpan > 0 {
+			b.setExit(i, r, ts)
+		}
 		return
 	}
 	b.count(i, r)
-	if r.NSpan < MaxSpans {
-		r.Spans[r.NSpan] = Span{State: s, Enter: ts}
-		r.NSpan++
-	} else {
+	// The current span's exit is ts: the next span's entry.
+	if !b.addSpanAfter(i, r, Span{State: s, Enter: ts}, ts) {
 		// More states than a connection can pass through: keep the last.
-		r.Spans[MaxSpans-1] = Span{State: s, Enter: ts}
+		b.replaceLast(i, r, Span{State: s, Enter: ts})
 		b.flag(r, AnomalyInvalidTransition)
 	}
 }
 
 // updateOwner takes the event's owner when it knows better.
-func (b *Builder) updateOwner(r *Record, e *probe.Event) {
+func (b *Builder) updateOwner(r *slot, e *probe.Event) {
 	src := e.OwnerSource()
 	if src == probe.OwnerUnknown {
 		return
@@ -190,14 +185,14 @@ func (b *Builder) updateOwner(r *Record, e *probe.Event) {
 	if !better {
 		return
 	}
-	r.Pid, r.Comm, r.CgroupID = e.Pid, e.Comm, e.CgroupId
+	b.setOwner(r, ownerKey{e.CgroupId, e.Pid, e.Comm})
 	r.Owner = src
 	if src == probe.OwnerCarried {
 		r.Owner = probe.OwnerTask
 	}
 }
 
-func (b *Builder) flag(r *Record, a Anomaly) {
+func (b *Builder) flag(r *slot, a Anomaly) {
 	if r.Anomalies&a == 0 {
 		r.Anomalies |= a
 		for k := 0; k < anomalyKinds; k++ {
@@ -220,16 +215,16 @@ func (b *Builder) sideEvent(e *probe.Event) {
 		return
 	}
 	r := b.rec(i)
-	if r.End != 0 && r.heldUntil == 0 {
+	if r.End != 0 && b.cl(r).heldUntil == 0 {
 		b.stats.LateResets++
 		return
 	}
 	r.lastEv = e.TsNs
 	switch probe.EventType(e.Type) {
 	case probe.TypeResetSent:
-		r.resetSent = true
+		r.set(fResetSent, true)
 	case probe.TypeResetReceived:
-		r.resetReceived = true
+		r.set(fResetReceived, true)
 	case probe.TypeSynRetransmit:
 		r.SynRetransmits++
 	}

@@ -14,25 +14,55 @@ import (
 
 // Open iterates over the open records: every connection not closed yet,
 // the least recently active first (so a reader after the longest in their
-// states meets them early), then those in TIME_WAIT. A record's pointer
-// is valid only during its step; readers must not change it or keep it.
+// states meets them early), then those in TIME_WAIT. Each is a copy
+// filled for the iteration (the builder keeps its records in slots,
+// slot.go): its pointer stays valid while the builder is not changed;
+// readers must not change it. Visit is the same without a copy to keep.
 func (b *Builder) Open() iter.Seq[*Record] {
 	return func(yield func(*Record) bool) {
-		for i := b.tail; i >= 0; i = b.rec(i).prev {
-			if !yield(b.rec(i)) {
-				return
+		var batch []Record
+		b.eachOpen(func(i int32, c *slot) bool {
+			if len(batch) == 0 {
+				batch = make([]Record, min(64, max(1, b.OpenCount())))
 			}
+			r := &batch[0]
+			batch = batch[1:]
+			b.fill(i, r, 0)
+			return yield(r)
+		})
+	}
+}
+
+// Visit iterates over the open records as Open does, each filled into
+// one Record the iteration reuses: its pointer is valid only during its
+// step. For readers that keep copies of the few they want (exporter/connview).
+func (b *Builder) Visit() iter.Seq[*Record] {
+	return func(yield func(*Record) bool) {
+		r := new(Record)
+		b.eachOpen(func(i int32, c *slot) bool {
+			b.fill(i, r, 0)
+			return yield(r)
+		})
+	}
+}
+
+// eachOpen calls f with the index and slot of each record Open visits, in order,
+// until f returns false.
+func (b *Builder) eachOpen(f func(int32, *slot) bool) {
+	for i := b.tail; i >= 0; i = b.rec(i).prev {
+		if !f(i, b.rec(i)) {
+			return
 		}
-		for _, i := range b.timeWait {
-			if !yield(b.rec(i)) {
+	}
+	for _, i := range b.timeWait {
+		if !f(i, b.rec(i)) {
+			return
+		}
+	}
+	for _, i := range b.held {
+		if r := b.rec(i); b.orphanCandidate(r) {
+			if !f(i, r) {
 				return
-			}
-		}
-		for _, i := range b.held {
-			if r := b.rec(i); orphanCandidate(r) {
-				if !yield(r) {
-					return
-				}
 			}
 		}
 	}
@@ -41,13 +71,15 @@ func (b *Builder) Open() iter.Seq[*Record] {
 // orphanCandidate: a CLOSE from FIN_WAIT2 waiting out its reset hold to
 // become an orphan (orphan.go). The gauges count it in FIN_WAIT2, so the
 // readers of what is open see it too.
-func orphanCandidate(r *Record) bool { return r.orphanAt != 0 && !r.orphan && r.End == 0 }
+func (b *Builder) orphanCandidate(r *slot) bool {
+	return !r.is(fOrphan) && r.End == 0 && b.cl(r).orphanAt != 0
+}
 
 // OpenCount is how many records Open visits.
 func (b *Builder) OpenCount() int {
 	n := b.open + len(b.timeWait)
 	for _, i := range b.held {
-		if orphanCandidate(b.rec(i)) {
+		if b.orphanCandidate(b.rec(i)) {
 			n++
 		}
 	}
@@ -56,33 +88,44 @@ func (b *Builder) OpenCount() int {
 
 // Lookup returns the record with this connection id while the builder
 // holds it: open, in TIME_WAIT, or closed and waiting out its reset hold.
-// The pointer is valid only while the caller holds the builder.
+// It is a copy, valid only while the caller holds the builder; looking
+// up the same record again (by any of its ids) refills the same copy.
 func (b *Builder) Lookup(id uint64) (*Record, bool) {
 	i, ok := b.byID[id]
 	if !ok {
 		return nil, false
 	}
-	return b.rec(i), true
+	if b.looked == nil || b.lookedAt != i {
+		b.looked, b.lookedAt = new(Record), i
+	}
+	b.fill(i, b.looked, 0)
+	return b.looked, true
 }
 
-// Peer returns the open record of the connection's other end when it is
-// on this host too (its local endpoint is r's remote one), for ladders.
-// It looks at every open record: for one connection at a time.
+// Peer returns a copy of the open record of the connection's other end
+// when it is on this host too (its local endpoint is r's remote one), for
+// ladders. It looks at every open record: for one connection at a time.
 func (b *Builder) Peer(r *Record) (*Record, bool) {
-	for o := range b.Open() {
+	var found *Record
+	b.eachOpen(func(i int32, o *slot) bool {
 		if o.ID != r.ID && o.Family == r.Family && o.Lport == r.Rport && o.Rport == r.Lport &&
 			o.Laddr == r.Raddr && o.Raddr == r.Laddr && o.Role != RoleListener {
-			return o, true
+			found = new(Record)
+			b.fill(i, found, 0)
+			return false
 		}
-	}
-	return nil, false
+		return true
+	})
+	return found, found != nil
 }
 
 // CgroupOf is the cgroup path and container ("runtime:id", or "") the
 // builder was told for a cgroup id; open records carry only the id.
 func (b *Builder) CgroupOf(id uint64) (path, container string) {
-	c := b.cgroups[id]
-	return c.path, c.container
+	if c := b.cgroups[id]; c != nil {
+		return c.path, c.container
+	}
+	return "", ""
 }
 
 // Now is the builder's clock: the latest timestamp of its inputs.
