@@ -174,6 +174,7 @@ func (b *Builder) leaveFinWait2(i int32, ts uint64) {
 		ts = r.orphanAt
 	}
 	b.dropOrphan(i)
+	b.closedDuringDump(r)
 	if r.orphan {
 		b.lruRemove(i)
 	}

@@ -152,6 +152,7 @@ func (b *Builder) twSockEnded(e *probe.Event) {
 func (b *Builder) finishTimeWait(i int32, ts uint64, how TimeWaitEnd) {
 	r := b.rec(i)
 	delete(b.timeWait, recordKey(r))
+	b.closedDuringDump(r)
 	r.TimeWait = how
 	r.TimeWaitExit = ts
 	if n := r.NSpan; n > 0 && r.Spans[n-1].State == probe.StateTimeWait {
