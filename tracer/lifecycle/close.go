@@ -71,6 +71,8 @@ func (b *Builder) conclude(i int32) {
 	b.peerClosed(r)
 	if r.TimeWait != TWPending {
 		b.finish(i)
+	} else if len(b.twGone) > 0 {
+		b.applyTWGone(i)
 	}
 }
 

@@ -131,7 +131,11 @@ func (b *Builder) becomeOrphan(i int32) {
 	if r.finAt != 0 {
 		at := r.finAt
 		r.finAt = 0
-		b.orphanFin(i, at)
+		b.orphanFin(i, at) // into TIME_WAIT: conclude applies what fentry told
+		return
+	}
+	if len(b.twGone) > 0 {
+		b.applyTWGone(i)
 	}
 }
 
