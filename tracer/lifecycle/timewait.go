@@ -152,14 +152,14 @@ func (b *Builder) timeWaitEnded(k tupleKey, ts uint64, how TimeWaitEnd) {
 // twSockEnded: fentry saw a time-wait socket go.
 func (b *Builder) twSockEnded(e *probe.Event) {
 	k := eventKey(e)
-	if i, ok := b.orphans[k]; ok && b.rec(i).orphan {
+	i, inOrphans := b.orphans[k] // an orphan, or a candidate in its reset hold
+	if inOrphans && b.rec(i).orphan {
 		b.orphanTWEnd(i, e.TsNs, e.OldState())
 		return
-	} else if !ok {
-		if _, ok := b.timeWait[k]; ok {
-			b.timeWaitEnded(k, e.TsNs, TWExact)
-			return
-		}
+	}
+	if _, ok := b.timeWait[k]; ok && !inOrphans {
+		b.timeWaitEnded(k, e.TsNs, TWExact)
+		return
 	}
 	// Its record is not in TIME_WAIT (or an orphan) yet: the kernel ended
 	// the time-wait socket while the connection's CLOSE waits out its reset
