@@ -304,7 +304,7 @@ func (b *Builder) observeOrphan(i int32, s *Socket) {
 	r := b.rec(i)
 	end := s.Time + uint64(s.ExpiresMs)*1_000_000
 	if s.State != probe.StateTimeWait {
-		r.twSeen, r.twExpected = s.Time, end
+		twListed(r, s.Time, end)
 		return
 	}
 	fin := s.Time
@@ -313,7 +313,7 @@ func (b *Builder) observeOrphan(i int32, s *Socket) {
 	}
 	b.orphanFin(i, max(fin, spanEnter(r, probe.StateFinWait2)))
 	if r.TimeWait == TWPending {
-		r.twSeen, r.twExpected = s.Time, end
+		twListed(r, s.Time, end)
 	}
 }
 
@@ -321,7 +321,7 @@ func (b *Builder) observeOrphan(i int32, s *Socket) {
 // dump no longer lists.
 func (b *Builder) orphanDumpDone(netns uint32, time uint64) {
 	gone := b.pick(b.orphans, func(r *Record) bool {
-		return r.orphan && r.NetNS == netns && r.twSeen != time && r.orphanAt+dumpMargin <= time
+		return r.orphan && r.NetNS == netns && r.twSeen < time && r.orphanAt+dumpMargin <= time
 	})
 	for _, i := range gone {
 		b.orphanDied(i, time)

@@ -118,8 +118,9 @@ func (b *Builder) reconcileTimeWait(run *reconRun, s *Socket, k tupleKey) {
 	end := s.Time + uint64(s.ExpiresMs)*1_000_000
 	if i, ok := b.timeWait[k]; ok {
 		r := b.rec(i)
-		r.twSeen, r.twExpected = s.Time, end
-		r.twFinWait2 = s.State == probe.StateFinWait2
+		if twListed(r, s.Time, end) {
+			r.twFinWait2 = s.State == probe.StateFinWait2
+		}
 		r.reconSeen = run.start
 		return
 	}

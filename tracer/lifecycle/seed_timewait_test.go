@@ -320,3 +320,32 @@ func TestReconcileWhileTimeWaitEnds(t *testing.T) {
 		})
 	}
 }
+
+// A time-wait poll applied between a reconciliation's sockets and its
+// end (its dump began later, its batch came in between): the
+// reconciliation's end must not take the poll's later sighting for none.
+// It ended a live orphan as aborted, and the next reconciliation seeded
+// it again (the 6.12 VM, reconciling every second).
+func TestReconcileWithPollInBetween(t *testing.T) {
+	for _, substate := range []probe.State{FW2, TW} {
+		for _, exact := range []bool{false, true} {
+			var s sink
+			b := NewBuilder(Config{ExactTimeWait: exact}, &s)
+			seededTW(b, substate, 59000)
+			for _, at := range []uint64{30000, 31000} {
+				b.DumpDone(7, PurposeReconcileBegin, at*ms)
+				rs := twSock(at, substate, uint32(60000-at))
+				rs.Purpose = PurposeReconcile
+				b.Observe(rs)
+				dump(at+500, twSock(at+500, substate, uint32(59500-at)))(b)
+				b.DumpDone(7, PurposeReconcile, at*ms)
+			}
+			st := b.Stats()
+			if len(s.closed) != 0 || len(s.finished) != 0 || b.Tracked() != 1 || b.StateCount(substate) != 1 ||
+				st.Reconciled != [ReconcileActions]uint64{} || st.Seeded != 1 {
+				t.Errorf("%s, exact %v: closed %+v, finished %+v, tracked %d, stats %+v", substate, exact, s.closed, s.finished,
+					b.Tracked(), st)
+			}
+		}
+	}
+}

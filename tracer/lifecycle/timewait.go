@@ -72,9 +72,9 @@ func (b *Builder) observeTimeWait(s *Socket) {
 		if s.Time < r.TimeWaitEnter {
 			return // dumped before its FIN came: says nothing of TIME_WAIT
 		}
-		r.twSeen = s.Time
-		r.twExpected = end
-		r.twFinWait2 = s.State == probe.StateFinWait2
+		if twListed(r, s.Time, end) {
+			r.twFinWait2 = s.State == probe.StateFinWait2
+		}
 		return
 	}
 	// A time-wait socket tcpfsm did not see enter. From before the
@@ -84,6 +84,21 @@ func (b *Builder) observeTimeWait(s *Socket) {
 	if s.Purpose == PurposeSnapshot {
 		b.seedTimeWait(s)
 	}
+}
+
+// twListed takes a dump at t that listed r's time-wait socket, its timer
+// ending at end, unless a later dump listed it already: a reconciliation's
+// dump is applied in chunks, and a time-wait poll that began after it may
+// come in between. What a record was last seen at only moves forward, so
+// that the reconciliation's end does not take the poll's sighting for
+// none (it ended live orphans as aborted, and the next reconciliation
+// seeded them again: the 6.12 VM, reconciling every second).
+func twListed(r *Record, t, end uint64) bool {
+	if t < r.twSeen {
+		return false
+	}
+	r.twSeen, r.twExpected = t, end
+	return true
 }
 
 // timeWaitDumpDone ends the TIME_WAIT of the namespace's records that a
@@ -106,7 +121,7 @@ func (b *Builder) timeWaitDumpDone(netns uint32, time uint64) {
 		since = prev
 	}
 	gone := b.pick(b.timeWait, func(r *Record) bool {
-		return r.NetNS == netns && r.twSeen != time && r.twSeen < since && twSince(r)+dumpMargin <= since
+		return r.NetNS == netns && r.twSeen < since && twSince(r)+dumpMargin <= since
 	})
 	for _, i := range gone {
 		r := b.rec(i)
