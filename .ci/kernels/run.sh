@@ -641,12 +641,16 @@ run_kernel() {
 			if [ "$rc" = 0 ]; then status=ok; else status=FAIL; fail=1; fi
 		fi
 		# The three slowest tests, to watch the headroom (subtests too: a
-		# parent of parallel subtests reports only its own run).
+		# parent of parallel subtests reports only its own run). awk, not
+		# head, takes the first lines: it reads to the end, where head's
+		# early exit could kill sort with SIGPIPE, which pipefail and set -e
+		# made a harness ERROR for a suite that passed (the cmd suite's
+		# summary, 6 times in 300).
 		slow=$(awk -v M="$M" -v n="$sname" '
 			$1 == M && $2 == "begin" { on = ($3 == n); next }
 			$1 == M { on = 0; next }
 			on && /^ *--- (PASS|FAIL): / { d = $4; gsub(/[()s]/, "", d); print d, $3 }' "$results" |
-			sort -rn | head -n 3 | awk '{ printf "%s %ss, ", $2, $1 }' | sed 's/, $//')
+			sort -rn | awk 'NR <= 3 { printf "%s %ss, ", $2, $1 }' | sed 's/, $//')
 		case $subset in
 		-) ;;
 		skip:*) failed="subset: -test.skip '${subset#skip:}'; $failed" ;;
@@ -658,7 +662,7 @@ run_kernel() {
 	# Kernel trouble the tests may not notice.
 	if grep -qE 'BUG:|WARNING:|Oops|Kernel panic|Call Trace:|segfault' "$console"; then
 		echo "$tag WARNING: the kernel complained on the console:"
-		grep -E -A3 'BUG:|WARNING:|Oops|Kernel panic|Call Trace:|segfault' "$console" | head -n 40 | sed "s/^/$tag console: /"
+		grep -E -A3 'BUG:|WARNING:|Oops|Kernel panic|Call Trace:|segfault' "$console" | awk 'NR <= 40' | sed "s/^/$tag console: /"
 	fi
 	if ! grep -q "^$M done\$" "$results"; then
 		echo "$tag ERROR: the VM did not report completion; last console lines:" >&2

@@ -178,7 +178,8 @@ func agentSettings(o *agentConfig) []settings.Setting {
 		&settings.Duration{Spec: settings.Spec{Key: "tracer.time_wait_poll", Flag: "time-wait-poll",
 			Help: "every `DURATION`, sock_diag looks for ended TIME_WAITs and orphans leaving FIN_WAIT2",
 			Doc: `How often sock_diag dumps the time-wait sockets of the namespaces that have some: to see
-				the end of TIME_WAITs on kernels without BPF trampolines, and, on every kernel, when an
+				the end of TIME_WAITs on kernels without BPF trampolines (and with them, any end their hooks
+				do not tell: one two dumps in a row miss has ended), and, on every kernel, when an
 				orphan (closed by its owner before the peer's FIN) leaves FIN_WAIT2, into TIME_WAIT at the
 				peer's FIN or dead after tcp_fin_timeout. Watching a network namespace needs CAP_SYS_ADMIN
 				(see deploy/README.md); out of reach, a TIME_WAIT is assumed to last 60 s and an orphan

@@ -139,7 +139,12 @@ func TestAgentSeedsTimeWaitSockets(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 
-	a := startAgent(t, bin, agentOptions{args: append([]string{"--netns", ns.Path()}, small...)})
+	// Reconciliations every second, while the seeds are alive and as the
+	// dying ones die: each must find its seeds holding their sockets, and
+	// one that dies while a dump runs is not seeded again (the kernel
+	// VMs' orphans died about when the default 30 s interval came: two
+	// records of each, two fin_wait2_timeout closes).
+	a := startAgent(t, bin, agentOptions{args: append([]string{"--netns", ns.Path(), "--reconcile.interval", "1s"}, small...)})
 	a.waitReady(t)
 	k := compareWithKernel(t, a, ns)
 	mfs := a.agreesWithSS(t, ns, "at start", want, 2*time.Second)
@@ -233,6 +238,10 @@ func TestAgentSeedsTimeWaitSockets(t *testing.T) {
 		if got := metricSum(mfs, "tcpfsm_connections_closed_total", "role", "active", "kind", c.kind); int(got) != c.want {
 			t.Errorf("closed active %s: %v, want %d", c.kind, got, c.want)
 		}
+	}
+	// Reconciliations ran all along and had nothing to repair.
+	if n, r := metricSum(mfs, "tcpfsm_reconciliations_total"), metricSum(mfs, "tcpfsm_reconciled_total"); n < 2 || r != 0 {
+		t.Errorf("%v reconciliations, %v repairs; want some, and none", n, r)
 	}
 	compareWithKernel(t, a, ns)
 	if code := a.stop(t); code != 0 {

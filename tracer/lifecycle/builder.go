@@ -125,6 +125,7 @@ type Builder struct {
 	orphanFlows map[flowKey]int32
 	finTimeout  map[uint32]time.Duration
 	twPolled    map[uint32]uint64      // netns -> time of its last complete TIME_WAIT dump
+	twGone      map[tupleKey]twGoneEnd // fentry's ends not yet applied (timewait.go)
 	cgroups     map[uint64]*cgroupInfo // shared by the slots that carry one
 	lost        uint64
 	lostAt      uint64 // b.now when lost last grew
@@ -174,6 +175,7 @@ func NewBuilder(cfg Config, h Handler) *Builder {
 		orphanFlows: map[flowKey]int32{},
 		finTimeout:  map[uint32]time.Duration{},
 		twPolled:    map[uint32]uint64{},
+		twGone:      map[tupleKey]twGoneEnd{},
 		cgroups:     map[uint64]*cgroupInfo{},
 		owners:      make([]ownerEntry, 1),
 		ownerOf:     map[ownerKey]int32{},
@@ -274,6 +276,7 @@ func (b *Builder) Tick(now uint64) {
 		return
 	}
 	b.lastSweep = now
+	b.forgetTWGone(now)
 	b.evictStuckHandshakes(now)
 	b.assumeOrphanEnds(now)
 	b.assumeTimeWaitEnds(now)

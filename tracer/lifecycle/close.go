@@ -70,6 +70,8 @@ func (b *Builder) conclude(i int32) {
 	b.peerClosed(r)
 	if r.TimeWait != TWPending {
 		b.finishClosed(i)
+	} else if len(b.twGone) > 0 {
+		b.applyTWGone(i)
 	}
 }
 

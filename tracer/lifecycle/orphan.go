@@ -131,7 +131,11 @@ func (b *Builder) becomeOrphan(i int32) {
 	if b.cl(r).finAt != 0 {
 		at := b.cl(r).finAt
 		b.closingOf(r).finAt = 0
-		b.orphanFin(i, at)
+		b.orphanFin(i, at) // into TIME_WAIT: conclude applies what fentry told
+		return
+	}
+	if len(b.twGone) > 0 {
+		b.applyTWGone(i)
 	}
 }
 
@@ -174,6 +178,7 @@ func (b *Builder) leaveFinWait2(i int32, ts uint64) {
 		ts = b.cl(r).orphanAt
 	}
 	b.dropOrphan(i)
+	b.closedDuringDump(r)
 	if r.is(fOrphan) {
 		b.lruRemove(i)
 	}
@@ -300,8 +305,7 @@ func (b *Builder) observeOrphan(i int32, s *Socket) {
 	r := b.rec(i)
 	end := s.Time + uint64(s.ExpiresMs)*1_000_000
 	if s.State != probe.StateTimeWait {
-		cl := b.closingOf(r)
-		cl.twSeen, cl.twExpected = s.Time, end
+		b.twListed(r, s.Time, end)
 		return
 	}
 	fin := s.Time
@@ -310,8 +314,7 @@ func (b *Builder) observeOrphan(i int32, s *Socket) {
 	}
 	b.orphanFin(i, max(fin, b.spanEnter(r, probe.StateFinWait2)))
 	if r.TimeWait == TWPending {
-		cl := b.closingOf(r)
-		cl.twSeen, cl.twExpected = s.Time, end
+		b.twListed(r, s.Time, end)
 	}
 }
 
@@ -319,7 +322,7 @@ func (b *Builder) observeOrphan(i int32, s *Socket) {
 // dump no longer lists.
 func (b *Builder) orphanDumpDone(netns uint32, time uint64) {
 	gone := b.pick(b.orphans, func(r *slot) bool {
-		return r.is(fOrphan) && r.NetNS == netns && b.cl(r).twSeen != time && b.cl(r).orphanAt+dumpMargin <= time
+		return r.is(fOrphan) && r.NetNS == netns && b.cl(r).twSeen < time && b.cl(r).orphanAt+dumpMargin <= time
 	})
 	for _, i := range gone {
 		b.orphanDied(i, time)

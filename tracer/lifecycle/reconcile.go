@@ -17,7 +17,10 @@ import (
 //   - a record with an event since the dump began is left alone: its
 //     events know better than the dump;
 //   - a tuple closed since the dump began is not brought back, though
-//     the dump may have listed it before it closed;
+//     the dump may have listed it before it closed: a socket's CLOSE, or
+//     the end of a time-wait socket a record held (an orphan's death,
+//     the end of TIME_WAIT, told by fentry or a time-wait poll applied
+//     before the dump's sockets);
 //   - a socket no record holds is seeded (action seeded);
 //   - a record in another state than the dump's is moved to it, entered
 //     at an unknown time (action corrected);
@@ -52,7 +55,8 @@ func (b *Builder) reconcileBegin(netns uint32, time uint64) {
 	b.recon[netns] = &reconRun{start: time, closed: map[tupleKey]struct{}{}}
 }
 
-// closedDuringDump remembers a tuple closed while its namespace is dumped.
+// closedDuringDump remembers a tuple closed while its namespace is
+// dumped: a full socket's CLOSE, or a time-wait socket's end.
 func (b *Builder) closedDuringDump(r *slot) {
 	if run := b.recon[r.NetNS]; run != nil {
 		run.closed[recordKey(r)] = struct{}{}
@@ -114,9 +118,9 @@ func (b *Builder) reconcileTimeWait(run *reconRun, s *Socket, k tupleKey) {
 	end := s.Time + uint64(s.ExpiresMs)*1_000_000
 	if i, ok := b.timeWait[k]; ok {
 		r := b.rec(i)
-		cl := b.closingOf(r)
-		cl.twSeen, cl.twExpected = s.Time, end
-		r.set(fTwFinWait2, s.State == probe.StateFinWait2)
+		if b.twListed(r, s.Time, end) {
+			r.set(fTwFinWait2, s.State == probe.StateFinWait2)
+		}
 		r.reconSeen = run.start
 		return
 	}

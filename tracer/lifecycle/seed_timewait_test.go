@@ -245,3 +245,107 @@ func TestReconcileSeedsTimeWait(t *testing.T) {
 		}
 	}
 }
+
+// A reconciliation's dump lists a time-wait socket that ends (fentry's
+// end, or a time-wait poll that no longer lists it) before the dump's
+// sockets are applied: the record that held it ended since the dump
+// began, and the dump's listing of it is no socket to seed again. Seen
+// in the kernel VMs, where TestAgentSeedsTimeWaitSockets's orphans die
+// about when the first reconciliation runs: two records of each, two
+// fin_wait2_timeout closes, the second flagged events_lost.
+func TestReconcileWhileTimeWaitEnds(t *testing.T) {
+	fentryEnd := func(atMs uint64, substate probe.State) step {
+		return func(b *Builder) {
+			e := st(1, atMs, CLOSE, CLOSE)
+			e.Type, e.ConnId, e.Oldstate = uint8(probe.TypeTimeWaitEnd), 0, uint8(substate)
+			feed(b, e)
+		}
+	}
+	cases := []struct {
+		name     string
+		substate probe.State
+		exact    bool
+		seed     step // the record holding the time-wait socket, which dies at 31 s
+		end      step // its end, after the reconciliation's begin at 30.5 s
+		kind     Kind
+		tw       TimeWaitEnd
+		seeded   uint64
+	}{
+		{"seeded orphan, fentry", FW2, true, func(b *Builder) { seededTW(b, FW2, 30000) }, fentryEnd(31000, FW2),
+			KindFinWait2Timeout, TWNone, 1},
+		{"seeded orphan, dump", FW2, false, func(b *Builder) { seededTW(b, FW2, 30000) }, dump(31200),
+			KindFinWait2Timeout, TWNone, 1},
+		{"seeded orphan, fentry, poll", FW2, true, func(b *Builder) { seededTW(b, FW2, 30000) }, dump(31200),
+			KindFinWait2Timeout, TWNone, 1},
+		{"seeded TIME_WAIT, fentry", TW, true, func(b *Builder) { seededTW(b, TW, 30000) }, fentryEnd(31000, TW),
+			KindGraceful, TWExact, 1},
+		{"seeded TIME_WAIT, dump", TW, false, func(b *Builder) { seededTW(b, TW, 30000) }, dump(31200),
+			KindGraceful, TWSockDiag, 1},
+		{"orphan, fentry", FW2, true, func(b *Builder) {
+			feed(b, orphanClient()[:4]...)
+			feed(b, st(1, 101, FW2, CLOSE, withFlags(probe.FlagFinAcked|probe.FlagTimeWait|probe.FlagTWFinWait2)))
+			b.Tick(1000 * ms)
+			dump(1000, twSock(1000, FW2, 30000))(b)
+		}, fentryEnd(31000, FW2), KindFinWait2Timeout, TWNone, 0},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			var s sink
+			b := NewBuilder(Config{ExactTimeWait: c.exact}, &s)
+			c.seed(b)
+			// Polled and listed until the reconciliation begins.
+			dump(30000, twSock(30000, c.substate, 1000))(b)
+			b.DumpDone(7, PurposeReconcileBegin, 30500*ms)
+			c.end(b)
+			rs := twSock(30500, c.substate, 500)
+			rs.Purpose = PurposeReconcile
+			b.Observe(rs)
+			b.DumpDone(7, PurposeReconcile, 30500*ms)
+			if b.Tracked() != 0 || b.StateCount(c.substate) != 0 || b.OrphanCount() != 0 {
+				t.Errorf("after the reconciliation: tracked %d, %s %d, orphans %d", b.Tracked(), c.substate,
+					b.StateCount(c.substate), b.OrphanCount())
+			}
+			// Whatever else comes, nothing more ends.
+			dump(32000)(b)
+			b.Tick(100_000 * ms)
+			st := b.Stats()
+			if len(s.finished) != 1 || st.Reconciled != [ReconcileActions]uint64{} || st.Seeded != c.seeded ||
+				st.Anomalies[3] != 0 {
+				t.Fatalf("finished %d, stats %+v", len(s.finished), st)
+			}
+			f := s.finished[0]
+			if f.Kind != c.kind || f.TimeWait != c.tw || f.Anomalies&AnomalyEventsLost != 0 {
+				t.Errorf("finished: %s, TIME_WAIT %s, anomalies %v", f.Kind, f.TimeWait, f.Anomalies.Names(nil))
+			}
+		})
+	}
+}
+
+// A time-wait poll applied between a reconciliation's sockets and its
+// end (its dump began later, its batch came in between): the
+// reconciliation's end must not take the poll's later sighting for none.
+// It ended a live orphan as aborted, and the next reconciliation seeded
+// it again (the 6.12 VM, reconciling every second).
+func TestReconcileWithPollInBetween(t *testing.T) {
+	for _, substate := range []probe.State{FW2, TW} {
+		for _, exact := range []bool{false, true} {
+			var s sink
+			b := NewBuilder(Config{ExactTimeWait: exact}, &s)
+			seededTW(b, substate, 59000)
+			for _, at := range []uint64{30000, 31000} {
+				b.DumpDone(7, PurposeReconcileBegin, at*ms)
+				rs := twSock(at, substate, uint32(60000-at))
+				rs.Purpose = PurposeReconcile
+				b.Observe(rs)
+				dump(at+500, twSock(at+500, substate, uint32(59500-at)))(b)
+				b.DumpDone(7, PurposeReconcile, at*ms)
+			}
+			st := b.Stats()
+			if len(s.closed) != 0 || len(s.finished) != 0 || b.Tracked() != 1 || b.StateCount(substate) != 1 ||
+				st.Reconciled != [ReconcileActions]uint64{} || st.Seeded != 1 {
+				t.Errorf("%s, exact %v: closed %+v, finished %+v, tracked %d, stats %+v", substate, exact, s.closed, s.finished,
+					b.Tracked(), st)
+			}
+		}
+	}
+}
