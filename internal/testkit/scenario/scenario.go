@@ -72,9 +72,15 @@ func (e Expect) Matches(r *lifecycle.Record) bool {
 
 // Describe formats a record as Expect would, for failure messages.
 func Describe(r *lifecycle.Record) string {
-	return fmt.Sprintf("%s %s/%s tw=%s tx=%d rx=%d synretrans=%d anomalies=%v seeded=%v handshake=%dns ports %d->%d",
+	// The states with their times: what an unexpected record went
+	// through is what explains it.
+	var states strings.Builder
+	for _, sp := range r.Spans[:r.NSpan] {
+		fmt.Fprintf(&states, " %s@%d..%d", sp.State, sp.Enter, sp.Exit)
+	}
+	return fmt.Sprintf("%s %s/%s tw=%s tx=%d rx=%d synretrans=%d anomalies=%v seeded=%v handshake=%dns ports %d->%d states%s",
 		r.Role, r.Initiator, r.Kind, r.TimeWait, r.TxBytes, r.RxBytes, r.SynRetransmits, r.Anomalies.Names(nil), r.Seeded,
-		r.HandshakeNs, r.Lport, r.Rport)
+		r.HandshakeNs, r.Lport, r.Rport, states.String())
 }
 
 // MatchRecords checks records (listeners are ignored) against the
