@@ -4,6 +4,7 @@ package main
 // run for a long time. Each in its own network namespace.
 
 import (
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -16,6 +17,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+
 	"github.com/tcpfsm/tcpfsm/internal/testkit/nettest"
 )
 
@@ -27,21 +31,26 @@ func agentIn(t *testing.T, bin string, ns *nettest.NS, extra ...string) (*agentR
 	return startAgent(t, bin, agentOptions{args: append(args, extra...)}), log
 }
 
-// tcpfsmPrograms are the agent's programs among the kernel's.
-func tcpfsmPrograms(t *testing.T) (names []string, links int) {
+// agentObjects are the BPF programs (id: name) and links the agent
+// process holds. Counted per process, not over the whole kernel: other
+// tests' agents and other packages' test binaries load and unload
+// programs meanwhile (a kernel-wide count once saw another process's
+// link go just as this agent's came).
+func agentObjects(t *testing.T, pid int) (map[ebpf.ProgramID]string, map[link.ID]bool) {
 	t.Helper()
-	progs, ls, err := nettest.KernelObjects()
+	ids, links, err := nettest.ProcessObjects(pid)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range progs {
-		if strings.HasPrefix(name, "raw_inet_sock") || strings.HasPrefix(name, "raw_tcp_") || strings.HasPrefix(name, "tp_inet_sock") ||
-			strings.HasPrefix(name, "fentry_") || strings.HasPrefix(name, "fexit_inet") {
-			names = append(names, name)
-		}
+	all, _, err := nettest.KernelObjects()
+	if err != nil {
+		t.Fatal(err)
 	}
-	slices.Sort(names)
-	return names, len(ls)
+	progs := map[ebpf.ProgramID]string{}
+	for id := range ids {
+		progs[id] = all[id]
+	}
+	return progs, links
 }
 
 // kill -9, then a new agent: the kernel freed the programs and links of
@@ -51,13 +60,18 @@ func TestAgentKilledAndRestarted(t *testing.T) {
 	nettest.RequireBPF(t)
 	bin := buildBinary(t)
 	ns := nettest.NewNS(t)
-	progsBefore, linksBefore := tcpfsmPrograms(t)
 
 	a, _ := agentIn(t, bin, ns)
-	during, linksDuring := tcpfsmPrograms(t)
-	if len(during) <= len(progsBefore) || linksDuring <= linksBefore {
-		t.Fatalf("agent running: programs %v, links %d; before %v, %d", during, linksDuring, progsBefore, linksBefore)
+	progs, links := agentObjects(t, a.cmd.Process.Pid)
+	var names []string
+	for _, name := range progs {
+		names = append(names, name)
 	}
+	slices.Sort(names)
+	if !slices.ContainsFunc(names, func(n string) bool { return strings.Contains(n, "inet_sock_set") }) || len(links) == 0 {
+		t.Fatalf("agent running: programs %v, %d links; want its state program and a link for each", names, len(links))
+	}
+	t.Logf("agent holds programs %v and %d links", names, len(links))
 	// A connection across the restart.
 	ln := ns.Listen(t, "tcp4", "127.0.0.1:0")
 	c, err := ns.Dial("tcp4", ln.Addr().String())
@@ -77,12 +91,26 @@ func TestAgentKilledAndRestarted(t *testing.T) {
 	// not at once.
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		after, linksAfter := tcpfsmPrograms(t)
-		if slices.Equal(after, progsBefore) && linksAfter == linksBefore {
+		kprogs, klinks, err := nettest.KernelObjects()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var left []string
+		for id, name := range progs {
+			if _, ok := kprogs[id]; ok {
+				left = append(left, fmt.Sprintf("program %d %s", id, name))
+			}
+		}
+		for id := range links {
+			if klinks[id] {
+				left = append(left, fmt.Sprintf("link %d", id))
+			}
+		}
+		if len(left) == 0 {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("after kill -9: programs %v, links %d; before %v, %d", after, linksAfter, progsBefore, linksBefore)
+			t.Fatalf("10 s after kill -9 the kernel still holds the agent's %v", left)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

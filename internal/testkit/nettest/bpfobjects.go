@@ -2,7 +2,11 @@ package nettest
 
 import (
 	"errors"
+	"fmt"
 	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -36,4 +40,49 @@ func KernelObjects() (progs map[ebpf.ProgramID]string, links map[link.ID]bool, e
 		links[it.ID] = true
 	}
 	return progs, links, it.Err()
+}
+
+// ProcessObjects lists the BPF programs and links a process holds open,
+// read from the fdinfo of its file descriptors: unlike KernelObjects it
+// does not see what other processes (a test running in parallel, another
+// package's test binary) load and unload meanwhile.
+func ProcessObjects(pid int) (progs map[ebpf.ProgramID]bool, links map[link.ID]bool, err error) {
+	dir := fmt.Sprintf("/proc/%d/fdinfo", pid)
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	progs, links = map[ebpf.ProgramID]bool{}, map[link.ID]bool{}
+	for _, e := range entries {
+		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			continue // closed meanwhile
+		}
+		// A link's fdinfo names its program too (prog_id); only a
+		// program's own fd counts as holding the program.
+		var linkID, progID uint64
+		for _, line := range strings.Split(string(b), "\n") {
+			key, val, ok := strings.Cut(line, ":")
+			if !ok {
+				continue
+			}
+			n, err := strconv.ParseUint(strings.TrimSpace(val), 10, 32)
+			if err != nil {
+				continue
+			}
+			switch key {
+			case "link_id":
+				linkID = n
+			case "prog_id":
+				progID = n
+			}
+		}
+		switch {
+		case linkID != 0:
+			links[link.ID(linkID)] = true
+		case progID != 0:
+			progs[ebpf.ProgramID(progID)] = true
+		}
+	}
+	return progs, links, nil
 }
