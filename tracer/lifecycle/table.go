@@ -20,6 +20,17 @@ type tupleKey struct {
 	lport, rport uint16
 }
 
+// key64 is a 64-bit key (a connection id, a tuple's hash) as two 32-bit
+// halves, the key of the two maps that hold an entry per open connection
+// (byID, byTuple). Aligned to 4 bytes, a key64 and its int32 make a
+// 12-byte map slot where a uint64 and an int32 make 16 (padded to the
+// key's alignment), a group of eight 104 B where it was 136: about 6 B
+// less per connection in each map (BenchmarkTrackedMemory). The compiler
+// still takes the maps' 8-byte fast paths for it.
+type key64 [2]uint32
+
+func k64(v uint64) key64 { return key64{uint32(v), uint32(v >> 32)} }
+
 func eventKey(e *probe.Event) tupleKey {
 	return tupleKey{e.Netns, e.Family, e.Saddr, e.Daddr, e.Sport, e.Dport}
 }
@@ -37,9 +48,11 @@ func recordKey(r *slot) tupleKey {
 // empty. The lowest empty chunk is kept as a spare, so churn around a
 // chunk's edge does not allocate a chunk per connection (keeping a higher
 // one would: the lower chunk, dropped, would be refilled by the next
-// connection and dropped again at its close).
+// connection and dropped again at its close). A chunk of 1024 slots of
+// 216 B is 27 of the runtime's 8 KiB pages exactly (512 would leave half
+// a page of its 14 unused: 8 B a slot).
 const (
-	chunkShift = 9
+	chunkShift = 10
 	chunkLen   = 1 << chunkShift
 	chunkMask  = chunkLen - 1
 )
@@ -114,13 +127,13 @@ func (b *Builder) freeRec(i int32) {
 
 func (b *Builder) release(i int32) {
 	r := b.rec(i)
-	delete(b.byID, r.ID)
+	delete(b.byID, k64(r.ID))
 	if r.is(fUnjoined) {
 		r.set(fUnjoined, false)
 		b.unjoinedN--
 	}
-	if alias := b.rr(r).alias; alias != 0 && b.byID[alias] == i {
-		delete(b.byID, alias)
+	if alias := b.rr(r).alias; alias != 0 && b.byID[k64(alias)] == i {
+		delete(b.byID, k64(alias))
 	}
 	b.unindex(i)
 	b.dropOrphan(i)
