@@ -67,8 +67,11 @@ type core struct {
 }
 
 // inlineSpans is how many spans' entries a slot holds: a connection
-// open and established has had two or three states.
-const inlineSpans = 4
+// open and established has had two states (SYN_SENT or SYN_RECV,
+// ESTABLISHED), three once its peer or its owner closed (CLOSE_WAIT,
+// FIN_WAIT1). A fourth (FIN_WAIT2, LAST_ACK) takes the closing entry
+// (closing.go) a little before its CLOSE would.
+const inlineSpans = 3
 
 type slot struct {
 	core
