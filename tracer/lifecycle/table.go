@@ -58,8 +58,12 @@ const (
 )
 
 type chunk struct {
-	recs *[chunkLen]slot // nil: dropped, or never used
-	free []uint16        // offsets of the free records
+	recs  *[chunkLen]slot // nil: dropped, or never used
+	taken int32           // slots in use
+	// the free slots: those from fresh on were never taken, the others
+	// are chained from freed (-1: none) through their next field, so a
+	// chunk needs no free list of its own (2 B a slot)
+	fresh, freed int32
 }
 
 // chunkBytes is the memory of one chunk of records.
@@ -74,13 +78,19 @@ func (b *Builder) alloc() int32 {
 		if c.recs == nil {
 			fillChunk(c)
 		}
-		if n := len(c.free); n > 0 {
+		if c.taken < chunkLen {
 			if b.spare == b.lowFree {
 				b.spare = -1
 			}
-			off := c.free[n-1]
-			c.free = c.free[:n-1]
+			off := c.freed
+			if off >= 0 {
+				c.freed = c.recs[off].next
+			} else {
+				off = c.fresh
+				c.fresh++
+			}
 			c.recs[off] = slot{}
+			c.taken++
 			b.live++
 			return int32(b.lowFree<<chunkShift | int(off))
 		}
@@ -89,13 +99,11 @@ func (b *Builder) alloc() int32 {
 	return b.alloc()
 }
 
-// fillChunk gives a chunk its records, all free, taken from the end.
+// fillChunk gives a chunk its records, all free: the last freed is
+// taken first, then the lowest never taken.
 func fillChunk(c *chunk) {
 	c.recs = new([chunkLen]slot)
-	c.free = make([]uint16, chunkLen)
-	for k := range c.free {
-		c.free[k] = uint16(chunkLen - 1 - k)
-	}
+	c.fresh, c.freed = 0, -1
 }
 
 // freeRec returns record i's slot to its chunk; a chunk that empties is
@@ -103,10 +111,12 @@ func fillChunk(c *chunk) {
 func (b *Builder) freeRec(i int32) {
 	ci := int(i >> chunkShift)
 	c := &b.chunks[ci]
-	c.free = append(c.free, uint16(i&chunkMask))
+	off := i & chunkMask
+	c.recs[off].next, c.freed = c.freed, off
+	c.taken--
 	b.live--
 	b.lowFree = min(b.lowFree, ci)
-	if len(c.free) < chunkLen {
+	if c.taken > 0 {
 		return
 	}
 	drop := ci
