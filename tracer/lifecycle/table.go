@@ -48,9 +48,10 @@ func recordKey(r *slot) tupleKey {
 // empty. The lowest empty chunk is kept as a spare, so churn around a
 // chunk's edge does not allocate a chunk per connection (keeping a higher
 // one would: the lower chunk, dropped, would be refilled by the next
-// connection and dropped again at its close). A chunk of 1024 slots of
-// 216 B is 27 of the runtime's 8 KiB pages exactly (512 would leave half
-// a page of its 14 unused: 8 B a slot).
+// connection and dropped again at its close). A chunk of 1024 slots is a
+// whole number of the runtime's 8 KiB pages for any slot whose size is a
+// multiple of 8 B (208 B: 26 pages); 512 slots of 216 B left half a page
+// unused, 8 B a slot.
 const (
 	chunkShift = 10
 	chunkLen   = 1 << chunkShift
