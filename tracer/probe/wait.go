@@ -14,7 +14,7 @@ import (
 //
 // The ring buffer's reader (cilium/ebpf's) goes on reading after the ring
 // was empty and waits in a level-triggered epoll, so under churn it
-// follows right behind the programs, a few events at a time: about 1,500
+// follows right behind the programs, a few events at a time: 1,000 to 1,500
 // drains a second for the agent under full RST churn on the 2-core test
 // VM, each with the session's work between bursts and a flush of the
 // output (a write(2)). An edge-triggered epoll on the same map reports
