@@ -48,6 +48,7 @@ type Probe struct {
 	progs    map[string]*ebpf.Program
 	links    []link.Link
 	reader   *ringbuf.Reader
+	batch    *batchWaiter
 	attached Attach
 	features Features
 	flush    time.Duration
@@ -144,6 +145,9 @@ func Open(opts Options) (_ *Probe, err error) {
 	p.reader, err = ringbuf.NewReader(p.coll.Maps[tcpfsmMapEvents])
 	if err != nil {
 		return nil, fmt.Errorf("open ring buffer reader: %w", err)
+	}
+	if p.batch, err = newBatchWaiter(p.coll.Maps[tcpfsmMapEvents].FD()); err != nil {
+		return nil, err
 	}
 	return p, nil
 }
@@ -282,7 +286,8 @@ func (p *Probe) Attached() Attach { return p.attached }
 // can flush output and move their clocks.
 func (p *Probe) Read(handle func(raw []byte) error, drained func() error) error {
 	var rec ringbuf.Record
-	p.reader.SetDeadline(time.Now().Add(p.flush))
+	deadline := time.Now().Add(p.flush)
+	p.reader.SetDeadline(deadline)
 	for {
 		err := p.reader.ReadInto(&rec)
 		switch {
@@ -290,7 +295,10 @@ func (p *Probe) Read(handle func(raw []byte) error, drained func() error) error 
 			if err := handle(rec.RawSample); err != nil {
 				return err
 			}
-			if rec.Remaining == 0 && drained != nil {
+			if rec.Remaining != 0 {
+				continue
+			}
+			if drained != nil {
 				// Yield at each drain: a reader that never yields keeps
 				// the runtime's monitor thread (sysmon) at its shortest
 				// sleep, 20 us, preempting it and retaking its P (under
@@ -303,9 +311,15 @@ func (p *Probe) Read(handle func(raw []byte) error, drained func() error) error 
 					return err
 				}
 			}
+			// Then wait for the kernel's wakeup (the unread data past
+			// wakeup_bytes) or the flush deadline: see batchWaiter.
+			if err := p.batch.wait(deadline); err != nil {
+				return err
+			}
 		case errors.Is(err, os.ErrDeadlineExceeded):
 			// Everything the kernel submitted without a wakeup is read.
-			p.reader.SetDeadline(time.Now().Add(p.flush))
+			deadline = time.Now().Add(p.flush)
+			p.reader.SetDeadline(deadline)
 			if drained != nil {
 				if err := drained(); err != nil {
 					return err
@@ -334,6 +348,11 @@ func (p *Probe) Stop() error {
 			err = ferr
 		}
 	}
+	if p.batch != nil {
+		if serr := p.batch.stop(); serr != nil && err == nil {
+			err = serr
+		}
+	}
 	return err
 }
 
@@ -349,6 +368,9 @@ func (p *Probe) detach() error {
 // Close detaches and frees everything. A concurrent Read returns.
 func (p *Probe) Close() error {
 	errs := []error{p.detach()}
+	if p.batch != nil {
+		p.batch.close()
+	}
 	if p.reader != nil {
 		errs = append(errs, p.reader.Close())
 	}
