@@ -132,10 +132,10 @@ func (b *Builder) takeCounters(r *slot, e *probe.Event) {
 // is close() on a socket whose FIN is already out (shutdown() sent it, or
 // the peer's FIN came after ours): the kernel's tcp_close_state() moves
 // FIN_WAIT1, FIN_WAIT2, CLOSING and LAST_ACK to themselves, and the
-// tracepoint fires for that as for any state it sets. Seen on 6.12 under
-// qemu: both ends of a simultaneous close read to EOF and closed, and the
-// passive end, in CLOSING, was closed before the other end's ACK of its
-// FIN came (the ACK's softirq lagged behind the task).
+// tracepoint fires for that as for any state it sets. Most likely what a
+// 6.12 VM under qemu once gave the live simultaneous close: both ends read
+// to EOF and closed, and the passive end, in CLOSING, was closed before
+// the other end's ACK of its FIN came.
 func closeAfterOurFIN(s probe.State) bool {
 	switch s {
 	case probe.StateFinWait1, probe.StateFinWait2, probe.StateClosing, probe.StateLastAck:
