@@ -290,8 +290,9 @@ func simultaneousRun(t testing.TB, ns *nettest.NS, _ any) {
 	// comes first and takes the server to CLOSING; the server's follows a
 	// few jiffies later. The server closes in CLOSING, before the
 	// client's ACK of its FIN: close() there is CLOSING -> CLOSING
-	// (tcp_close_state), which a loaded 6.12 VM once gave by itself (the
-	// ACK's softirq late) and the builder took for an invalid transition.
+	// (tcp_close_state), most likely what a loaded 6.12 VM once gave by
+	// itself (the ACK late), and the builder took it for an invalid
+	// transition.
 	c.SetDeadline(time.Now().Add(20 * time.Second))
 	s.SetDeadline(time.Now().Add(20 * time.Second))
 	state := waitLeaves(t, s, probe.StateFinWait1, 20*time.Second)
