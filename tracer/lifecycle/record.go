@@ -123,7 +123,9 @@ type Anomaly uint16
 const (
 	// AnomalyPartial: the first event was not the connection's start.
 	AnomalyPartial Anomaly = 1 << iota
-	// AnomalyInvalidTransition: a transition RFC 9293's diagram does not allow.
+	// AnomalyInvalidTransition: a transition RFC 9293's diagram does not
+	// allow. close() of a socket that has sent its FIN, which the kernel
+	// reports as a state set to itself, is none (closeAfterOurFIN).
 	AnomalyInvalidTransition
 	// AnomalyStateMismatch: an event's old state was not the state the
 	// record was in: events were missed.

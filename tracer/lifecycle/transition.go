@@ -36,24 +36,25 @@ func (b *Builder) transition(e *probe.Event) {
 		}
 		b.touch(i)
 	}
+	r.lastEv = e.TsNs
+	if old == nw && closeAfterOurFIN(old) {
+		// close() of a socket that has sent its FIN: no transition, so
+		// no span and no anomaly, only what the event carries.
+		b.updateOwner(r, e)
+		b.takeCounters(r, e)
+		return
+	}
 	if !validTransition(old, nw) {
 		b.flag(r, AnomalyInvalidTransition)
 	}
 
-	r.lastEv = e.TsNs
 	// An orphan handed to a time-wait socket stays in FIN_WAIT2 for now.
 	candidate := nw == probe.StateClose && b.orphanClose(r, e)
 	if !candidate {
 		b.setState(i, r, nw, e.TsNs)
 	}
 	b.updateOwner(r, e)
-	r.TxBytes, r.RxBytes = e.TxBytes(), e.RxBytes()
-	if r.Role == RoleActive && r.Anomalies&AnomalyPartial != 0 && e.Flags&probe.FlagSynAcked == 0 && r.TxBytes > 0 {
-		// The kernel flags the SYN in bytes_acked for connections it saw
-		// open; for one found open, the role came from the snapshot.
-		r.TxBytes--
-	}
-	r.SrttUs, r.Retransmits, r.SegsIn, r.SegsOut = e.SrttUs, e.TotalRetrans, e.SegsIn, e.SegsOut
+	b.takeCounters(r, e)
 
 	switch nw {
 	case probe.StateSynSent:
@@ -114,6 +115,33 @@ func (b *Builder) transition(e *probe.Event) {
 		b.closingOf(r).heldUntil = e.TsNs + uint64(b.cfg.ResetHold)
 		b.held = append(b.held, i)
 	}
+}
+
+// takeCounters takes the event's byte and segment counters.
+func (b *Builder) takeCounters(r *slot, e *probe.Event) {
+	r.TxBytes, r.RxBytes = e.TxBytes(), e.RxBytes()
+	if r.Role == RoleActive && r.Anomalies&AnomalyPartial != 0 && e.Flags&probe.FlagSynAcked == 0 && r.TxBytes > 0 {
+		// The kernel flags the SYN in bytes_acked for connections it saw
+		// open; for one found open, the role came from the snapshot.
+		r.TxBytes--
+	}
+	r.SrttUs, r.Retransmits, r.SegsIn, r.SegsOut = e.SrttUs, e.TotalRetrans, e.SegsIn, e.SegsOut
+}
+
+// closeAfterOurFIN says whether an event from a state into the same state
+// is close() on a socket whose FIN is already out (shutdown() sent it, or
+// the peer's FIN came after ours): the kernel's tcp_close_state() moves
+// FIN_WAIT1, FIN_WAIT2, CLOSING and LAST_ACK to themselves, and the
+// tracepoint fires for that as for any state it sets. Most likely what a
+// 6.12 VM under qemu once gave the live simultaneous close: both ends read
+// to EOF and closed, and the passive end, in CLOSING, was closed before
+// the other end's ACK of its FIN came.
+func closeAfterOurFIN(s probe.State) bool {
+	switch s {
+	case probe.StateFinWait1, probe.StateFinWait2, probe.StateClosing, probe.StateLastAck:
+		return true
+	}
+	return false
 }
 
 // start opens a record for a connection's first event.

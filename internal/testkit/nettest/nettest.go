@@ -393,3 +393,24 @@ func DumpTimerSlack() time.Duration {
 	}
 	return 10 * time.Millisecond
 }
+
+// TCPState is the kernel's state of a connection's socket now
+// (TCP_INFO's tcpi_state): CLOSE once it is closed or handed to a
+// time-wait socket.
+func TCPState(c *net.TCPConn) (probe.State, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var info *unix.TCPInfo
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		info, serr = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
+	}); err != nil {
+		return 0, err
+	}
+	if serr != nil {
+		return 0, serr
+	}
+	return probe.State(info.State), nil
+}
