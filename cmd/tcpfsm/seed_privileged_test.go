@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -172,7 +173,7 @@ func closeClientFirst(t testing.TB, c, s *net.TCPConn) {
 		t.Fatal(err)
 	}
 	var b [1]byte
-	if n, err := s.Read(b[:]); n != 0 || err != io.EOF {
+	if n, err := s.Read(b[:]); n != 0 || !errors.Is(err, io.EOF) {
 		t.Fatalf("server's read after the client's close: %d bytes, %v; want EOF", n, err)
 	}
 	if err := s.Close(); err != nil {
