@@ -120,13 +120,12 @@ func TestAgentSeedsTimeWaitSockets(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		s, err := ln.Accept()
+		s, err := ln.AcceptTCP()
 		if err != nil {
 			t.Fatal(err)
 		}
 		twPorts[c.LocalAddr().(*net.TCPAddr).Port] = true
-		c.Close()
-		s.Close()
+		closeClientFirst(t, c, s)
 	}
 	held := newOrphanScene(t, ns, ns, "127.0.0.1", 3)
 	dying := newOrphanScene(t, ns, ns, "127.0.0.1", 3)

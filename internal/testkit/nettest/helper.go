@@ -266,6 +266,13 @@ func (p *Peer) Release(t testing.TB) {
 // Line reads the helper's next output line.
 func (p *Peer) Line(t testing.TB) string {
 	t.Helper()
+	return p.LineWithin(t, Slow(30*time.Second))
+}
+
+// LineWithin reads the helper's next output line, failing the test if
+// none comes within d.
+func (p *Peer) LineWithin(t testing.TB, d time.Duration) string {
+	t.Helper()
 	type result struct {
 		s   string
 		err error
@@ -281,8 +288,8 @@ func (p *Peer) Line(t testing.TB) string {
 			t.Fatalf("helper %s: read output: %v; stderr: %s", p.Comm, r.err, p.stderr.String())
 		}
 		return r.s
-	case <-time.After(Slow(30 * time.Second)):
-		t.Fatalf("helper %s: no output within %v", p.Comm, Slow(30*time.Second))
+	case <-time.After(d):
+		t.Fatalf("helper %s: no output within %v", p.Comm, d)
 	}
 	return ""
 }

@@ -25,9 +25,9 @@ import (
 func InCI() bool { return os.Getenv("CI") == "true" }
 
 // InKernelVM reports whether the tests run in .ci/kernels' qemu VM: a
-// busybox initramfs (busybox's nsenter, no logrotate) with, on x86-64,
-// the host's iproute2 ss and 4 GiB of memory; arm64's has no ss and
-// 1 GiB.
+// busybox initramfs (busybox's nsenter, no logrotate) with iproute2's
+// ss (on x86-64 the host's, on arm64 Debian's arm64 build) and 4 GiB of
+// memory.
 func InKernelVM() bool {
 	h, _ := os.Hostname()
 	return h == "tcpfsm-vm"
