@@ -65,6 +65,12 @@ static __always_inline int handle(struct sock *sk, int oldstate, int newstate, _
 	bool by_owner = made_by_owner(oldstate, newstate);
 	__u16 proto, sk_err = 0;
 	struct scratch *buf = scratch_slot(slot);
+	/* Taken before anything can return: a note must not outlive its
+	 * CLOSE (maps.bpf.h). tcp_reset() does nothing for a closed socket. */
+	__u64 reset_ts = 0;
+
+	if (newstate == TCP_CLOSE && oldstate != TCP_CLOSE)
+		reset_ts = take_reset(skp);
 
 	if (!buf || !read_common(sk, &t))
 		return 0;
@@ -106,6 +112,11 @@ static __always_inline int handle(struct sock *sk, int oldstate, int newstate, _
 		/* Only a transition waiting for its addresses can have been kept. */
 		if (oldstate == TCP_SYN_SENT || oldstate == TCP_SYN_RECV)
 			bpf_map_delete_elem(&conns, &skp);
+		/* An earlier socket at this address may still be in the closed
+		 * ring: its reset program must not take this socket's reset for
+		 * its own. */
+		if (newstate == TCP_CLOSE)
+			remember_closed(skp, NULL, 0, 0, false, inst);
 		return 0;
 	}
 
@@ -149,11 +160,21 @@ static __always_inline int handle(struct sock *sk, int oldstate, int newstate, _
 		/* Later events carry what an earlier syscall recorded. */
 		if (source == OWNER_TASK && !by_owner)
 			source = OWNER_CARRIED;
-		emit_state(sk, &t, c, source, now, delta, oldstate, newstate, sk_err, buf);
+		struct counters k;
+
+		read_counters(sk, &k, (1 << oldstate) & STATES_AFTER_OUR_FIN, buf);
+		/* The reset tcp_reset() noted before this CLOSE, on a
+		 * connection tracked then (not first seen now), in the state
+		 * this transition leaves: its event, as the reset program
+		 * emitted it before, from the same counters. A note older than
+		 * the state is an earlier socket's at this address. */
+		if (reset_ts && c != &fresh && reset_ts >= c->since_ns)
+			emit_reset_received(&t, c, &k, reset_ts, oldstate, buf);
+		emit_state(sk, &t, c, &k, source, now, delta, oldstate, newstate, sk_err, buf);
 	}
 
 	if (newstate == TCP_CLOSE) {
-		remember_closed(skp, c, pass, inst);
+		remember_closed(skp, c, t.net, t.sport, pass, inst);
 		if (c != &fresh)
 			bpf_map_delete_elem(&conns, &skp);
 		return 0;
@@ -184,22 +205,35 @@ static __always_inline int handle_other(struct sock *sk, __u8 type)
 	if (type == EVENT_SYN_RETRANSMIT && state != TCP_SYN_SENT)
 		return 0; /* only the handshake's retransmits are events */
 
-	struct conn *c = bpf_map_lookup_elem(&conns, &skp);
-	if (!c && type == EVENT_RESET_SENT && state == TCP_CLOSE) {
-		c = take_closed(skp);
+	struct conn *c = NULL;
+	bool have_sport = false;
+	/*
+	 * close() and SO_LINGER 0 send their reset after the CLOSE, whose run
+	 * left the connection in the closed ring with what this one would
+	 * read again: the port, and the netns. Looked for first: a closed
+	 * socket's entry is gone from conns.
+	 */
+	if (type == EVENT_RESET_SENT && state == TCP_CLOSE) {
+		struct closed *cl = take_closed(skp);
 		/* The slab may have handed the closed socket's memory to a
 		 * socket of another namespace whose close the ring did not
-		 * see (filtered out, or skipped by the kernel): not ours. */
-		if (c && read_netns(&t) != c->netns)
-			return 0;
+		 * see (skipped by the kernel): not ours. */
+		if (cl && cl->net == t.net) {
+			c = &cl->c;
+			t.sport = cl->sport;
+			have_sport = true;
+		}
 	}
+	if (!c)
+		c = bpf_map_lookup_elem(&conns, &skp);
 	if (!c)
 		return 0;
 	buf = scratch_slot(type - 1);
 	if (!buf)
 		return 0;
 	t.netns = c->netns;
-	t.sport = tuple_sport(sk, &t, state);
+	if (!have_sport)
+		t.sport = tuple_sport(sk, &t, state);
 	unmap_v4(&t);
 	if (!tuple_matches(&t, false)) {
 		/* A connect that waited for its port, and the port does not pass. */
@@ -225,11 +259,15 @@ int raw_tcp_send_reset(struct bpf_raw_tracepoint_args *ctx)
 	return handle_other((struct sock *)ctx->args[0], EVENT_RESET_SENT);
 }
 
+/* The state program emits the event at the CLOSE that follows
+ * (maps.bpf.h's reset notes): here only the socket and the time. */
 SEC("raw_tracepoint/tcp_receive_reset")
 int raw_tcp_receive_reset(struct bpf_raw_tracepoint_args *ctx)
 {
-	/* TP_PROTO(struct sock *sk) */
-	return handle_other((struct sock *)ctx->args[0], EVENT_RESET_RECEIVED);
+	/* TP_PROTO(struct sock *sk[, skb]) */
+	if (ctx->args[0])
+		note_reset(ctx->args[0]);
+	return 0;
 }
 
 SEC("raw_tracepoint/tcp_retransmit_skb")
