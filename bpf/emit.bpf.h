@@ -210,8 +210,8 @@ static __always_inline void emit_deferred(const struct tuple *t, const struct co
 	e->flags |= FLAG_DEFERRED;
 	e->ts_ns = c->since_ns;
 	e->delta_ns = 0;
-	e->oldstate = c->pending_old;
-	e->newstate = c->pending_new;
+	e->oldstate = c->u.pending.old;
+	e->newstate = c->u.pending.new;
 	event_output(buf);
 }
 

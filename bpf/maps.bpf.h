@@ -28,8 +28,16 @@ struct conn {
 	struct owner owner;
 	__u8 flags; /* event flags every event of the connection carries: FLAG_PARTIAL */
 	__u8 marks; /* CONN_* below, for the programs only */
-	__u8 pending_old, pending_new; /* a transition held back (CONN_PENDING) */
-	__u32 netns;                   /* the socket's netns inode, read once at the first event */
+	union {
+		struct {
+			__u8 old, new;
+		} pending; /* a transition held back (CONN_PENDING) */
+		/* CONN_SPORT: the local port, host order, kept from a transition
+		 * that read it with the rest (skc_num) once nothing is held:
+		 * the CLOSE, where skc_num is zero, need not read inet_sport. */
+		__u16 sport;
+	} u;
+	__u32 netns; /* the socket's netns inode, read once at the first event */
 };
 
 enum conn_marks {
@@ -37,6 +45,7 @@ enum conn_marks {
 	CONN_ACTIVE = 1 << 1,       /* opened by connect() */
 	CONN_TIME_WAIT = 1 << 2,    /* tcp_time_wait() is handing it to a time-wait socket */
 	CONN_TW_FIN_WAIT2 = 1 << 3, /* ... in the FIN_WAIT2 substate */
+	CONN_SPORT = 1 << 4,        /* sport holds the local port */
 };
 
 /*

@@ -53,6 +53,17 @@ static __always_inline bool incomplete(const struct tuple *t, int oldstate, int 
 	       (oldstate == TCP_LISTEN && newstate == TCP_SYN_RECV && t->dport == 0);
 }
 
+/* The error tcp_reset() gives a socket it resets in state (the same in
+ * every kernel since 2.6, and on every arch: asm-generic's numbers). */
+static __always_inline __u16 reset_error(int state)
+{
+	if (state == TCP_SYN_SENT)
+		return 111; /* ECONNREFUSED */
+	if (state == TCP_CLOSE_WAIT)
+		return 32; /* EPIPE */
+	return 104;        /* ECONNRESET */
+}
+
 /* One transition; inst says which instance of the state program runs it
  * (enum state_instance), for what each keeps per CPU. */
 static __always_inline int handle(struct sock *sk, int oldstate, int newstate, __u32 inst)
@@ -83,9 +94,15 @@ static __always_inline int handle(struct sock *sk, int oldstate, int newstate, _
 	struct conn *c = bpf_map_lookup_elem(&conns, &skp);
 	if (c) {
 		t.netns = c->netns;
-		t.sport = tuple_sport(sk, &t, newstate);
+		if (newstate == TCP_CLOSE && (c->marks & CONN_SPORT))
+			t.sport = c->u.sport;
+		else
+			t.sport = tuple_sport(sk, &t, newstate);
+		/* tcp_reset() set the error just before this CLOSE, from the
+		 * state it leaves; otherwise it is read. */
 		if (newstate == TCP_CLOSE)
-			sk_err = BPF_CORE_READ(sk, sk_err);
+			sk_err = reset_ts && reset_ts >= c->since_ns ? reset_error(oldstate)
+								     : BPF_CORE_READ(sk, sk_err);
 	} else {
 		if (newstate == TCP_CLOSE)
 			read_proto_sport_err(sk, &proto, &t.sport, &sk_err, buf);
@@ -153,8 +170,8 @@ static __always_inline int handle(struct sock *sk, int oldstate, int newstate, _
 
 	if (held) {
 		c->marks |= CONN_PENDING;
-		c->pending_old = oldstate;
-		c->pending_new = newstate;
+		c->u.pending.old = oldstate;
+		c->u.pending.new = newstate;
 	} else if (pass) {
 		__u8 source = o->source;
 		/* Later events carry what an earlier syscall recorded. */
@@ -171,6 +188,11 @@ static __always_inline int handle(struct sock *sk, int oldstate, int newstate, _
 		if (reset_ts && c != &fresh && reset_ts >= c->since_ns)
 			emit_reset_received(&t, c, &k, reset_ts, oldstate, buf);
 		emit_state(sk, &t, c, &k, source, now, delta, oldstate, newstate, sk_err, buf);
+	}
+
+	if (!held && newstate != TCP_CLOSE && t.num && !(c->marks & (CONN_SPORT | CONN_PENDING))) {
+		c->u.sport = t.num;
+		c->marks |= CONN_SPORT;
 	}
 
 	if (newstate == TCP_CLOSE) {

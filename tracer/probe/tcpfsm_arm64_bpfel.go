@@ -40,11 +40,17 @@ type tcpfsmConn struct {
 		InCgroup uint8
 		Pad      [6]uint8
 	}
-	Flags      uint8
-	Marks      uint8
-	PendingOld uint8
-	PendingNew uint8
-	Netns      uint32
+	Flags uint8
+	Marks uint8
+	U     struct {
+		_       structs.HostLayout
+		Pending struct {
+			_   structs.HostLayout
+			Old uint8
+			New uint8
+		}
+	}
+	Netns uint32
 }
 
 type tcpfsmEvent struct {
