@@ -101,8 +101,8 @@ static __always_inline int handle(struct sock *sk, int oldstate, int newstate, _
 		/* tcp_reset() set the error just before this CLOSE, from the
 		 * state it leaves; otherwise it is read. */
 		if (newstate == TCP_CLOSE)
-			sk_err = reset_ts && reset_ts >= c->since_ns ? reset_error(oldstate)
-								     : BPF_CORE_READ(sk, sk_err);
+			sk_err = reset_ts && reset_ts >= c->since_ns ? reset_error(oldstate) :
+								       BPF_CORE_READ(sk, sk_err);
 	} else {
 		if (newstate == TCP_CLOSE)
 			read_proto_sport_err(sk, &proto, &t.sport, &sk_err, buf);
