@@ -297,8 +297,11 @@ static __always_inline __u64 take_reset(__u64 skp)
 	for (int i = 0; i < RESET_NOTES; i++) {
 		struct reset_note *n = &r->note[i];
 
+		/* Two only when a reset of a closed socket (tcp_reset() does
+		 * nothing then) left one: the newer is this CLOSE's. */
 		if (*(volatile __u64 *)&n->sk == skp) {
-			ts = n->ts_ns;
+			if (n->ts_ns > ts)
+				ts = n->ts_ns;
 			n->sk = 0;
 		}
 	}
