@@ -244,7 +244,10 @@ static __always_inline struct closed *take_closed(__u64 skp)
  * connection and the counters it has at hand: one read of the socket and
  * one lookup fewer. A few slots: a softirq that interrupts tcp_reset()
  * between its tracepoint and its CLOSE (the socket's backlog runs with
- * softirqs enabled) can reset other sockets in between.
+ * softirqs enabled) can reset other sockets in between. (That backlog
+ * runs in process context: a preemptible kernel that migrates the task
+ * between the tracepoint and the CLOSE leaves the note behind, and the
+ * reset has no event; the closed ring has the same limit.)
  */
 #define RESET_NOTES 4 /* a power of two */
 
