@@ -120,12 +120,12 @@ static __always_inline void fill_event(struct event *e, __u8 type, const struct 
 	e->type = type;
 	e->conn_id = c->id;
 	fill_tuple(e, t);
-	e->pid = c->owner.pid;
-	e->tid = c->owner.tid;
-	e->cgroup_id = c->owner.cgroup_id;
-	__builtin_memcpy(e->comm, c->owner.comm, sizeof(e->comm));
+	e->pid = c->who.pid;
+	e->tid = c->who.tid;
+	e->cgroup_id = c->who.cgroup_id;
+	__builtin_memcpy(e->comm, c->who.comm, sizeof(e->comm));
 	e->owner = owner_source;
-	e->flags = c->flags & FLAG_PARTIAL;
+	e->flags = c->marks & CONN_PARTIAL ? FLAG_PARTIAL : 0;
 	e->sk_err = 0;
 }
 
@@ -203,7 +203,7 @@ static __always_inline void emit_deferred(const struct tuple *t, const struct co
 {
 	struct event *e = slot_event(buf);
 
-	fill_event(e, EVENT_STATE, t, c, c->owner.source);
+	fill_event(e, EVENT_STATE, t, c, c->source);
 	/* Nothing had been sent or received in the state's first instant. */
 	e->bytes_acked = e->bytes_received = 0;
 	e->srtt_us = e->total_retrans = e->segs_in = e->segs_out = 0;
@@ -221,7 +221,7 @@ static __always_inline void emit_reset_received(const struct tuple *t, const str
 						const struct counters *k, __u64 ts, int state,
 						struct scratch *buf)
 {
-	__u8 source = c->owner.source == OWNER_TASK ? OWNER_CARRIED : c->owner.source;
+	__u8 source = c->source == OWNER_TASK ? OWNER_CARRIED : c->source;
 	struct event *e = slot_event(buf);
 
 	fill_event(e, EVENT_RESET_RECEIVED, t, c, source);
@@ -237,7 +237,7 @@ static __always_inline void emit_reset_received(const struct tuple *t, const str
 static __always_inline void emit_other(struct sock *sk, const struct tuple *t, const struct conn *c,
 				       __u8 type, int state, struct scratch *buf)
 {
-	__u8 source = c->owner.source == OWNER_TASK ? OWNER_CARRIED : c->owner.source;
+	__u8 source = c->source == OWNER_TASK ? OWNER_CARRIED : c->source;
 	struct counters k;
 
 	read_counters(sk, &k, false, buf);

@@ -10,24 +10,37 @@
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 
-/* The connection's owner, captured in process context. */
-struct owner {
+/* Who owns a connection: 32 bytes without padding, so that struct conn
+ * keeps its own small fields right after it. */
+struct who {
 	__u64 cgroup_id;
 	__u32 pid;
 	__u32 tid;
 	__u8 comm[16];
+};
+
+/* The connection's owner, captured in process context. */
+struct owner {
+	struct who who;
 	__u8 source;    /* enum owner_source */
 	__u8 in_cgroup; /* owner is inside filter_cgroup */
 	__u8 _pad[6];
 };
 
-/* What tcpfsm remembers about one socket between two of its transitions. */
+/*
+ * What tcpfsm remembers about one socket between two of its transitions:
+ * 56 bytes, one entry of conns per tracked socket (value, key and the
+ * kernel's element header: 128 bytes, preallocated). The owner is kept as
+ * its who, where it came from and a mark (conn_own()), not as a struct
+ * owner, whose padding would make it 64.
+ */
 struct conn {
 	__u64 id;
 	__u64 since_ns; /* when the current state was entered */
-	struct owner owner;
-	__u8 flags; /* event flags every event of the connection carries: FLAG_PARTIAL */
-	__u8 marks; /* CONN_* below, for the programs only */
+	struct who who; /* the owner */
+	__u32 netns;    /* the socket's netns inode, read once at the first event */
+	__u8 source;    /* enum owner_source: where who came from */
+	__u8 marks;     /* CONN_* below, for the programs only */
 	union {
 		struct {
 			__u8 old, new;
@@ -37,7 +50,6 @@ struct conn {
 		 * the CLOSE, where skc_num is zero, need not read inet_sport. */
 		__u16 sport;
 	} u;
-	__u32 netns; /* the socket's netns inode, read once at the first event */
 };
 
 enum conn_marks {
@@ -45,7 +57,11 @@ enum conn_marks {
 	CONN_ACTIVE = 1 << 1,       /* opened by connect() */
 	CONN_TIME_WAIT = 1 << 2,    /* tcp_time_wait() is handing it to a time-wait socket */
 	CONN_TW_FIN_WAIT2 = 1 << 3, /* ... in the FIN_WAIT2 substate */
-	CONN_SPORT = 1 << 4,        /* sport holds the local port */
+	/* The first transition seen was not the socket's birth: every event
+	 * of the connection carries FLAG_PARTIAL. */
+	CONN_PARTIAL = 1 << 4,
+	CONN_IN_CGROUP = 1 << 5, /* the owner is inside filter_cgroup (struct owner's in_cgroup) */
+	CONN_SPORT = 1 << 6,     /* u.sport holds the local port */
 };
 
 /*

@@ -19,10 +19,10 @@ static __always_inline void owner_from_task(struct owner *o)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 
-	o->pid = pid_tgid >> 32;
-	o->tid = (__u32)pid_tgid;
-	o->cgroup_id = bpf_get_current_cgroup_id();
-	bpf_get_current_comm(&o->comm, sizeof(o->comm));
+	o->who.pid = pid_tgid >> 32;
+	o->who.tid = (__u32)pid_tgid;
+	o->who.cgroup_id = bpf_get_current_cgroup_id();
+	bpf_get_current_comm(&o->who.comm, sizeof(o->who.comm));
 	o->source = OWNER_TASK;
 	o->in_cgroup = 0;
 	if (filter_cgroup)
@@ -52,11 +52,22 @@ static __always_inline bool made_by_owner(int oldstate, int newstate)
 	return false;
 }
 
-static __always_inline bool owner_matches(const struct owner *o)
+/* c's owner becomes o, and where o came from. */
+static __always_inline void conn_own(struct conn *c, const struct owner *o)
 {
-	if (filter_pid && (o->source == OWNER_UNKNOWN || o->pid != filter_pid))
+	c->who = o->who;
+	c->source = o->source;
+	c->marks &= ~CONN_IN_CGROUP;
+	if (o->in_cgroup)
+		c->marks |= CONN_IN_CGROUP;
+}
+
+/* Whether c's owner passes the owner filters. */
+static __always_inline bool owner_matches(const struct conn *c)
+{
+	if (filter_pid && (c->source == OWNER_UNKNOWN || c->who.pid != filter_pid))
 		return false;
-	if (filter_cgroup && !o->in_cgroup)
+	if (filter_cgroup && !(c->marks & CONN_IN_CGROUP))
 		return false;
 	return true;
 }
@@ -87,8 +98,8 @@ static __always_inline void inherit_listener_owner(struct conn *c, const struct 
 	struct listener *l = bpf_map_lookup_elem(&listeners, &key);
 
 	if (l && l->owner.source != OWNER_UNKNOWN) {
-		c->owner = l->owner;
-		c->owner.source = OWNER_LISTENER;
+		conn_own(c, &l->owner);
+		c->source = OWNER_LISTENER;
 	}
 }
 

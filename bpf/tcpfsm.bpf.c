@@ -116,7 +116,7 @@ static __always_inline int handle(struct sock *sk, int oldstate, int newstate, _
 	/* The task is read only where it becomes the owner: a connection whose
 	 * owner a syscall already named keeps it (and a listen() is
 	 * remembered by its listener). */
-	if (by_owner && (!c || c->owner.source != OWNER_TASK || newstate == TCP_LISTEN))
+	if (by_owner && (!c || c->source != OWNER_TASK || newstate == TCP_LISTEN))
 		owner_from_task(&task);
 
 	/* Listeners are remembered whatever the filters: an accepted socket
@@ -143,24 +143,23 @@ static __always_inline int handle(struct sock *sk, int oldstate, int newstate, _
 		fresh.since_ns = now;
 		fresh.netns = t.netns;
 		if (!starts_life(oldstate, newstate))
-			fresh.flags = FLAG_PARTIAL;
+			fresh.marks |= CONN_PARTIAL;
 		if (oldstate == TCP_CLOSE && newstate == TCP_SYN_SENT)
 			fresh.marks |= CONN_ACTIVE;
 		if (by_owner) {
-			fresh.owner = task;
+			conn_own(&fresh, &task);
 		} else if (oldstate == TCP_LISTEN && newstate == TCP_SYN_RECV) {
 			inherit_listener_owner(&fresh, &t);
 		}
 		c = &fresh;
-	} else if (by_owner && c->owner.source != OWNER_TASK) {
+	} else if (by_owner && c->source != OWNER_TASK) {
 		/* The accepting process (a pre-forked worker, say) knows
 		 * better than the listener's, or than nobody. */
-		c->owner = task;
+		conn_own(c, &task);
 	}
 
 	__u64 delta = c == &fresh ? 0 : now - c->since_ns;
-	struct owner *o = &c->owner;
-	bool pass = owner_matches(o);
+	bool pass = owner_matches(c);
 
 	if (c->marks & CONN_PENDING) {
 		c->marks &= ~CONN_PENDING;
@@ -173,7 +172,7 @@ static __always_inline int handle(struct sock *sk, int oldstate, int newstate, _
 		c->u.pending.old = oldstate;
 		c->u.pending.new = newstate;
 	} else if (pass) {
-		__u8 source = o->source;
+		__u8 source = c->source;
 		/* Later events carry what an earlier syscall recorded. */
 		if (source == OWNER_TASK && !by_owner)
 			source = OWNER_CARRIED;
@@ -263,7 +262,7 @@ static __always_inline int handle_other(struct sock *sk, __u8 type)
 			bpf_map_delete_elem(&conns, &skp);
 		return 0;
 	}
-	if (!owner_matches(&c->owner))
+	if (!owner_matches(c))
 		return 0;
 	if (c->marks & CONN_PENDING) {
 		/* The SYN went out, so connect() has picked the port. */
@@ -347,8 +346,12 @@ int fexit_inet_csk_accept(__u64 *ctx)
 	if (bpf_get_func_ret(ctx, &ret) < 0 || !ret)
 		return 0;
 	struct conn *c = bpf_map_lookup_elem(&conns, &ret);
-	if (c && c->owner.source != OWNER_TASK)
-		owner_from_task(&c->owner);
+	if (c && c->source != OWNER_TASK) {
+		struct owner task = {};
+
+		owner_from_task(&task);
+		conn_own(c, &task);
+	}
 	return 0;
 }
 

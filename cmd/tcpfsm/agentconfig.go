@@ -161,9 +161,9 @@ func agentSettings(o *agentConfig) []settings.Setting {
 		attachSetting(&o.session.Probe.Attach),
 		maxTrackedSetting(&o.session.Lifecycle),
 		&settings.Int{Spec: settings.Spec{Key: "tracer.kernel_table", Flag: "kernel-table",
-			Help: "`N` open sockets the kernel side remembers owners for, preallocated at about 136 bytes each",
+			Help: "`N` open sockets the kernel side remembers owners for, preallocated at about 128 bytes each",
 			Doc: `Open sockets the kernel side remembers (owner, id, state entry time) in its LRU table:
-				preallocated, about 136 bytes each. A socket it had to forget comes back as a partial record.`},
+				preallocated, about 128 bytes each. A socket it had to forget comes back as a partial record.`},
 			Default: probe.DefaultMaxConnections, Min: probe.MinMaxConnections, Max: probe.MaxMaxConnections,
 			To: func(v int64) error { o.session.Probe.MaxConnections = int(v); return nil }},
 		&settings.Int{Spec: settings.Spec{Key: "tracer.ring_buffer_bytes", Flag: "ring-buffer-bytes",

@@ -271,7 +271,7 @@ func maxTrackedSetting(c *lifecycle.Config) settings.Setting {
 	return &settings.Int{Spec: settings.Spec{Key: "tracer.max_tracked", Flag: "max-tracked",
 		Help: "track at most `N` connections at once, evicting the least recently active",
 		Doc: "Connection records held at most; the least recently active is evicted beyond it " +
-			"(tcpfsm_evictions_total{reason=\"cap\"}). About 500 bytes each in the agent, plus the kernel's per-socket table."},
+			"(tcpfsm_evictions_total{reason=\"cap\"}). About 250 bytes each in the agent for an open connection, more once it is in TIME_WAIT, plus the kernel's per-socket table."},
 		Default: lifecycle.DefaultMaxTracked, Min: 1, Max: lifecycle.MaxMaxTracked,
 		To: func(v int64) error { c.MaxTracked = int(v); return nil }}
 }

@@ -103,7 +103,7 @@ type Builder struct {
 	peaks       mapPeaks
 	droppedSeen uint64
 	released    uint64
-	byID        map[uint64]int32
+	byID        map[key64]int32 // connection id -> record
 	// LRU of open records: head is the most recently active.
 	head, tail int32
 	open       int
@@ -113,8 +113,8 @@ type Builder struct {
 	passive   map[tupleKey]int32 // registered accepted connections no longer open (tupleindex.go)
 	handshake map[int32]struct{} // records in SYN_SENT or SYN_RECV
 
-	byTuple   map[uint64]int32 // open records by their endpoints' hash (tupleindex.go)
-	hashSeed  uint64           // tupleHash's
+	byTuple   map[key64]int32 // open records by their endpoints' hash (tupleindex.go)
+	hashSeed  uint64          // tupleHash's
 	seedSeq   uint64
 	unjoinedN int                  // seeded records no event joined yet
 	recon     map[uint32]*reconRun // reconciliation dumps under way (reconcile.go)
@@ -159,7 +159,7 @@ func NewBuilder(cfg Config, h Handler) *Builder {
 	cfg.setDefaults()
 	return &Builder{
 		cfg: cfg, h: h,
-		byID:        map[uint64]int32{},
+		byID:        map[key64]int32{},
 		head:        -1,
 		tail:        -1,
 		spare:       -1,
@@ -167,7 +167,7 @@ func NewBuilder(cfg Config, h Handler) *Builder {
 		timeWait:    map[tupleKey]int32{},
 		passive:     map[tupleKey]int32{},
 		handshake:   map[int32]struct{}{},
-		byTuple:     map[uint64]int32{},
+		byTuple:     map[key64]int32{},
 		hashSeed:    hashSeed(),
 		recon:       map[uint32]*reconRun{},
 		listening:   map[listenKey]bool{},

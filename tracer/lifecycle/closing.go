@@ -3,8 +3,8 @@ package lifecycle
 import "unsafe"
 
 // What a record needs from its close on (its reset hold, its orphan's
-// FIN_WAIT2, its TIME_WAIT, its last spans, its cgroup's names), 112 B an
-// open connection does not use: kept in a side table (sidetable.go),
+// FIN_WAIT2, its TIME_WAIT, its spans past the slot's, its cgroup's
+// names), 104 B an open connection does not use: kept in a side table (sidetable.go),
 // taken at the first write (closingOf) and let go with the record.
 
 type closing struct {
@@ -16,7 +16,7 @@ type closing struct {
 	// (0: none), finAt the peer's FIN learnt during the hold.
 	orphanAt, finAt uint64
 	// the entries of spans past a slot's inlineSpans (slot.go): the
-	// states after FIN_WAIT2 or LAST_ACK, or more corrections than a
+	// states from FIN_WAIT2 or LAST_ACK on, or more corrections than a
 	// connection has states
 	enter    [MaxSpans - inlineSpans]uint64
 	lastExit uint64      // the last span's exit (slot.go)

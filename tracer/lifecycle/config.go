@@ -27,8 +27,8 @@ type Config struct {
 const (
 	// DefaultMaxTracked is the kernel's usual tcp_max_tw_buckets.
 	DefaultMaxTracked = 262144
-	// MaxMaxTracked bounds the records' memory (about 500 bytes each: 8 GB
-	// here), well within the table's int32 indexes.
+	// MaxMaxTracked bounds the records' memory (about 250 bytes an open
+	// one: 4 GB here), well within the table's int32 indexes.
 	MaxMaxTracked = 1 << 24
 	// DefaultHandshakeTimeout is longer than connect() retries with the
 	// default tcp_syn_retries (about 127 s).

@@ -180,57 +180,63 @@ func (s *Span) Dwell() uint64 {
 // Record is one connection's whole story. Times are CLOCK_MONOTONIC ns,
 // as the kernel stamps events; durations are ns.
 type Record struct {
-	ID     uint64
-	Role   Role
-	Family uint8
-	Laddr  [16]byte
-	Raddr  [16]byte
-	Lport  uint16
-	Rport  uint16
-	NetNS  uint32
+	// The fields down to endKind are the builder's slot (slot.go: its
+	// core, in this order), ordered by size so that the slot, most of the
+	// memory per connection, has no padding: 8-byte fields, the
+	// addresses, 4-, 2- and 1-byte fields.
 
-	Start uint64      // first event
-	End   uint64      // the transition to CLOSE; 0 while open
-	NSpan uint8       // Spans used
-	State probe.State // the state now: CLOSE once closed
-	Owner probe.OwnerSource
+	ID uint64
 
-	HandshakeNs    uint64 // SYN_SENT (or SYN_RECV) to ESTABLISHED
+	Start       uint64 // first event
+	End         uint64 // the transition to CLOSE; 0 while open
+	HandshakeNs uint64 // SYN_SENT (or SYN_RECV) to ESTABLISHED
+
+	TxBytes, RxBytes uint64 // payload, without SYN and FIN
+
+	TimeWaitEnter uint64 // in the slot: the TIME_WAIT sweep reads it for every record in TIME_WAIT
+
+	// what the builder needs while the record is open
+	lastEv    uint64 // time of its last event
+	reconSeen uint64 // start of the last reconciliation dump that listed it
+
+	Laddr [16]byte
+	Raddr [16]byte
+	NetNS uint32
+
 	HandshakeRTTUs uint32 // the kernel's first RTT sample, at ESTABLISHED
 	SynRetransmits uint32
 
+	SrttUs          uint32
+	Retransmits     uint32
+	SegsIn, SegsOut uint32
+
+	prev, next int32 // LRU, slab indices
+
+	Lport     uint16
+	Rport     uint16
+	SkErr     uint16 // socket error at CLOSE (errno)
+	Anomalies Anomaly
+	flags     flags // what it went through, and the builder's marks (slot.go)
+
+	Role   Role
+	Family uint8
+	NSpan  uint8       // Spans used
+	State  probe.State // the state now: CLOSE once closed
+	Owner  probe.OwnerSource
+
 	Initiator Initiator
 	Kind      Kind
-	SkErr     uint16 // socket error at CLOSE (errno)
 	TimeWait  TimeWaitEnd
 	// Seeded: the record was opened from a sock_diag dump (the snapshot
 	// at start, or a reconciliation), not by an event: its Start is when
 	// the dump found it, its first state's entry is unknown.
-	Seeded    bool
-	Anomalies Anomaly
-
-	TxBytes, RxBytes uint64 // payload, without SYN and FIN
-	SrttUs           uint32
-	Retransmits      uint32
-	SegsIn, SegsOut  uint32
-
-	TimeWaitEnter uint64 // in the slot: the TIME_WAIT sweep reads it for every record in TIME_WAIT
-
-	// what the builder needs while the record is open; by size, so the
-	// slot has no padding (it is most of the memory per connection)
-	lastEv    uint64 // time of its last event
-	reconSeen uint64 // start of the last reconciliation dump that listed it
-	// orphans in FIN_WAIT2 (orphan.go): orphan once past its reset
-	// hold, endKind the close an orphan ended with.
-	prev, next int32 // LRU, slab indices
-	tupNext    int32 // next open record with the same endpoints
-
-	flags   flags // what it went through, and the builder's marks (slot.go)
+	Seeded bool
+	// endKind: the close an orphan in FIN_WAIT2 (orphan.go) ended with.
 	endKind Kind
 
-	// The fields above are the builder's slot (slot.go: its core, in
-	// this order); those below it keeps in a form of its own while it
-	// holds the record, and fills where it hands one out.
+	// The fields above are the slot's core; those below the builder
+	// keeps in a form of its own while it holds the record, and fills
+	// where it hands one out.
 
 	TimeWaitExit uint64
 	// what few records need (rare.go)

@@ -32,10 +32,10 @@ func (b *Builder) Reserve(n int) {
 		return
 	}
 	if len(b.byID) == 0 {
-		b.byID = make(map[uint64]int32, n)
+		b.byID = make(map[key64]int32, n)
 	}
 	if len(b.byTuple) == 0 {
-		b.byTuple = make(map[uint64]int32, n)
+		b.byTuple = make(map[key64]int32, n)
 	}
 }
 
@@ -126,7 +126,7 @@ func (b *Builder) seedRecord(s *Socket) int32 {
 	if s.State == probe.StateListen {
 		r.Role = RoleListener
 	}
-	b.byID[r.ID] = i
+	b.byID[k64(r.ID)] = i
 	b.lruPush(i)
 	b.index(i)
 	b.count(i, r)
@@ -215,11 +215,11 @@ func (b *Builder) adopt(i int32, id uint64) {
 		b.rareOf(r).alias, r.ID = r.ID, id
 	} else if r.ID != id {
 		if alias != 0 && alias&SeedIDBit == 0 {
-			delete(b.byID, alias)
+			delete(b.byID, k64(alias))
 		}
 		b.rareOf(r).alias = id
 	}
-	b.byID[id] = i
+	b.byID[k64(id)] = i
 }
 
 // joinSide finds the open record of a reset or SYN retransmit whose

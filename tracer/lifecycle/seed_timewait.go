@@ -48,7 +48,7 @@ func (b *Builder) seedTimeWait(s *Socket) int32 {
 	cl := b.closingOf(r)
 	cl.twSeen, cl.twExpected = s.Time, s.Time+uint64(s.ExpiresMs)*1_000_000
 	b.addSpan(i, r, Span{State: s.State}) // entered at an unknown time
-	b.byID[r.ID] = i
+	b.byID[k64(r.ID)] = i
 	b.guessRole(r)
 	k := s.key()
 	if s.State == probe.StateFinWait2 {

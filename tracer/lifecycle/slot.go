@@ -21,58 +21,65 @@ import (
 // core is a Record's first fields, the same in the same order (a test
 // checks): a slot's core is copied into a Record's at once.
 type core struct {
-	ID     uint64
-	Role   Role
-	Family uint8
-	Laddr  [16]byte
-	Raddr  [16]byte
-	Lport  uint16
-	Rport  uint16
-	NetNS  uint32
+	ID uint64
 
-	Start uint64
-	End   uint64
-	NSpan uint8
-	State probe.State
-	Owner probe.OwnerSource
-
-	HandshakeNs    uint64
-	HandshakeRTTUs uint32
-	SynRetransmits uint32
-
-	Initiator Initiator
-	Kind      Kind
-	SkErr     uint16
-	TimeWait  TimeWaitEnd
-	Seeded    bool
-	Anomalies Anomaly
+	Start       uint64
+	End         uint64
+	HandshakeNs uint64
 
 	TxBytes, RxBytes uint64
-	SrttUs           uint32
-	Retransmits      uint32
-	SegsIn, SegsOut  uint32
 
 	TimeWaitEnter uint64
 
-	lastEv     uint64
-	reconSeen  uint64
-	prev, next int32
-	tupNext    int32
+	lastEv    uint64
+	reconSeen uint64
 
-	flags   flags // what it went through, and the builder's marks (slot.go)
-	endKind Kind
+	Laddr [16]byte
+	Raddr [16]byte
+	NetNS uint32
+
+	HandshakeRTTUs uint32
+	SynRetransmits uint32
+
+	SrttUs          uint32
+	Retransmits     uint32
+	SegsIn, SegsOut uint32
+
+	prev, next int32
+
+	Lport     uint16
+	Rport     uint16
+	SkErr     uint16
+	Anomalies Anomaly
+	flags     flags // what it went through, and the builder's marks (slot.go)
+
+	Role   Role
+	Family uint8
+	NSpan  uint8
+	State  probe.State
+	Owner  probe.OwnerSource
+
+	Initiator Initiator
+	Kind      Kind
+	TimeWait  TimeWaitEnd
+	Seeded    bool
+	endKind   Kind
 }
 
 // inlineSpans is how many spans' entries a slot holds: a connection
-// open and established has had two or three states.
-const inlineSpans = 4
+// open and established has had two states (SYN_SENT or SYN_RECV,
+// ESTABLISHED), three once its peer or its owner closed (CLOSE_WAIT,
+// FIN_WAIT1). A fourth (FIN_WAIT2, LAST_ACK) takes the closing entry
+// (closing.go) a little before its CLOSE would.
+const inlineSpans = 3
 
 type slot struct {
 	core
-	enter [inlineSpans]uint64 // the first spans' entries
-	own   int32               // the owner (owners.go), 0 for none
-	cl    int32               // what it needs once closed (closing.go), 0 for none
-	rr    int32               // what few records need (rare.go), 0 for none
+	enter   [inlineSpans]uint64 // the first spans' entries
+	tupNext int32               // the next open record with the same endpoints' hash (tupleindex.go)
+	own     int32               // the owner (owners.go), 0 for none
+	cl      int32               // what it needs once closed (closing.go), 0 for none
+	rr      int32               // what few records need (rare.go), 0 for none
 	// the spans' states
 	spanState [MaxSpans]probe.State
 }

@@ -33,6 +33,29 @@ func TestSlotCoreIsRecordPrefix(t *testing.T) {
 	t.Logf("Record %d B, slot %d B", unsafe.Sizeof(Record{}), unsafe.Sizeof(slot{}))
 }
 
+// TestSlotHasNoPadding: the bytes per tracked connection (BENCHMARKS.md,
+// issue 12's 300 B) count on the slot and its core having no holes, and
+// on the slot's size: a field added or reordered that leaves a hole, or
+// grows the slot, shows here before it shows in make bench-memory.
+func TestSlotHasNoPadding(t *testing.T) {
+	for _, ty := range []reflect.Type{reflect.TypeFor[core](), reflect.TypeFor[slot]()} {
+		var end uintptr
+		for k := range ty.NumField() {
+			f := ty.Field(k)
+			if f.Offset != end {
+				t.Errorf("%s: %d bytes of padding before %s", ty.Name(), f.Offset-end, f.Name)
+			}
+			end = f.Offset + f.Type.Size()
+		}
+		if ty.Size() != end {
+			t.Errorf("%s: %d bytes of padding at the end (%d of %d used)", ty.Name(), ty.Size()-end, end, ty.Size())
+		}
+	}
+	if got, want := unsafe.Sizeof(slot{}), uintptr(208); got != want {
+		t.Errorf("slot is %d B, want %d (BENCHMARKS.md's memory figures are for %d)", got, want, want)
+	}
+}
+
 // attacher attaches a Meta at Closed, as the session's metadata stage does.
 type attacher struct {
 	sink

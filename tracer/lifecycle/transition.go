@@ -8,7 +8,7 @@ import "github.com/tcpfsm/tcpfsm/tracer/probe"
 
 func (b *Builder) transition(e *probe.Event) {
 	old, nw := e.OldState(), e.NewState()
-	i, ok := b.byID[e.ConnId]
+	i, ok := b.byID[k64(e.ConnId)]
 	if !ok {
 		i, ok = b.join(e)
 	}
@@ -128,7 +128,7 @@ func (b *Builder) start(e *probe.Event) int32 {
 	r.Start = e.TsNs
 	b.setLostAtStart(r)
 	r.prev, r.next, r.tupNext = -1, -1, -1
-	b.byID[r.ID] = i
+	b.byID[k64(r.ID)] = i
 	b.lruPush(i)
 	b.index(i)
 	b.stats.Records++
@@ -206,7 +206,7 @@ func (b *Builder) flag(r *slot, a Anomaly) {
 // sideEvent attaches a reset or a SYN retransmit to its record, open or
 // waiting out its reset hold.
 func (b *Builder) sideEvent(e *probe.Event) {
-	i, ok := b.byID[e.ConnId]
+	i, ok := b.byID[k64(e.ConnId)]
 	if !ok {
 		i, ok = b.joinSide(e)
 	}

@@ -91,7 +91,7 @@ func (b *Builder) OpenCount() int {
 // It is a copy, valid only while the caller holds the builder; looking
 // up the same record again (by any of its ids) refills the same copy.
 func (b *Builder) Lookup(id uint64) (*Record, bool) {
-	i, ok := b.byID[id]
+	i, ok := b.byID[k64(id)]
 	if !ok {
 		return nil, false
 	}

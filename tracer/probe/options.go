@@ -41,8 +41,8 @@ const (
 	// evicts long before it is full. Open takes any size from 1 (tests
 	// use tiny tables to force evictions).
 	MinMaxConnections = 64
-	// MaxMaxConnections bounds the preallocated table (about 136 bytes an
-	// entry: 570 MB at this size).
+	// MaxMaxConnections bounds the preallocated table (about 128 bytes an
+	// entry: 537 MB at this size).
 	MaxMaxConnections = 1 << 22
 
 	DefaultFlushInterval = 50 * time.Millisecond

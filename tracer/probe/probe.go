@@ -396,8 +396,8 @@ func (p *Probe) inFilterCgroup(id uint64) bool {
 func (p *Probe) SeedListener(netns uint32, port uint16, pid uint32, comm string, cgroupID uint64) error {
 	key := tcpfsmListenerKey{Netns: netns, Port: port}
 	var val tcpfsmListener
-	val.Owner.Pid, val.Owner.Tid, val.Owner.CgroupId = pid, pid, cgroupID
-	copy(val.Owner.Comm[:15], comm)
+	val.Owner.Who.Pid, val.Owner.Who.Tid, val.Owner.Who.CgroupId = pid, pid, cgroupID
+	copy(val.Owner.Who.Comm[:15], comm)
 	val.Owner.Source = uint8(OwnerTask)
 	if p.filter.CgroupID != 0 && p.inFilterCgroup(cgroupID) {
 		// What listen() would have found: the connections it accepts pass

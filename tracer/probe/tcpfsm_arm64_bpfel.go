@@ -30,19 +30,17 @@ type tcpfsmConn struct {
 	_       structs.HostLayout
 	Id      uint64
 	SinceNs uint64
-	Owner   struct {
+	Who     struct {
 		_        structs.HostLayout
 		CgroupId uint64
 		Pid      uint32
 		Tid      uint32
 		Comm     [16]uint8
-		Source   uint8
-		InCgroup uint8
-		Pad      [6]uint8
 	}
-	Flags uint8
-	Marks uint8
-	U     struct {
+	Netns  uint32
+	Source uint8
+	Marks  uint8
+	U      struct {
 		_       structs.HostLayout
 		Pending struct {
 			_   structs.HostLayout
@@ -50,7 +48,6 @@ type tcpfsmConn struct {
 			New uint8
 		}
 	}
-	Netns uint32
 }
 
 type tcpfsmEvent struct {
@@ -108,11 +105,14 @@ type tcpfsmListener struct {
 	_     structs.HostLayout
 	Sk    uint64
 	Owner struct {
-		_        structs.HostLayout
-		CgroupId uint64
-		Pid      uint32
-		Tid      uint32
-		Comm     [16]uint8
+		_   structs.HostLayout
+		Who struct {
+			_        structs.HostLayout
+			CgroupId uint64
+			Pid      uint32
+			Tid      uint32
+			Comm     [16]uint8
+		}
 		Source   uint8
 		InCgroup uint8
 		Pad      [6]uint8
