@@ -171,18 +171,17 @@ static __always_inline __u8 control_flags(struct sock *sk, const struct tuple *t
 	return flags;
 }
 
-/* A state transition, as it happens; sk_err is the socket's at CLOSE. */
+/* A state transition, as it happens, with the counters read for it; sk_err
+ * is the socket's at CLOSE. */
 static __always_inline void emit_state(struct sock *sk, const struct tuple *t, const struct conn *c,
-				       __u8 owner_source, __u64 ts, __u64 delta, int oldstate,
-				       int newstate, __u16 sk_err, struct scratch *buf)
+				       const struct counters *k, __u8 owner_source, __u64 ts,
+				       __u64 delta, int oldstate, int newstate, __u16 sk_err,
+				       struct scratch *buf)
 {
-	struct counters k;
-
-	read_counters(sk, &k, (1 << oldstate) & STATES_AFTER_OUR_FIN, buf);
 	struct event *e = slot_event(buf);
 	fill_event(e, EVENT_STATE, t, c, owner_source);
-	fill_counters(e, &k);
-	e->flags |= control_flags(sk, t, c, &k, oldstate, newstate);
+	fill_counters(e, k);
+	e->flags |= control_flags(sk, t, c, k, oldstate, newstate);
 	if (newstate == TCP_CLOSE) {
 		/* Set before the kernel closes on a reset or a timeout. */
 		e->sk_err = sk_err;
@@ -211,8 +210,26 @@ static __always_inline void emit_deferred(const struct tuple *t, const struct co
 	e->flags |= FLAG_DEFERRED;
 	e->ts_ns = c->since_ns;
 	e->delta_ns = 0;
-	e->oldstate = c->pending_old;
-	e->newstate = c->pending_new;
+	e->oldstate = c->u.pending.old;
+	e->newstate = c->u.pending.new;
+	event_output(buf);
+}
+
+/* A reset received in state, at ts, by the state program at the CLOSE
+ * that followed it: what emit_other() made of it in the reset program. */
+static __always_inline void emit_reset_received(const struct tuple *t, const struct conn *c,
+						const struct counters *k, __u64 ts, int state,
+						struct scratch *buf)
+{
+	__u8 source = c->source == OWNER_TASK ? OWNER_CARRIED : c->source;
+	struct event *e = slot_event(buf);
+
+	fill_event(e, EVENT_RESET_RECEIVED, t, c, source);
+	fill_counters(e, k);
+	e->ts_ns = ts;
+	e->delta_ns = 0;
+	e->oldstate = state;
+	e->newstate = state;
 	event_output(buf);
 }
 

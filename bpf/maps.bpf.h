@@ -36,12 +36,20 @@ struct owner {
  */
 struct conn {
 	__u64 id;
-	__u64 since_ns;                /* when the current state was entered */
-	struct who who;                /* the owner */
-	__u32 netns;                   /* the socket's netns inode, read once at the first event */
-	__u8 source;                   /* enum owner_source: where who came from */
-	__u8 marks;                    /* CONN_* below, for the programs only */
-	__u8 pending_old, pending_new; /* a transition held back (CONN_PENDING) */
+	__u64 since_ns; /* when the current state was entered */
+	struct who who; /* the owner */
+	__u32 netns;    /* the socket's netns inode, read once at the first event */
+	__u8 source;    /* enum owner_source: where who came from */
+	__u8 marks;     /* CONN_* below, for the programs only */
+	union {
+		struct {
+			__u8 old, new;
+		} pending; /* a transition held back (CONN_PENDING) */
+		/* CONN_SPORT: the local port, host order, kept from a transition
+		 * that read it with the rest (skc_num) once nothing is held:
+		 * the CLOSE, where skc_num is zero, need not read inet_sport. */
+		__u16 sport;
+	} u;
 };
 
 enum conn_marks {
@@ -53,6 +61,7 @@ enum conn_marks {
 	 * of the connection carries FLAG_PARTIAL. */
 	CONN_PARTIAL = 1 << 4,
 	CONN_IN_CGROUP = 1 << 5, /* the owner is inside filter_cgroup (struct owner's in_cgroup) */
+	CONN_SPORT = 1 << 6,     /* u.sport holds the local port */
 };
 
 /*
@@ -126,6 +135,13 @@ struct {
 struct closed {
 	__u64 sk;
 	struct conn c;
+	/* What the reset program would read again otherwise: the socket's
+	 * struct net (compared with the one it reads, for a socket of
+	 * another namespace at the same address) and its local port (from
+	 * inet_sport, which the kernel keeps until it frees the socket). */
+	__u64 net;
+	__u16 sport;
+	__u8 _pad[6];
 };
 
 /* Each state program instance writes its own half (enum state_instance),
@@ -190,7 +206,8 @@ static __always_inline __u64 new_conn_id(__u32 inst)
  * the slab hands its memory to the next one, often the very next
  * connection. Clear it first, or this socket's reset finds that
  * connection instead. */
-static __always_inline void remember_closed(__u64 skp, const struct conn *c, bool pass, __u32 inst)
+static __always_inline void remember_closed(__u64 skp, const struct conn *c, __u64 net, __u16 sport,
+					    bool pass, __u32 inst)
 {
 	__u32 zero = 0;
 	struct closed_ring *ring = bpf_map_lookup_elem(&last_closed, &zero);
@@ -206,28 +223,108 @@ static __always_inline void remember_closed(__u64 skp, const struct conn *c, boo
 		struct closed *slot = &ring->slot[i & (STATE_INSTANCES * CLOSED_SLOTS - 1)];
 		slot->sk = skp;
 		slot->c = *c;
+		slot->net = net;
+		slot->sport = sport;
 		ring->next[inst]++;
 	}
 }
 
 /* The closed connection of this socket, taken out of the ring; NULL when it
  * is not there. */
-static __always_inline struct conn *take_closed(__u64 skp)
+static __always_inline struct closed *take_closed(__u64 skp)
 {
 	__u32 zero = 0;
 	struct closed_ring *ring = bpf_map_lookup_elem(&last_closed, &zero);
-	struct conn *c = NULL;
+	struct closed *c = NULL;
 
 	if (ring) {
 		for (int i = 0; i < STATE_INSTANCES * CLOSED_SLOTS; i++) {
 			if (ring->slot[i].sk == skp) {
-				c = &ring->slot[i].c;
+				c = &ring->slot[i];
 				ring->slot[i].sk = 0;
 				break;
 			}
 		}
 	}
 	return c;
+}
+
+/*
+ * Resets received, per CPU, for the state program to emit. tcp_reset()
+ * fires tcp:tcp_receive_reset and, unless the socket is already closed,
+ * calls tcp_done() at once, whose tcp_set_state(TCP_CLOSE) is the
+ * socket's next transition, on the same CPU, with the socket's counters
+ * as they were at the tracepoint (only the write queue is purged in
+ * between). So the reset program only notes the socket and the time, and
+ * the state program's run for that CLOSE emits the reset event from the
+ * connection and the counters it has at hand: one read of the socket and
+ * one lookup fewer. A few slots: a softirq that interrupts tcp_reset()
+ * between its tracepoint and its CLOSE (the socket's backlog runs with
+ * softirqs enabled) can reset other sockets in between. (That backlog
+ * runs in process context: a preemptible kernel that migrates the task
+ * between the tracepoint and the CLOSE leaves the note behind, and the
+ * reset has no event; the closed ring has the same limit.)
+ */
+#define RESET_NOTES 4 /* a power of two */
+
+struct reset_note {
+	__u64 sk;
+	__u64 ts_ns; /* bpf_ktime_get_ns() at the tracepoint */
+};
+
+struct reset_notes {
+	__u32 next;
+	__u32 _pad;
+	struct reset_note note[RESET_NOTES];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct reset_notes);
+} reset_notes SEC(".maps");
+
+/* Only the reset program writes notes, and it never nests in itself on a
+ * CPU; the state program may run in a softirq that interrupts it, so the
+ * socket is written last, and the note is cleared before. */
+static __always_inline void note_reset(__u64 skp)
+{
+	__u32 zero = 0;
+	struct reset_notes *r = bpf_map_lookup_elem(&reset_notes, &zero);
+
+	if (!r)
+		return;
+	struct reset_note *n = &r->note[r->next & (RESET_NOTES - 1)];
+	r->next++;
+	*(volatile __u64 *)&n->sk = 0;
+	*(volatile __u64 *)&n->ts_ns = bpf_ktime_get_ns();
+	*(volatile __u64 *)&n->sk = skp;
+}
+
+/* The time of the reset noted for this socket, taken out of the notes; 0
+ * when there is none. Every CLOSE takes its socket's note, whether it
+ * emits or not, so that no note outlives its CLOSE. */
+static __always_inline __u64 take_reset(__u64 skp)
+{
+	__u32 zero = 0;
+	struct reset_notes *r = bpf_map_lookup_elem(&reset_notes, &zero);
+	__u64 ts = 0;
+
+	if (!r)
+		return 0;
+	for (int i = 0; i < RESET_NOTES; i++) {
+		struct reset_note *n = &r->note[i];
+
+		/* Two only when a reset of a closed socket (tcp_reset() does
+		 * nothing then) left one: the newer is this CLOSE's. */
+		if (*(volatile __u64 *)&n->sk == skp) {
+			if (n->ts_ns > ts)
+				ts = n->ts_ns;
+			n->sk = 0;
+		}
+	}
+	return ts;
 }
 
 #endif /* __TCPFSM_MAPS_BPF_H */

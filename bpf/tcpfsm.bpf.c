@@ -53,6 +53,17 @@ static __always_inline bool incomplete(const struct tuple *t, int oldstate, int 
 	       (oldstate == TCP_LISTEN && newstate == TCP_SYN_RECV && t->dport == 0);
 }
 
+/* The error tcp_reset() gives a socket it resets in state (the same in
+ * every kernel since 2.6, and on every arch: asm-generic's numbers). */
+static __always_inline __u16 reset_error(int state)
+{
+	if (state == TCP_SYN_SENT)
+		return 111; /* ECONNREFUSED */
+	if (state == TCP_CLOSE_WAIT)
+		return 32; /* EPIPE */
+	return 104;        /* ECONNRESET */
+}
+
 /* One transition; inst says which instance of the state program runs it
  * (enum state_instance), for what each keeps per CPU. */
 static __always_inline int handle(struct sock *sk, int oldstate, int newstate, __u32 inst)
@@ -65,6 +76,12 @@ static __always_inline int handle(struct sock *sk, int oldstate, int newstate, _
 	bool by_owner = made_by_owner(oldstate, newstate);
 	__u16 proto, sk_err = 0;
 	struct scratch *buf = scratch_slot(slot);
+	/* Taken before anything can return: a note must not outlive its
+	 * CLOSE (maps.bpf.h). tcp_reset() does nothing for a closed socket. */
+	__u64 reset_ts = 0;
+
+	if (newstate == TCP_CLOSE && oldstate != TCP_CLOSE)
+		reset_ts = take_reset(skp);
 
 	if (!buf || !read_common(sk, &t))
 		return 0;
@@ -77,9 +94,15 @@ static __always_inline int handle(struct sock *sk, int oldstate, int newstate, _
 	struct conn *c = bpf_map_lookup_elem(&conns, &skp);
 	if (c) {
 		t.netns = c->netns;
-		t.sport = tuple_sport(sk, &t, newstate);
+		if (newstate == TCP_CLOSE && (c->marks & CONN_SPORT))
+			t.sport = c->u.sport;
+		else
+			t.sport = tuple_sport(sk, &t, newstate);
+		/* tcp_reset() set the error just before this CLOSE, from the
+		 * state it leaves; otherwise it is read. */
 		if (newstate == TCP_CLOSE)
-			sk_err = BPF_CORE_READ(sk, sk_err);
+			sk_err = reset_ts && reset_ts >= c->since_ns ? reset_error(oldstate) :
+								       BPF_CORE_READ(sk, sk_err);
 	} else {
 		if (newstate == TCP_CLOSE)
 			read_proto_sport_err(sk, &proto, &t.sport, &sk_err, buf);
@@ -106,6 +129,11 @@ static __always_inline int handle(struct sock *sk, int oldstate, int newstate, _
 		/* Only a transition waiting for its addresses can have been kept. */
 		if (oldstate == TCP_SYN_SENT || oldstate == TCP_SYN_RECV)
 			bpf_map_delete_elem(&conns, &skp);
+		/* An earlier socket at this address may still be in the closed
+		 * ring: its reset program must not take this socket's reset for
+		 * its own. */
+		if (newstate == TCP_CLOSE)
+			remember_closed(skp, NULL, 0, 0, false, inst);
 		return 0;
 	}
 
@@ -141,18 +169,33 @@ static __always_inline int handle(struct sock *sk, int oldstate, int newstate, _
 
 	if (held) {
 		c->marks |= CONN_PENDING;
-		c->pending_old = oldstate;
-		c->pending_new = newstate;
+		c->u.pending.old = oldstate;
+		c->u.pending.new = newstate;
 	} else if (pass) {
 		__u8 source = c->source;
 		/* Later events carry what an earlier syscall recorded. */
 		if (source == OWNER_TASK && !by_owner)
 			source = OWNER_CARRIED;
-		emit_state(sk, &t, c, source, now, delta, oldstate, newstate, sk_err, buf);
+		struct counters k;
+
+		read_counters(sk, &k, (1 << oldstate) & STATES_AFTER_OUR_FIN, buf);
+		/* The reset tcp_reset() noted before this CLOSE, on a
+		 * connection tracked then (not first seen now), in the state
+		 * this transition leaves: its event, as the reset program
+		 * emitted it before, from the same counters. A note older than
+		 * the state is an earlier socket's at this address. */
+		if (reset_ts && c != &fresh && reset_ts >= c->since_ns)
+			emit_reset_received(&t, c, &k, reset_ts, oldstate, buf);
+		emit_state(sk, &t, c, &k, source, now, delta, oldstate, newstate, sk_err, buf);
+	}
+
+	if (!held && newstate != TCP_CLOSE && t.num && !(c->marks & (CONN_SPORT | CONN_PENDING))) {
+		c->u.sport = t.num;
+		c->marks |= CONN_SPORT;
 	}
 
 	if (newstate == TCP_CLOSE) {
-		remember_closed(skp, c, pass, inst);
+		remember_closed(skp, c, t.net, t.sport, pass, inst);
 		if (c != &fresh)
 			bpf_map_delete_elem(&conns, &skp);
 		return 0;
@@ -183,22 +226,35 @@ static __always_inline int handle_other(struct sock *sk, __u8 type)
 	if (type == EVENT_SYN_RETRANSMIT && state != TCP_SYN_SENT)
 		return 0; /* only the handshake's retransmits are events */
 
-	struct conn *c = bpf_map_lookup_elem(&conns, &skp);
-	if (!c && type == EVENT_RESET_SENT && state == TCP_CLOSE) {
-		c = take_closed(skp);
+	struct conn *c = NULL;
+	bool have_sport = false;
+	/*
+	 * close() and SO_LINGER 0 send their reset after the CLOSE, whose run
+	 * left the connection in the closed ring with what this one would
+	 * read again: the port, and the netns. Looked for first: a closed
+	 * socket's entry is gone from conns.
+	 */
+	if (type == EVENT_RESET_SENT && state == TCP_CLOSE) {
+		struct closed *cl = take_closed(skp);
 		/* The slab may have handed the closed socket's memory to a
 		 * socket of another namespace whose close the ring did not
-		 * see (filtered out, or skipped by the kernel): not ours. */
-		if (c && read_netns(&t) != c->netns)
-			return 0;
+		 * see (skipped by the kernel): not ours. */
+		if (cl && cl->net == t.net) {
+			c = &cl->c;
+			t.sport = cl->sport;
+			have_sport = true;
+		}
 	}
+	if (!c)
+		c = bpf_map_lookup_elem(&conns, &skp);
 	if (!c)
 		return 0;
 	buf = scratch_slot(type - 1);
 	if (!buf)
 		return 0;
 	t.netns = c->netns;
-	t.sport = tuple_sport(sk, &t, state);
+	if (!have_sport)
+		t.sport = tuple_sport(sk, &t, state);
 	unmap_v4(&t);
 	if (!tuple_matches(&t, false)) {
 		/* A connect that waited for its port, and the port does not pass. */
@@ -224,11 +280,15 @@ int raw_tcp_send_reset(struct bpf_raw_tracepoint_args *ctx)
 	return handle_other((struct sock *)ctx->args[0], EVENT_RESET_SENT);
 }
 
+/* The state program emits the event at the CLOSE that follows
+ * (maps.bpf.h's reset notes): here only the socket and the time. */
 SEC("raw_tracepoint/tcp_receive_reset")
 int raw_tcp_receive_reset(struct bpf_raw_tracepoint_args *ctx)
 {
-	/* TP_PROTO(struct sock *sk) */
-	return handle_other((struct sock *)ctx->args[0], EVENT_RESET_RECEIVED);
+	/* TP_PROTO(struct sock *sk[, skb]) */
+	if (ctx->args[0])
+		note_reset(ctx->args[0]);
+	return 0;
 }
 
 SEC("raw_tracepoint/tcp_retransmit_skb")

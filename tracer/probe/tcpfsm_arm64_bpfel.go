@@ -17,9 +17,12 @@ type tcpfsmClosedRing struct {
 	_    structs.HostLayout
 	Next [2]uint32
 	Slot [16]struct {
-		_  structs.HostLayout
-		Sk uint64
-		C  tcpfsmConn
+		_     structs.HostLayout
+		Sk    uint64
+		C     tcpfsmConn
+		Net   uint64
+		Sport uint16
+		Pad   [6]uint8
 	}
 }
 
@@ -34,11 +37,17 @@ type tcpfsmConn struct {
 		Tid      uint32
 		Comm     [16]uint8
 	}
-	Netns      uint32
-	Source     uint8
-	Marks      uint8
-	PendingOld uint8
-	PendingNew uint8
+	Netns  uint32
+	Source uint8
+	Marks  uint8
+	U      struct {
+		_       structs.HostLayout
+		Pending struct {
+			_   structs.HostLayout
+			Old uint8
+			New uint8
+		}
+	}
 }
 
 type tcpfsmEvent struct {
@@ -139,6 +148,17 @@ const (
 	tcpfsmOwnerSourceOWNER_LISTENER tcpfsmOwnerSource = 3
 )
 
+type tcpfsmResetNotes struct {
+	_    structs.HostLayout
+	Next uint32
+	Pad  uint32
+	Note [4]struct {
+		_    structs.HostLayout
+		Sk   uint64
+		TsNs uint64
+	}
+}
+
 type tcpfsmScratch struct {
 	_       structs.HostLayout
 	B       [1024]uint8
@@ -175,6 +195,7 @@ const (
 	tcpfsmMapListeners                  = "listeners"
 	tcpfsmMapLost                       = "lost"
 	tcpfsmMapNest                       = "nest"
+	tcpfsmMapResetNotes                 = "reset_notes"
 	tcpfsmMapScratch                    = "scratch"
 	tcpfsmProgFentryInetTwskKill        = "fentry_inet_twsk_kill"
 	tcpfsmProgFentryTcpTimeWait         = "fentry_tcp_time_wait"
@@ -266,6 +287,7 @@ type tcpfsmMapSpecs struct {
 	Listeners  *ebpf.MapSpec `ebpf:"listeners"`
 	Lost       *ebpf.MapSpec `ebpf:"lost"`
 	Nest       *ebpf.MapSpec `ebpf:"nest"`
+	ResetNotes *ebpf.MapSpec `ebpf:"reset_notes"`
 	Scratch    *ebpf.MapSpec `ebpf:"scratch"`
 }
 
@@ -317,6 +339,7 @@ type tcpfsmMaps struct {
 	Listeners  *ebpf.Map `ebpf:"listeners"`
 	Lost       *ebpf.Map `ebpf:"lost"`
 	Nest       *ebpf.Map `ebpf:"nest"`
+	ResetNotes *ebpf.Map `ebpf:"reset_notes"`
 	Scratch    *ebpf.Map `ebpf:"scratch"`
 }
 
@@ -329,6 +352,7 @@ func (m *tcpfsmMaps) Close() error {
 		m.Listeners,
 		m.Lost,
 		m.Nest,
+		m.ResetNotes,
 		m.Scratch,
 	)
 }
