@@ -131,7 +131,7 @@ type tcpfsmNest struct {
 	Top     uint32
 	Busy    uint32
 	Handled uint64
-	Call    [32]struct {
+	Call    [256]struct {
 		_        structs.HostLayout
 		Sk       uint64
 		Oldstate uint32
