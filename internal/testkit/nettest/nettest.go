@@ -386,8 +386,12 @@ func (n *NS) Churn(ln *net.TCPListener, count int, stop <-chan struct{}, done fu
 // sock_diag timer may land: the dump's time is taken in user space
 // before the kernel reads the timer (whole ms of jiffies). A few ms on
 // a real machine; under the kernel VMs' emulation the kernel reads it
-// tens of ms later (seen: 13 ms on 6.12 under TCG).
+// tens of ms later (seen: 13 ms on 6.12 under TCG; 55-60 ms under
+// arm64's, slower, in the final CI check of 2026-12-03).
 func DumpTimerSlack() time.Duration {
+	if InKernelVM() && runtime.GOARCH == "arm64" {
+		return 100 * time.Millisecond
+	}
 	if InKernelVM() {
 		return 50 * time.Millisecond
 	}
